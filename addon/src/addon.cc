@@ -1,0 +1,10 @@
+// Entry point of Shoal's native addon. Each module documents why it is native.
+#include <napi.h>
+#include "fingerprint.h"
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  shoal::InitFingerprint(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(shoal, Init)

@@ -1,0 +1,55 @@
+// Every error Shoal reports to a user has a stable code from this registry.
+// REST turns it into {error: {code, message}} with `status`; NBD into the errno `nbd`;
+// the CLI into a sentence and a non-zero exit.
+
+export type NbdErrno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN';
+
+export const ErrorCodes = {
+  invalid_request: { status: 400, nbd: 'EINVAL' },
+  invalid_name: { status: 400, nbd: 'EINVAL' },
+  invalid_size: { status: 400, nbd: 'EINVAL' },
+  invalid_range: { status: 400, nbd: 'EINVAL' },
+  out_of_range: { status: 400, nbd: 'EINVAL' },
+  volume_not_found: { status: 404, nbd: 'EINVAL' },
+  snapshot_not_found: { status: 404, nbd: 'EINVAL' },
+  volume_exists: { status: 409, nbd: 'EINVAL' },
+  snapshot_exists: { status: 409, nbd: 'EINVAL' },
+  volume_busy: { status: 409, nbd: 'EINVAL' },
+  volume_has_dependents: { status: 409, nbd: 'EINVAL' },
+  domain_mismatch: { status: 409, nbd: 'EINVAL' },
+  shrink_not_allowed: { status: 409, nbd: 'EINVAL' },
+  read_only: { status: 409, nbd: 'EPERM' },
+  volume_deleted: { status: 410, nbd: 'ESHUTDOWN' },
+  no_space: { status: 507, nbd: 'ENOSPC' },
+  not_supported: { status: 501, nbd: 'ENOTSUP' },
+  shutting_down: { status: 503, nbd: 'ESHUTDOWN' },
+  io_error: { status: 500, nbd: 'EIO' },
+  corrupt_metadata: { status: 500, nbd: 'EIO' },
+  internal: { status: 500, nbd: 'EIO' },
+} as const satisfies Record<string, { status: number; nbd: NbdErrno }>;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class ShoalError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ShoalError';
+    this.code = code;
+  }
+  get status(): number {
+    return ErrorCodes[this.code].status;
+  }
+  get nbdErrno(): NbdErrno {
+    return ErrorCodes[this.code].nbd;
+  }
+}
+
+export function isShoalError(e: unknown): e is ShoalError {
+  return e instanceof ShoalError;
+}
+
+/** The errno an NBD reply should carry for any thrown value. */
+export function nbdErrnoOf(e: unknown): NbdErrno {
+  return isShoalError(e) ? e.nbdErrno : 'EIO';
+}

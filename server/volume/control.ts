@@ -1,0 +1,83 @@
+// The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
+// Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
+
+export interface VolumeInfo {
+  name: string;
+  size: number; // bytes
+  domain: string; // dedup domain
+  chunkSize: number;
+  createdAt: string; // ISO 8601
+  origin: { volume: string; snapshot?: string } | null; // set for clones
+  snapshots: number;
+  connections: number; // open NBD connections (including to its snapshots)
+  mappedBytes: number; // bytes that map to a stored chunk (logical, allocated)
+  exclusiveBytes: number; // mapped bytes whose chunk nothing else references
+  sharedBytes: number; // mapped bytes whose chunk is shared with another map or dedup
+}
+
+export interface SnapshotInfo {
+  name: string;
+  volume: string;
+  size: number;
+  createdAt: string;
+  exportName: string; // VOLUME@SNAPSHOT
+}
+
+export interface RangeRequest {
+  source: string; // "volume" or "volume@snapshot"
+  sourceOffset: number;
+  offset: number;
+  length: number;
+}
+
+export interface Stats {
+  logicalBytes: number; // bytes mapped by all live volumes and snapshots
+  physicalBytes: number; // bytes of stored chunks
+  dedupRatio: number; // logicalBytes / physicalBytes (1 when empty)
+  chunkSize: number;
+  chunks: number;
+  volumes: number;
+  snapshots: number;
+  dedupHits: number;
+  cache: {
+    capacityBytes: number;
+    bytes: number;
+    entries: number;
+    hits: number;
+    misses: number;
+    evictions: number;
+    coalesced: number;
+    sharingFactor: number;
+    servedBytes: number;
+  };
+}
+
+export interface FsckReport {
+  ok: boolean;
+  checkedVolumes: number;
+  checkedSnapshots: number;
+  checkedNodes: number;
+  checkedChunks: number;
+  errors: string[]; // one sentence per problem
+}
+
+export interface VolumeControl {
+  createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo>;
+  cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo>;
+  listVolumes(): VolumeInfo[];
+  getVolume(name: string): VolumeInfo;
+  resizeVolume(name: string, size: number): Promise<VolumeInfo>;
+  /** Refuses with volume_busy if clients are connected, unless force: then they are disconnected. */
+  deleteVolume(name: string, opts?: { force?: boolean }): Promise<void>;
+
+  createSnapshot(volume: string, name: string): Promise<SnapshotInfo>;
+  listSnapshots(volume: string): SnapshotInfo[];
+  deleteSnapshot(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<void>;
+  rollback(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<VolumeInfo>;
+
+  reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
+  dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;
+
+  stats(): Stats;
+  fsck(): Promise<FsckReport>;
+}
