@@ -1,0 +1,93 @@
+// `shoal serve`: wires the layers together — volume store, NBD listeners, REST API — and runs
+// until SIGTERM/SIGINT, then flushes everything and exits.
+import pino from 'pino';
+import { mkdirSync } from 'node:fs';
+import type { Config } from './config.js';
+import { VolumeManager } from './volume/volume-manager.js';
+import { NbdServer } from './nbd/server.js';
+import { buildApi } from '../api/app.js';
+import { Metrics } from '../api/metrics.js';
+
+export interface RunningDaemon {
+  manager: VolumeManager;
+  nbd: NbdServer;
+  close(): Promise<void>;
+}
+
+export async function startDaemon(config: Config): Promise<RunningDaemon> {
+  const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  mkdirSync(config.dataDir, { recursive: true });
+  const manager = await VolumeManager.open({
+    dataDir: config.dataDir,
+    cacheSize: config.cacheSize,
+    chunkSize: config.chunkSize,
+    logger,
+    fingerprintOverride: testFingerprintOverride(),
+  });
+  const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
+  const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
+
+  let nbdAddr: string | null = null;
+  let apiAddr = '';
+  try {
+    if (config.nbd) {
+      const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
+      nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+    }
+    if (config.nbdSocket) await nbd.listenUnix(config.nbdSocket);
+    apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+  } catch (e) {
+    await nbd.close().catch(() => {});
+    await api.close().catch(() => {});
+    await manager.close().catch(() => {});
+    throw e;
+  }
+  logger.info(
+    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: manager.meta.chunkSize, cacheSize: config.cacheSize },
+    'shoal ready',
+  );
+  let closed: Promise<void> | null = null;
+  return {
+    manager,
+    nbd,
+    close() {
+      closed ??= (async () => {
+        await api.close().catch((e) => logger.error({ err: e }, 'closing the API failed'));
+        await nbd.close().catch((e) => logger.error({ err: e }, 'closing NBD failed'));
+        await manager.close();
+        logger.info('shoal stopped');
+      })();
+      return closed;
+    },
+  };
+}
+
+/**
+ * SHOAL_TEST_WEAK_FINGERPRINT=1 replaces BLAKE3 by a deliberately colliding fingerprint
+ * (first 4 bytes of the chunk) so a test can prove that a fingerprint match alone never maps
+ * a write to different bytes (invariant 6). Refused unless NODE_ENV=test.
+ */
+function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
+  if (process.env.SHOAL_TEST_WEAK_FINGERPRINT !== '1') return undefined;
+  if (process.env.NODE_ENV !== 'test') throw new Error('SHOAL_TEST_WEAK_FINGERPRINT is a test-only hook and needs NODE_ENV=test');
+  return (chunk) => {
+    const fp = Buffer.alloc(32);
+    chunk.copy(fp, 0, 0, 4);
+    return fp;
+  };
+}
+
+export async function runDaemon(config: Config): Promise<void> {
+  const d = await startDaemon(config);
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  await d.close();
+}

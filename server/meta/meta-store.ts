@@ -1,0 +1,575 @@
+// The metadata store: map nodes, their refcounts, chunk records (refcount + fingerprint), the
+// fingerprint index, the free-slot list and the volume records, kept in LMDB and changed in
+// memory between commits.
+//
+// Why this shape: every change since the last commit lives in in-memory "dirty" overlays, and
+// commit() writes them in one LMDB transaction (atomic, fsynced). A crash therefore always
+// finds the metadata of the last commit, whole. Chunk data is written before the metadata that
+// references it, and commit() fsyncs the data first, so committed metadata never references
+// bytes that are not on disk. A freed slot is reused only after the commit that frees it is
+// durable (and after every read that may still be reading it has ended), so committed metadata
+// never references a slot that was overwritten.
+import { open, type RootDatabase, type Database } from 'lmdb';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { ShoalError } from '../errors.js';
+import { decodeNode, encodeNode, FANOUT, FIRST_SLOT, type MapNode } from './map-node.js';
+
+export const META_VERSION = 1;
+
+export interface RootRecord {
+  /** Root map node id, 0 for an empty map. */
+  root: number;
+  /** Tree height (levels); fixed until a resize grows it. */
+  levels: number;
+  size: number;
+  /** Number of leaf entries that reference a stored chunk (for logical-bytes accounting). */
+  mapped: number;
+  createdAt: string;
+}
+
+export interface SnapshotRecord extends RootRecord {
+  name: string;
+}
+
+export interface VolumeRecord extends RootRecord {
+  name: string;
+  domain: string;
+  origin: { volume: string; snapshot?: string } | null;
+  snapshots: SnapshotRecord[];
+}
+
+export interface Superblock {
+  version: number;
+  chunkSize: number;
+  nextNode: number;
+  nextSlot: number;
+  domains: Record<string, number>;
+  dedupHits: number;
+  liveChunks: number;
+  /** Node ids whose refcount reached zero and whose children are still to be released. */
+  gcQueue: number[];
+}
+
+export interface ChunkRecord {
+  refs: number;
+  domain: number;
+  fp: Buffer; // 32-byte fingerprint
+}
+
+const CHUNK_REC_BYTES = 40;
+
+function encodeChunk(c: ChunkRecord): Buffer {
+  const b = Buffer.allocUnsafe(CHUNK_REC_BYTES);
+  b.writeUInt32LE(c.refs, 0);
+  b.writeUInt32LE(c.domain, 4);
+  c.fp.copy(b, 8, 0, 32);
+  return b;
+}
+
+function decodeChunk(b: Uint8Array): ChunkRecord {
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: Buffer.from(buf.subarray(8, 40)) };
+}
+
+export function fpKey(domain: number, fp: Buffer): Buffer {
+  const k = Buffer.allocUnsafe(36);
+  k.writeUInt32BE(domain, 0);
+  fp.copy(k, 4, 0, 32);
+  return k;
+}
+
+// Overlay marker for "deleted since the last commit".
+const GONE = null;
+
+export interface MetaStoreHooks {
+  /** A slot's chunk was freed: drop it from caches now (invariant 1). */
+  chunkFreed?(slot: number): void;
+  /** Called inside commit() before the metadata transaction: make chunk data durable. */
+  syncData?(): Promise<void>;
+}
+
+export class MetaStore {
+  readonly env: RootDatabase;
+  private readonly main: Database<any, string>;
+  private readonly nodesDb: Database<Buffer, number>;
+  private readonly nodeRefsDb: Database<number, number>;
+  private readonly chunksDb: Database<Buffer, number>;
+  private readonly fpDb: Database<number, Buffer>;
+  private readonly freeDb: Database<number, number>;
+
+  sb!: Superblock;
+  readonly volumes = new Map<string, VolumeRecord>();
+
+  // Node cache: every node read or written stays here (clean ones may be dropped by trimNodeCache).
+  private readonly nodes = new Map<number, MapNode>();
+  private dirtyNodes = new Set<number>();
+  private deletedNodes = new Set<number>();
+  private nodeRefs = new Map<number, number | null>();
+  private chunks = new Map<number, ChunkRecord | null>();
+  private fps = new Map<string, number | null>(); // key: hex of fpKey
+  private freeAdds = new Set<number>();
+  private freeDeletes = new Set<number>();
+  private volumesDirty = new Set<string>();
+  private volumesDeleted = new Set<string>();
+  private sbDirty = false;
+
+  // Overlays of a commit in flight: LMDB does not show them until its transaction is done.
+  private committing: {
+    nodeRefs: Map<number, number | null>;
+    chunks: Map<number, ChunkRecord | null>;
+    fps: Map<string, number | null>;
+    deletedNodes: Set<number>;
+  } | null = null;
+
+  /** Slots free and safe to reuse now. */
+  private reusable: number[] = [];
+  /** Slots freed since the last commit, with the read generation at the time. */
+  private freedSinceCommit: Array<{ slot: number; gen: number }> = [];
+  /** Slots whose free is durable, waiting for older readers to finish. */
+  private awaitingReaders: Array<{ slot: number; gen: number }> = [];
+
+  // Reader generations: an operation that may read chunk slots holds a generation; a slot freed
+  // at generation g is reused only once no operation holding a generation <= g is running.
+  private gen = 1;
+  private readonly active = new Map<number, number>();
+
+  private commitChain: Promise<void> = Promise.resolve();
+  private commitPending: Promise<void> | null = null;
+  private changes = 0;
+  hooks: MetaStoreHooks = {};
+  private closed = false;
+
+  private constructor(readonly dir: string, env: RootDatabase) {
+    this.env = env;
+    this.main = env.openDB({ name: 'main', encoding: 'msgpack' });
+    this.nodesDb = env.openDB({ name: 'nodes', encoding: 'binary' });
+    this.nodeRefsDb = env.openDB({ name: 'node-refs', encoding: 'msgpack' });
+    this.chunksDb = env.openDB({ name: 'chunks', encoding: 'binary' });
+    this.fpDb = env.openDB({ name: 'fingerprints', encoding: 'msgpack', keyEncoding: 'binary' });
+    this.freeDb = env.openDB({ name: 'free-slots', encoding: 'msgpack' });
+  }
+
+  /** Opens (or creates, with `chunkSize`) the metadata in `dir`. */
+  static open(dir: string, opts: { chunkSize: number; create?: boolean }): MetaStore {
+    mkdirSync(dir, { recursive: true });
+    let env: RootDatabase;
+    try {
+      env = open({
+        path: join(dir, 'meta.lmdb'),
+        maxDbs: 16,
+        // Commit resolves only once the transaction is fsynced: the FLUSH reply depends on it.
+        overlappingSync: false,
+        noSync: false,
+        mapSize: 2 ** 40,
+        pageSize: 4096,
+      } as any);
+    } catch (e) {
+      throw new ShoalError('corrupt_metadata', `cannot open the metadata in ${dir}: ${(e as Error).message}`, { cause: e });
+    }
+    const m = new MetaStore(dir, env);
+    m.load(opts.chunkSize, opts.create ?? true);
+    return m;
+  }
+
+  private load(chunkSize: number, create: boolean): void {
+    let sb: Superblock | undefined;
+    try {
+      sb = this.main.get('superblock');
+    } catch (e) {
+      throw new ShoalError('corrupt_metadata', `the metadata superblock cannot be read: ${(e as Error).message}`);
+    }
+    if (!sb && !create) throw new ShoalError('corrupt_metadata', `${this.dir} holds no Shoal metadata superblock`);
+    if (!sb) {
+      sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, gcQueue: [] };
+      this.sb = sb;
+      this.main.putSync('superblock', sb);
+    } else {
+      if (typeof sb !== 'object' || sb.version !== META_VERSION || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
+        throw new ShoalError('corrupt_metadata', `the metadata superblock is damaged or of an unknown version (${JSON.stringify(sb)?.slice(0, 200)})`);
+      sb.gcQueue ??= [];
+      this.sb = sb;
+    }
+    for (const { key, value } of this.main.getRange({ start: 'volume/', end: 'volume0' })) {
+      const v = value as VolumeRecord;
+      if (!v || typeof v.name !== 'string' || !Number.isFinite(v.root) || !Array.isArray(v.snapshots))
+        throw new ShoalError('corrupt_metadata', `the volume record ${String(key)} is damaged`);
+      this.volumes.set(v.name, v);
+    }
+    for (const key of this.freeDb.getKeys()) this.reusable.push(key as number);
+  }
+
+  get chunkSize(): number {
+    return this.sb.chunkSize;
+  }
+
+  // ---------------------------------------------------------------- reader generations
+
+  enterRead(): number {
+    const g = this.gen;
+    this.active.set(g, (this.active.get(g) ?? 0) + 1);
+    return g;
+  }
+
+  exitRead(g: number): void {
+    const n = (this.active.get(g) ?? 1) - 1;
+    if (n <= 0) this.active.delete(g);
+    else this.active.set(g, n);
+  }
+
+  private oldestActive(): number {
+    let min = Infinity;
+    for (const g of this.active.keys()) if (g < min) min = g;
+    return min;
+  }
+
+  // ---------------------------------------------------------------- nodes
+
+  getNode(id: number): MapNode {
+    let n = this.nodes.get(id);
+    if (n) return n;
+    if (this.deletedNodes.has(id) || this.committing?.deletedNodes.has(id))
+      throw new ShoalError('corrupt_metadata', `map node ${id} was used after it was freed`);
+    const buf = this.nodesDb.getBinary(id);
+    if (!buf) throw new ShoalError('corrupt_metadata', `map node ${id} is missing from the metadata`);
+    n = decodeNode(id, buf);
+    this.nodes.set(id, n);
+    return n;
+  }
+
+  /** Whether a node record exists (for fsck). */
+  hasNode(id: number): boolean {
+    if (this.nodes.has(id)) return true;
+    if (this.deletedNodes.has(id) || this.committing?.deletedNodes.has(id)) return false;
+    return this.nodesDb.getBinary(id) !== undefined;
+  }
+
+  newNode(level: number, entries?: Float64Array): MapNode {
+    const id = this.sb.nextNode++;
+    this.sbDirty = true;
+    const node: MapNode = { id, level, entries: entries ? new Float64Array(entries) : new Float64Array(FANOUT) };
+    this.nodes.set(id, node);
+    this.dirtyNodes.add(id);
+    this.setNodeRefs(id, 1);
+    this.changes++;
+    return node;
+  }
+
+  markNodeDirty(id: number): void {
+    this.dirtyNodes.add(id);
+    this.changes++;
+  }
+
+  nodeRefCount(id: number): number {
+    let v = this.nodeRefs.get(id);
+    if (v === undefined && this.committing) v = this.committing.nodeRefs.get(id);
+    if (v === undefined) v = this.nodeRefsDb.get(id) ?? 0;
+    return v ?? 0;
+  }
+
+  private setNodeRefs(id: number, n: number): void {
+    this.nodeRefs.set(id, n);
+  }
+
+  incNode(id: number): void {
+    this.setNodeRefs(id, this.nodeRefCount(id) + 1);
+    this.changes++;
+  }
+
+  /** Drops one reference; at zero the node goes to the GC queue (its children are released later). */
+  decNode(id: number): void {
+    const n = this.nodeRefCount(id) - 1;
+    if (n < 0) throw new ShoalError('corrupt_metadata', `map node ${id} lost more references than it had`);
+    this.setNodeRefs(id, n);
+    if (n === 0) {
+      this.sb.gcQueue.push(id);
+      this.sbDirty = true;
+    }
+    this.changes++;
+  }
+
+  /** Removes a node whose refcount is zero and whose children have been released. */
+  deleteNode(id: number): void {
+    this.nodes.delete(id);
+    this.dirtyNodes.delete(id);
+    this.deletedNodes.add(id);
+    this.nodeRefs.set(id, GONE);
+    this.changes++;
+  }
+
+  // ---------------------------------------------------------------- chunks
+
+  getChunk(slot: number): ChunkRecord | undefined {
+    let v = this.chunks.get(slot);
+    if (v === undefined && this.committing) v = this.committing.chunks.get(slot);
+    if (v === undefined) {
+      const b = this.chunksDb.getBinary(slot);
+      if (!b) return undefined;
+      v = decodeChunk(b);
+      // Cache the decoded record only if it will change (incChunk/decChunk write it back).
+      return v;
+    }
+    return v ?? undefined;
+  }
+
+  chunkRefCount(slot: number): number {
+    return this.getChunk(slot)?.refs ?? 0;
+  }
+
+  incChunk(slot: number): void {
+    const c = this.getChunk(slot);
+    if (!c || c.refs <= 0) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
+    this.chunks.set(slot, { refs: c.refs + 1, domain: c.domain, fp: c.fp });
+    this.changes++;
+  }
+
+  decChunk(slot: number): void {
+    const c = this.getChunk(slot);
+    if (!c || c.refs <= 0) throw new ShoalError('corrupt_metadata', `chunk ${slot} lost more references than it had`);
+    if (c.refs > 1) {
+      this.chunks.set(slot, { refs: c.refs - 1, domain: c.domain, fp: c.fp });
+    } else {
+      this.chunks.set(slot, GONE);
+      const k = fpKey(c.domain, c.fp).toString('latin1');
+      if (this.lookupFpRaw(k) === slot) this.fps.set(k, GONE);
+      this.freedSinceCommit.push({ slot, gen: this.gen });
+      this.freeAdds.add(slot);
+      this.sb.liveChunks--;
+      this.sbDirty = true;
+      this.hooks.chunkFreed?.(slot);
+    }
+    this.changes++;
+  }
+
+  /** A slot for new chunk data: a free one whose free is durable, or a new one. */
+  allocSlot(): number {
+    this.sbDirty = true;
+    const s = this.reusable.pop();
+    if (s !== undefined) {
+      if (this.freeAdds.has(s)) this.freeAdds.delete(s);
+      else this.freeDeletes.add(s);
+      this.hooks.chunkFreed?.(s);
+      return s;
+    }
+    return this.sb.nextSlot++;
+  }
+
+  /** Returns a slot allocated by allocSlot that ended up unused (e.g. the write failed). */
+  releaseUnusedSlot(slot: number): void {
+    if (this.freeDeletes.delete(slot)) {
+      // It came from the durable free list and nothing references it: reusable at once.
+      this.reusable.push(slot);
+      return;
+    }
+    this.freeAdds.add(slot);
+    this.freedSinceCommit.push({ slot, gen: this.gen });
+  }
+
+  /** Registers freshly written chunk data with one reference. */
+  addChunk(slot: number, domain: number, fp: Buffer, index: boolean): void {
+    this.chunks.set(slot, { refs: 1, domain, fp });
+    if (index) {
+      const k = fpKey(domain, fp).toString('latin1');
+      if (!this.lookupFpRaw(k)) this.fps.set(k, slot);
+    }
+    this.sb.liveChunks++;
+    this.sbDirty = true;
+    this.changes++;
+  }
+
+  private lookupFpRaw(k: string): number | undefined {
+    let v = this.fps.get(k);
+    if (v === undefined && this.committing) v = this.committing.fps.get(k);
+    if (v === undefined) return this.fpDb.get(Buffer.from(k, 'latin1')) ?? undefined;
+    return v ?? undefined;
+  }
+
+  /** The live chunk holding these bytes in this domain, if the index knows one. */
+  lookupFingerprint(domain: number, fp: Buffer): number | undefined {
+    return this.lookupFpRaw(fpKey(domain, fp).toString('latin1'));
+  }
+
+  domainId(name: string, create: boolean): number | undefined {
+    let id = this.sb.domains[name];
+    if (id === undefined && create) {
+      id = Math.max(0, ...Object.values(this.sb.domains)) + 1;
+      this.sb.domains[name] = id;
+      this.sbDirty = true;
+    }
+    return id;
+  }
+
+  countDedupHit(): void {
+    this.sb.dedupHits++;
+    this.sbDirty = true;
+  }
+
+  // ---------------------------------------------------------------- volumes
+
+  putVolume(v: VolumeRecord): void {
+    this.volumes.set(v.name, v);
+    this.volumesDirty.add(v.name);
+    this.volumesDeleted.delete(v.name);
+    this.changes++;
+  }
+
+  deleteVolumeRecord(name: string): void {
+    this.volumes.delete(name);
+    this.volumesDirty.delete(name);
+    this.volumesDeleted.add(name);
+    this.changes++;
+  }
+
+  // ---------------------------------------------------------------- commit
+
+  /** Changes not yet committed. */
+  get pendingChanges(): number {
+    return this.changes;
+  }
+
+  /**
+   * Makes everything done so far durable. Concurrent callers share commits: a caller waits for
+   * the commit in flight (which may not include its changes) and then for one more.
+   */
+  commit(): Promise<void> {
+    if (this.commitPending) return this.commitPending;
+    const p = this.commitChain.then(() => {
+      this.commitPending = null;
+      return this.doCommit();
+    });
+    this.commitPending = p;
+    this.commitChain = p.catch(() => {});
+    return p;
+  }
+
+  private async doCommit(): Promise<void> {
+    if (this.closed) throw new ShoalError('shutting_down', 'the metadata store is closed');
+    if (this.changes === 0 && !this.sbDirty && this.freedSinceCommit.length === 0) return;
+    // 1. Take the overlays as they are now, synchronously: later changes go to the next commit.
+    const nodeBufs: Array<[number, Buffer]> = [];
+    for (const id of this.dirtyNodes) {
+      const n = this.nodes.get(id);
+      if (n) nodeBufs.push([id, encodeNode(n)]);
+    }
+    const snap = {
+      nodeRefs: this.nodeRefs,
+      chunks: this.chunks,
+      fps: this.fps,
+      deletedNodes: this.deletedNodes,
+    };
+    const freeAdds = this.freeAdds;
+    const freeDeletes = this.freeDeletes;
+    const volPuts = [...this.volumesDirty].map((n) => this.volumes.get(n)!).filter(Boolean).map((v) => structuredClone(v));
+    const volDels = [...this.volumesDeleted];
+    const sb = structuredClone(this.sb);
+    const freed = this.freedSinceCommit;
+    const commitGen = this.gen++;
+
+    this.committing = snap;
+    this.dirtyNodes = new Set();
+    this.deletedNodes = new Set();
+    this.nodeRefs = new Map();
+    this.chunks = new Map();
+    this.fps = new Map();
+    this.freeAdds = new Set();
+    this.freeDeletes = new Set();
+    this.volumesDirty = new Set();
+    this.volumesDeleted = new Set();
+    this.freedSinceCommit = [];
+    this.sbDirty = false;
+    this.changes = 0;
+
+    try {
+      // 2. Chunk data first: committed metadata must never point at bytes not on disk.
+      await this.hooks.syncData?.();
+      // 3. All metadata in one transaction; the promise resolves once it is fsynced.
+      await this.env.transaction(() => {
+        for (const [id, buf] of nodeBufs) this.nodesDb.put(id, buf);
+        for (const id of snap.deletedNodes) this.nodesDb.remove(id);
+        for (const [id, n] of snap.nodeRefs) {
+          if (n === null || n === 0) this.nodeRefsDb.remove(id);
+          else this.nodeRefsDb.put(id, n);
+        }
+        for (const [slot, c] of snap.chunks) {
+          if (c === null) this.chunksDb.remove(slot);
+          else this.chunksDb.put(slot, encodeChunk(c));
+        }
+        for (const [k, slot] of snap.fps) {
+          const key = Buffer.from(k, 'latin1');
+          if (slot === null) this.fpDb.remove(key);
+          else this.fpDb.put(key, slot);
+        }
+        for (const s of freeAdds) this.freeDb.put(s, 1);
+        for (const s of freeDeletes) this.freeDb.remove(s);
+        for (const v of volPuts) this.main.put('volume/' + v.name, v);
+        for (const n of volDels) this.main.remove('volume/' + n);
+        this.main.put('superblock', sb);
+      });
+    } catch (e) {
+      // The in-memory state is ahead of the disk and cannot be reconciled: stop accepting work.
+      this.closed = true;
+      throw new ShoalError('io_error', `metadata commit failed: ${(e as Error).message}`, { cause: e });
+    } finally {
+      this.committing = null;
+    }
+    // 4. Frees are durable now; the slots become reusable once older readers are gone.
+    for (const f of freed) this.awaitingReaders.push({ slot: f.slot, gen: Math.max(f.gen, commitGen) });
+    this.releaseReusable();
+  }
+
+  /** Moves durably-freed slots that no running reader can still be reading to the reusable list. */
+  releaseReusable(): void {
+    if (this.awaitingReaders.length === 0) return;
+    const oldest = this.oldestActive();
+    const keep: Array<{ slot: number; gen: number }> = [];
+    for (const f of this.awaitingReaders) {
+      if (f.gen < oldest) this.reusable.push(f.slot);
+      else keep.push(f);
+    }
+    this.awaitingReaders = keep;
+  }
+
+  /** Drops clean nodes from memory when the cache holds more than `max` (they reload from LMDB). */
+  trimNodeCache(max: number): void {
+    if (this.nodes.size <= max) return;
+    for (const id of this.nodes.keys()) {
+      if (this.nodes.size <= max * 0.8) break;
+      if (!this.dirtyNodes.has(id)) this.nodes.delete(id);
+    }
+  }
+
+  // ---------------------------------------------------------------- iteration (fsck)
+
+  *allNodeIds(): Iterable<number> {
+    // Only valid with no uncommitted changes (fsck commits first).
+    for (const k of this.nodesDb.getKeys()) yield k as number;
+  }
+
+  *allChunkRecords(): Iterable<[number, ChunkRecord]> {
+    for (const { key, value } of this.chunksDb.getRange({})) yield [key as number, decodeChunk(value as Buffer)];
+  }
+
+  *allNodeRefs(): Iterable<[number, number]> {
+    for (const { key, value } of this.nodeRefsDb.getRange({})) yield [key as number, value as number];
+  }
+
+  *allFingerprints(): Iterable<[Buffer, number]> {
+    for (const { key, value } of this.fpDb.getRange({})) yield [key as Buffer, value as number];
+  }
+
+  *allFreeSlots(): Iterable<number> {
+    for (const k of this.freeDb.getKeys()) yield k as number;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  async close(): Promise<void> {
+    if (!this.closed) {
+      await this.commit().catch(() => {});
+      this.closed = true;
+    }
+    await this.env.close();
+  }
+}

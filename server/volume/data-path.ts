@@ -1,0 +1,385 @@
+// The data path of every volume and snapshot: read, write, trim, zero, block status.
+// Maps live in the metadata layer, bytes in the chunk store, hot bytes in the shared cache.
+//
+// A write never changes a stored chunk (invariant 1): it writes whole new chunks (sub-chunk
+// writes read the old chunk, patch a copy), fingerprints them, maps each to an identical chunk
+// of the same dedup domain if one exists (after comparing the bytes), stores the rest in fresh
+// slots, and only then, synchronously, points the map at them.
+import { ShoalError } from '../errors.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type Extent } from '../nbd/export.js';
+import { FIRST_SLOT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
+import { forEachEntry, isStored, lookup, releaseRange, setEntry } from '../meta/map-tree.js';
+import type { MetaStore, RootRecord } from '../meta/meta-store.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import { native } from '../native.js';
+import { RangeLock } from './range-lock.js';
+
+/** Hashing a batch smaller than this on the event loop costs less than the thread-pool hop. */
+const ASYNC_HASH_BYTES = 256 * 1024;
+/** At most this many extents per block-status reply. */
+const MAX_EXTENTS = 4096;
+
+/** What a write or zero needs to know about the map it changes. */
+export interface WritableMap {
+  readonly name: string;
+  readonly record: RootRecord;
+  readonly domain: number;
+  readonly lock: RangeLock;
+  /** Called after the record changed (marks it for the next commit). */
+  touched(): void;
+}
+
+export interface DataPathOptions {
+  /** Compare bytes before mapping a write to an existing chunk with the same fingerprint. */
+  verifyDedup: boolean;
+  /** Test-only: replaces the fingerprint function (to force collisions). */
+  fingerprintOverride?: (chunk: Buffer) => Buffer;
+}
+
+export interface DataCounters {
+  dedupHits: number;
+  storedChunks: number;
+  zeroChunks: number;
+}
+
+type Plan =
+  | { kind: 'hole'; ci: number }
+  | { kind: 'dedup'; ci: number; slot: number; fp: Buffer; bytes: Buffer }
+  | { kind: 'store'; ci: number; slot: number; fp: Buffer; bytes: Buffer };
+
+export class DataPath {
+  readonly chunkSize: number;
+  private readonly zeroChunk: Buffer;
+  readonly counters: DataCounters = { dedupHits: 0, storedChunks: 0, zeroChunks: 0 };
+
+  constructor(
+    private readonly meta: MetaStore,
+    private readonly store: ChunkStore,
+    private readonly cache: ChunkCache,
+    private readonly opts: DataPathOptions,
+  ) {
+    this.chunkSize = meta.chunkSize;
+    this.zeroChunk = Buffer.alloc(this.chunkSize);
+  }
+
+  private loadChunk = (slot: number): Promise<Buffer> => this.store.read(slot);
+
+  /** The bytes of one stored chunk, through the shared cache. */
+  chunkBytes(slot: number, reader: number): Promise<Buffer> | Buffer {
+    return this.cache.get(slot, reader) ?? this.cache.fetch(slot, reader, this.loadChunk);
+  }
+
+  // ------------------------------------------------------------------ read
+
+  async read(r: RootRecord, offset: number, length: number, reader: number): Promise<Buffer> {
+    const cs = this.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const g = this.meta.enterRead();
+    try {
+      if (first === last) {
+        // One chunk: serve a view of the cached bytes, no copy (cached chunks are immutable).
+        const v = lookup(this.meta, r, first);
+        const within = offset - first * cs;
+        if (!isStored(v)) return within === 0 && length === cs ? this.zeroChunk : Buffer.alloc(length);
+        const b = this.cache.get(v, reader) ?? (await this.cache.fetch(v, reader, this.loadChunk));
+        return b.subarray(within, within + length);
+      }
+      const out = Buffer.allocUnsafe(length);
+      let pending: Promise<void>[] | null = null;
+      for (let ci = first; ci <= last; ci++) {
+        const cStart = ci * cs;
+        const from = Math.max(offset, cStart);
+        const to = Math.min(offset + length, cStart + cs);
+        const dst = from - offset;
+        const v = lookup(this.meta, r, ci);
+        if (!isStored(v)) {
+          out.fill(0, dst, dst + (to - from));
+          continue;
+        }
+        const hit = this.cache.get(v, reader);
+        if (hit) hit.copy(out, dst, from - cStart, to - cStart);
+        else
+          (pending ??= []).push(
+            this.cache.fetch(v, reader, this.loadChunk).then((b) => {
+              b.copy(out, dst, from - cStart, to - cStart);
+            }),
+          );
+      }
+      if (pending) await Promise.all(pending);
+      return out;
+    } finally {
+      this.meta.exitRead(g);
+      this.meta.releaseReusable();
+    }
+  }
+
+  /** NBD_CMD_CACHE: bring the range's chunks into the cache. */
+  async prefetch(r: RootRecord, offset: number, length: number, reader: number): Promise<void> {
+    const cs = this.chunkSize;
+    const g = this.meta.enterRead();
+    try {
+      const slots: number[] = [];
+      forEachEntry(this.meta, r, Math.floor(offset / cs), Math.floor((offset + length - 1) / cs) + 1, (_ci, v) => {
+        if (isStored(v)) slots.push(v);
+      });
+      // Bounded parallelism: a huge CACHE request must not flood the thread pool.
+      for (let i = 0; i < slots.length; i += 64) await Promise.all(slots.slice(i, i + 64).map((s) => this.chunkBytes(s, reader)));
+    } finally {
+      this.meta.exitRead(g);
+    }
+  }
+
+  // ------------------------------------------------------------------ write
+
+  async write(m: WritableMap, offset: number, data: Buffer): Promise<void> {
+    const cs = this.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + data.length - 1) / cs);
+    const release = await m.lock.acquire(first, last + 1);
+    const g = this.meta.enterRead();
+    try {
+      // 1. The new content of every chunk touched.
+      const chunks: Buffer[] = new Array(last - first + 1);
+      for (let ci = first; ci <= last; ci++) {
+        const cStart = ci * cs;
+        const from = Math.max(offset, cStart);
+        const to = Math.min(offset + data.length, cStart + cs);
+        if (from === cStart && to === cStart + cs) {
+          chunks[ci - first] = data.subarray(from - offset, to - offset);
+        } else {
+          const v = lookup(this.meta, m.record, ci);
+          const merged = Buffer.allocUnsafe(cs);
+          if (isStored(v)) (await this.chunkBytes(v, -1)).copy(merged);
+          else merged.fill(0);
+          data.copy(merged, from - cStart, from - offset, to - offset);
+          chunks[ci - first] = merged;
+        }
+      }
+      await this.commitChunks(m, first, chunks, offset % cs === 0 && data.length % cs === 0 ? data : null);
+    } finally {
+      this.meta.exitRead(g);
+      release();
+    }
+  }
+
+  private async fingerprints(chunks: Buffer[], contiguous: Buffer | null): Promise<Buffer[]> {
+    const cs = this.chunkSize;
+    if (this.opts.fingerprintOverride) return chunks.map((c) => this.opts.fingerprintOverride!(c));
+    const addon = native();
+    let all: Buffer;
+    if (contiguous) {
+      all = contiguous.length >= ASYNC_HASH_BYTES ? await addon.fingerprint(contiguous, cs) : addon.fingerprintSync(contiguous, cs);
+    } else if (chunks.length * cs >= ASYNC_HASH_BYTES) {
+      all = await addon.fingerprint(Buffer.concat(chunks), cs);
+    } else {
+      all = Buffer.allocUnsafe(chunks.length * 32);
+      for (let i = 0; i < chunks.length; i++) addon.fingerprintSync(chunks[i], cs).copy(all, i * 32);
+    }
+    const out: Buffer[] = new Array(chunks.length);
+    for (let i = 0; i < chunks.length; i++) out[i] = all.subarray(i * 32, i * 32 + 32);
+    return out;
+  }
+
+  /** Maps chunk indices first.. to the given contents (dedup, store, then map). */
+  private async commitChunks(m: WritableMap, first: number, chunks: Buffer[], contiguous: Buffer | null): Promise<void> {
+    const cs = this.chunkSize;
+    // 2. All-zero chunks become holes; the rest are fingerprinted in one batch.
+    const nonZero: number[] = [];
+    for (let i = 0; i < chunks.length; i++) if (!chunks[i].equals(this.zeroChunk)) nonZero.push(i);
+    const allNonZero = nonZero.length === chunks.length;
+    const fps = nonZero.length === 0 ? [] : await this.fingerprints(allNonZero ? chunks : nonZero.map((i) => chunks[i]), allNonZero ? contiguous : null);
+
+    // 3. Find identical chunks already stored in this domain (and repeated within this write).
+    const plans: Plan[] = [];
+    const seen = new Map<string, number>(); // fingerprint -> index in plans (stored by this write)
+    let k = 0;
+    for (let i = 0; i < chunks.length; i++) {
+      const ci = first + i;
+      if (k >= nonZero.length || nonZero[k] !== i) {
+        plans.push({ kind: 'hole', ci });
+        continue;
+      }
+      const fp = fps[k++];
+      const bytes = chunks[i];
+      const candidate = this.meta.lookupFingerprint(m.domain, fp);
+      if (candidate !== undefined && (await this.sameBytes(candidate, bytes))) {
+        plans.push({ kind: 'dedup', ci, slot: candidate, fp, bytes });
+        continue;
+      }
+      const key = fp.toString('latin1');
+      const prior = seen.get(key);
+      if (prior !== undefined && plans[prior].kind === 'store' && (plans[prior] as any).bytes.equals(bytes)) {
+        plans.push({ kind: 'dedup', ci, slot: -1 - prior, fp, bytes }); // resolved after the store
+        continue;
+      }
+      seen.set(key, plans.length);
+      plans.push({ kind: 'store', ci, slot: 0, fp, bytes });
+    }
+
+    // 4. Store new chunks in fresh slots, consecutive slots in one write.
+    await this.storePlans(plans.filter((p) => p.kind === 'store') as Array<Plan & { kind: 'store' }>);
+
+    // 5. Point the map at them, synchronously (no await until done).
+    const retry: Array<Plan & { kind: 'store' }> = [];
+    for (const p of plans) {
+      if (p.kind === 'hole') {
+        setEntry(this.meta, m.record, p.ci, HOLE);
+        this.counters.zeroChunks++;
+      } else if (p.kind === 'store') {
+        this.meta.addChunk(p.slot, m.domain, Buffer.from(p.fp), true);
+        // Write-through: a copy, since the request buffer is not ours to keep.
+        this.cache.insert(p.slot, Buffer.from(p.bytes));
+        setEntry(this.meta, m.record, p.ci, p.slot);
+        this.counters.storedChunks++;
+      } else {
+        const slot = p.slot < 0 ? (plans[-1 - p.slot] as any).slot : p.slot;
+        // The candidate may have been freed while we compared bytes: then store ours instead.
+        if (this.meta.chunkRefCount(slot) > 0) {
+          this.meta.incChunk(slot);
+          setEntry(this.meta, m.record, p.ci, slot);
+          this.meta.countDedupHit();
+          this.counters.dedupHits++;
+        } else retry.push({ kind: 'store', ci: p.ci, slot: 0, fp: p.fp, bytes: p.bytes });
+      }
+    }
+    m.touched();
+    if (retry.length > 0) {
+      await this.storePlans(retry);
+      for (const p of retry) {
+        this.meta.addChunk(p.slot, m.domain, Buffer.from(p.fp), true);
+        setEntry(this.meta, m.record, p.ci, p.slot);
+      }
+      m.touched();
+    }
+    void cs;
+  }
+
+  private async sameBytes(slot: number, bytes: Buffer): Promise<boolean> {
+    if (!this.opts.verifyDedup && !this.opts.fingerprintOverride) return true;
+    const existing = await this.chunkBytes(slot, -1);
+    return existing.equals(bytes);
+  }
+
+  private async storePlans(stores: Array<{ slot: number; bytes: Buffer }>): Promise<void> {
+    if (stores.length === 0) return;
+    for (const p of stores) p.slot = this.meta.allocSlot();
+    const writes: Promise<void>[] = [];
+    let i = 0;
+    while (i < stores.length) {
+      let j = i + 1;
+      while (j < stores.length && stores[j].slot === stores[j - 1].slot + 1) j++;
+      const run = stores.slice(i, j);
+      const buf = run.length === 1 ? run[0].bytes : Buffer.concat(run.map((p) => p.bytes));
+      writes.push(this.store.write(run[0].slot, buf));
+      i = j;
+    }
+    try {
+      await Promise.all(writes);
+    } catch (e) {
+      for (const p of stores) this.meta.releaseUnusedSlot(p.slot);
+      throw e;
+    }
+  }
+
+  // ------------------------------------------------------------------ trim / zero
+
+  /** Releases the chunks the range covers entirely (partial edges are left as they are). */
+  async trim(m: WritableMap, offset: number, length: number): Promise<void> {
+    const cs = this.chunkSize;
+    const from = Math.ceil(offset / cs);
+    const to = Math.floor((offset + length) / cs);
+    if (from >= to) return;
+    const release = await m.lock.acquire(from, to);
+    try {
+      releaseRange(this.meta, m.record, from, to);
+      m.touched();
+    } finally {
+      release();
+    }
+  }
+
+  /** Makes the range read as zeroes: whole chunks released (or marked zero), edges rewritten. */
+  async zero(m: WritableMap, offset: number, length: number, noHole: boolean): Promise<void> {
+    const cs = this.chunkSize;
+    const end = offset + length;
+    const from = Math.ceil(offset / cs);
+    const to = Math.floor(end / cs);
+    if (from >= to) {
+      // Within one chunk, or across one boundary without a whole chunk.
+      await this.write(m, offset, Buffer.alloc(length));
+      return;
+    }
+    if (offset < from * cs) await this.write(m, offset, Buffer.alloc(from * cs - offset));
+    if (end > to * cs) await this.write(m, to * cs, Buffer.alloc(end - to * cs));
+    const release = await m.lock.acquire(from, to);
+    try {
+      releaseRange(this.meta, m.record, from, to);
+      if (noHole) {
+        // Allocated zeroes: no chunk is stored, but block status reports data, not a hole.
+        for (let ci = from; ci < to; ci++) setEntry(this.meta, m.record, ci, ZERO_CHUNK);
+      }
+      m.touched();
+    } finally {
+      release();
+    }
+  }
+
+  // ------------------------------------------------------------------ block status
+
+  blockStatus(r: RootRecord, offset: number, length: number): Extent[] {
+    const cs = this.chunkSize;
+    const end = Math.min(offset + length, r.size);
+    const extents: Extent[] = [];
+    let pos = offset; // byte position described so far
+    const push = (len: number, flags: number) => {
+      if (len <= 0) return;
+      const last = extents[extents.length - 1];
+      if (last && last.flags === flags) last.length += len;
+      else extents.push({ length: len, flags });
+    };
+    const firstCi = Math.floor(offset / cs);
+    const endCi = Math.ceil(end / cs);
+    forEachEntry(this.meta, r, firstCi, endCi, (ci, v) => {
+      const cStart = Math.max(ci * cs, offset);
+      const cEnd = Math.min(ci * cs + cs, end);
+      push(cStart - pos, EXTENT_HOLE | EXTENT_ZERO);
+      push(cEnd - cStart, v === ZERO_CHUNK ? EXTENT_ZERO : 0);
+      pos = cEnd;
+      return extents.length < MAX_EXTENTS;
+    });
+    if (extents.length < MAX_EXTENTS) push(end - pos, EXTENT_HOLE | EXTENT_ZERO);
+    if (extents.length === 0) push(end - offset, EXTENT_HOLE | EXTENT_ZERO);
+    return extents;
+  }
+
+  /** Bytes of the map that reference stored chunks, split by whether anything else shares them. */
+  sharing(r: RootRecord): { exclusive: number; shared: number } {
+    let exclusive = 0;
+    let shared = 0;
+    const cs = this.chunkSize;
+    if (r.root === 0) return { exclusive, shared };
+    const visit = (id: number, inShared: boolean) => {
+      const n = this.meta.getNode(id);
+      const s = inShared || this.meta.nodeRefCount(id) > 1;
+      const e = n.entries;
+      for (let i = 0; i < e.length; i++) {
+        const v = e[i];
+        if (v === 0) continue;
+        if (n.level > 0) visit(v, s);
+        else if (v >= FIRST_SLOT) {
+          if (s || this.meta.chunkRefCount(v) > 1) shared += cs;
+          else exclusive += cs;
+        }
+      }
+    };
+    visit(r.root, false);
+    return { exclusive, shared };
+  }
+}
+
+export function checkRange(size: number, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size)
+    throw new ShoalError('out_of_range', `range ${offset}+${length} is outside the volume (size ${size})`);
+}
