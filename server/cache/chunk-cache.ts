@@ -59,6 +59,11 @@ export class ChunkCache {
     return this.smallBytes + this.mainBytes;
   }
 
+  /** The cached bytes of `slot` without counting a hit (bytes just loaded for this caller). */
+  peek(slot: number): Buffer | undefined {
+    return this.map.get(slot)?.buf;
+  }
+
   /** The cached bytes of `slot`, or undefined. Counts a hit for `reader`. */
   get(slot: number, reader: number): Buffer | undefined {
     const e = this.map.get(slot);
@@ -104,6 +109,52 @@ export class ChunkCache {
       this.inflight.delete(slot);
       this.droppedDuringLoad.delete(slot);
     }
+  }
+
+  /**
+   * Loads several missing slots at once: runs of consecutive slots not cached and not already
+   * being loaded go to `loadRun` as one request each. Resolves when all are loaded.
+   */
+  async fetchRuns(slots: number[], reader: number, loadRun: (first: number, count: number) => Promise<Buffer[]>): Promise<void> {
+    const waits: Promise<unknown>[] = [];
+    let i = 0;
+    while (i < slots.length) {
+      const s = slots[i];
+      if (this.map.has(s)) {
+        this.get(s, reader);
+        i++;
+        continue;
+      }
+      const pending = this.inflight.get(s);
+      if (pending) {
+        this.coalesced++;
+        waits.push(pending);
+        i++;
+        continue;
+      }
+      let j = i + 1;
+      while (j < slots.length && slots[j] === slots[j - 1] + 1 && !this.map.has(slots[j]) && !this.inflight.has(slots[j])) j++;
+      const count = j - i;
+      this.misses += count;
+      const run = loadRun(s, count);
+      for (let k = 0; k < count; k++) {
+        const slot = s + k;
+        const p = run.then((bufs) => bufs[k]);
+        this.inflight.set(slot, p);
+        waits.push(
+          p.then(
+            (b) => {
+              if (!this.droppedDuringLoad.has(slot)) this.insert(slot, b, reader);
+            },
+          ).finally(() => {
+            this.inflight.delete(slot);
+            this.droppedDuringLoad.delete(slot);
+          }),
+        );
+      }
+      i = j;
+    }
+    await Promise.all(waits);
   }
 
   /** Puts freshly written chunk bytes in the cache (write-through, probationary). */

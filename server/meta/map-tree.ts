@@ -37,6 +37,20 @@ export function lookup(meta: MetaStore, r: RootRecord, ci: number): number {
   return HOLE;
 }
 
+/**
+ * The entries of the leaf covering chunk `ci`, or null where the whole leaf is a hole.
+ * A multi-chunk read walks the tree once per leaf (256 chunks), not once per chunk.
+ */
+export function leafEntries(meta: MetaStore, r: RootRecord, ci: number): Float64Array | null {
+  let id = r.root;
+  if (id === 0 || ci >= POW[r.levels]) return null;
+  for (let level = r.levels - 1; level > 0; level--) {
+    id = meta.getNode(id).entries[slotAt(ci, level)];
+    if (id === 0) return null;
+  }
+  return meta.getNode(id).entries;
+}
+
 /** Makes `id` private to one parent: copies it if shared. Returns the id to use. */
 function ensurePrivate(meta: MetaStore, id: number): MapNode {
   const n = meta.getNode(id);
