@@ -1,0 +1,345 @@
+// Transmission phase (doc/proto.md "Transmission"): validates requests, runs them against the
+// export concurrently, and encodes simple or structured replies as each completes (replies may go
+// out of order; the spec allows it). The socket framing lives in connection.ts.
+//
+// Hot-path notes (4 KiB reads at queue depth 32 must stay cheap):
+// - Handles are carried as two u32s and offsets as doubles: no BigInt per request.
+// - Reply headers come from Buffer.allocUnsafe(<4 KiB), which is carved from Node's shared pool
+//   (no fresh ArrayBuffer per reply); read data is written as-is, never copied.
+// - Replies completing in the same tick are written under one cork(), uncorked on nextTick, so
+//   N replies cost one writev() syscall instead of 2N write()s.
+
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { nbdErrnoOf, isShoalError } from '../errors.js';
+import type { NbdExport, NbdObserver, Extent } from './export.js';
+import type { Logger, Negotiated } from './handshake.js';
+import * as C from './constants.js';
+
+const TWO_32 = 4294967296;
+
+/** One request in flight. A class so every instance has the same hidden shape. */
+export class Request {
+  replied = false;
+  start = 0;
+  constructor(
+    readonly type: number,
+    readonly flags: number,
+    readonly hHi: number,
+    readonly hLo: number,
+    readonly offset: number,
+    readonly length: number,
+  ) {}
+}
+
+function uncork(t: Transmission): void {
+  t.corked = false;
+  if (!t.closed) t.sock.uncork();
+}
+
+// Flags each command accepts. FUA is valid on every command once SEND_FUA is advertised (spec:
+// "the server MUST accept all commands with this bit set"); DF only with structured replies.
+function allowedFlags(type: number, structured: boolean): number {
+  switch (type) {
+    case C.NBD_CMD_READ:
+      return C.NBD_CMD_FLAG_FUA | (structured ? C.NBD_CMD_FLAG_DF : 0);
+    case C.NBD_CMD_WRITE:
+    case C.NBD_CMD_FLUSH:
+    case C.NBD_CMD_TRIM:
+    case C.NBD_CMD_CACHE:
+    case C.NBD_CMD_DISC:
+      return C.NBD_CMD_FLAG_FUA;
+    case C.NBD_CMD_WRITE_ZEROES:
+      return C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_NO_HOLE | C.NBD_CMD_FLAG_FAST_ZERO;
+    case C.NBD_CMD_BLOCK_STATUS:
+      return C.NBD_CMD_FLAG_FUA | C.NBD_CMD_FLAG_REQ_ONE;
+    default:
+      return -1;
+  }
+}
+
+export interface TransmissionOptions {
+  sock: Socket;
+  neg: Negotiated;
+  observer?: NbdObserver;
+  log: Logger;
+  /** Called after every request settles (reply queued), for backpressure and teardown. */
+  onSettled: () => void;
+}
+
+export class Transmission {
+  readonly sock: Socket;
+  readonly exp: NbdExport;
+  readonly neg: Negotiated;
+  private readonly observer?: NbdObserver;
+  private readonly log: Logger;
+  private readonly onSettled: () => void;
+  private readonly structured: boolean;
+  private readonly size: number;
+
+  /** Backend operations still running (the export must stay open until this is 0). */
+  inFlight = 0;
+  /** Payload bytes held for in-flight reads and writes (for backpressure). */
+  inFlightBytes = 0;
+  corked = false;
+  /** The socket is gone: nothing more may be written. */
+  closed = false;
+  /** The export was revoked (or the server is shutting down): every request fails with ESHUTDOWN. */
+  revoked = false;
+  /** Requests not yet replied to, so revoke can fail them at once. */
+  private readonly unreplied = new Set<Request>();
+  /** Write-type operations in flight, so FLUSH can wait for those received before it. */
+  private readonly writes = new Set<Promise<unknown>>();
+  /** Message of the last validate() failure. */
+  lastError = '';
+
+  constructor(o: TransmissionOptions) {
+    this.sock = o.sock;
+    this.neg = o.neg;
+    this.exp = o.neg.export;
+    this.observer = o.observer;
+    this.log = o.log;
+    this.onSettled = o.onSettled;
+    this.structured = o.neg.structured;
+    this.size = o.neg.size;
+  }
+
+  /**
+   * Checks a request header. Returns 0 if the request may run, else the errno to reply with
+   * (and sets lastError). The caller still has to consume a WRITE's payload either way.
+   */
+  validate(type: number, flags: number, offset: number, length: number): number {
+    const allowed = allowedFlags(type, this.structured);
+    if (allowed < 0) return this.invalid(C.NBD_EINVAL, `unknown command ${type}`);
+    if (flags & ~allowed) return this.invalid(C.NBD_EINVAL, `invalid flags 0x${flags.toString(16)} for ${C.CMD_NAMES[type]}`);
+    if (this.revoked) return this.invalid(C.NBD_ESHUTDOWN, 'export is no longer available');
+    if (type === C.NBD_CMD_FLUSH || type === C.NBD_CMD_DISC) return 0; // offset/length ignored
+    if (this.exp.readOnly && (type === C.NBD_CMD_WRITE || type === C.NBD_CMD_TRIM || type === C.NBD_CMD_WRITE_ZEROES)) {
+      return this.invalid(C.NBD_EPERM, 'export is read-only');
+    }
+    if (type === C.NBD_CMD_BLOCK_STATUS && !this.neg.baseAllocation) return this.invalid(C.NBD_EINVAL, 'no metadata context was negotiated');
+    if (length === 0) return this.invalid(C.NBD_EINVAL, 'zero-length request');
+    // offset is exact below 2^53; above it, it is still far beyond any export size.
+    if (offset > this.size || length > this.size - offset) return this.invalid(C.NBD_EINVAL, 'request beyond the end of the export');
+    if ((type === C.NBD_CMD_READ || type === C.NBD_CMD_WRITE) && length > this.neg.maxPayload) {
+      return this.invalid(C.NBD_EINVAL, `request of ${length} bytes exceeds the maximum of ${this.neg.maxPayload}`);
+    }
+    return 0;
+  }
+
+  private invalid(errno: number, msg: string): number {
+    this.lastError = msg;
+    return errno;
+  }
+
+  /** Runs a validated request. For WRITE, `payload` holds exactly `length` bytes. */
+  dispatch(req: Request, payload: Buffer | null): void {
+    this.inFlight++;
+    if (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE) this.inFlightBytes += req.length;
+    this.unreplied.add(req);
+    if (this.observer) req.start = performance.now();
+    void this.exec(req, payload);
+  }
+
+  private async exec(req: Request, payload: Buffer | null): Promise<void> {
+    const exp = this.exp;
+    const fua = (req.flags & C.NBD_CMD_FLAG_FUA) !== 0;
+    let ok = false;
+    try {
+      switch (req.type) {
+        case C.NBD_CMD_READ: {
+          const data = await exp.read(req.offset, req.length);
+          if (data.length !== req.length) throw new Error(`export returned ${data.length} bytes for a ${req.length}-byte read`);
+          ok = true;
+          this.replyRead(req, data);
+          break;
+        }
+        case C.NBD_CMD_WRITE:
+          await this.trackWrite(exp.write(req.offset, payload!, fua));
+          ok = true;
+          this.replyOk(req);
+          break;
+        case C.NBD_CMD_TRIM:
+          await this.trackWrite(exp.trim(req.offset, req.length, fua));
+          ok = true;
+          this.replyOk(req);
+          break;
+        case C.NBD_CMD_WRITE_ZEROES:
+          await this.trackWrite(
+            exp.writeZeroes(req.offset, req.length, {
+              noHole: (req.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
+              fastZero: (req.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+              fua,
+            }),
+          );
+          ok = true;
+          this.replyOk(req);
+          break;
+        case C.NBD_CMD_FLUSH:
+          // Every write received before this flush must be covered by it: wait for them first.
+          if (this.writes.size > 0) await Promise.allSettled(Array.from(this.writes));
+          await exp.flush();
+          ok = true;
+          this.replyOk(req);
+          break;
+        case C.NBD_CMD_CACHE:
+          await exp.cache(req.offset, req.length);
+          ok = true;
+          this.replyOk(req);
+          break;
+        case C.NBD_CMD_BLOCK_STATUS: {
+          const extents = await exp.blockStatus(req.offset, req.length);
+          ok = true;
+          this.replyBlockStatus(req, extents);
+          break;
+        }
+      }
+    } catch (e) {
+      const errno = C.ERRNO[nbdErrnoOf(e)] ?? C.NBD_EIO;
+      if (isShoalError(e)) this.log.debug({ err: e, op: C.CMD_NAMES[req.type], export: this.neg.exportName }, 'nbd: request failed');
+      else this.log.warn({ err: e, op: C.CMD_NAMES[req.type], export: this.neg.exportName }, 'nbd: request failed');
+      this.replyError(req, errno, isShoalError(e) ? e.message : 'I/O error');
+    } finally {
+      this.inFlight--;
+      if (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE) this.inFlightBytes -= req.length;
+      if (this.observer) {
+        try {
+          this.observer.request(C.CMD_NAMES[req.type], this.neg.exportName, req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE ? req.length : 0, (performance.now() - req.start) / 1000, ok);
+        } catch (e) {
+          this.log.error({ err: e }, 'nbd: observer failed');
+        }
+      }
+      this.onSettled(); // never throws (connection.ts catches)
+    }
+  }
+
+  private async trackWrite(p: Promise<void>): Promise<void> {
+    this.writes.add(p);
+    try {
+      await p;
+    } finally {
+      this.writes.delete(p);
+    }
+  }
+
+  /** Fails every request not yet answered with `errno` (revoke, shutdown); later ones fail in validate(). */
+  failAll(errno: number, msg: string): void {
+    this.revoked = true;
+    for (const req of this.unreplied) this.replyError(req, errno, msg);
+    this.unreplied.clear();
+  }
+
+  // --- replies ---------------------------------------------------------------------------------
+
+  /** False if the reply must not be sent (already answered, or the socket is gone). */
+  private begin(req: Request): boolean {
+    if (req.replied) return false;
+    req.replied = true;
+    this.unreplied.delete(req);
+    if (this.closed) return false;
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(uncork, this);
+    }
+    return true;
+  }
+
+  private simpleHeader(req: Request, errno: number): Buffer {
+    const h = Buffer.allocUnsafe(C.NBD_SIMPLE_REPLY_SIZE);
+    h.writeUInt32BE(C.NBD_SIMPLE_REPLY_MAGIC, 0);
+    h.writeUInt32BE(errno, 4);
+    h.writeUInt32BE(req.hHi, 8);
+    h.writeUInt32BE(req.hLo, 12);
+    return h;
+  }
+
+  private structuredHeader(h: Buffer, req: Request, flags: number, type: number, length: number): void {
+    h.writeUInt32BE(C.NBD_STRUCTURED_REPLY_MAGIC, 0);
+    h.writeUInt16BE(flags, 4);
+    h.writeUInt16BE(type, 6);
+    h.writeUInt32BE(req.hHi, 8);
+    h.writeUInt32BE(req.hLo, 12);
+    h.writeUInt32BE(length, 16);
+  }
+
+  private replyOk(req: Request): void {
+    if (!this.begin(req)) return;
+    // A simple reply is allowed for any data-less success, even with structured replies.
+    this.sock.write(this.simpleHeader(req, 0));
+  }
+
+  private replyRead(req: Request, data: Buffer): void {
+    if (!this.begin(req)) return;
+    if (!this.structured) {
+      this.sock.write(this.simpleHeader(req, 0));
+    } else {
+      // One OFFSET_DATA chunk with DONE: never fragmented, which is also what DF asks for.
+      const h = Buffer.allocUnsafe(C.NBD_STRUCTURED_REPLY_SIZE + 8);
+      this.structuredHeader(h, req, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_OFFSET_DATA, 8 + req.length);
+      h.writeUInt32BE(Math.floor(req.offset / TWO_32), 20);
+      h.writeUInt32BE(req.offset >>> 0, 24);
+      this.sock.write(h);
+    }
+    this.sock.write(data);
+  }
+
+  /** Replies with an error (simple reply without payload, or an NBD_REPLY_TYPE_ERROR chunk). */
+  replyError(req: Request, errno: number, msg: string): void {
+    if (!this.begin(req)) return;
+    if (!this.structured) {
+      this.sock.write(this.simpleHeader(req, errno));
+      return;
+    }
+    const m = Buffer.from(msg.length > 1024 ? msg.slice(0, 1024) : msg, 'utf8');
+    const h = Buffer.allocUnsafe(C.NBD_STRUCTURED_REPLY_SIZE + 6 + m.length);
+    this.structuredHeader(h, req, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_ERROR, 6 + m.length);
+    h.writeUInt32BE(errno, 20);
+    h.writeUInt16BE(m.length, 24);
+    m.copy(h, 26);
+    this.sock.write(h);
+  }
+
+  /** Replies to a request that failed validation (the caller has built the Request). */
+  reject(req: Request, errno: number): void {
+    this.replyError(req, errno, this.lastError);
+  }
+
+  private replyBlockStatus(req: Request, extents: Extent[]): void {
+    // Clamp what the export returned to the spec's rules: descriptors are non-empty, their sum
+    // does not exceed the request, adjacent equal ones merge, and REQ_ONE gets exactly one.
+    const one = (req.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const lens: number[] = [];
+    const flags: number[] = [];
+    let left = req.length;
+    for (let i = 0; i < extents.length && left > 0; i++) {
+      const e = extents[i];
+      let len = Math.floor(e.length);
+      if (!(len > 0)) continue;
+      if (len > left) len = left;
+      const f = e.flags & 3;
+      const n = lens.length;
+      if (n > 0 && flags[n - 1] === f) lens[n - 1] += len;
+      else {
+        lens.push(len);
+        flags.push(f);
+      }
+      left -= len;
+    }
+    // An export that says nothing gets the safe answer: allocated, contents unknown.
+    if (lens.length === 0) {
+      lens.push(req.length);
+      flags.push(0);
+    }
+    const n = one ? 1 : lens.length;
+    if (!this.begin(req)) return;
+    const h = Buffer.allocUnsafe(C.NBD_STRUCTURED_REPLY_SIZE + 4 + 8 * n);
+    this.structuredHeader(h, req, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n);
+    h.writeUInt32BE(C.BASE_ALLOCATION_ID, 20);
+    for (let i = 0; i < n; i++) {
+      h.writeUInt32BE(lens[i], 24 + 8 * i);
+      h.writeUInt32BE(flags[i], 28 + 8 * i);
+    }
+    this.sock.write(h);
+  }
+}
