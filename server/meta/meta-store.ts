@@ -135,6 +135,8 @@ export class MetaStore {
   private readonly active = new Map<number, number>();
 
   private commitChain: Promise<void> = Promise.resolve();
+  private holds = 0;
+  private holdWaiters: Array<() => void> = [];
   private commitPending: Promise<void> | null = null;
   private changes = 0;
   hooks: MetaStoreHooks = {};
@@ -442,7 +444,25 @@ export class MetaStore {
     return p;
   }
 
+  /**
+   * Runs `fn` with commits held back, so a multi-step operation (reflink, dedupe) reaches the
+   * disk whole or not at all. `fn` must not await commit() itself.
+   */
+  async atomically<T>(fn: () => Promise<T>): Promise<T> {
+    this.holds++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.holds === 0) {
+        const w = this.holdWaiters;
+        this.holdWaiters = [];
+        for (const f of w) f();
+      }
+    }
+  }
+
   private async doCommit(): Promise<void> {
+    while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
     if (this.closed) throw new ShoalError('shutting_down', 'the metadata store is closed');
     if (this.changes === 0 && !this.sbDirty && this.freedSinceCommit.length === 0) return;
     // 1. Take the overlays as they are now, synchronously: later changes go to the next commit.

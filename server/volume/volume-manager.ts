@@ -13,6 +13,7 @@ import { DataPath, checkRange, type WritableMap } from './data-path.js';
 import { RangeLock } from './range-lock.js';
 import { GarbageCollector } from './garbage-collector.js';
 import { checkMetadata } from '../meta/fsck.js';
+import { native } from '../native.js';
 import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
 
 export const DEFAULT_CHUNK_SIZE = 4096;
@@ -51,6 +52,7 @@ class VolumeState implements WritableMap {
   }
   touched(): void {
     this.mgr.meta.putVolume(this.record);
+    this.mgr.gc.kick(); // TRIM/zero of whole map subtrees queue them for collection
   }
 }
 
@@ -93,6 +95,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > 1024 * 1024 || (chunkSize & (chunkSize - 1)) !== 0)
       throw new ShoalError('invalid_request', `chunk size ${chunkSize} is not a power of two from 4 KiB to 1 MiB`);
+    native(); // fail at start, with a sentence, if the addon is not built — not on the first write
     const meta = MetaStore.open(opts.dataDir, { chunkSize });
     if (opts.chunkSize && opts.chunkSize !== meta.chunkSize)
       opts.logger?.warn(`the store in ${opts.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${opts.chunkSize}`);
@@ -215,14 +218,16 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       // Whatever lies past the new end must read as zeroes if the volume grows again.
       const cs = this.meta.chunkSize;
       const cut = Math.ceil(size / cs);
-      if (size % cs !== 0) await this.data.zero(st, size, Math.min(r.size, cut * cs) - size, false);
-      const release = await st.lock.acquire(cut, Infinity);
-      try {
-        releaseRange(this.meta, r, cut, Infinity);
-        r.size = size;
-      } finally {
-        release();
-      }
+      await this.meta.atomically(async () => {
+        if (size % cs !== 0) await this.data.zero(st, size, Math.min(r.size, cut * cs) - size, false);
+        const release = await st.lock.acquire(cut, Infinity);
+        try {
+          releaseRange(this.meta, r, cut, Infinity);
+          r.size = size;
+        } finally {
+          release();
+        }
+      });
     } else {
       growLevels(this.meta, r, Math.ceil(size / this.meta.chunkSize));
       r.size = size;
@@ -373,6 +378,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       }
       copiedBytes += len;
     };
+    await this.meta.atomically(async () => {
     if (headLen > 0) await copy(sourceOffset, offset, headLen);
     if (midChunks > 0) {
       const dFrom = (offset + headLen) / cs;
@@ -387,6 +393,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       sharedBytes += midChunks * cs;
     }
     if (tailLen > 0) await copy(sourceOffset + length - tailLen, offset + length - tailLen, tailLen);
+    });
     await this.meta.commit();
     this.gc.kick();
     return { sharedBytes, copiedBytes };
@@ -408,6 +415,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     const chunks = Math.floor(length / cs);
     const tail = length - chunks * cs;
     const BATCH = 256;
+    await this.meta.atomically(async () => {
     for (let c = 0; c < chunks; c += BATCH) {
       const n = Math.min(BATCH, chunks - c);
       const dFrom = offset / cs + c;
@@ -438,6 +446,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       const b = await this.data.read(dst.record, offset + chunks * cs, tail, -1);
       if (!a.equals(b)) differentBytes += tail; // a partial chunk cannot be shared; equal bytes need nothing
     }
+    });
     await this.meta.commit();
     this.gc.kick();
     return { sharedBytes, differentBytes };

@@ -1,0 +1,63 @@
+// Small helpers to write and check byte patterns in exports through real clients (qemu-io, nbdsh).
+import assert from 'node:assert/strict';
+import type { Daemon } from './daemon.js';
+import { run, nbdPython } from './tools.js';
+
+/** qemu-io commands against an export; throws with qemu-io's output if any command fails. */
+export async function qemuIo(d: Daemon, exportName: string, cmds: string[], opts: { readOnly?: boolean } = {}): Promise<string> {
+  const args = ['-f', 'raw', ...(opts.readOnly ? ['-r'] : []), d.uri(exportName)];
+  for (const c of cmds) args.push('-c', c);
+  const r = await run('qemu-io', args);
+  const out = r.stdout + r.stderr;
+  if (r.status !== 0 || /Pattern verification failed|failed|error/i.test(out)) throw new Error(`qemu-io ${cmds.join(' ; ')} on ${exportName}:\n${out}`);
+  return out;
+}
+
+/** Asserts that [offset, offset+length) of the export holds `byte` repeated. */
+export async function expectPattern(d: Daemon, exportName: string, byte: number, offset: number, length: number): Promise<void> {
+  const r = await run('qemu-io', ['-f', 'raw', '-r', d.uri(exportName), '-c', `read -P 0x${byte.toString(16)} ${offset} ${length}`]);
+  const out = r.stdout + r.stderr;
+  assert.ok(r.status === 0 && !/Pattern verification failed/.test(out), `${exportName} [${offset}+${length}] should hold 0x${byte.toString(16)}:\n${out}`);
+}
+
+/** Runs a libnbd Python snippet with `h` connected to the export; returns stdout. */
+export async function withHandle(d: Daemon, exportName: string, body: string, opts: { structured?: boolean } = {}): Promise<string> {
+  const script = [
+    'import nbd, sys',
+    'h = nbd.NBD()',
+    opts.structured === false ? 'h.set_request_structured_replies(False)' : "h.add_meta_context('base:allocation')",
+    `h.connect_uri(${JSON.stringify(d.unixUri(exportName))})`,
+    body,
+    'h.shutdown()',
+  ].join('\n');
+  const r = await nbdPython(script);
+  if (r.status !== 0) throw new Error(`nbd script on ${exportName} failed:\n${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+
+/**
+ * GET /v1/stats once space reclaim has settled: whole subtrees released by a delete or a TRIM
+ * are freed by the background collector, which the consistency check drains first.
+ */
+export async function settledStats(d: Daemon): Promise<any> {
+  await expectFsckClean(d);
+  return (await d.api('GET', '/v1/stats')).body;
+}
+
+/** POST /v1/fsck on the running daemon, asserting it is clean. */
+export async function expectFsckClean(d: Daemon): Promise<void> {
+  const r = await d.api('POST', '/v1/fsck');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.equal(r.body.ok, true, `fsck found problems: ${JSON.stringify(r.body.errors)}`);
+}
+
+/** Asserts an HTTP error reply of the documented shape. */
+export function expectApiError(r: { status: number; body: any }, status: number, code: string): void {
+  assert.equal(r.status, status, JSON.stringify(r.body));
+  assert.equal(r.body?.error?.code, code, JSON.stringify(r.body));
+  assert.equal(typeof r.body.error.message, 'string');
+  assert.ok(r.body.error.message.length > 10, 'the error message should be a sentence');
+}
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
