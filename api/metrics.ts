@@ -1,0 +1,213 @@
+// Prometheus metrics: NBD traffic is counted as it happens (the NbdObserver hooks), everything the volume
+// layer already tracks (cache, dedup, space) is read from VolumeControl.stats() at scrape time, so the hot
+// path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { NbdObserver } from '../server/nbd/export.js';
+import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
+
+export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
+
+/** Sub-millisecond buckets: a cached 4 KiB read answers in tens of microseconds. */
+export const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+export interface MetricsOptions {
+  control?: VolumeControl;
+  /** Node process metrics (CPU, memory, event-loop lag, GC) as shoal_process_* / shoal_nodejs_*. Default true. */
+  defaultMetrics?: boolean;
+  /** Told when reading stats at scrape time fails (the scrape still answers, without those figures). */
+  onError?: (err: unknown) => void;
+}
+
+type Inc = { inc(v?: number): void };
+type Observe = { observe(v: number): void };
+
+/** One scrape's view of the volume layer, read once and shared by every collect() callback. */
+interface Snapshot {
+  stats: Stats;
+  volumes: VolumeInfo[];
+}
+
+export class Metrics implements NbdObserver {
+  readonly registry = new Registry();
+  private control: VolumeControl | undefined;
+  private readonly onError: (err: unknown) => void;
+
+  private readonly connections: Gauge;
+  private readonly requests: Counter<'op'>;
+  private readonly requestErrors: Counter<'op'>;
+  private readonly duration: Histogram<'op'>;
+  private readonly readBytes: Counter<'volume'>;
+  private readonly writtenBytes: Counter<'volume'>;
+
+  // Labelled children, cached so request() does no label-object allocation per call.
+  private readonly requestsByOp = new Map<string, Inc>();
+  private readonly errorsByOp = new Map<string, Inc>();
+  private readonly durationByOp = new Map<string, Observe>();
+  private readonly readByExport = new Map<string, Inc>();
+  private readonly writtenByExport = new Map<string, Inc>();
+
+  private pending: Snapshot | null | undefined; // undefined: not read in this scrape yet
+
+  constructor(opts: MetricsOptions = {}) {
+    this.control = opts.control;
+    this.onError = opts.onError ?? (() => {});
+    const registers = [this.registry];
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' });
+
+    this.connections = new Gauge({ name: 'shoal_nbd_connections', help: 'Open NBD connections.', registers });
+    this.requests = new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers });
+    this.requestErrors = new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers });
+    this.duration = new Histogram({
+      name: 'shoal_nbd_request_duration_seconds',
+      help: 'Time from receiving an NBD request to sending its reply, by operation.',
+      labelNames: ['op'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.readBytes = new Counter({ name: 'shoal_volume_read_bytes_total', help: 'Bytes read over NBD, by volume (reads of its snapshots included).', labelNames: ['volume'], registers });
+    this.writtenBytes = new Counter({ name: 'shoal_volume_written_bytes_total', help: 'Bytes written over NBD with WRITE, by volume.', labelNames: ['volume'], registers });
+    for (const op of NBD_OPS) this.opChildren(op);
+
+    this.defineScrapeMetrics(registers);
+  }
+
+  /** Wires the volume layer after construction (the daemon builds Metrics before the volumes are open). */
+  setControl(control: VolumeControl): void {
+    this.control = control;
+  }
+
+  // --- NbdObserver -------------------------------------------------------------------------------
+
+  connectionOpened(): void {
+    this.connections.inc();
+  }
+
+  connectionClosed(): void {
+    this.connections.dec();
+  }
+
+  request(op: string, exportName: string, bytes: number, seconds: number, ok: boolean): void {
+    let inc = this.requestsByOp.get(op);
+    if (inc === undefined) inc = this.opChildren(op);
+    inc.inc();
+    this.durationByOp.get(op)!.observe(seconds);
+    if (!ok) {
+      this.errorsByOp.get(op)!.inc();
+      return;
+    }
+    if (bytes > 0) {
+      if (op === 'read') this.volumeChild(this.readByExport, this.readBytes, exportName).inc(bytes);
+      else if (op === 'write') this.volumeChild(this.writtenByExport, this.writtenBytes, exportName).inc(bytes);
+    }
+  }
+
+  // --- exposition ----------------------------------------------------------------------------------
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The text exposition. Reads stats() and the volume list once for the whole scrape. */
+  async metrics(): Promise<string> {
+    this.pending = undefined; // always fresh figures
+    return this.registry.metrics();
+  }
+
+  private opChildren(op: string): Inc {
+    // zero() makes the series exist before the first request, so dashboards see 0 rather than nothing.
+    this.requests.inc({ op }, 0);
+    this.requestErrors.inc({ op }, 0);
+    this.duration.zero({ op });
+    const inc = this.requests.labels(op);
+    this.requestsByOp.set(op, inc);
+    this.errorsByOp.set(op, this.requestErrors.labels(op));
+    this.durationByOp.set(op, this.duration.labels(op));
+    return inc;
+  }
+
+  private volumeChild(cache: Map<string, Inc>, counter: Counter<'volume'>, exportName: string): Inc {
+    let c = cache.get(exportName);
+    if (c === undefined) {
+      // A snapshot export "vol@snap" counts toward its volume.
+      const at = exportName.indexOf('@');
+      c = counter.labels(at < 0 ? exportName : exportName.slice(0, at));
+      cache.set(exportName, c);
+    }
+    return c;
+  }
+
+  private snapshot(): Snapshot | null {
+    if (this.pending !== undefined) return this.pending;
+    if (!this.control) return (this.pending = null);
+    try {
+      this.pending = { stats: this.control.stats(), volumes: this.control.listVolumes() };
+    } catch (e) {
+      this.onError(e);
+      this.pending = null;
+    }
+    // Forget it once this scrape's collect() calls are done, even if registry.metrics() was called directly.
+    setImmediate(() => (this.pending = undefined));
+    return this.pending;
+  }
+
+  private defineScrapeMetrics(registers: Registry[]): void {
+    const self = this;
+    // Counters whose running total lives in the volume layer: reset and set at scrape time, so the
+    // exposition still says TYPE counter.
+    const counter = (name: string, help: string, read: (s: Stats) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          const snap = self.snapshot();
+          this.reset();
+          if (snap) this.inc(Math.max(0, read(snap.stats) || 0));
+        },
+      });
+    const gauge = (name: string, help: string, read: (s: Stats) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          const snap = self.snapshot();
+          this.reset();
+          if (snap) this.set(read(snap.stats) || 0);
+        },
+      });
+    const perVolume = (name: string, help: string, read: (v: VolumeInfo) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['volume'],
+        registers,
+        collect() {
+          const snap = self.snapshot();
+          this.reset(); // deleted volumes disappear
+          if (snap) for (const v of snap.volumes) this.labels(v.name).set(read(v) || 0);
+        },
+      });
+
+    counter('shoal_cache_hits_total', 'Chunk cache lookups served from memory.', (s) => s.cache.hits);
+    counter('shoal_cache_misses_total', 'Chunk cache lookups that read the chunk store.', (s) => s.cache.misses);
+    counter('shoal_cache_evictions_total', 'Chunks evicted from the cache.', (s) => s.cache.evictions);
+    counter('shoal_cache_coalesced_total', 'Cache misses that joined a read already in flight for the same chunk.', (s) => s.cache.coalesced);
+    counter('shoal_cache_served_bytes_total', 'Bytes served from the chunk cache.', (s) => s.cache.servedBytes);
+    gauge('shoal_cache_bytes', 'Bytes of chunk data held in the cache.', (s) => s.cache.bytes);
+    gauge('shoal_cache_capacity_bytes', 'Byte budget of the chunk cache.', (s) => s.cache.capacityBytes);
+    gauge('shoal_cache_entries', 'Chunks held in the cache.', (s) => s.cache.entries);
+    gauge('shoal_cache_sharing_factor', 'Average number of volumes and snapshots reading each cached chunk.', (s) => s.cache.sharingFactor);
+    gauge('shoal_logical_bytes', 'Bytes mapped by all live volumes and snapshots.', (s) => s.logicalBytes);
+    gauge('shoal_physical_bytes', 'Bytes of stored chunks.', (s) => s.physicalBytes);
+    gauge('shoal_dedup_ratio', 'Logical bytes per physical byte (1 when empty).', (s) => s.dedupRatio);
+    counter('shoal_dedup_hits_total', 'Chunk writes that found identical data already stored.', (s) => s.dedupHits);
+    gauge('shoal_chunks', 'Stored chunks.', (s) => s.chunks);
+    gauge('shoal_volumes', 'Volumes.', (s) => s.volumes);
+    gauge('shoal_snapshots', 'Snapshots.', (s) => s.snapshots);
+    perVolume('shoal_volume_size_bytes', 'Volume size.', (v) => v.size);
+    perVolume('shoal_volume_exclusive_bytes', "Mapped bytes whose chunk only this volume references.", (v) => v.exclusiveBytes);
+    perVolume('shoal_volume_shared_bytes', 'Mapped bytes whose chunk is shared with another volume, snapshot or duplicate.', (v) => v.sharedBytes);
+    perVolume('shoal_volume_connections', 'Open NBD connections to the volume and its snapshots.', (v) => v.connections);
+  }
+}

@@ -1,0 +1,40 @@
+// Range sharing between volumes: reflink (like FICLONERANGE) and dedupe (like FIDEDUPERANGE).
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { VolumeControl } from '../../server/volume/control.js';
+import { DedupeResult, RangeBody, ReflinkResult, VolumeParams, withErrors } from '../schemas.js';
+
+const tags = ['ranges'];
+
+export const rangeRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl }> = async (app, { control }) => {
+  app.post(
+    '/v1/volumes/:name/reflink',
+    {
+      schema: {
+        tags,
+        summary: 'Share a range of another volume into this one',
+        description:
+          'Makes `[offset, offset+length)` of this volume read as `[sourceOffset, sourceOffset+length)` of `source` (a volume or VOLUME@SNAPSHOT) ' +
+          'without copying whole chunks; partial chunks at the edges are copied.',
+        params: VolumeParams,
+        body: RangeBody,
+        response: withErrors({ 200: ReflinkResult }),
+      },
+    },
+    async (req) => control.reflink(req.params.name, req.body),
+  );
+
+  app.post(
+    '/v1/volumes/:name/dedupe',
+    {
+      schema: {
+        tags,
+        summary: 'Share a range only where the bytes are already equal',
+        description: 'Like reflink, but each chunk is shared only if both sides hold identical bytes; nothing a reader sees changes.',
+        params: VolumeParams,
+        body: RangeBody,
+        response: withErrors({ 200: DedupeResult }),
+      },
+    },
+    async (req) => control.dedupe(req.params.name, req.body),
+  );
+};

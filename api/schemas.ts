@@ -1,0 +1,175 @@
+// TypeBox schemas for every REST body, parameter and response. They validate input (fastify + ajv) and
+// are the OpenAPI document at /docs. `title` marks fields whose validation errors get their own code
+// (see error-reply.ts): names → invalid_name.
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { SIZE_PATTERN } from '../server/size.js';
+
+/** Volume, snapshot and domain names: no '@' (it separates VOLUME@SNAPSHOT) and no '/' (URL paths). */
+export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
+const NAME_BODY = '[A-Za-z0-9][A-Za-z0-9._-]{0,127}';
+export const NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit";
+
+const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
+export const VolumeName = name('volume name');
+export const SnapshotName = name('snapshot name');
+export const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default "default")');
+export const SourceRef = Type.String({
+  pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
+  title: 'source',
+  description: 'The volume to read from, or VOLUME@SNAPSHOT for one of its snapshots.',
+  examples: ['golden@v1'],
+});
+
+export const Size = Type.Union(
+  [
+    Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Bytes.' }),
+    Type.String({ pattern: SIZE_PATTERN, description: 'Bytes, or a number with a K, M, G, T or P suffix (binary multiples).' }),
+  ],
+  { title: 'size', description: 'A positive size: bytes, or a string such as "64M" or "16T" (binary multiples).', examples: [17179869184, '16G'] },
+);
+
+const Offset = (description: string) => Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description });
+
+export const Force = Type.Unsafe<'true' | 'false' | '1' | '0'>({
+  type: 'string',
+  enum: ['true', 'false', '1', '0'],
+  description: 'Disconnect NBD clients of the volume instead of refusing while they are connected.',
+});
+
+// --- parameters and querystrings --------------------------------------------------------------------
+
+export const VolumeParams = Type.Object({ name: VolumeName });
+export const SnapshotParams = Type.Object({ name: VolumeName, snap: SnapshotName });
+export const ForceQuery = Type.Object({ force: Type.Optional(Force) });
+
+// --- bodies ----------------------------------------------------------------------------------------
+
+export const CreateVolumeBody = Type.Object(
+  {
+    name: VolumeName,
+    size: Type.Optional(Size),
+    domain: Type.Optional(DomainName),
+    from: Type.Optional(
+      Type.Object(
+        { volume: VolumeName, snapshot: Type.Optional(SnapshotName) },
+        { additionalProperties: false, description: 'Create a writable clone of this volume (its current contents) or of one of its snapshots.' },
+      ),
+    ),
+  },
+  { additionalProperties: false, description: 'Either {name, size, domain?} for an empty volume, or {name, from} for a clone.' },
+);
+export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
+
+export const ResizeBody = Type.Object({ size: Size }, { additionalProperties: false });
+export const CreateSnapshotBody = Type.Object({ name: SnapshotName }, { additionalProperties: false });
+export const RollbackBody = Type.Object(
+  { snapshot: SnapshotName, force: Type.Optional(Type.Boolean({ description: 'Disconnect NBD clients of the volume first.' })) },
+  { additionalProperties: false },
+);
+export const RangeBody = Type.Object(
+  {
+    source: SourceRef,
+    sourceOffset: Offset('Byte offset in the source.'),
+    offset: Offset('Byte offset in this volume.'),
+    length: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Bytes.' }),
+  },
+  { additionalProperties: false },
+);
+
+// --- responses -------------------------------------------------------------------------------------
+
+export const ErrorReply = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String({ description: 'A stable code, e.g. volume_not_found, invalid_name, volume_busy.' }),
+      message: Type.String({ description: 'A sentence for people.' }),
+    }),
+  },
+  { description: 'Every error has this shape.' },
+);
+
+export const VolumeInfo = Type.Object(
+  {
+    name: Type.String(),
+    size: Type.Integer({ description: 'Bytes.' }),
+    domain: Type.String(),
+    chunkSize: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    origin: Type.Union([Type.Object({ volume: Type.String(), snapshot: Type.Optional(Type.String()) }), Type.Null()], {
+      description: 'What a clone was made from; null otherwise.',
+    }),
+    snapshots: Type.Integer(),
+    connections: Type.Integer({ description: 'Open NBD connections, including to its snapshots.' }),
+    mappedBytes: Type.Integer({ description: 'Bytes that map to a stored chunk.' }),
+    exclusiveBytes: Type.Integer({ description: 'Mapped bytes whose chunk nothing else references.' }),
+    sharedBytes: Type.Integer({ description: 'Mapped bytes whose chunk is shared with another map or by dedup.' }),
+  },
+  { additionalProperties: true },
+);
+
+export const SnapshotInfo = Type.Object(
+  {
+    name: Type.String(),
+    volume: Type.String(),
+    size: Type.Integer(),
+    createdAt: Type.String({ format: 'date-time' }),
+    exportName: Type.String({ description: 'The read-only NBD export: VOLUME@SNAPSHOT.' }),
+  },
+  { additionalProperties: true },
+);
+
+export const VolumeList = Type.Object({ volumes: Type.Array(VolumeInfo) });
+export const SnapshotList = Type.Object({ snapshots: Type.Array(SnapshotInfo) });
+
+export const ReflinkResult = Type.Object({ sharedBytes: Type.Integer(), copiedBytes: Type.Integer() }, { additionalProperties: true });
+export const DedupeResult = Type.Object(
+  { sharedBytes: Type.Integer(), differentBytes: Type.Integer({ description: 'Bytes left alone because they differ.' }) },
+  { additionalProperties: true },
+);
+
+export const Stats = Type.Object(
+  {
+    logicalBytes: Type.Number(),
+    physicalBytes: Type.Number(),
+    dedupRatio: Type.Number(),
+    chunkSize: Type.Number(),
+    chunks: Type.Number(),
+    volumes: Type.Number(),
+    snapshots: Type.Number(),
+    dedupHits: Type.Number(),
+    cache: Type.Object(
+      {
+        capacityBytes: Type.Number(),
+        bytes: Type.Number(),
+        entries: Type.Number(),
+        hits: Type.Number(),
+        misses: Type.Number(),
+        evictions: Type.Number(),
+        coalesced: Type.Number(),
+        sharingFactor: Type.Number({ description: 'Average number of volumes/snapshots reading each cached chunk.' }),
+        servedBytes: Type.Number(),
+      },
+      { additionalProperties: true },
+    ),
+  },
+  { additionalProperties: true },
+);
+
+export const FsckReport = Type.Object(
+  {
+    ok: Type.Boolean(),
+    checkedVolumes: Type.Integer(),
+    checkedSnapshots: Type.Integer(),
+    checkedNodes: Type.Integer(),
+    checkedChunks: Type.Integer(),
+    errors: Type.Array(Type.String(), { description: 'One sentence per problem.' }),
+  },
+  { additionalProperties: true },
+);
+
+export const Health = Type.Object({ status: Type.Literal('ok') });
+
+/** Every route documents the error shape for 4xx and 5xx. */
+export function withErrors<T extends Record<number, TSchema>>(ok: T): T & { '4xx': typeof ErrorReply; '5xx': typeof ErrorReply } {
+  return { ...ok, '4xx': ErrorReply, '5xx': ErrorReply };
+}

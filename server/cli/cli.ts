@@ -1,0 +1,256 @@
+// `shoal <command>` for everything but `serve`: a thin client of the REST API.
+// Exit codes: 0 success, 1 the operation failed (API error, daemon unreachable, fsck found problems),
+// 2 the command line is wrong.
+import { isShoalError } from '../errors.js';
+import { formatSize, parsePositiveSize, parseSize } from '../size.js';
+import type { FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
+import { ApiClient, CliError, apiBaseUrl } from './api-client.js';
+import { UsageError, allowFlags, expectPositionals, parseArgs, type ParsedArgs } from './args.js';
+import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from './render.js';
+import { USAGE } from './usage.js';
+
+export interface CliOptions {
+  /** Checks a data directory with the daemon stopped (`shoal fsck DATA_DIR`); main.ts provides it. */
+  offlineFsck?: (dir: string) => Promise<FsckReport> | FsckReport;
+  env?: NodeJS.ProcessEnv;
+  stdout?: (text: string) => void;
+  stderr?: (text: string) => void;
+}
+
+interface Ctx {
+  args: ParsedArgs;
+  api: () => ApiClient;
+  json: boolean;
+  out: (text: string) => void;
+  opts: CliOptions;
+}
+
+const enc = encodeURIComponent;
+
+export async function runCli(argv: string[], opts: CliOptions = {}): Promise<number> {
+  const out = opts.stdout ?? ((t: string) => void process.stdout.write(t));
+  const err = opts.stderr ?? ((t: string) => void process.stderr.write(t));
+  const env = opts.env ?? process.env;
+  try {
+    const args = parseArgs(argv);
+    const [group] = args.positionals;
+    if (group === undefined || group === 'help' || args.flags.has('help')) {
+      if (group === undefined && !args.flags.has('help')) {
+        err(USAGE);
+        return 2;
+      }
+      out(USAGE);
+      return 0;
+    }
+    let client: ApiClient | undefined;
+    const apiFlag = args.flags.get('api');
+    const ctx: Ctx = {
+      args,
+      api: () => (client ??= new ApiClient(apiBaseUrl(typeof apiFlag === 'string' ? apiFlag : undefined, env))),
+      json: args.flags.has('json'),
+      out,
+      opts,
+    };
+    return await dispatch(ctx);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`shoal: ${trim(e.message)} (see \`shoal help\`)\n`);
+      return 2;
+    }
+    if (e instanceof CliError || isShoalError(e)) {
+      err(`shoal: ${trim(e.message)}\n`);
+      return 1;
+    }
+    err(`shoal: unexpected error: ${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}
+
+const trim = (s: string) => s.trim().replace(/\.$/, '');
+
+/** A size or offset typed on the command line; garbage is a usage error. */
+function sizeArg(text: string, what: string, positive: boolean): number {
+  try {
+    return positive ? parsePositiveSize(text, what) : parseSize(text, what);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+async function dispatch(ctx: Ctx): Promise<number> {
+  const [group, ...rest] = ctx.args.positionals;
+  switch (group) {
+    case 'volume':
+    case 'volumes':
+      return volumeCommand(ctx, rest);
+    case 'snapshot':
+    case 'snapshots':
+      return snapshotCommand(ctx, rest);
+    case 'rollback':
+      return rollback(ctx, rest);
+    case 'clone':
+      return clone(ctx, rest);
+    case 'reflink':
+    case 'dedupe':
+      return range(ctx, group, rest);
+    case 'stats':
+      return stats(ctx, rest);
+    case 'fsck':
+      return fsck(ctx, rest);
+    case 'serve':
+      throw new UsageError('`shoal serve` is handled by the shoal executable, not the client');
+    default:
+      throw new UsageError(`unknown command "${group}"`);
+  }
+}
+
+function print(ctx: Ctx, body: unknown, human: () => string): number {
+  if (ctx.json) {
+    if (body !== undefined) ctx.out(JSON.stringify(body, null, 2) + '\n');
+  } else ctx.out(human());
+  return 0;
+}
+
+async function volumeCommand(ctx: Ctx, rest: string[]): Promise<number> {
+  const [sub, ...args] = rest;
+  const api = ctx.api;
+  switch (sub) {
+    case 'create': {
+      allowFlags(ctx.args, 'volume create', ['domain']);
+      const [name, size] = expectPositionals(args, 'volume create', ['NAME', 'SIZE']);
+      const body: Record<string, unknown> = { name, size: sizeArg(size!, 'SIZE', true) };
+      const domain = ctx.args.flags.get('domain');
+      if (typeof domain === 'string') body.domain = domain;
+      const r = await api().request<VolumeInfo>('POST', '/v1/volumes', body);
+      return print(ctx, r.body, () => `created volume ${r.body.name} (${formatSize(r.body.size)}, domain ${r.body.domain})\n`);
+    }
+    case 'list':
+    case 'ls': {
+      allowFlags(ctx.args, 'volume list', []);
+      expectPositionals(args, 'volume list', []);
+      const r = await api().request<{ volumes: VolumeInfo[] }>('GET', '/v1/volumes');
+      return print(ctx, r.body, () => volumeTable(r.body.volumes));
+    }
+    case 'show': {
+      allowFlags(ctx.args, 'volume show', []);
+      const [name] = expectPositionals(args, 'volume show', ['NAME']);
+      const r = await api().request<VolumeInfo>('GET', `/v1/volumes/${enc(name!)}`);
+      return print(ctx, r.body, () => volumeDetails(r.body));
+    }
+    case 'resize': {
+      allowFlags(ctx.args, 'volume resize', []);
+      const [name, size] = expectPositionals(args, 'volume resize', ['NAME', 'SIZE']);
+      const r = await api().request<VolumeInfo>('PATCH', `/v1/volumes/${enc(name!)}`, { size: sizeArg(size!, 'SIZE', true) });
+      return print(ctx, r.body, () => `resized volume ${r.body.name} to ${formatSize(r.body.size)}\n`);
+    }
+    case 'delete':
+    case 'rm': {
+      allowFlags(ctx.args, 'volume delete', ['force']);
+      const [name] = expectPositionals(args, 'volume delete', ['NAME']);
+      const force = ctx.args.flags.has('force') ? '?force=true' : '';
+      await api().request('DELETE', `/v1/volumes/${enc(name!)}${force}`);
+      return print(ctx, undefined, () => `deleted volume ${name}\n`);
+    }
+    case undefined:
+      throw new UsageError('`shoal volume` needs a subcommand: create, list, show, resize or delete');
+    default:
+      throw new UsageError(`unknown subcommand "volume ${sub}": use create, list, show, resize or delete`);
+  }
+}
+
+async function snapshotCommand(ctx: Ctx, rest: string[]): Promise<number> {
+  const [sub, ...args] = rest;
+  const api = ctx.api;
+  switch (sub) {
+    case 'create': {
+      allowFlags(ctx.args, 'snapshot create', []);
+      const [volume, snap] = expectPositionals(args, 'snapshot create', ['VOLUME', 'SNAPSHOT']);
+      const r = await api().request<SnapshotInfo>('POST', `/v1/volumes/${enc(volume!)}/snapshots`, { name: snap });
+      return print(ctx, r.body, () => `created snapshot ${r.body.exportName} (${formatSize(r.body.size)}, read-only NBD export ${r.body.exportName})\n`);
+    }
+    case 'list':
+    case 'ls': {
+      allowFlags(ctx.args, 'snapshot list', []);
+      const [volume] = expectPositionals(args, 'snapshot list', ['VOLUME']);
+      const r = await api().request<{ snapshots: SnapshotInfo[] }>('GET', `/v1/volumes/${enc(volume!)}/snapshots`);
+      return print(ctx, r.body, () => snapshotTable(volume!, r.body.snapshots));
+    }
+    case 'delete':
+    case 'rm': {
+      allowFlags(ctx.args, 'snapshot delete', ['force']);
+      const [volume, snap] = expectPositionals(args, 'snapshot delete', ['VOLUME', 'SNAPSHOT']);
+      const force = ctx.args.flags.has('force') ? '?force=true' : '';
+      await api().request('DELETE', `/v1/volumes/${enc(volume!)}/snapshots/${enc(snap!)}${force}`);
+      return print(ctx, undefined, () => `deleted snapshot ${volume}@${snap}\n`);
+    }
+    case undefined:
+      throw new UsageError('`shoal snapshot` needs a subcommand: create, list or delete');
+    default:
+      throw new UsageError(`unknown subcommand "snapshot ${sub}": use create, list or delete`);
+  }
+}
+
+async function rollback(ctx: Ctx, args: string[]): Promise<number> {
+  allowFlags(ctx.args, 'rollback', ['force']);
+  const [volume, snap] = expectPositionals(args, 'rollback', ['VOLUME', 'SNAPSHOT']);
+  const body: Record<string, unknown> = { snapshot: snap };
+  if (ctx.args.flags.has('force')) body.force = true;
+  const r = await ctx.api().request<VolumeInfo>('POST', `/v1/volumes/${enc(volume!)}/rollback`, body);
+  return print(ctx, r.body, () => `rolled volume ${volume} back to snapshot ${snap}\n`);
+}
+
+/** "vol" or "vol@snap". */
+function splitRef(ref: string, what: string): { volume: string; snapshot?: string } {
+  const parts = ref.split('@');
+  if (parts.length > 2 || parts.some((p) => p === '')) throw new UsageError(`${what} "${ref}" must be VOLUME or VOLUME@SNAPSHOT`);
+  return parts.length === 2 ? { volume: parts[0]!, snapshot: parts[1]! } : { volume: parts[0]! };
+}
+
+async function clone(ctx: Ctx, args: string[]): Promise<number> {
+  allowFlags(ctx.args, 'clone', []);
+  const [name, source] = expectPositionals(args, 'clone', ['NEW', 'VOLUME[@SNAPSHOT]']);
+  const from = splitRef(source!, 'the clone source');
+  const r = await ctx.api().request<VolumeInfo>('POST', '/v1/volumes', { name, from });
+  return print(ctx, r.body, () => `created volume ${r.body.name} (${formatSize(r.body.size)}), a clone of ${source}\n`);
+}
+
+async function range(ctx: Ctx, command: 'reflink' | 'dedupe', args: string[]): Promise<number> {
+  allowFlags(ctx.args, command, ['offset', 'source-offset', 'length']);
+  const [dest, source] = expectPositionals(args, command, ['DEST', 'SOURCE[@SNAPSHOT]']);
+  splitRef(source!, 'SOURCE');
+  const num = (flag: string, positive: boolean) => {
+    const v = ctx.args.flags.get(flag);
+    if (typeof v !== 'string') throw new UsageError(`\`shoal ${command}\` needs --${flag} N`);
+    return sizeArg(v, `--${flag}`, positive);
+  };
+  const body = { source, sourceOffset: num('source-offset', false), offset: num('offset', false), length: num('length', true) };
+  const r = await ctx.api().request<{ sharedBytes: number; copiedBytes?: number; differentBytes?: number }>('POST', `/v1/volumes/${enc(dest!)}/${command}`, body);
+  return print(ctx, r.body, () =>
+    command === 'reflink'
+      ? `shared ${formatSize(r.body.sharedBytes)} of ${source} into ${dest}, copied ${formatSize(r.body.copiedBytes ?? 0)} at unaligned edges\n`
+      : `shared ${formatSize(r.body.sharedBytes)} of ${source} with ${dest}; ${formatSize(r.body.differentBytes ?? 0)} differed and were left alone\n`,
+  );
+}
+
+async function stats(ctx: Ctx, args: string[]): Promise<number> {
+  allowFlags(ctx.args, 'stats', []);
+  expectPositionals(args, 'stats', []);
+  const r = await ctx.api().request<Stats>('GET', '/v1/stats');
+  return print(ctx, r.body, () => statsText(r.body));
+}
+
+async function fsck(ctx: Ctx, args: string[]): Promise<number> {
+  allowFlags(ctx.args, 'fsck', []);
+  const [dir] = expectPositionals(args, 'fsck', ['[DATA_DIR]'], 1);
+  let report: FsckReport;
+  if (dir !== undefined) {
+    if (ctx.args.flags.has('api')) throw new UsageError('give either DATA_DIR (offline check) or --api (check the running daemon), not both');
+    if (!ctx.opts.offlineFsck) throw new CliError('offline fsck of a data directory is not available in this build');
+    report = await ctx.opts.offlineFsck(dir);
+  } else {
+    // A full check can take a while on a big store: no client-side timeout.
+    report = (await ctx.api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null })).body;
+  }
+  print(ctx, report, () => fsckText(report));
+  return report.ok ? 0 : 1;
+}

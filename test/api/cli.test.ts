@@ -1,0 +1,177 @@
+// The CLI as a client of the REST API: against the real routes on a loopback port, backed by the
+// in-memory fake control. Checks requests, human and --json output, exit codes and error sentences.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { buildApi } from '../../api/app.js';
+import { Metrics } from '../../api/metrics.js';
+import { runCli, type CliOptions } from '../../server/cli/cli.js';
+import { apiBaseUrl } from '../../server/cli/api-client.js';
+import { FakeControl } from './fake-control.js';
+
+let app: FastifyInstance;
+let control: FakeControl;
+let url = '';
+
+before(async () => {
+  control = new FakeControl();
+  app = await buildApi({ control, metrics: new Metrics({ control, defaultMetrics: false }) });
+  url = await app.listen({ host: '127.0.0.1', port: 0 });
+});
+after(() => app.close());
+
+async function cli(args: string[], opts: CliOptions = {}) {
+  let stdout = '';
+  let stderr = '';
+  const code = await runCli(['--api', url, ...args], { env: {}, stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), ...opts });
+  return { code, stdout, stderr };
+}
+
+test('volume lifecycle with human output', async () => {
+  let r = await cli(['volume', 'create', 'golden', '16G']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /created volume golden \(16 GiB, domain default\)/);
+  r = await cli(['volume', 'create', 'other', '1M', '--domain', 'tenant-a']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(control.volumes.get('other')!.domain, 'tenant-a');
+
+  r = await cli(['volume', 'list']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /^NAME\s+SIZE\s+MAPPED/);
+  assert.match(r.stdout, /golden\s+16 GiB/);
+
+  r = await cli(['volume', 'show', 'golden']);
+  assert.match(r.stdout, /size:\s+16 GiB \(17179869184 bytes\)/);
+  r = await cli(['volume', 'resize', 'golden', '32G']);
+  assert.match(r.stdout, /resized volume golden to 32 GiB/);
+  r = await cli(['volume', 'delete', 'other']);
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /deleted volume other/);
+});
+
+test('--json prints the API JSON', async () => {
+  const r = await cli(['volume', 'show', 'golden', '--json']);
+  assert.equal(r.code, 0);
+  assert.equal(JSON.parse(r.stdout).name, 'golden');
+  const s = await cli(['--json', 'stats']);
+  assert.equal(JSON.parse(s.stdout).dedupRatio, 3);
+});
+
+test('snapshots, clone, rollback, reflink, dedupe', async () => {
+  let r = await cli(['snapshot', 'create', 'golden', 'v1']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /golden@v1/);
+  r = await cli(['snapshot', 'list', 'golden']);
+  assert.match(r.stdout, /v1\s+32 GiB/);
+  r = await cli(['clone', 'vm1', 'golden@v1']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(control.volumes.get('vm1')!.origin, { volume: 'golden', snapshot: 'v1' });
+  r = await cli(['clone', 'vm2', 'golden']);
+  assert.deepEqual(control.volumes.get('vm2')!.origin, { volume: 'golden' });
+  r = await cli(['rollback', 'vm1', 'v1']);
+  assert.equal(r.code, 1); // vm1 has no snapshot v1 of its own
+  assert.match(r.stderr, /^shoal: volume "vm1" has no snapshot "v1"\n$/);
+  r = await cli(['rollback', 'golden', 'v1', '--force']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(control.calls.filter((c) => c.method === 'rollback').at(-1)!.args, ['golden', 'v1', { force: true }]);
+  r = await cli(['reflink', 'vm2', 'golden@v1', '--source-offset', '64K', '--offset', '0', '--length', '1M']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(control.calls.filter((c) => c.method === 'reflink').at(-1)!.args, ['vm2', { source: 'golden@v1', sourceOffset: 65536, offset: 0, length: 1 << 20 }]);
+  assert.match(r.stdout, /shared 1 MiB/);
+  r = await cli(['dedupe', 'vm2', 'golden', '--source-offset=0', '--offset=0', '--length=4096']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /4 KiB differed/);
+  r = await cli(['snapshot', 'delete', 'golden', 'v1']);
+  assert.equal(r.code, 0, r.stderr);
+});
+
+test('API errors: "shoal: <sentence>", exit 1', async () => {
+  let r = await cli(['volume', 'create', 'golden', '1G']);
+  assert.equal(r.code, 1);
+  assert.equal(r.stderr, 'shoal: a volume named "golden" already exists\n');
+  r = await cli(['volume', 'show', 'nope']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^shoal: there is no volume "nope"\n$/);
+  r = await cli(['volume', 'create', 'bad@name', '1G']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /not a valid volume name/);
+  control.volumes.get('golden')!.connections = 1;
+  r = await cli(['volume', 'delete', 'golden']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /connected/);
+  r = await cli(['volume', 'delete', 'golden', '--force']);
+  assert.equal(r.code, 0, r.stderr);
+});
+
+test('usage errors: exit 2 with a sentence', async () => {
+  const cases: [string[], RegExp][] = [
+    [['bogus'], /unknown command "bogus"/],
+    [['volume'], /needs a subcommand/],
+    [['volume', 'frob'], /unknown subcommand "volume frob"/],
+    [['volume', 'create', 'x'], /needs SIZE/],
+    [['volume', 'create', 'x', 'lots'], /SIZE "lots" is not a size/],
+    [['volume', 'create', 'x', '0'], /greater than zero/],
+    [['volume', 'create', 'x', '1G', 'extra'], /not "extra"/],
+    [['volume', 'list', '--force'], /--force does not apply to `shoal volume list`/],
+    [['volume', 'list', '--frobnicate'], /unknown option "--frobnicate"/],
+    [['reflink', 'a', 'b', '--offset', '0', '--length', '1'], /needs --source-offset/],
+    [['reflink', 'a', 'b@c@d', '--source-offset', '0', '--offset', '0', '--length', '1'], /VOLUME or VOLUME@SNAPSHOT/],
+    [['clone', 'a'], /needs VOLUME\[@SNAPSHOT\]/],
+    [['fsck', 'a', 'b'], /takes \[DATA_DIR\]/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await cli(args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /^shoal: /);
+    assert.match(r.stderr, re, args.join(' '));
+    assert.equal(r.stdout, '');
+  }
+  const none = await runCli([], { stdout: () => {}, stderr: () => {} });
+  assert.equal(none, 2);
+  let out = '';
+  assert.equal(await runCli(['help'], { stdout: (t) => (out += t) }), 0);
+  assert.match(out, /shoal volume create NAME SIZE/);
+});
+
+test('fsck: online via the API, offline via the callback; exit 1 on problems', async () => {
+  let r = await cli(['fsck']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /no problems found/);
+  control.fsckErrors = ['chunk 9 is referenced 3 times but its refcount is 2.'];
+  r = await cli(['fsck']);
+  assert.equal(r.code, 1);
+  assert.match(r.stdout, /chunk 9/);
+  assert.match(r.stdout, /1 problem found/);
+  control.fsckErrors = [];
+
+  const seen: string[] = [];
+  const report = { ok: true, checkedVolumes: 2, checkedSnapshots: 0, checkedNodes: 5, checkedChunks: 7, errors: [] };
+  let stdout = '';
+  const code = await runCli(['fsck', '/some/dir'], { env: {}, stdout: (t) => (stdout += t), offlineFsck: async (d) => (seen.push(d), report) });
+  assert.equal(code, 0);
+  assert.deepEqual(seen, ['/some/dir']);
+  assert.match(stdout, /checked 2 volumes/);
+  assert.equal(await runCli(['fsck', '/x'], { env: {}, stderr: () => {}, offlineFsck: async () => ({ ...report, ok: false, errors: ['bad'] }), stdout: () => {} }), 1);
+});
+
+test('daemon not running: a sentence naming the URL', async () => {
+  // A port that nothing listens on: bind one, close it.
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as any).port;
+  await new Promise((r) => srv.close(r));
+  let stderr = '';
+  const code = await runCli(['volume', 'list', '--api', `127.0.0.1:${port}`], { env: {}, stderr: (t) => (stderr += t), stdout: () => {} });
+  assert.equal(code, 1);
+  assert.equal(stderr, `shoal: cannot reach the Shoal API at http://127.0.0.1:${port}: is the daemon running?\n`);
+});
+
+test('the API address: --api, SHOAL_API (also HOST:PORT as the daemon takes it), default', () => {
+  assert.equal(apiBaseUrl(undefined, {}), 'http://127.0.0.1:10880');
+  assert.equal(apiBaseUrl(undefined, { SHOAL_API: '127.0.0.1:9999' }), 'http://127.0.0.1:9999');
+  assert.equal(apiBaseUrl(undefined, { SHOAL_API: '0.0.0.0:10880' }), 'http://127.0.0.1:10880');
+  assert.equal(apiBaseUrl(undefined, { SHOAL_API: '[::1]:10880' }), 'http://[::1]:10880');
+  assert.equal(apiBaseUrl('https://shoal.example:8443/', { SHOAL_API: 'x:1' }), 'https://shoal.example:8443');
+  assert.throws(() => apiBaseUrl('ftp://x', {}), /http/);
+});

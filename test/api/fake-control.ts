@@ -1,0 +1,146 @@
+// An in-memory VolumeControl for testing the REST routing and validation layer only (no bytes are stored).
+// It follows the interface's error contract closely enough that routes can be checked end to end.
+import { ShoalError } from '../../server/errors.js';
+import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from '../../server/volume/control.js';
+
+export class FakeControl implements VolumeControl {
+  volumes = new Map<string, VolumeInfo>();
+  snaps = new Map<string, SnapshotInfo[]>();
+  calls: { method: string; args: unknown[] }[] = [];
+  fsckErrors: string[] = [];
+  failNext: Error | null = null;
+
+  private check(method: string, args: unknown[]): void {
+    this.calls.push({ method, args });
+    if (this.failNext) {
+      const e = this.failNext;
+      this.failNext = null;
+      throw e;
+    }
+  }
+
+  private vol(name: string): VolumeInfo {
+    const v = this.volumes.get(name);
+    if (!v) throw new ShoalError('volume_not_found', `there is no volume "${name}".`);
+    return v;
+  }
+
+  private make(name: string, size: number, domain: string, origin: VolumeInfo['origin']): VolumeInfo {
+    if (this.volumes.has(name)) throw new ShoalError('volume_exists', `a volume named "${name}" already exists.`);
+    const v: VolumeInfo = {
+      name,
+      size,
+      domain,
+      chunkSize: 65536,
+      createdAt: new Date(0).toISOString(),
+      origin,
+      snapshots: 0,
+      connections: 0,
+      mappedBytes: 0,
+      exclusiveBytes: 0,
+      sharedBytes: 0,
+    };
+    this.volumes.set(name, v);
+    this.snaps.set(name, []);
+    return v;
+  }
+
+  async createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo> {
+    this.check('createVolume', [req]);
+    return this.make(req.name, req.size, req.domain ?? 'default', null);
+  }
+  async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
+    this.check('cloneVolume', [req]);
+    const src = this.vol(req.from.volume);
+    let size = src.size;
+    if (req.from.snapshot !== undefined) {
+      const s = this.snaps.get(src.name)!.find((x) => x.name === req.from.snapshot);
+      if (!s) throw new ShoalError('snapshot_not_found', `volume "${src.name}" has no snapshot "${req.from.snapshot}".`);
+      size = s.size;
+    }
+    return this.make(req.name, size, src.domain, { ...req.from });
+  }
+  listVolumes(): VolumeInfo[] {
+    this.check('listVolumes', []);
+    return [...this.volumes.values()];
+  }
+  getVolume(name: string): VolumeInfo {
+    this.check('getVolume', [name]);
+    return this.vol(name);
+  }
+  async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
+    this.check('resizeVolume', [name, size]);
+    const v = this.vol(name);
+    if (size < v.size) throw new ShoalError('shrink_not_allowed', `volume "${name}" cannot shrink.`);
+    v.size = size;
+    return v;
+  }
+  async deleteVolume(name: string, opts?: { force?: boolean }): Promise<void> {
+    this.check('deleteVolume', [name, opts]);
+    const v = this.vol(name);
+    if (v.connections > 0 && !opts?.force) throw new ShoalError('volume_busy', `volume "${name}" has ${v.connections} NBD client(s) connected; delete with force to disconnect them.`);
+    this.volumes.delete(name);
+    this.snaps.delete(name);
+  }
+  async createSnapshot(volume: string, name: string): Promise<SnapshotInfo> {
+    this.check('createSnapshot', [volume, name]);
+    const v = this.vol(volume);
+    const list = this.snaps.get(volume)!;
+    if (list.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume "${volume}" already has a snapshot "${name}".`);
+    const s: SnapshotInfo = { name, volume, size: v.size, createdAt: new Date(0).toISOString(), exportName: `${volume}@${name}` };
+    list.push(s);
+    v.snapshots = list.length;
+    return s;
+  }
+  listSnapshots(volume: string): SnapshotInfo[] {
+    this.check('listSnapshots', [volume]);
+    this.vol(volume);
+    return this.snaps.get(volume)!;
+  }
+  async deleteSnapshot(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<void> {
+    this.check('deleteSnapshot', [volume, snapshot, opts]);
+    const list = this.listSnapshots(volume);
+    const i = list.findIndex((s) => s.name === snapshot);
+    if (i < 0) throw new ShoalError('snapshot_not_found', `volume "${volume}" has no snapshot "${snapshot}".`);
+    list.splice(i, 1);
+    this.vol(volume).snapshots = list.length;
+  }
+  async rollback(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<VolumeInfo> {
+    this.check('rollback', [volume, snapshot, opts]);
+    const s = this.listSnapshots(volume).find((x) => x.name === snapshot);
+    if (!s) throw new ShoalError('snapshot_not_found', `volume "${volume}" has no snapshot "${snapshot}".`);
+    const v = this.vol(volume);
+    v.size = s.size;
+    return v;
+  }
+  async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
+    this.check('reflink', [volume, req]);
+    this.vol(volume);
+    this.vol(req.source.split('@')[0]!);
+    return { sharedBytes: req.length, copiedBytes: 0 };
+  }
+  async dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }> {
+    this.check('dedupe', [volume, req]);
+    this.vol(volume);
+    this.vol(req.source.split('@')[0]!);
+    return { sharedBytes: 0, differentBytes: req.length };
+  }
+  stats(): Stats {
+    this.check('stats', []);
+    return {
+      logicalBytes: 3 * 65536,
+      physicalBytes: 65536,
+      dedupRatio: 3,
+      chunkSize: 65536,
+      chunks: 1,
+      volumes: this.volumes.size,
+      snapshots: [...this.snaps.values()].reduce((n, l) => n + l.length, 0),
+      dedupHits: 2,
+      cache: { capacityBytes: 1 << 30, bytes: 65536, entries: 1, hits: 10, misses: 1, evictions: 0, coalesced: 4, sharingFactor: 3, servedBytes: 655360 },
+    };
+  }
+  async fsck(): Promise<FsckReport> {
+    this.check('fsck', []);
+    return { ok: this.fsckErrors.length === 0, checkedVolumes: this.volumes.size, checkedSnapshots: 0, checkedNodes: 0, checkedChunks: 1, errors: this.fsckErrors };
+  }
+}
