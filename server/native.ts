@@ -9,6 +9,72 @@ export interface NativeAddon {
   fingerprintSync(data: Uint8Array, chunkSize: number): Buffer;
   /** The same on libuv's thread pool. */
   fingerprint(data: Uint8Array, chunkSize: number): Promise<Buffer>;
+  /** The shared chunk cache arena (addon/src/chunk-cache.cc); wrapped by server/cache/native-chunk-cache.ts. */
+  NativeChunkCache: new (capacityBytes: number, chunkSize: number) => NativeCacheHandle;
+  /** Opens a file O_DIRECT (read-only unless `writable`); throws an Error with `code` (EINVAL on tmpfs). */
+  openDirect(path: string, writable?: boolean): number;
+  /** posix_fadvise(POSIX_FADV_DONTNEED) on a range: drops its clean page-cache pages. */
+  fadviseDontNeed(fd: number, offset: number, length: number): void;
+}
+
+export interface NativeCacheStats {
+  capacityBytes: number;
+  /** floor(capacity / chunkSize) × chunkSize: the arena's size, never exceeded. */
+  arenaBytes: number;
+  frames: number;
+  bytes: number;
+  entries: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  coalesced: number;
+  servedBytes: number;
+  /** Frames with at least one pin (being sent). */
+  pinned: number;
+  /** Pinned frames already evicted or dropped: unindexed, memory reused at unpin. */
+  orphaned: number;
+  /** Frames reserved for store reads in flight. */
+  loading: number;
+  /** Σ over entries of distinct readers (at most 64 each). */
+  readerRefs: number;
+  /** Chunks loaded by readahead (not counted as misses). */
+  readahead: number;
+  /** preadv calls and bytes read from the chunk file by load(). */
+  storeReads: number;
+  storeReadBytes: number;
+  ghosts: number;
+}
+
+/** The native cache object; slots are non-negative integers, frames index the arena. */
+export interface NativeCacheHandle {
+  /** Copies `len` bytes at `from` of a cached chunk into dst; false on a miss. Counts a hit unless count is false. */
+  lookupCopy(slot: number, dst: Uint8Array, dstOff: number, from: number, len: number, reader: number, count?: boolean): boolean;
+  /**
+   * One request over n consecutive chunks (slots[k] < 0: a hole, left untouched): chunk k covers
+   * request bytes [k·cs − skip, (k+1)·cs − skip) ∩ [0, length), copied to out[outOff + …].
+   * hit[k]: 1 copied, 0 miss, 2 hole. Returns the number of misses.
+   */
+  gather(slots: Float64Array, n: number, out: Uint8Array, outOff: number, skip: number, length: number, reader: number, hit: Uint8Array, count?: boolean): number;
+  /** Pins a cached chunk (counts a hit): its frame number, or -1 on a miss. */
+  pin(slot: number, reader: number): number;
+  /** Ends one pin of a frame. */
+  unpin(frame: number): void;
+  /** Copies one whole chunk in; false if no frame could be freed (all pinned or loading). */
+  insert(slot: number, src: Uint8Array, reader?: number): boolean;
+  /** Forgets a slot: its entry, and any load of it in flight (never stale). */
+  drop(slot: number): void;
+  has(slot: number): boolean;
+  noteReader(slot: number, reader: number): void;
+  addCounters(hits: number, misses: number, coalesced: number): void;
+  /**
+   * Reads the missing slots from `fd` into the arena on the thread pool (runs of consecutive slots
+   * in one preadv). outcome[i]: 0 cached, 1 already loading, 2 loading now, 3 no frame free.
+   * Returns undefined when nothing was to be read.
+   */
+  load(fd: number, slots: number[], reader: number, readahead: boolean, outcome: Uint8Array): Promise<void> | undefined;
+  /** External Buffers over the arena, one per GiB: frame f is at (f % perView) × chunkSize of views[f / perView]. */
+  views(): Buffer[];
+  stats(): NativeCacheStats;
 }
 
 function findRoot(): string {

@@ -1,9 +1,11 @@
 // Entry point of Shoal's native addon. Each module documents why it is native.
 #include <napi.h>
+#include "chunk-cache.h"
 #include "fingerprint.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprint(env, exports);
+  shoal::InitChunkCache(env, exports);
   return exports;
 }
 

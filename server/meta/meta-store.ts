@@ -106,6 +106,8 @@ export class MetaStore {
   private dirtyNodes = new Set<number>();
   private deletedNodes = new Set<number>();
   private nodeRefs = new Map<number, number | null>();
+  // Committed refcounts of nodes read since (a write path checks every node on its way down).
+  private readonly nodeRefsClean = new Map<number, number>();
   private chunks = new Map<number, ChunkRecord | null>();
   private fps = new Map<string, number | null>(); // key: hex of fpKey
   private freeAdds = new Set<number>();
@@ -265,12 +267,18 @@ export class MetaStore {
   nodeRefCount(id: number): number {
     let v = this.nodeRefs.get(id);
     if (v === undefined && this.committing) v = this.committing.nodeRefs.get(id);
-    if (v === undefined) v = this.nodeRefsDb.get(id) ?? 0;
+    if (v === undefined) v = this.nodeRefsClean.get(id);
+    if (v === undefined) {
+      v = this.nodeRefsDb.get(id) ?? 0;
+      if (this.nodeRefsClean.size > 1_000_000) this.nodeRefsClean.clear();
+      this.nodeRefsClean.set(id, v as number);
+    }
     return v ?? 0;
   }
 
   private setNodeRefs(id: number, n: number): void {
     this.nodeRefs.set(id, n);
+    this.nodeRefsClean.set(id, n); // what LMDB will hold once committed
   }
 
   incNode(id: number): void {
@@ -296,6 +304,7 @@ export class MetaStore {
     this.dirtyNodes.delete(id);
     this.deletedNodes.add(id);
     this.nodeRefs.set(id, GONE);
+    this.nodeRefsClean.delete(id);
     this.changes++;
   }
 
@@ -370,10 +379,8 @@ export class MetaStore {
   /** Registers freshly written chunk data with one reference. */
   addChunk(slot: number, domain: number, fp: Buffer, index: boolean): void {
     this.chunks.set(slot, { refs: 1, domain, fp });
-    if (index) {
-      const k = fpKey(domain, fp).toString('latin1');
-      if (!this.lookupFpRaw(k)) this.fps.set(k, slot);
-    }
+    // The caller found no live chunk with this fingerprint (or it is a collision: then false).
+    if (index) this.fps.set(fpKey(domain, fp).toString('latin1'), slot);
     this.sb.liveChunks++;
     this.sbDirty = true;
     this.changes++;

@@ -75,7 +75,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     readonly cache: ChunkCache,
     private readonly opts: VolumeManagerOptions,
   ) {
-    this.data = new DataPath(meta, store, cache, { verifyDedup: opts.verifyDedup ?? true, fingerprintOverride: opts.fingerprintOverride });
+    this.data = new DataPath(meta, store, cache, { verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
     meta.hooks = {
       chunkFreed: (slot) => cache.drop(slot),
       syncData: () => store.sync(),
