@@ -1,6 +1,13 @@
 // The narrow interface between the NBD protocol engine and whatever serves the bytes.
 // The engine knows nothing of chunks, dedup or snapshots; the volume layer implements this.
 
+/**
+ * A Buffer returned by NbdExport.read may carry a function under this key: the engine calls it
+ * once the reply's bytes have left for the socket (or will never be sent). The volume layer uses
+ * it to hold a zero-copy view of the shared cache until the send is done.
+ */
+export const kRelease = Symbol('shoal.nbd.release');
+
 export const EXTENT_HOLE = 1; // NBD_STATE_HOLE: no storage allocated
 export const EXTENT_ZERO = 2; // NBD_STATE_ZERO: reads as zeroes
 

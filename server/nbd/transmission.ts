@@ -12,7 +12,7 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { nbdErrnoOf, isShoalError } from '../errors.js';
-import type { NbdExport, NbdObserver, Extent } from './export.js';
+import { kRelease, type NbdExport, type NbdObserver, type Extent } from './export.js';
 import type { Logger, Negotiated } from './handshake.js';
 import * as C from './constants.js';
 
@@ -149,7 +149,10 @@ export class Transmission {
       switch (req.type) {
         case C.NBD_CMD_READ: {
           const data = await exp.read(req.offset, req.length);
-          if (data.length !== req.length) throw new Error(`export returned ${data.length} bytes for a ${req.length}-byte read`);
+          if (data.length !== req.length) {
+            (data as any)[kRelease]?.();
+            throw new Error(`export returned ${data.length} bytes for a ${req.length}-byte read`);
+          }
           ok = true;
           this.replyRead(req, data);
           break;
@@ -270,7 +273,12 @@ export class Transmission {
   }
 
   private replyRead(req: Request, data: Buffer): void {
-    if (!this.begin(req)) return;
+    // A view of the shared cache is held until the socket has taken the bytes (or never will).
+    const release: (() => void) | undefined = (data as any)[kRelease];
+    if (!this.begin(req)) {
+      release?.();
+      return;
+    }
     if (!this.structured) {
       this.sock.write(this.simpleHeader(req, 0));
     } else {
@@ -281,7 +289,8 @@ export class Transmission {
       h.writeUInt32BE(req.offset >>> 0, 24);
       this.sock.write(h);
     }
-    this.sock.write(data);
+    if (release) this.sock.write(data, () => release());
+    else this.sock.write(data);
   }
 
   /** Replies with an error (simple reply without payload, or an NBD_REPLY_TYPE_ERROR chunk). */

@@ -6,6 +6,7 @@ import { read as fsRead, readv as fsReadv, write as fsWrite, fdatasync, fstat } 
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import type { ChunkStore } from './chunk-store.js';
+import { native } from '../native.js';
 
 export class LocalChunkStore implements ChunkStore {
   private constructor(
@@ -71,7 +72,20 @@ export class LocalChunkStore implements ChunkStore {
   }
 
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => fdatasync(this.fh.fd, (err) => (err ? reject(new ShoalError('io_error', `fdatasync of the chunk file failed: ${err.message}`)) : resolve())));
+    return new Promise((resolve, reject) =>
+      fdatasync(this.fh.fd, (err) => {
+        if (err) return reject(new ShoalError('io_error', `fdatasync of the chunk file failed: ${err.message}`));
+        // Written chunks are clean now: drop them from the page cache, so memory holds each chunk
+        // once (in the shared cache arena), not also as page cache (it cannot drop dirty pages,
+        // hence after the sync).
+        try {
+          native().fadviseDontNeed(this.fh.fd, 0, 0);
+        } catch {
+          /* advisory */
+        }
+        resolve();
+      }),
+    );
   }
 
   allocatedBytes(): Promise<number> {

@@ -11,14 +11,15 @@ import { FANOUT, FIRST_SLOT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
 import { forEachEntry, isStored, leafEntries, lookup, releaseRange, setEntry } from '../meta/map-tree.js';
 import type { MetaStore, RootRecord } from '../meta/meta-store.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { NativeChunkCache } from '../cache/native-chunk-cache.js';
+import { kRelease } from '../nbd/export.js';
 import { native } from '../native.js';
 import { RangeLock } from './range-lock.js';
 
 /** Hashing a batch smaller than this on the event loop costs less than the thread-pool hop. */
 const ASYNC_HASH_BYTES = 64 * 1024;
-/** Writes up to this size also go into the cache. */
-const WRITE_THROUGH_BYTES = 64 * 1024;
+/** How far ahead of a sequential reader to load. */
+const READAHEAD_BYTES = 2 * 1024 * 1024;
 /** At most this many extents per block-status reply. */
 const MAX_EXTENTS = 4096;
 
@@ -58,7 +59,7 @@ export class DataPath {
   constructor(
     private readonly meta: MetaStore,
     private readonly store: ChunkStore,
-    private readonly cache: ChunkCache,
+    private readonly cache: NativeChunkCache,
     private readonly opts: DataPathOptions,
   ) {
     this.chunkSize = meta.chunkSize;
@@ -66,9 +67,8 @@ export class DataPath {
   }
 
   private loadChunk = (slot: number): Promise<Buffer> => this.store.read(slot);
-  private loadRun = (slot: number, count: number): Promise<Buffer[]> => this.store.readRun(slot, count);
 
-  /** The bytes of one stored chunk, through the shared cache. */
+  /** A copy of one stored chunk's bytes, through the shared cache. */
   chunkBytes(slot: number, reader: number): Promise<Buffer> | Buffer {
     return this.cache.get(slot, reader) ?? this.cache.fetch(slot, reader, this.loadChunk);
   }
@@ -81,47 +81,59 @@ export class DataPath {
     const last = Math.floor((offset + length - 1) / cs);
     const g = this.meta.enterRead();
     try {
+      this.maybeReadAhead(r, reader, offset, length);
       if (first === last) {
-        // One chunk: serve a view of the cached bytes, no copy (cached chunks are immutable).
         const v = lookup(this.meta, r, first);
         const within = offset - first * cs;
         if (!isStored(v)) return within === 0 && length === cs ? this.zeroChunk : Buffer.alloc(length);
-        const b = this.cache.get(v, reader) ?? (await this.cache.fetch(v, reader, this.loadChunk));
-        return b.subarray(within, within + length);
+        // Zero-copy: a view of the arena frame, pinned until the reply has been written out
+        // (the NBD engine calls buf[kRelease] from the socket write's callback).
+        let pin = this.cache.pinned(v, reader);
+        if (!pin) {
+          await this.cache.loadRuns([v], reader);
+          pin = this.cache.pinned(v, reader);
+        }
+        if (pin) {
+          const view = within === 0 && length === cs ? pin.buf : pin.buf.subarray(within, within + length);
+          (view as any)[kRelease] = pin.release;
+          return view;
+        }
+        return (await this.store.read(v)).subarray(within, within + length); // every frame busy
       }
-      const out = Buffer.allocUnsafe(length);
-      let missing: number[] | null = null; // chunk indices whose bytes are not cached
-      let missSlots: number[] | null = null;
+      // Several chunks: one native call copies every cached one into the reply.
+      const n = last - first + 1;
+      const slots = n <= this.slotsScratch.length ? this.slotsScratch : new Float64Array(n);
+      const hit = n <= this.hitScratch.length ? this.hitScratch : new Uint8Array(n);
       let leaf: Float64Array | null = null;
       for (let ci = first; ci <= last; ci++) {
-        const cStart = ci * cs;
-        const from = Math.max(offset, cStart);
-        const to = Math.min(offset + length, cStart + cs);
-        const dst = from - offset;
         const li = ci % FANOUT;
         if (ci === first || li === 0) leaf = leafEntries(this.meta, r, ci);
         const v = leaf === null ? HOLE : leaf[li];
-        if (!isStored(v)) {
-          out.fill(0, dst, dst + (to - from));
-          continue;
-        }
-        const hit = this.cache.get(v, reader);
-        if (hit) hit.copy(out, dst, from - cStart, to - cStart);
-        else {
-          (missing ??= []).push(ci);
-          (missSlots ??= []).push(v);
-        }
+        slots[ci - first] = isStored(v) ? v : -1;
       }
-      if (missing !== null) {
-        // Misses load in runs of consecutive slots (sequentially written data is laid out so).
-        await this.cache.fetchRuns(missSlots!, reader, this.loadRun);
-        for (let k = 0; k < missing.length; k++) {
-          const ci = missing[k];
-          const cStart = ci * cs;
-          const from = Math.max(offset, cStart);
-          const to = Math.min(offset + length, cStart + cs);
-          const b = this.cache.peek(missSlots![k]) ?? (await this.store.read(missSlots![k]));
-          b.copy(out, from - offset, from - cStart, to - cStart);
+      const out = Buffer.allocUnsafe(length);
+      const skip = offset - first * cs;
+      let misses = this.cache.readChunks(slots, n, out, 0, skip, length, reader, hit);
+      this.fillHoles(out, hit, n, skip, length);
+      if (misses > 0) {
+        // Misses load in runs of consecutive slots (sequentially written data is laid out so),
+        // straight into the arena with O_DIRECT, then copy without counting a second use.
+        const missing: number[] = [];
+        for (let k = 0; k < n; k++) if (hit[k] === 0) missing.push(slots[k]);
+        await this.cache.loadRuns(missing, reader);
+        const slots2 = Float64Array.from(slots.subarray(0, n));
+        for (let k = 0; k < n; k++) if (hit[k] !== 0) slots2[k] = -1; // done already: skip
+        const hit2 = new Uint8Array(n);
+        misses = this.cache.readChunks(slots2, n, out, 0, skip, length, reader, hit2, false);
+        if (misses > 0) {
+          for (let k = 0; k < n; k++) {
+            if (hit2[k] !== 0) continue;
+            const b = await this.store.read(slots2[k]);
+            const cStart = k * cs - skip; // position of chunk k in `out`, may be negative for k = 0
+            const from = Math.max(0, -cStart);
+            const to = Math.min(cs, length - cStart);
+            b.copy(out, cStart + from, from, to);
+          }
         }
       }
       return out;
@@ -129,6 +141,40 @@ export class DataPath {
       this.meta.exitRead(g);
       this.meta.releaseReusable();
     }
+  }
+
+  private readonly slotsScratch = new Float64Array(8192);
+  private readonly hitScratch = new Uint8Array(8192);
+
+  /** Zeroes the parts of `out` that belong to holes (hit[k] === 2). */
+  private fillHoles(out: Buffer, hit: Uint8Array, n: number, skip: number, length: number): void {
+    const cs = this.chunkSize;
+    for (let k = 0; k < n; k++) {
+      if (hit[k] !== 2) continue;
+      const start = Math.max(0, k * cs - skip);
+      const end = Math.min(length, (k + 1) * cs - skip);
+      out.fill(0, start, end);
+    }
+  }
+
+  // Sequential streams (a boot, a backup) are read ahead: when a reader's request starts where
+  // its previous one ended, the next READAHEAD_BYTES are loaded in the background.
+  private readonly streamEnd = new Map<number, number>();
+  private maybeReadAhead(r: RootRecord, reader: number, offset: number, length: number): void {
+    const end = offset + length;
+    const prev = this.streamEnd.get(reader);
+    if (this.streamEnd.size > 4096) this.streamEnd.clear();
+    this.streamEnd.set(reader, end);
+    if (prev !== offset || reader < 0) return;
+    const cs = this.chunkSize;
+    const from = Math.ceil(end / cs);
+    const to = Math.min(Math.ceil(r.size / cs), from + Math.ceil(READAHEAD_BYTES / cs));
+    if (from >= to) return;
+    const slots: number[] = [];
+    forEachEntry(this.meta, r, from, to, (_ci, v) => {
+      if (isStored(v) && !this.cache.has(v)) slots.push(v);
+    });
+    if (slots.length > 0) this.cache.readahead(slots);
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the cache. */
@@ -140,8 +186,8 @@ export class DataPath {
       forEachEntry(this.meta, r, Math.floor(offset / cs), Math.floor((offset + length - 1) / cs) + 1, (_ci, v) => {
         if (isStored(v)) slots.push(v);
       });
-      // Bounded parallelism: a huge CACHE request must not flood the thread pool.
-      for (let i = 0; i < slots.length; i += 64) await Promise.all(slots.slice(i, i + 64).map((s) => this.chunkBytes(s, reader)));
+      // In batches: a huge CACHE request must not reserve the whole arena for loads at once.
+      for (let i = 0; i < slots.length; i += 1024) await this.cache.loadRuns(slots.slice(i, i + 1024), reader);
     } finally {
       this.meta.exitRead(g);
     }
@@ -213,7 +259,7 @@ export class DataPath {
     if (this.verify) {
       // Compare bytes before trusting a fingerprint: load every candidate first, in runs.
       const slots = candidates.filter((c): c is number => c !== undefined).sort((a, b) => a - b);
-      if (slots.length > 0) await this.cache.fetchRuns([...new Set(slots)], -1, this.loadRun);
+      if (slots.length > 0) await this.cache.loadRuns([...new Set(slots)], -1);
     }
     const plans: Plan[] = [];
     const seen = new Map<string, number>(); // fingerprint -> index in plans (stored by this write)
@@ -241,7 +287,6 @@ export class DataPath {
       plans.push({ kind: 'store', ci, slot: 0, fp, bytes, index: candidate === undefined && prior === undefined });
     }
 
-    const small = chunks.length * cs <= WRITE_THROUGH_BYTES;
     // 4. Store new chunks in fresh slots, consecutive slots in one write.
     await this.storePlans(plans.filter((p) => p.kind === 'store') as Array<Plan & { kind: 'store' }>);
 
@@ -253,9 +298,8 @@ export class DataPath {
         this.counters.zeroChunks++;
       } else if (p.kind === 'store') {
         this.meta.addChunk(p.slot, m.domain, copyOf(p.fp), p.index);
-        // Write-through for small writes (filesystem metadata, journals: read again soon). A large
-        // sequential stream is rarely re-read at once, and copying it cost 10% of write time.
-        if (small) this.cache.insert(p.slot, copyOf(p.bytes));
+        // Write-through: a copy into the arena (probationary, so a large stream passes through).
+        this.cache.insert(p.slot, p.bytes);
         setEntry(this.meta, m.record, p.ci, p.slot);
         this.counters.storedChunks++;
       } else {
@@ -287,7 +331,7 @@ export class DataPath {
   }
 
   private async sameBytes(slot: number, bytes: Buffer): Promise<boolean> {
-    const existing = this.cache.peek(slot) ?? (await this.chunkBytes(slot, -1));
+    const existing = this.cache.peek(slot) ?? (await this.store.read(slot));
     return existing.equals(bytes);
   }
 

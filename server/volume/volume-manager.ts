@@ -8,7 +8,8 @@ import { dropRoot, growLevels, releaseRange, shareChunks, shareRoot } from '../m
 import { levelsFor } from '../meta/map-node.js';
 import { LocalChunkStore } from '../store/local-chunk-store.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
+import { NativeChunkCache } from '../cache/native-chunk-cache.js';
+import { join } from 'node:path';
 import { DataPath, checkRange, type WritableMap } from './data-path.js';
 import { RangeLock } from './range-lock.js';
 import { GarbageCollector } from './garbage-collector.js';
@@ -72,7 +73,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
   private constructor(
     readonly meta: MetaStore,
     readonly store: ChunkStore,
-    readonly cache: ChunkCache,
+    readonly cache: NativeChunkCache,
     private readonly opts: VolumeManagerOptions,
   ) {
     this.data = new DataPath(meta, store, cache, { verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
@@ -100,7 +101,9 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     if (opts.chunkSize && opts.chunkSize !== meta.chunkSize)
       opts.logger?.warn(`the store in ${opts.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${opts.chunkSize}`);
     const store = await LocalChunkStore.open(opts.dataDir, meta.chunkSize);
-    const cache = new ChunkCache(opts.cacheSize, meta.chunkSize);
+    const cache = new NativeChunkCache(opts.cacheSize, meta.chunkSize);
+    // Loads go straight from the chunk file into the arena with O_DIRECT: no second copy in the page cache.
+    cache.attachFile(join(opts.dataDir, 'chunks.dat'));
     return new VolumeManager(meta, store, cache, opts);
   }
 
@@ -541,6 +544,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     for (const st of this.states.values()) this.revokeAll(st);
     await this.gc.stop();
     await this.meta.close();
+    this.cache.close();
     await this.store.close();
   }
 }
