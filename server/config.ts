@@ -21,6 +21,8 @@ export interface Config {
   cacheSize: number; // bytes
   chunkSize: number | undefined; // bytes; only used when creating a new store (undefined = the store's default)
   logLevel: LogLevel;
+  dedup: boolean; // inline deduplication of written chunks (on by default)
+  dedupVerify: boolean; // compare bytes on a fingerprint match (BLAKE3-256 alone is cryptographic)
   configFile: string | null; // absolute path of the config file read, if any
 }
 
@@ -44,6 +46,8 @@ const SETTINGS = {
   'cache-size': 'cacheSize',
   'chunk-size': 'chunkSize',
   'log-level': 'logLevel',
+  dedup: 'dedup',
+  'dedup-verify': 'dedupVerify',
   config: 'config',
 } as const;
 type Flag = keyof typeof SETTINGS;
@@ -54,6 +58,14 @@ interface Raw {
   value: string;
   source: string; // "--data-dir", "SHOAL_DATA_DIR", "config file /etc/shoal.json"
   base: string; // directory relative paths resolve against
+}
+
+function onOff(raw: Raw | undefined, dflt: boolean): boolean {
+  if (!raw) return dflt;
+  const v = raw.value.toLowerCase();
+  if (['on', 'true', 'yes', '1'].includes(v)) return true;
+  if (['off', 'false', 'no', '0'].includes(v)) return false;
+  bad(`${raw.source} "${raw.value}" must be on or off.`);
 }
 
 function bad(message: string): never {
@@ -122,6 +134,10 @@ function readConfigFile(path: string): Partial<Record<Key, Raw>> {
   for (const [k, v] of Object.entries(json as Record<string, unknown>)) {
     const key = isFlag(k) ? SETTINGS[k] : keys.has(k) ? (k as Key) : null;
     if (!key || key === 'config') bad(`unknown setting "${k}" in ${source}; known settings: ${[...keys].filter((x) => x !== 'config').join(', ')}.`);
+    if (typeof v === 'boolean' && (key === 'dedup' || key === 'dedupVerify')) {
+      out[key] = { value: v ? 'on' : 'off', source, base };
+      continue;
+    }
     if (v === null || v === false) {
       out[key] = { value: 'none', source, base };
       continue;
@@ -192,7 +208,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const logLevel = (levelRaw?.value ?? DEFAULTS.logLevel).toLowerCase() as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) bad(`${levelRaw?.source ?? 'log level'} "${levelRaw?.value}" is not a log level; use one of ${LOG_LEVELS.join(', ')}.`);
 
-  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, configFile };
+  const dedup = onOff(pick('dedup'), true);
+  const dedupVerify = onOff(pick('dedupVerify'), false);
+  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, configFile };
 }
 
 function sizeOf(value: string, source: string): number {

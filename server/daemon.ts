@@ -21,6 +21,8 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     dataDir: config.dataDir,
     cacheSize: config.cacheSize,
     chunkSize: config.chunkSize,
+    dedup: config.dedup,
+    verifyDedup: config.dedupVerify,
     logger,
     fingerprintOverride: testFingerprintOverride(),
   });

@@ -5,7 +5,7 @@ export const USAGE = `Usage: shoal <command> [options]
 Daemon:
   shoal serve [--data-dir DIR] [--nbd HOST:PORT|none] [--nbd-socket PATH|none]
               [--api HOST:PORT] [--cache-size SIZE] [--chunk-size SIZE]
-              [--log-level LEVEL] [--config FILE]
+              [--dedup on|off] [--dedup-verify on|off] [--log-level LEVEL] [--config FILE]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
 

@@ -18,6 +18,8 @@ import { RangeLock } from './range-lock.js';
 
 /** Hashing a batch smaller than this on the event loop costs less than the thread-pool hop. */
 const ASYNC_HASH_BYTES = 64 * 1024;
+/** The fingerprint recorded for chunks written with dedup off (never indexed). */
+const NO_FINGERPRINT = Buffer.alloc(32);
 /** How far ahead of a sequential reader to load. */
 const READAHEAD_BYTES = 2 * 1024 * 1024;
 /** At most this many extents per block-status reply. */
@@ -34,6 +36,8 @@ export interface WritableMap {
 }
 
 export interface DataPathOptions {
+  /** Inline deduplication (fingerprint every chunk, share identical ones). */
+  dedup: boolean;
   /** Compare bytes before mapping a write to an existing chunk with the same fingerprint. */
   verifyDedup: boolean;
   /** Test-only: replaces the fingerprint function (to force collisions). */
@@ -251,11 +255,12 @@ export class DataPath {
     const nonZero: number[] = [];
     for (let i = 0; i < chunks.length; i++) if (!chunks[i].equals(this.zeroChunk)) nonZero.push(i);
     const allNonZero = nonZero.length === chunks.length;
-    const fps = nonZero.length === 0 ? [] : await this.fingerprints(allNonZero ? chunks : nonZero.map((i) => chunks[i]), allNonZero ? contiguous : null);
+    const dedup = this.opts.dedup;
+    const fps = nonZero.length === 0 ? [] : dedup ? await this.fingerprints(allNonZero ? chunks : nonZero.map((i) => chunks[i]), allNonZero ? contiguous : null) : nonZero.map(() => NO_FINGERPRINT);
 
     // 3. Find identical chunks already stored in this domain (and repeated within this write).
     const candidates: Array<number | undefined> = new Array(nonZero.length);
-    for (let k = 0; k < nonZero.length; k++) candidates[k] = this.meta.lookupFingerprint(m.domain, fps[k]);
+    if (dedup) for (let k = 0; k < nonZero.length; k++) candidates[k] = this.meta.lookupFingerprint(m.domain, fps[k]);
     if (this.verify) {
       // Compare bytes before trusting a fingerprint: load every candidate first, in runs.
       const slots = candidates.filter((c): c is number => c !== undefined).sort((a, b) => a - b);
@@ -275,6 +280,10 @@ export class DataPath {
       const bytes = chunks[i];
       if (candidate !== undefined && (!this.verify || (await this.sameBytes(candidate, bytes)))) {
         plans.push({ kind: 'dedup', ci, slot: candidate, fp, bytes });
+        continue;
+      }
+      if (!dedup) {
+        plans.push({ kind: 'store', ci, slot: 0, fp, bytes, index: false });
         continue;
       }
       const key = fp.toString('latin1');

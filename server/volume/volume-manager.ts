@@ -28,6 +28,8 @@ export interface VolumeManagerOptions {
   cacheSize: number;
   chunkSize?: number;
   verifyDedup?: boolean;
+  /** Inline deduplication; default on. */
+  dedup?: boolean;
   /** Commit at least this often when there are changes (ms). */
   commitIntervalMs?: number;
   fingerprintOverride?: (chunk: Buffer) => Buffer;
@@ -76,7 +78,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     readonly cache: NativeChunkCache,
     private readonly opts: VolumeManagerOptions,
   ) {
-    this.data = new DataPath(meta, store, cache, { verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
+    this.data = new DataPath(meta, store, cache, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
     meta.hooks = {
       chunkFreed: (slot) => cache.drop(slot),
       syncData: () => store.sync(),
