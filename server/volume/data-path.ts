@@ -124,9 +124,9 @@ export class DataPath {
         // straight into the arena with O_DIRECT, then copy without counting a second use.
         const missing: number[] = [];
         for (let k = 0; k < n; k++) if (hit[k] === 0) missing.push(slots[k]);
-        await this.cache.loadRuns(missing, reader);
-        const slots2 = Float64Array.from(slots.subarray(0, n));
+        const slots2 = Float64Array.from(slots.subarray(0, n)); // before the await: slots/hit are shared scratch
         for (let k = 0; k < n; k++) if (hit[k] !== 0) slots2[k] = -1; // done already: skip
+        await this.cache.loadRuns(missing, reader);
         const hit2 = new Uint8Array(n);
         misses = this.cache.readChunks(slots2, n, out, 0, skip, length, reader, hit2, false);
         if (misses > 0) {
