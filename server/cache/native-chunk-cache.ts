@@ -1,14 +1,29 @@
 // The shared chunk cache on the native arena (addon/src/chunk-cache.cc): one byte budget for
 // the whole daemon, keyed by physical slot id (invariant 5), chunk bytes off the V8 heap.
-// Same public API as ChunkCache (chunk-cache.ts) so it can be swapped in, plus the paths that
+// S3-FIFO eviction (a small probation FIFO, a main FIFO with a use counter, a ghost list), so a
+// scan passes through without pushing out the working set. Besides get/fetch, the paths that
 // make it pay: readInto (copy straight into the reply), pinned (zero-copy send), loadRuns
 // (O_DIRECT reads into the arena on the thread pool) and readahead.
 //
-// get()/peek()/fetch() must return a Buffer for ChunkCache compatibility: they return a COPY of
-// the cached chunk (the arena frame may be reused once evicted). Hot paths use readInto/pinned.
+// get()/peek()/fetch() return a COPY of
+// the cached chunk (the arena frame may be reused once evicted); hot paths use readInto/pinned.
 import { closeSync, openSync } from 'node:fs';
 import { native, type NativeCacheHandle } from '../native.js';
-import type { CacheStats } from './chunk-cache.js';
+
+/** What the shared cache reports (REST /v1/stats `cache`, Prometheus shoal_cache_*). */
+export interface CacheStats {
+  capacityBytes: number;
+  bytes: number;
+  entries: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  coalesced: number;
+  /** Logical bytes served from the cache since start. */
+  servedBytes: number;
+  /** Logical bytes the cached chunks stand for (one per distinct reader) / bytes held. */
+  sharingFactor: number;
+}
 
 export interface NativeCacheStatsOut extends CacheStats {
   /** Frames being sent (pinned), of which `orphaned` were already evicted or dropped. */

@@ -1,3 +1,5 @@
+import type { CacheStats } from '../cache/native-chunk-cache.js';
+
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
 
@@ -39,17 +41,7 @@ export interface Stats {
   volumes: number;
   snapshots: number;
   dedupHits: number;
-  cache: {
-    capacityBytes: number;
-    bytes: number;
-    entries: number;
-    hits: number;
-    misses: number;
-    evictions: number;
-    coalesced: number;
-    sharingFactor: number;
-    servedBytes: number;
-  };
+  cache: CacheStats;
 }
 
 export interface FsckReport {
