@@ -558,7 +558,8 @@ export class MetaStore {
 
   /** Drops clean nodes from memory when the cache holds more than `max` (they reload from LMDB). */
   trimNodeCache(max: number): void {
-    if (this.nodes.size <= max) return;
+    // Not while a commit is in flight: LMDB still holds the older version of nodes it writes.
+    if (this.nodes.size <= max || this.committing) return;
     for (const id of this.nodes.keys()) {
       if (this.nodes.size <= max * 0.8) break;
       if (!this.dirtyNodes.has(id)) this.nodes.delete(id);
