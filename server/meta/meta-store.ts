@@ -184,6 +184,8 @@ export class MetaStore {
       throw new ShoalError('corrupt_metadata', `the metadata superblock cannot be read: ${(e as Error).message}`);
     }
     if (!sb && !create) throw new ShoalError('corrupt_metadata', `${this.dir} holds no Shoal metadata superblock`);
+    if (!sb && ([...this.main.getKeys({ limit: 1 })].length > 0 || [...this.chunksDb.getKeys({ limit: 1 })].length > 0))
+      throw new ShoalError('corrupt_metadata', `the metadata in ${this.dir} has records but no superblock: it is damaged (refusing to start over on top of it)`);
     if (!sb) {
       sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, gcQueue: [] };
       this.sb = sb;
