@@ -162,21 +162,32 @@ export class DataPath {
   }
 
   // Sequential streams (a boot, a backup) are read ahead: when a reader's request starts where
-  // its previous one ended, the next READAHEAD_BYTES are loaded in the background.
-  private readonly streamEnd = new Map<number, number>();
+  // its previous one ended, the chunks up to READAHEAD_BYTES past it are loaded in the background.
+  // `ahead` remembers how far a stream was already read ahead, so each chunk is asked for once.
+  private readonly streams = new Map<number, { end: number; ahead: number }>();
   private maybeReadAhead(r: RootRecord, reader: number, offset: number, length: number): void {
+    if (reader < 0) return;
     const end = offset + length;
-    const prev = this.streamEnd.get(reader);
-    if (this.streamEnd.size > 4096) this.streamEnd.clear();
-    this.streamEnd.set(reader, end);
-    if (prev !== offset || reader < 0) return;
+    let st = this.streams.get(reader);
+    if (!st) {
+      if (this.streams.size > 4096) this.streams.clear();
+      this.streams.set(reader, (st = { end, ahead: end }));
+      return;
+    }
+    const sequential = st.end === offset;
+    st.end = end;
+    if (!sequential) {
+      st.ahead = end;
+      return;
+    }
     const cs = this.chunkSize;
-    const from = Math.ceil(end / cs);
-    const to = Math.min(Math.ceil(r.size / cs), from + Math.ceil(READAHEAD_BYTES / cs));
+    const from = Math.ceil(Math.max(end, st.ahead) / cs);
+    const to = Math.min(Math.ceil(r.size / cs), Math.ceil((end + READAHEAD_BYTES) / cs));
     if (from >= to) return;
+    st.ahead = to * cs;
     const slots: number[] = [];
     forEachEntry(this.meta, r, from, to, (_ci, v) => {
-      if (isStored(v) && !this.cache.has(v)) slots.push(v);
+      if (isStored(v)) slots.push(v);
     });
     if (slots.length > 0) this.cache.readahead(slots);
   }

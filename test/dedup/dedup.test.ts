@@ -169,3 +169,22 @@ print(h.pread(4096, 0) == a, h.pread(4096, 4096) == b, h.pread(4096, 8192) == a)
     await weak.dispose();
   }
 });
+
+test('chunks stored before a restart are found again (the index is on disk, its filter rebuilt)', async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  await d.createVolume('rs-a', 64 * MiB);
+  await withHandle(d, 'rs-a', writeSeeded(31, 32, 0));
+  await d.restart();
+  const before = (await d.api('GET', '/v1/stats')).body;
+  // Once right after the start (the filter may still be building) and once later.
+  await d.createVolume('rs-b', 64 * MiB);
+  await withHandle(d, 'rs-b', writeSeeded(31, 32, 0));
+  await new Promise((r) => setTimeout(r, 500));
+  await d.createVolume('rs-c', 64 * MiB);
+  await withHandle(d, 'rs-c', writeSeeded(31, 32, 0));
+  const after = (await d.api('GET', '/v1/stats')).body;
+  assert.equal(after.physicalBytes, before.physicalBytes, 'nothing new is stored for data stored before the restart');
+  assert.equal(after.dedupHits - before.dedupHits, 2 * 32 * 256);
+  for (const v of ['rs-a', 'rs-b', 'rs-c']) await d.api('DELETE', `/v1/volumes/${v}`);
+  await expectFsckClean(d);
+});
