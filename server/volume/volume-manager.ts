@@ -12,7 +12,7 @@ import { NativeChunkCache } from '../cache/native-chunk-cache.js';
 import { join } from 'node:path';
 import { DataPath, checkRange, type WritableMap } from './data-path.js';
 import { RangeLock } from './range-lock.js';
-import { GarbageCollector } from './garbage-collector.js';
+import { GarbageCollector, COMMIT_BATCH } from './garbage-collector.js';
 import { checkMetadata } from '../meta/fsck.js';
 import { native } from '../native.js';
 import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
@@ -55,6 +55,9 @@ class VolumeState implements WritableMap {
   }
   touched(): void {
     this.mgr.meta.putVolume(this.record);
+    // Keep commits bounded: a big one holds the event loop while its records are queued
+    // (~1 us each), a small one costs an fsync; 4x the collector's batch is ~100 ms at most.
+    if (this.mgr.meta.pendingChanges >= 4 * COMMIT_BATCH) this.mgr.commitSoon();
     this.mgr.gc.kick(); // TRIM/zero of whole map subtrees queue them for collection
   }
 }
@@ -135,9 +138,13 @@ export class VolumeManager implements VolumeControl, ExportProvider {
 
   // ------------------------------------------------------------------ control: volumes
 
-  private info(st: VolumeState): VolumeInfo {
+  /**
+   * `sharing` walks the whole map to split exclusive from shared bytes (O(mapped)); create and
+   * clone know the split without it (nothing, or everything, is shared), so they stay O(1).
+   */
+  private info(st: VolumeState, known?: { exclusive: number; shared: number }): VolumeInfo {
     const r = st.record;
-    const sh = this.data.sharing(r);
+    const sh = known ?? this.data.sharing(r);
     return {
       name: r.name,
       size: r.size,
@@ -181,7 +188,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     this.meta.putVolume(rec);
     const st = this.addState(rec);
     await this.meta.commit();
-    return this.info(st);
+    return this.info(st, { exclusive: 0, shared: 0 });
   }
 
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
@@ -202,7 +209,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     this.meta.putVolume(rec);
     const st = this.addState(rec);
     await this.meta.commit();
-    return this.info(st);
+    return this.info(st, { exclusive: 0, shared: rec.mapped * this.meta.chunkSize });
   }
 
   listVolumes(): VolumeInfo[] {
@@ -539,6 +546,17 @@ export class VolumeManager implements VolumeControl, ExportProvider {
 
   async flush(): Promise<void> {
     await this.meta.commit();
+  }
+
+  private commitQueued = false;
+  /** A background commit, once per burst of changes. */
+  commitSoon(): void {
+    if (this.commitQueued) return;
+    this.commitQueued = true;
+    this.meta
+      .commit()
+      .catch((e) => this.opts.logger?.error({ err: e }, 'background commit failed'))
+      .finally(() => (this.commitQueued = false));
   }
 
   async close(): Promise<void> {
