@@ -35,7 +35,7 @@ async function verify(d: Daemon, vol: string, durable: Map<number, number>) {
   return JSON.parse(out) as { errors: string[]; errorCount: number; durableRegions: number; patternSectors: number };
 }
 
-test('FLUSHed and FUA writes survive kill -9, three times over', { timeout: 150_000 }, async (t) => {
+test('FLUSHed and FUA writes survive kill -9, three times over', { timeout: 240_000 }, async (t) => {
   if (!needTools(t, 'nbdsh')) return;
   const d = await startDaemon();
   const writers: ReturnType<typeof run>[] = [];
@@ -46,13 +46,20 @@ test('FLUSHed and FUA writes survive kill -9, three times over', { timeout: 150_
     for (let cycle = 1; cycle <= 3; cycle++) {
       // Writers: two over the Unix socket, one over TCP; generations above every earlier cycle's.
       writers.length = 0;
+      // Kill at a random moment once the writers have had enough durable acknowledgements to
+      // make the check meaningful (a fixed delay proves nothing on a slow, loaded machine).
+      const acks = new Array(WRITERS).fill(0);
+      const started = Date.now();
       for (let w = 0; w < WRITERS; w++) {
         const uri = w === 2 ? d.uri(vol) : d.unixUri(vol);
         const seed = cycle * 100 + w + Math.floor(Math.random() * 1e6) * 1000;
-        writers.push(run(PY, [SCRIPT, 'write', uri, String(w), String(WRITERS), String(cycle * 1_000_000), String(seed)], { timeoutMs: 60_000 }));
+        const count = (chunk: string) => (acks[w] += (chunk.match(/^D /gm) ?? []).length);
+        writers.push(run(PY, [SCRIPT, 'write', uri, String(w), String(WRITERS), String(cycle * 1_000_000), String(seed)], { timeoutMs: 90_000, onStdout: count }));
       }
-      const killAfter = 1500 + Math.floor(Math.random() * 1500);
-      await sleep(killAfter);
+      // Every writer connected and had some writes made durable.
+      while (Math.min(...acks) < 10 && Date.now() - started < 45_000) await sleep(50);
+      await sleep(Math.floor(Math.random() * 1500));
+      const killAfter = Date.now() - started;
       const pid = d.proc.pid;
       await d.kill9();
       assert.equal(d.proc.signalCode, 'SIGKILL', `daemon ${pid} was killed by SIGKILL`);

@@ -34,12 +34,15 @@ export interface RunResult {
 }
 
 /** Runs a command to completion (async, so the daemon in this process—if any—keeps running). */
-export function run(cmd: string, args: string[], opts: SpawnOptions & { input?: string | Buffer; timeoutMs?: number } = {}): Promise<RunResult> {
+export function run(cmd: string, args: string[], opts: SpawnOptions & { input?: string | Buffer; timeoutMs?: number; onStdout?: (chunk: string) => void } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { ...opts, env: { ...process.env, PATH: PATH_WITH_USR_BIN, ...(opts.env ?? {}) }, stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    child.stdout!.on('data', (d) => out.push(d));
+    child.stdout!.on('data', (d) => {
+      out.push(d);
+      opts.onStdout?.(d.toString());
+    });
     child.stderr!.on('data', (d) => err.push(d));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
     child.on('error', (e) => {
