@@ -1,0 +1,344 @@
+// Shared helpers for the benchmarks: process/temp-dir cleanup (also on Ctrl-C), starting Shoal and
+// nbdkit on Unix sockets, running fio's nbd engine and parsing its JSON, and a system header line.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Daemon, MAIN, ROOT } from '../test/helpers/daemon.js';
+
+export { ROOT };
+export const PATH_WITH_USR_BIN = `/usr/bin:/usr/sbin:/sbin:/bin:${process.env.PATH ?? ''}`;
+/** Debian's python has `import nbd` (python3-libnbd); the first python3 on PATH may not. */
+export const PY = '/usr/bin/python3';
+
+// ------------------------------------------------------------------ cleanup
+
+const children = new Set<ChildProcess>();
+const dirs = new Set<string>();
+const disposers: (() => Promise<void>)[] = [];
+const diagnostics: (() => string)[] = [];
+let cleaning: Promise<void> | null = null;
+
+export function tempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  dirs.add(d);
+  return d;
+}
+
+export function onCleanup(fn: () => Promise<void>): void {
+  disposers.push(fn);
+}
+
+export function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    for (const fn of disposers.reverse()) await fn().catch((e) => console.error('cleanup:', e));
+    await sleep(200);
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: cleaning up…`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+/** Runs main(), always cleans up, exits non-zero on error. */
+export function runMain(main: () => Promise<void>): void {
+  main()
+    .then(() => cleanup())
+    .catch(async (e) => {
+      console.error(e instanceof Error ? e.stack : e);
+      for (const d of diagnostics) console.error(d());
+      await cleanup();
+      process.exit(1);
+    });
+}
+
+// ------------------------------------------------------------------ processes
+
+export interface RunResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion; tracked, so Ctrl-C kills it. */
+export function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number; env?: Record<string, string> } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: { ...process.env, PATH: PATH_WITH_USR_BIN, ...(opts.env ?? {}) }, stdio: ['pipe', 'pipe', 'pipe'] });
+    children.add(child);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (d) => out.push(d));
+    child.stderr!.on('data', (d) => err.push(d));
+    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : null;
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      children.delete(child);
+      reject(e);
+    });
+    child.on('close', (status) => {
+      if (timer) clearTimeout(timer);
+      children.delete(child);
+      resolve({ status, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
+    });
+    if (opts.input !== undefined) child.stdin!.end(opts.input);
+    else child.stdin!.end();
+  });
+}
+
+export async function runOk(cmd: string, args: string[], opts: Parameters<typeof run>[2] = {}): Promise<string> {
+  const r = await run(cmd, args, opts);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}:\n${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+/** Starts a long-running child (tracked for cleanup). */
+export function spawnTracked(cmd: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+  const child = spawn(cmd, args, { env: { ...process.env, PATH: PATH_WITH_USR_BIN, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  return child;
+}
+
+async function waitForFile(path: string, ms: number, proc?: ChildProcess, what = path): Promise<void> {
+  const end = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (proc && (proc.exitCode !== null || proc.signalCode !== null)) throw new Error(`${what} exited before creating ${path}`);
+    if (Date.now() > end) throw new Error(`${what}: ${path} did not appear within ${ms} ms`);
+    await sleep(20);
+  }
+}
+
+// ------------------------------------------------------------------ Shoal
+
+export interface Shoal {
+  dataDir: string;
+  nbdSocket: string;
+  apiUrl: string;
+  pid: number;
+  unixUri(exportName: string): string;
+  api<T = any>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
+  createVolume(name: string, size: number, extra?: Record<string, unknown>): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+/**
+ * Starts the real daemon (dist/server/main.js, via test/helpers/daemon.ts) on ephemeral loopback ports and
+ * a Unix socket in its own temporary data directory.
+ */
+export async function startShoal(cacheSize = '1G', extraArgs: string[] = []): Promise<Shoal> {
+  if (!existsSync(MAIN)) throw new Error(`${MAIN} does not exist: build first (npm run build)`);
+  // Keep the log level at info: Daemon waits for the "shoal ready" line, which is logged at info.
+  const d = new Daemon({ args: ['--cache-size', cacheSize, ...extraArgs] });
+  let stopping = false;
+  const dispose = () => {
+    stopping = true;
+    return d.dispose();
+  };
+  onCleanup(dispose);
+  diagnostics.push(() => `--- shoal daemon log (last 6000 chars) ---\n${d.log.slice(-6000)}`);
+  await d.start();
+  const shoal: Shoal = {
+    dataDir: d.dataDir,
+    nbdSocket: d.nbdSocket,
+    apiUrl: d.apiUrl,
+    pid: d.proc.pid!,
+    unixUri: (e) => d.unixUri(e),
+    api: (m, p, b) => d.api(m, p, b),
+    createVolume: (n, s, x) => d.createVolume(n, s, x),
+    dispose,
+  };
+  d.proc.on('exit', (code, sig) => {
+    if (!cleaning && !stopping) console.error(`!! shoal daemon exited unexpectedly (${code ?? sig})\n${d.log.slice(-4000)}`);
+  });
+  return shoal;
+}
+
+
+/** Fails loudly on a non-2xx reply. */
+export async function apiOk<T = any>(s: Shoal, method: string, path: string, body?: unknown): Promise<T> {
+  const r = await s.api<T>(method, path, body);
+  if (r.status < 200 || r.status > 299) throw new Error(`${method} ${path} ${JSON.stringify(body ?? '')}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+// ------------------------------------------------------------------ nbdkit
+
+export interface Nbdkit {
+  socket: string;
+  uri: string;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** nbdkit in the foreground on a Unix socket, e.g. startNbdkit(dir, 'memory', ['1G']). */
+export async function startNbdkit(dir: string, plugin: string, pluginArgs: string[]): Promise<Nbdkit> {
+  const socket = join(dir, `nbdkit-${plugin}.sock`);
+  rmSync(socket, { force: true });
+  const proc = spawnTracked('nbdkit', ['-f', '--exit-with-parent', '-U', socket, plugin, ...pluginArgs]);
+  let log = '';
+  proc.stderr!.on('data', (d) => (log += d.toString()));
+  try {
+    await waitForFile(socket, 10_000, proc, `nbdkit ${plugin}`);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${log}`);
+  }
+  const stop = async () => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    await exited;
+  };
+  onCleanup(stop);
+  return { socket, uri: `nbd+unix:///?socket=${socket}`, proc, stop };
+}
+
+// ------------------------------------------------------------------ fio
+
+export interface FioResult {
+  iops: number;
+  bwBytes: number; // bytes/s
+  clatP99Us: number;
+  clatP9999Us: number;
+  clatMaxUs: number;
+  clatMeanUs: number;
+  ios: number;
+  errors: number;
+  raw: any;
+}
+
+export interface FioJob {
+  uri: string;
+  rw: 'randread' | 'randwrite' | 'read' | 'write' | 'randrw';
+  bs: string;
+  iodepth: number;
+  size?: number;
+  runtimeSec?: number; // time_based when given
+  rampSec?: number;
+  extra?: string[];
+}
+
+/** Runs one fio job with the nbd engine; the JSON report goes to a file (fio prints chatter on stdout). */
+export async function fio(job: FioJob, outDir: string): Promise<FioResult> {
+  const out = join(outDir, `fio-${process.hrtime.bigint()}.json`);
+  const args = [
+    '--name=bench',
+    '--ioengine=nbd',
+    `--uri=${job.uri}`,
+    `--rw=${job.rw}`,
+    `--bs=${job.bs}`,
+    `--iodepth=${job.iodepth}`,
+    '--numjobs=1',
+    '--output-format=json',
+    `--output=${out}`,
+  ];
+  if (job.size !== undefined) args.push(`--size=${job.size}`);
+  if (job.runtimeSec !== undefined) args.push('--time_based', `--runtime=${job.runtimeSec}`);
+  if (job.rampSec) args.push(`--ramp_time=${job.rampSec}`);
+  if (job.rw.includes('write')) args.push('--refill_buffers'); // fresh random bytes per write: no dedup advantage
+  args.push(...(job.extra ?? []));
+  const r = await run('fio', args);
+  if (r.status !== 0 || !existsSync(out)) throw new Error(`fio ${args.join(' ')} exited ${r.status}:\n${r.stderr}\n${r.stdout}`);
+  return parseFio(readFileSync(out, 'utf8'));
+}
+
+export function parseFio(text: string): FioResult {
+  const j = JSON.parse(text.slice(text.indexOf('{')));
+  const job = j.jobs[0];
+  const side = job.read.io_bytes >= job.write.io_bytes ? job.read : job.write;
+  const pct = side.clat_ns.percentile ?? {};
+  return {
+    iops: side.iops,
+    bwBytes: side.bw_bytes,
+    clatP99Us: (pct['99.000000'] ?? 0) / 1000,
+    clatP9999Us: (pct['99.990000'] ?? 0) / 1000,
+    clatMaxUs: side.clat_ns.max / 1000,
+    clatMeanUs: side.clat_ns.mean / 1000,
+    ios: side.total_ios,
+    errors: job.error,
+    raw: job,
+  };
+}
+
+// ------------------------------------------------------------------ misc
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
+
+export function parseSizeEnv(name: string, def: string): number {
+  const v = (process.env[name] ?? def).trim();
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?$/i.exec(v);
+  if (!m) throw new Error(`${name}=${v}: expected a size like 1G, 512M or a byte count`);
+  const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  return Math.floor(Number(m[1]) * mult);
+}
+
+export function numEnv(name: string, def: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return def;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name}=${v}: expected a positive number`);
+  return n;
+}
+
+export function fmtBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${Number.isInteger(n) ? n : n.toFixed(2)} ${u[i]}`;
+}
+
+function firstLine(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, PATH: PATH_WITH_USR_BIN } });
+  return (r.stdout ?? '').split('\n')[0].trim() || '?';
+}
+
+/** One header line: date, nproc, CPU model, kernel, node, fio version. */
+export function systemHeader(): string {
+  let model = cpus()[0]?.model ?? '?';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) model = m[1].trim();
+  } catch {
+    /* not Linux */
+  }
+  return [
+    `date: ${new Date().toISOString()}`,
+    `nproc: ${firstLine('nproc', [])}`,
+    `cpu: ${model}`,
+    `kernel: ${firstLine('uname', ['-sr'])}`,
+    `node: ${process.version}`,
+    `fio: ${firstLine('fio', ['--version'])}`,
+    `nbdkit: ${firstLine('nbdkit', ['--version'])}`,
+    `loadavg at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`,
+  ].join(' · ');
+}
+
+/** Writes a file of `size` random bytes (for fills). */
+export async function randomFile(path: string, size: number): Promise<void> {
+  const mib = Math.ceil(size / (1 << 20));
+  await runOk('dd', ['if=/dev/urandom', `of=${path}`, 'bs=1M', `count=${mib}`, 'status=none', 'iflag=fullblock']);
+  if (mib * (1 << 20) !== size) await runOk('truncate', ['-s', String(size), path]);
+}
+
+export const fix = (n: number, d = 0): string => (Number.isFinite(n) ? n.toFixed(d) : '—');

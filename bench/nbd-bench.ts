@@ -1,0 +1,126 @@
+// `npm run bench`: fio's nbd engine against Shoal, `nbdkit memory` and `nbdkit file`, all over Unix
+// sockets, in one run so the ratios are comparable on a noisy machine.
+//
+//   BENCH_SIZE     size of each target, filled with random data first (default 1G)
+//   BENCH_RUNTIME  seconds per fio run (default 10; plus a 1 s ramp that is not counted)
+//   BENCH_REPEAT   runs per (workload, server); the median is reported (default 3)
+//   BENCH_CACHE    Shoal --cache-size (default 1G)
+//   BENCH_STRICT=1 exit 1 when a read ratio vs nbdkit memory is below the floor (0.5)
+//
+// For each workload the servers run back to back (order rotated each repetition) to reduce drift.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fio, fix, fmtBytes, median, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startNbdkit, startShoal, systemHeader, tempDir, type FioJob, type FioResult } from './lib.js';
+
+const FLOOR = 0.5;
+const TARGET = 0.8;
+
+interface Workload {
+  name: string;
+  rw: FioJob['rw'];
+  bs: string;
+  iodepth: number;
+  read: boolean;
+}
+
+const WORKLOADS: Workload[] = [
+  { name: '4K randread QD32', rw: 'randread', bs: '4k', iodepth: 32, read: true },
+  { name: '1M seqread QD8', rw: 'read', bs: '1m', iodepth: 8, read: true },
+  { name: '4K randwrite QD32', rw: 'randwrite', bs: '4k', iodepth: 32, read: false },
+  { name: '1M seqwrite QD8', rw: 'write', bs: '1m', iodepth: 8, read: false },
+];
+
+const SERVERS = ['shoal', 'nbdkit memory', 'nbdkit file'] as const;
+type Server = (typeof SERVERS)[number];
+
+runMain(async () => {
+  const size = parseSizeEnv('BENCH_SIZE', '1G');
+  const runtime = numEnv('BENCH_RUNTIME', 10);
+  const reps = Math.round(numEnv('BENCH_REPEAT', 3));
+  const cache = process.env.BENCH_CACHE ?? '1G';
+  const header = systemHeader();
+  console.log(header);
+  console.log(`size ${fmtBytes(size)} per target · ${runtime} s per run (+1 s ramp) · median of ${reps} · shoal --cache-size ${cache}\n`);
+
+  const tmp = tempDir('shoal-nbd-bench-');
+  const fill = join(tmp, 'fill.img');
+  process.stdout.write('generating random fill data… ');
+  await randomFile(fill, size);
+  console.log('done');
+
+  // --- targets
+  const shoal = await startShoal(cache);
+  await shoal.createVolume('bench', size);
+  const mem = await startNbdkit(tmp, 'memory', [String(size)]);
+  const fileImg = join(tmp, 'nbdkit-file.img');
+  await runOk('truncate', ['-s', String(size), fileImg]);
+  const file = await startNbdkit(tmp, 'file', [fileImg]);
+  const uris: Record<Server, string> = { shoal: shoal.unixUri('bench'), 'nbdkit memory': mem.uri, 'nbdkit file': file.uri };
+
+  const fillRates: Record<string, number> = {};
+  for (const s of SERVERS) {
+    const t0 = performance.now();
+    await runOk('nbdcopy', [fill, uris[s]]);
+    const sec = (performance.now() - t0) / 1000;
+    fillRates[s] = size / sec / (1 << 20);
+    console.log(`filled ${s}: ${fix(sec, 1)} s (${fix(fillRates[s])} MiB/s with nbdcopy)`);
+  }
+  const st = await shoal.api('GET', '/v1/stats');
+  console.log(`shoal after fill: physicalBytes ${fmtBytes(st.body.physicalBytes)}, dedupRatio ${st.body.dedupRatio}, cache ${fmtBytes(st.body.cache?.bytes ?? 0)}\n`);
+
+  // --- runs
+  const results = new Map<string, FioResult[]>(); // `${workload}|${server}`
+  for (const w of WORKLOADS) {
+    for (let r = 0; r < reps; r++) {
+      const order = SERVERS.map((_, i) => SERVERS[(i + r) % SERVERS.length]);
+      for (const s of order) {
+        const res = await fio({ uri: uris[s], rw: w.rw, bs: w.bs, iodepth: w.iodepth, size, runtimeSec: runtime, rampSec: 1 }, tmp);
+        const k = `${w.name}|${s}`;
+        if (!results.has(k)) results.set(k, []);
+        results.get(k)!.push(res);
+        console.log(`  ${w.name.padEnd(18)} ${s.padEnd(14)} run ${r + 1}/${reps}: ${fix(res.iops).padStart(7)} IOPS ${fix(res.bwBytes / 2 ** 20, 1).padStart(7)} MiB/s  p99 ${fix(res.clatP99Us)} µs${res.errors ? `  ERRORS ${res.errors}` : ''}`);
+      }
+    }
+  }
+
+  // --- table
+  const med = (w: Workload, s: Server) => {
+    const rs = results.get(`${w.name}|${s}`)!;
+    return { iops: median(rs.map((x) => x.iops)), mibs: median(rs.map((x) => x.bwBytes / 2 ** 20)), p99: median(rs.map((x) => x.clatP99Us)), errors: rs.reduce((a, x) => a + x.errors, 0) };
+  };
+  const lines: string[] = [];
+  lines.push('| workload | server | IOPS | MiB/s | p99 clat (µs) | Shoal/nbdkit-memory | Shoal/nbdkit-file |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|');
+  const checks: string[] = [];
+  let belowFloor = false;
+  for (const w of WORKLOADS) {
+    const sh = med(w, 'shoal');
+    const mm = med(w, 'nbdkit memory');
+    const ff = med(w, 'nbdkit file');
+    const rMem = sh.iops / mm.iops;
+    const rFile = sh.iops / ff.iops;
+    for (const s of SERVERS) {
+      const m = med(w, s);
+      const ratios = s === 'shoal' ? [`**${fix(rMem, 2)}**`, `**${fix(rFile, 2)}**`] : ['', ''];
+      lines.push(`| ${w.name} | ${s}${m.errors ? ' (errors!)' : ''} | ${fix(m.iops)} | ${fix(m.mibs, 1)} | ${fix(m.p99)} | ${ratios.join(' | ')} |`);
+    }
+    if (w.read) {
+      const verdict = rMem >= TARGET ? 'OK (meets target 0.8)' : rMem >= FLOOR ? 'above floor 0.5, below target 0.8' : 'BELOW FLOOR 0.5';
+      if (rMem < FLOOR) belowFloor = true;
+      checks.push(`- ${w.name}: Shoal/nbdkit-memory = ${fix(rMem, 2)} → ${verdict}`);
+    }
+  }
+  const fillLine = `fill (nbdcopy, MiB/s): ${SERVERS.map((s) => `${s} ${fix(fillRates[s])}`).join(' · ')}`;
+  const params = `fio ${'`'}--ioengine=nbd${'`'} over Unix sockets, 1 job, ${runtime} s time_based + 1 s ramp, median of ${reps}; writes use refill_buffers; target size ${fmtBytes(size)} pre-filled with random data; shoal --cache-size ${cache}`;
+  const md = [`# nbd-bench`, '', header, '', params, '', ...lines, '', fillLine, '', 'Read ratio checks vs nbdkit memory (floor 0.5, target 0.8):', ...checks, ''].join('\n');
+
+  console.log('\n' + lines.join('\n'));
+  console.log('\n' + fillLine);
+  console.log('\nRead ratio checks vs nbdkit memory (floor 0.5, target 0.8):');
+  for (const c of checks) console.log(c);
+  const outDir = join(ROOT, 'bench', 'results');
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, 'nbd-bench-latest.md'), md);
+  console.log(`\nwritten to bench/results/nbd-bench-latest.md`);
+  if (belowFloor && process.env.BENCH_STRICT === '1') process.exitCode = 1;
+});
