@@ -56,9 +56,13 @@ export interface NativeCacheHandle {
    */
   gather(slots: Float64Array, n: number, out: Uint8Array, outOff: number, skip: number, length: number, reader: number, hit: Uint8Array, count?: boolean): number;
   /** Pins a cached chunk (counts a hit): its frame number, or -1 on a miss. */
-  pin(slot: number, reader: number): number;
+  pin(slot: number, reader: number, count?: boolean): number;
   /** Ends one pin of a frame. */
   unpin(frame: number): void;
+  /** Pins every stored slot of slots[0..n) (slot < 0: a hole) or none: returns the misses; frames[k] = frame or -1. */
+  pinMany(slots: Float64Array, n: number, frames: Int32Array, reader: number, count: boolean): number;
+  /** Ends the pins of pinMany. */
+  unpinMany(frames: Int32Array, n: number): void;
   /** Copies one whole chunk in; false if no frame could be freed (all pinned or loading). */
   insert(slot: number, src: Uint8Array, reader?: number): boolean;
   /** Forgets a slot: its entry, and any load of it in flight (never stale). */

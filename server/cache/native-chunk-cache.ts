@@ -146,8 +146,8 @@ export class NativeChunkCache {
    * The frame is not reused until release() (call it once the socket write has completed),
    * even if the chunk is evicted or dropped meanwhile; after release() `buf` must not be read.
    */
-  pinned(slot: number, reader: number): PinnedChunk | undefined {
-    const f = this.h.pin(slot, reader);
+  pinned(slot: number, reader: number, count = true): PinnedChunk | undefined {
+    const f = this.h.pin(slot, reader, count);
     if (f < 0) return undefined;
     const off = (f % this.framesPerView) * this.chunkSize;
     const buf = this.views[Math.floor(f / this.framesPerView)].subarray(off, off + this.chunkSize);
@@ -157,6 +157,33 @@ export class NativeChunkCache {
       buf,
       release() {
         if (held) h.unpin(f);
+        held = false;
+      },
+    };
+  }
+
+  /**
+   * Zero-copy views of consecutive chunks slots[0..n) (slot < 0: a hole, given as `zero`), all
+   * pinned until release(), or undefined if any stored slot is not cached (nothing stays pinned).
+   */
+  pinnedRun(slots: Float64Array, n: number, reader: number, zero: Buffer): { bufs: Buffer[]; release(): void } | undefined {
+    const frames = new Int32Array(n);
+    if (this.h.pinMany(slots, n, frames, reader, true) > 0) return undefined;
+    const bufs: Buffer[] = new Array(n);
+    for (let k = 0; k < n; k++) {
+      const f = frames[k];
+      if (f < 0) bufs[k] = zero;
+      else {
+        const off = (f % this.framesPerView) * this.chunkSize;
+        bufs[k] = this.views[Math.floor(f / this.framesPerView)].subarray(off, off + this.chunkSize);
+      }
+    }
+    let held = true;
+    const h = this.h;
+    return {
+      bufs,
+      release() {
+        if (held) h.unpinMany(frames, n);
         held = false;
       },
     };

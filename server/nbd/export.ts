@@ -2,7 +2,7 @@
 // The engine knows nothing of chunks, dedup or snapshots; the volume layer implements this.
 
 /**
- * A Buffer returned by NbdExport.read may carry a function under this key: the engine calls it
+ * A Buffer (or array of Buffers) returned by NbdExport.read may carry a function under this key: the engine calls it
  * once the reply's bytes have left for the socket (or will never be sent). The volume layer uses
  * it to hold a zero-copy view of the shared cache until the send is done.
  */
@@ -32,7 +32,8 @@ export interface NbdExport {
   readonly blockSize: { minimum: number; preferred: number; maximum: number };
   /** Whether a completed write is visible on every connection and a flush covers all of them. */
   readonly multiConn: boolean;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** The bytes, as one Buffer or several back to back (sent with one writev); see kRelease. */
+  read(offset: number, length: number): Promise<Buffer | Buffer[]>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void>;

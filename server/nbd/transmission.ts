@@ -32,6 +32,12 @@ export class Request {
   ) {}
 }
 
+function totalLength(bufs: Buffer[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
+
 function uncork(t: Transmission): void {
   t.corked = false;
   if (!t.closed) t.sock.uncork();
@@ -149,9 +155,10 @@ export class Transmission {
       switch (req.type) {
         case C.NBD_CMD_READ: {
           const data = await exp.read(req.offset, req.length);
-          if (data.length !== req.length) {
+          const got = Array.isArray(data) ? totalLength(data) : data.length;
+          if (got !== req.length) {
             (data as any)[kRelease]?.();
-            throw new Error(`export returned ${data.length} bytes for a ${req.length}-byte read`);
+            throw new Error(`export returned ${got} bytes for a ${req.length}-byte read`);
           }
           ok = true;
           this.replyRead(req, data);
@@ -272,7 +279,7 @@ export class Transmission {
     this.sock.write(this.simpleHeader(req, 0));
   }
 
-  private replyRead(req: Request, data: Buffer): void {
+  private replyRead(req: Request, data: Buffer | Buffer[]): void {
     // A view of the shared cache is held until the socket has taken the bytes (or never will).
     const release: (() => void) | undefined = (data as any)[kRelease];
     if (!this.begin(req)) {
@@ -289,7 +296,13 @@ export class Transmission {
       h.writeUInt32BE(req.offset >>> 0, 24);
       this.sock.write(h);
     }
-    if (release) this.sock.write(data, () => release());
+    if (Array.isArray(data)) {
+      // Views of cached chunks: queued under the cork, they leave in one writev.
+      const last = data.length - 1;
+      for (let i = 0; i < last; i++) this.sock.write(data[i]);
+      if (release) this.sock.write(data[last], () => release());
+      else this.sock.write(data[last]);
+    } else if (release) this.sock.write(data, () => release());
     else this.sock.write(data);
   }
 

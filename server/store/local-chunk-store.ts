@@ -2,7 +2,7 @@
 // Slots are immutable while referenced (the metadata never rewrites a live slot), so the file
 // needs no journal of its own: the metadata commit fsyncs it before it records new references.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
-import { read as fsRead, readv as fsReadv, write as fsWrite, fdatasync, fstat } from 'node:fs';
+import { read as fsRead, readv as fsReadv, writev as fsWritev, fdatasync, fstat } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import type { ChunkStore } from './chunk-store.js';
@@ -57,18 +57,71 @@ export class LocalChunkStore implements ChunkStore {
     });
   }
 
+  // Writes issued in one turn of the event loop are gathered and sent as one pwritev per run of
+  // consecutive slots. Slots are handed out in order, so the 32 writes of a queue-depth-32 burst
+  // usually form one run: one thread-pool job instead of 32. (Profile of 4 KiB random writes: each
+  // fs.write dispatch cost ~23 us on the event loop, 16% of its time.)
+  private pending: Array<{ slot: number; data: Buffer; resolve: () => void; reject: (e: Error) => void }> = [];
+  private flushQueued = false;
+
   write(slot: number, data: Buffer): Promise<void> {
     return new Promise((resolve, reject) => {
-      const pos = slot * this.chunkSize;
-      const loop = (off: number) => {
-        fsWrite(this.fh.fd, data, off, data.length - off, pos + off, (err, n) => {
-          if (err) return reject(new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunk ${slot}: ${err.message}`, { cause: err }));
-          if (off + n < data.length) loop(off + n);
-          else resolve();
-        });
-      };
-      loop(0);
+      this.pending.push({ slot, data, resolve, reject });
+      if (!this.flushQueued) {
+        this.flushQueued = true;
+        setImmediate(this.flushWrites);
+      }
     });
+  }
+
+  private flushWrites = (): void => {
+    this.flushQueued = false;
+    const batch = this.pending;
+    this.pending = [];
+    batch.sort((a, b) => a.slot - b.slot);
+    const cs = this.chunkSize;
+    let i = 0;
+    while (i < batch.length) {
+      let j = i + 1;
+      let end = batch[i].slot + batch[i].data.length / cs;
+      // Runs of back-to-back slots, at most 1024 buffers (IOV_MAX) per call.
+      while (j < batch.length && batch[j].slot === end && j - i < 1024) {
+        end += batch[j].data.length / cs;
+        j++;
+      }
+      this.writeRun(batch.slice(i, j));
+      i = j;
+    }
+  };
+
+  private writeRun(run: Array<{ slot: number; data: Buffer; resolve: () => void; reject: (e: Error) => void }>): void {
+    const bufs = run.map((w) => w.data);
+    const total = bufs.reduce((n, b) => n + b.length, 0);
+    const pos = run[0].slot * this.chunkSize;
+    const done = (err: NodeJS.ErrnoException | null) => {
+      if (err) {
+        const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${run[0].slot}..: ${err.message}`, { cause: err });
+        for (const w of run) w.reject(e);
+      } else for (const w of run) w.resolve();
+    };
+    const loop = (bufs: Buffer[], pos: number, left: number) => {
+      fsWritev(this.fh.fd, bufs, pos, (err, n) => {
+        if (err) return done(err);
+        if (n >= left) return done(null);
+        // Short write: carry on from where it stopped.
+        let skip = n;
+        const rest: Buffer[] = [];
+        for (const b of bufs) {
+          if (skip >= b.length) skip -= b.length;
+          else {
+            rest.push(skip > 0 ? b.subarray(skip) : b);
+            skip = 0;
+          }
+        }
+        loop(rest, pos + n, left - n);
+      });
+    };
+    loop(bufs, pos, total);
   }
 
   sync(): Promise<void> {

@@ -386,7 +386,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     const copy = async (so: number, o: number, len: number) => {
       for (let done = 0; done < len; done += MAX_IO) {
         const n = Math.min(MAX_IO, len - done);
-        const buf = await this.data.read(src, so + done, n, -1);
+        const buf = await this.data.readBytes(src, so + done, n);
         await this.data.write(dst, o + done, Buffer.from(buf));
       }
       copiedBytes += len;
@@ -435,8 +435,8 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       const sFrom = sourceOffset / cs + c;
       const release = await dst.lock.acquire(dFrom, dFrom + n);
       try {
-        const a = await this.data.read(src, (sFrom) * cs, n * cs, -1);
-        const b = await this.data.read(dst.record, dFrom * cs, n * cs, -1);
+        const a = await this.data.readBytes(src, sFrom * cs, n * cs);
+        const b = await this.data.readBytes(dst.record, dFrom * cs, n * cs);
         // Contiguous runs of equal chunks are shared by one call each.
         let runStart = -1;
         for (let i = 0; i <= n; i++) {
@@ -455,8 +455,8 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       }
     }
     if (tail > 0) {
-      const a = await this.data.read(src, sourceOffset + chunks * cs, tail, -1);
-      const b = await this.data.read(dst.record, offset + chunks * cs, tail, -1);
+      const a = await this.data.readBytes(src, sourceOffset + chunks * cs, tail);
+      const b = await this.data.readBytes(dst.record, offset + chunks * cs, tail);
       if (!a.equals(b)) differentBytes += tail; // a partial chunk cannot be shared; equal bytes need nothing
     }
     });
@@ -620,7 +620,7 @@ class VolumeExport implements NbdExport {
     checkRange(this.st.record.size, offset, length);
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number): Promise<Buffer | Buffer[]> {
     this.live();
     const r = this.rec();
     checkRange(r.size, offset, length);
