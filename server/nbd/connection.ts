@@ -7,6 +7,9 @@ import { negotiate, ProtocolError, type Logger, type Negotiated } from './handsh
 import { Request, Transmission } from './transmission.js';
 import * as C from './constants.js';
 
+/** Stop reading requests while this many reply bytes wait for the socket (bounds pinned cache frames). */
+const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
+
 export interface ConnectionOptions {
   provider: ExportProvider;
   observer?: NbdObserver;
@@ -245,7 +248,8 @@ export class NbdConnection {
     return (
       tx.inFlightBytes + this.payloadLen > this.opts.maxInFlightBytes ||
       tx.inFlight >= this.opts.maxInFlightRequests ||
-      this.sock.writableLength > this.opts.maxInFlightBytes
+      // Replies queued for a slow reader: they may be views pinning cache frames, so keep few.
+      this.sock.writableLength > MAX_QUEUED_REPLY_BYTES
     );
   }
 
