@@ -1,7 +1,8 @@
 // Prometheus metrics: NBD traffic is counted as it happens (the NbdObserver hooks), everything the volume
 // layer already tracks (cache, dedup, space) is read from VolumeControl.stats() at scrape time, so the hot
 // path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { OpHistogram } from './op-histogram.js';
 import type { NbdObserver } from '../server/nbd/export.js';
 import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
 
@@ -18,8 +19,9 @@ export interface MetricsOptions {
   onError?: (err: unknown) => void;
 }
 
-type Inc = { inc(v?: number): void };
-type Observe = { observe(v: number): void };
+function add(m: Map<string, number>, k: string, v: number): void {
+  m.set(k, (m.get(k) ?? 0) + v);
+}
 
 /** One scrape's view of the volume layer, read once and shared by every collect() callback. */
 interface Snapshot {
@@ -35,16 +37,15 @@ export class Metrics implements NbdObserver {
   private readonly connections: Gauge;
   private readonly requests: Counter<'op'>;
   private readonly requestErrors: Counter<'op'>;
-  private readonly duration: Histogram<'op'>;
+  private readonly duration: OpHistogram;
   private readonly readBytes: Counter<'volume'>;
   private readonly writtenBytes: Counter<'volume'>;
 
-  // Labelled children, cached so request() does no label-object allocation per call.
-  private readonly requestsByOp = new Map<string, Inc>();
-  private readonly errorsByOp = new Map<string, Inc>();
-  private readonly durationByOp = new Map<string, Observe>();
-  private readonly readByExport = new Map<string, Inc>();
-  private readonly writtenByExport = new Map<string, Inc>();
+  private readonly reqCount = new Map<string, number>();
+  private readonly errCount = new Map<string, number>();
+  private readonly readTotals = new Map<string, number>();
+  private readonly writtenTotals = new Map<string, number>();
+  private readonly volumeNames = new Map<string, string>();
 
   private pending: Snapshot | null | undefined; // undefined: not read in this scrape yet
 
@@ -55,17 +56,18 @@ export class Metrics implements NbdObserver {
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'shoal_' });
 
     this.connections = new Gauge({ name: 'shoal_nbd_connections', help: 'Open NBD connections.', registers });
-    this.requests = new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers });
-    this.requestErrors = new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers });
-    this.duration = new Histogram({
-      name: 'shoal_nbd_request_duration_seconds',
-      help: 'Time from receiving an NBD request to sending its reply, by operation.',
-      labelNames: ['op'],
-      buckets: DURATION_BUCKETS,
-      registers,
-    });
-    this.readBytes = new Counter({ name: 'shoal_volume_read_bytes_total', help: 'Bytes read over NBD, by volume (reads of its snapshots included).', labelNames: ['volume'], registers });
-    this.writtenBytes = new Counter({ name: 'shoal_volume_written_bytes_total', help: 'Bytes written over NBD with WRITE, by volume.', labelNames: ['volume'], registers });
+    // Counted in plain maps on the hot path; prom-client sees the totals at scrape time (its
+    // labelled inc() hashes the label object on every call).
+    const totals = (m: Map<string, number>, label: 'op' | 'volume') =>
+      function (this: Counter<'op' | 'volume'>) {
+        this.reset();
+        for (const [k, v] of m) this.inc({ [label]: k } as any, v);
+      };
+    this.requests = new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers, collect: totals(this.reqCount, 'op') });
+    this.requestErrors = new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers, collect: totals(this.errCount, 'op') });
+    this.duration = new OpHistogram('shoal_nbd_request_duration_seconds', 'Time from receiving an NBD request to sending its reply, by operation.', DURATION_BUCKETS, this.registry);
+    this.readBytes = new Counter({ name: 'shoal_volume_read_bytes_total', help: 'Bytes read over NBD, by volume (reads of its snapshots included).', labelNames: ['volume'], registers, collect: totals(this.readTotals, 'volume') });
+    this.writtenBytes = new Counter({ name: 'shoal_volume_written_bytes_total', help: 'Bytes written over NBD with WRITE, by volume.', labelNames: ['volume'], registers, collect: totals(this.writtenTotals, 'volume') });
     for (const op of NBD_OPS) this.opChildren(op);
 
     this.defineScrapeMetrics(registers);
@@ -87,18 +89,28 @@ export class Metrics implements NbdObserver {
   }
 
   request(op: string, exportName: string, bytes: number, seconds: number, ok: boolean): void {
-    let inc = this.requestsByOp.get(op);
-    if (inc === undefined) inc = this.opChildren(op);
-    inc.inc();
-    this.durationByOp.get(op)!.observe(seconds);
+    this.reqCount.set(op, (this.reqCount.get(op) ?? 0) + 1);
+    this.duration.observe(op, seconds);
     if (!ok) {
-      this.errorsByOp.get(op)!.inc();
+      this.errCount.set(op, (this.errCount.get(op) ?? 0) + 1);
       return;
     }
     if (bytes > 0) {
-      if (op === 'read') this.volumeChild(this.readByExport, this.readBytes, exportName).inc(bytes);
-      else if (op === 'write') this.volumeChild(this.writtenByExport, this.writtenBytes, exportName).inc(bytes);
+      if (op === 'read') add(this.readTotals, this.volumeOf(exportName), bytes);
+      else if (op === 'write') add(this.writtenTotals, this.volumeOf(exportName), bytes);
     }
+  }
+
+  /** A snapshot export "vol@snap" counts toward its volume. */
+  private volumeOf(exportName: string): string {
+    let v = this.volumeNames.get(exportName);
+    if (v === undefined) {
+      const at = exportName.indexOf('@');
+      v = at < 0 ? exportName : exportName.slice(0, at);
+      if (this.volumeNames.size > 100_000) this.volumeNames.clear();
+      this.volumeNames.set(exportName, v);
+    }
+    return v;
   }
 
   // --- exposition ----------------------------------------------------------------------------------
@@ -113,27 +125,11 @@ export class Metrics implements NbdObserver {
     return this.registry.metrics();
   }
 
-  private opChildren(op: string): Inc {
-    // zero() makes the series exist before the first request, so dashboards see 0 rather than nothing.
-    this.requests.inc({ op }, 0);
-    this.requestErrors.inc({ op }, 0);
-    this.duration.zero({ op });
-    const inc = this.requests.labels(op);
-    this.requestsByOp.set(op, inc);
-    this.errorsByOp.set(op, this.requestErrors.labels(op));
-    this.durationByOp.set(op, this.duration.labels(op));
-    return inc;
-  }
-
-  private volumeChild(cache: Map<string, Inc>, counter: Counter<'volume'>, exportName: string): Inc {
-    let c = cache.get(exportName);
-    if (c === undefined) {
-      // A snapshot export "vol@snap" counts toward its volume.
-      const at = exportName.indexOf('@');
-      c = counter.labels(at < 0 ? exportName : exportName.slice(0, at));
-      cache.set(exportName, c);
-    }
-    return c;
+  private opChildren(op: string): void {
+    // Series exist from the start, so dashboards see 0 rather than nothing.
+    if (!this.reqCount.has(op)) this.reqCount.set(op, 0);
+    if (!this.errCount.has(op)) this.errCount.set(op, 0);
+    this.duration.series_(op);
   }
 
   private snapshot(): Snapshot | null {
