@@ -2,10 +2,13 @@
 // common case) learns "not stored" without an LMDB lookup. The profile of a 256 MiB unique write
 // showed those lookups at ~11 us each, 20% of the write path.
 //
-// 10 bits per unique chunk (~1% false positives): 1.25 bytes per chunk, 335 MiB per TiB of unique
-// data at 4 KiB chunks — inside the 1 GiB-per-TiB goal — and the index itself stays on disk.
+// 10 bits per planned entry (~1% false positives at full load). It is sized for 1.5x the unique
+// chunks it is built with and rebuilt larger once full, so it holds 10 to 15 bits (1.25 to 1.9
+// bytes) per unique chunk: at most 0.5 GiB per TiB of unique data at 4 KiB chunks, inside the
+// 1 GiB-per-TiB goal. The index itself stays on disk.
 // It is not persisted: at start the daemon serves at once (every lookup goes to LMDB) while the
-// filter is rebuilt from the index in the background, a slice at a time. Frees do not clear bits
+// filter is rebuilt from the index in the background, a slice at a time (reading the index's
+// pages once: ~80 MiB of page cache per GiB of unique data, which the kernel may drop again). Frees do not clear bits
 // (a Bloom filter cannot); they only raise the false-positive rate until the next rebuild.
 
 const BITS_PER_ENTRY = 10;
@@ -13,17 +16,18 @@ const HASHES = 7;
 
 export class FingerprintFilter {
   private bits: Uint32Array;
-  private mask: number; // number of bits - 1 (a power of two)
+  private readonly nbits: number;
   private count = 0;
   private capacity: number;
   /** False until the background build has seen every committed fingerprint. */
   ready = false;
 
   constructor(capacity: number) {
-    this.capacity = Math.max(1 << 16, capacity);
-    const nbits = 2 ** Math.ceil(Math.log2(this.capacity * BITS_PER_ENTRY));
-    this.bits = new Uint32Array(nbits / 32);
-    this.mask = nbits - 1;
+    this.capacity = Math.max(1 << 16, Math.ceil(capacity));
+    // Exactly BITS_PER_ENTRY per planned entry (not rounded up to a power of two, which could
+    // double it): positions are mapped onto [0, nbits) by multiply-shift rather than a mask.
+    this.nbits = Math.ceil((this.capacity * BITS_PER_ENTRY) / 32) * 32;
+    this.bits = new Uint32Array(this.nbits / 32);
   }
 
   get size(): number {
@@ -45,7 +49,7 @@ export class FingerprintFilter {
     let h1 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
     const h2 = word(fp, 4) | 1;
     for (let i = 0; i < HASHES; i++) {
-      const b = h1 & this.mask;
+      const b = Math.floor((h1 * this.nbits) / 4294967296);
       this.bits[b >>> 5] |= 1 << (b & 31);
       h1 = (h1 + h2) >>> 0;
     }
@@ -56,7 +60,7 @@ export class FingerprintFilter {
     let h1 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
     const h2 = word(fp, 4) | 1;
     for (let i = 0; i < HASHES; i++) {
-      const b = h1 & this.mask;
+      const b = Math.floor((h1 * this.nbits) / 4294967296);
       if ((this.bits[b >>> 5] & (1 << (b & 31))) === 0) return false;
       h1 = (h1 + h2) >>> 0;
     }

@@ -178,7 +178,7 @@ export class MetaStore {
     }
     const m = new MetaStore(dir, env);
     m.load(opts.chunkSize, opts.create ?? true);
-    m.filter = new FingerprintFilter(m.sb.liveChunks * 2);
+    m.filter = new FingerprintFilter(m.sb.liveChunks * 1.5);
     if (opts.create !== false) m.buildFilter(m.filter);
     return m;
   }
@@ -393,7 +393,7 @@ export class MetaStore {
       this.fps.set(fpKey(domain, fp).toString('latin1'), slot);
       this.filter.add(domain, fp);
       if (this.building && this.building !== this.filter) this.building.add(domain, fp);
-      if (this.filter.overfull && !this.building) this.buildFilter(new FingerprintFilter(this.filter.size * 2));
+      if (this.filter.overfull && !this.building) this.buildFilter(new FingerprintFilter(this.filter.size * 1.5));
     }
     this.sb.liveChunks++;
     this.sbDirty = true;
@@ -421,6 +421,15 @@ export class MetaStore {
   /** Fills `f` from the on-disk index a slice at a time; then it answers lookups. */
   private buildFilter(f: FingerprintFilter): void {
     this.building = f;
+    // Fingerprints not committed yet are not in LMDB: the new filter must know them too (later
+    // ones are added by addChunk as they come).
+    const pending = (m: Map<string, number | null> | undefined) => {
+      if (m) for (const [k, slot] of m) if (slot !== null) f.add(Buffer.from(k, 'latin1').readUInt32BE(0), Buffer.from(k, 'latin1').subarray(4));
+    };
+    if (f !== this.filter) {
+      pending(this.fps);
+      pending(this.committing?.fps);
+    }
     let start: Buffer | undefined;
     const slice = () => {
       if (this.closed || this.building !== f) return;

@@ -188,3 +188,32 @@ test('chunks stored before a restart are found again (the index is on disk, its 
   for (const v of ['rs-a', 'rs-b', 'rs-c']) await d.api('DELETE', `/v1/volumes/${v}`);
   await expectFsckClean(d);
 });
+
+test('dedup keeps finding stored chunks while its in-memory filter grows past its first size', async (t) => {
+  if (!needTools(t, 'nbdcopy')) return;
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { randomBytes } = await import('node:crypto');
+  const { run } = await import('../helpers/tools.js');
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-grow-'));
+  try {
+    // 96k unique chunks: past the filter's initial 64k, so it is rebuilt while writes go on.
+    const file = join(dir, 'img');
+    writeFileSync(file, randomBytes(384 * MiB));
+    await d.createVolume('grow-a', 384 * MiB);
+    await d.createVolume('grow-b', 384 * MiB);
+    const base = await settledStats(d);
+    let r = await run('nbdcopy', ['--flush', file, d.unixUri('grow-a')]);
+    assert.equal(r.status, 0, r.stderr);
+    r = await run('nbdcopy', ['--flush', file, d.unixUri('grow-b')]);
+    assert.equal(r.status, 0, r.stderr);
+    const s = await settledStats(d);
+    assert.equal(s.physicalBytes - base.physicalBytes, 384 * MiB, 'the second copy must store nothing');
+    assert.equal(s.dedupHits - base.dedupHits, (384 * MiB) / 4096);
+    await d.api('DELETE', '/v1/volumes/grow-a');
+    await d.api('DELETE', '/v1/volumes/grow-b');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
