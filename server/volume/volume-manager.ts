@@ -12,7 +12,7 @@ import { NativeChunkCache } from '../cache/native-chunk-cache.js';
 import { join } from 'node:path';
 import { DataPath, checkRange, type WritableMap } from './data-path.js';
 import { RangeLock } from './range-lock.js';
-import { GarbageCollector, COMMIT_BATCH } from './garbage-collector.js';
+import { GarbageCollector, WRITE_COMMIT_BATCH } from './garbage-collector.js';
 import { checkMetadata } from '../meta/fsck.js';
 import { native } from '../native.js';
 import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
@@ -56,8 +56,8 @@ class VolumeState implements WritableMap {
   touched(): void {
     this.mgr.meta.putVolume(this.record);
     // Keep commits bounded: a big one holds the event loop while its records are queued
-    // (~1 us each), a small one costs an fsync; 4x the collector's batch is ~100 ms at most.
-    if (this.mgr.meta.pendingChanges >= 4 * COMMIT_BATCH) this.mgr.commitSoon();
+    // (~1 us each), a small one costs two fsyncs.
+    if (this.mgr.meta.pendingChanges >= WRITE_COMMIT_BATCH) this.mgr.commitSoon();
     this.mgr.gc.kick(); // TRIM/zero of whole map subtrees queue them for collection
   }
 }
