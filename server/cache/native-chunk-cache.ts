@@ -166,9 +166,9 @@ export class NativeChunkCache {
    * Zero-copy views of consecutive chunks slots[0..n) (slot < 0: a hole, given as `zero`), all
    * pinned until release(), or undefined if any stored slot is not cached (nothing stays pinned).
    */
-  pinnedRun(slots: Float64Array, n: number, reader: number, zero: Buffer): { bufs: Buffer[]; release(): void } | undefined {
+  pinnedRun(slots: Float64Array, n: number, reader: number, zero: Buffer, count = true): { bufs: Buffer[]; release(): void } | undefined {
     const frames = new Int32Array(n);
-    if (this.h.pinMany(slots, n, frames, reader, true) > 0) return undefined;
+    if (this.h.pinMany(slots, n, frames, reader, count) > 0) return undefined;
     const bufs: Buffer[] = new Array(n);
     for (let k = 0; k < n; k++) {
       const f = frames[k];

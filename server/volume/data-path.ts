@@ -104,10 +104,9 @@ export class DataPath {
         }
         return (await this.store.read(v)).subarray(within, within + length); // every frame busy
       }
-      // Several chunks: one native call copies every cached one into the reply.
+      // Several chunks.
       const n = last - first + 1;
       const slots = n <= this.slotsScratch.length ? this.slotsScratch : new Float64Array(n);
-      const hit = n <= this.hitScratch.length ? this.hitScratch : new Uint8Array(n);
       let leaf: Float64Array | null = null;
       for (let ci = first; ci <= last; ci++) {
         const li = ci % FANOUT;
@@ -119,15 +118,45 @@ export class DataPath {
       // Hot path: every chunk cached. Reply with views of the pinned arena frames: no copy, and
       // no reply buffer per request (with 16 clients reading, per-request buffers grew the
       // daemon's memory 1.7x in the clone-storm benchmark). Released after the socket write.
-      const run = this.cache.pinnedRun(slots, n, reader, this.zeroChunk);
-      if (run) {
-        const bufs = run.bufs;
-        if (skip > 0) bufs[0] = bufs[0].subarray(skip);
-        const tail = (offset + length) - last * cs;
-        if (tail < cs) bufs[n - 1] = bufs[n - 1].subarray(0, n === 1 ? tail - skip : tail);
-        (bufs as any)[kRelease] = run.release;
-        return bufs;
+      let run = this.cache.pinnedRun(slots, n, reader, this.zeroChunk);
+      if (!run) {
+        // Load what is missing straight into the arena (the load counts hits and misses), then
+        // send views as well: a per-request buffer for cold reads grew memory with the clients.
+        const stored: number[] = [];
+        for (let k = 0; k < n; k++) if (slots[k] >= 0) stored.push(slots[k]);
+        const mine = Float64Array.from(slots.subarray(0, n)); // scratch is shared: copy before awaiting
+        await this.cache.loadRuns(stored, reader);
+        run = this.cache.pinnedRun(mine, n, reader, this.zeroChunk, false);
+        if (!run) return this.readCopy(r, offset, length, reader); // evicted meanwhile: copy instead
       }
+      const bufs = run.bufs;
+      if (skip > 0) bufs[0] = bufs[0].subarray(skip);
+      const tail = offset + length - last * cs;
+      if (tail < cs) bufs[n - 1] = bufs[n - 1].subarray(0, n === 1 ? tail - skip : tail);
+      (bufs as any)[kRelease] = run.release;
+      return bufs;
+    } finally {
+      this.meta.exitRead(g);
+      this.meta.releaseReusable();
+    }
+  }
+
+  /** The copying read: misses load into the arena, every chunk is copied into one new Buffer. */
+  private async readCopy(r: RootRecord, offset: number, length: number, reader: number): Promise<Buffer> {
+    const cs = this.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const n = last - first + 1;
+    const slots = new Float64Array(n);
+    const hit = new Uint8Array(n);
+    let leaf: Float64Array | null = null;
+    for (let ci = first; ci <= last; ci++) {
+      const li = ci % FANOUT;
+      if (ci === first || li === 0) leaf = leafEntries(this.meta, r, ci);
+      const v = leaf === null ? HOLE : leaf[li];
+      slots[ci - first] = isStored(v) ? v : -1;
+    }
+    const skip = offset - first * cs;
       const out = Buffer.allocUnsafe(length);
       let misses = this.cache.readChunks(slots, n, out, 0, skip, length, reader, hit);
       this.fillHoles(out, hit, n, skip, length);
@@ -153,10 +182,6 @@ export class DataPath {
         }
       }
       return out;
-    } finally {
-      this.meta.exitRead(g);
-      this.meta.releaseReusable();
-    }
   }
 
   /** read() for the daemon's own use (reflink, dedupe): one Buffer of its own, nothing left pinned. */
@@ -172,7 +197,6 @@ export class DataPath {
   }
 
   private readonly slotsScratch = new Float64Array(8192);
-  private readonly hitScratch = new Uint8Array(8192);
 
   /** Zeroes the parts of `out` that belong to holes (hit[k] === 2). */
   private fillHoles(out: Buffer, hit: Uint8Array, n: number, skip: number, length: number): void {
