@@ -98,6 +98,8 @@ export class LocalChunkStore implements ChunkStore {
     const bufs = run.map((w) => w.data);
     const total = bufs.reduce((n, b) => n + b.length, 0);
     const pos = run[0].slot * this.chunkSize;
+    if (pos < this.dirtyFrom) this.dirtyFrom = pos;
+    if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
     const done = (err: NodeJS.ErrnoException | null) => {
       if (err) {
         const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${run[0].slot}..: ${err.message}`, { cause: err });
@@ -124,18 +126,29 @@ export class LocalChunkStore implements ChunkStore {
     loop(bufs, pos, total);
   }
 
+  // Bytes [dirtyFrom, dirtyTo) of the file were written since the last sync began.
+  private dirtyFrom = Infinity;
+  private dirtyTo = 0;
+
   sync(): Promise<void> {
+    const synced = { from: this.dirtyFrom === Infinity ? 0 : this.dirtyFrom, to: this.dirtyTo };
+    this.dirtyFrom = Infinity;
+    this.dirtyTo = 0;
     return new Promise((resolve, reject) =>
       fdatasync(this.fh.fd, (err) => {
         if (err) return reject(new ShoalError('io_error', `fdatasync of the chunk file failed: ${err.message}`));
         // Written chunks are clean now: drop them from the page cache, so memory holds each chunk
         // once (in the shared cache arena), not also as page cache (it cannot drop dirty pages,
         // hence after the sync).
-        try {
-          native().fadviseDontNeed(this.fh.fd, 0, 0);
-        } catch {
-          /* advisory */
-        }
+        // Only the range written since the last sync: over a whole multi-GiB file the call
+        // walks (and starts writeback of) far more than the commit wrote.
+        const { from, to } = synced;
+        if (to > from)
+          try {
+            native().fadviseDontNeed(this.fh.fd, from, to - from);
+          } catch {
+            /* advisory */
+          }
         resolve();
       }),
     );

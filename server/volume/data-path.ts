@@ -130,9 +130,13 @@ export class DataPath {
         if (!run) return this.readCopy(r, offset, length, reader); // evicted meanwhile: copy instead
       }
       const bufs = run.bufs;
+      // Trim the first and last views to the requested bytes (views may span several chunks).
       if (skip > 0) bufs[0] = bufs[0].subarray(skip);
-      const tail = offset + length - last * cs;
-      if (tail < cs) bufs[n - 1] = bufs[n - 1].subarray(0, n === 1 ? tail - skip : tail);
+      const excess = n * cs - skip - length;
+      if (excess > 0) {
+        const lastBuf = bufs[bufs.length - 1];
+        bufs[bufs.length - 1] = lastBuf.subarray(0, lastBuf.length - excess);
+      }
       (bufs as any)[kRelease] = run.release;
       return bufs;
     } finally {
