@@ -107,13 +107,7 @@ export class DataPath {
       // Several chunks.
       const n = last - first + 1;
       const slots = n <= this.slotsScratch.length ? this.slotsScratch : new Float64Array(n);
-      let leaf: Float64Array | null = null;
-      for (let ci = first; ci <= last; ci++) {
-        const li = ci % FANOUT;
-        if (ci === first || li === 0) leaf = leafEntries(this.meta, r, ci);
-        const v = leaf === null ? HOLE : leaf[li];
-        slots[ci - first] = isStored(v) ? v : -1;
-      }
+      this.slotsOf(r, first, last, slots);
       const skip = offset - first * cs;
       // Hot path: every chunk cached. Reply with views of the pinned arena frames: no copy, and
       // no reply buffer per request (with 16 clients reading, per-request buffers grew the
@@ -145,21 +139,26 @@ export class DataPath {
     }
   }
 
+  /** Slots of chunks first..last into `into` (-1 for holes), walking the map once per leaf. */
+  private slotsOf(r: RootRecord, first: number, last: number, into: Float64Array): Float64Array {
+    let leaf: Float64Array | null = null;
+    for (let ci = first; ci <= last; ci++) {
+      const li = ci % FANOUT;
+      if (ci === first || li === 0) leaf = leafEntries(this.meta, r, ci);
+      const v = leaf === null ? HOLE : leaf[li];
+      into[ci - first] = isStored(v) ? v : -1;
+    }
+    return into;
+  }
+
   /** The copying read: misses load into the arena, every chunk is copied into one new Buffer. */
   private async readCopy(r: RootRecord, offset: number, length: number, reader: number): Promise<Buffer> {
     const cs = this.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
     const n = last - first + 1;
-    const slots = new Float64Array(n);
+    const slots = this.slotsOf(r, first, last, new Float64Array(n));
     const hit = new Uint8Array(n);
-    let leaf: Float64Array | null = null;
-    for (let ci = first; ci <= last; ci++) {
-      const li = ci % FANOUT;
-      if (ci === first || li === 0) leaf = leafEntries(this.meta, r, ci);
-      const v = leaf === null ? HOLE : leaf[li];
-      slots[ci - first] = isStored(v) ? v : -1;
-    }
     const skip = offset - first * cs;
       const out = Buffer.allocUnsafe(length);
       let misses = this.cache.readChunks(slots, n, out, 0, skip, length, reader, hit);
