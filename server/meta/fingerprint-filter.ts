@@ -2,69 +2,81 @@
 // common case) learns "not stored" without an LMDB lookup. The profile of a 256 MiB unique write
 // showed those lookups at ~11 us each, 20% of the write path.
 //
-// 10 bits per planned entry (~1% false positives at full load). It is sized for 1.5x the unique
-// chunks it is built with and rebuilt larger once full, so it holds 10 to 15 bits (1.25 to 1.9
-// bytes) per unique chunk: at most 0.5 GiB per TiB of unique data at 4 KiB chunks, inside the
-// 1 GiB-per-TiB goal. The index itself stays on disk.
-// It is not persisted: at start the daemon serves at once (every lookup goes to LMDB) while the
-// filter is rebuilt from the index in the background, a slice at a time (reading the index's
-// pages once: ~80 MiB of page cache per GiB of unique data, which the kernel may drop again). Frees do not clear bits
-// (a Bloom filter cannot); they only raise the false-positive rate until the next rebuild.
+// Scalable (a list of layers, each twice the last): when a layer is full a new one takes the new
+// entries, so growing never re-reads the index (rebuilding from the index on every growth cost 5%
+// of a 1 GiB write). 10 bits per planned entry (~1% false positives per layer): 1.25 to 2.5 bytes
+// per unique chunk, at most 0.63 GiB per TiB of unique data at 4 KiB chunks, inside the 1 GiB goal;
+// the index itself stays on disk. It is not persisted: at start the daemon serves at once (lookups
+// go to LMDB) while the first layer is filled from the index in the background, a slice at a time
+// (reading the index's pages once, which the kernel may drop again). Frees do not clear bits (a
+// Bloom filter cannot): they only raise the false-positive rate.
 
 const BITS_PER_ENTRY = 10;
 const HASHES = 7;
 
+class Layer {
+  readonly bits: Uint32Array;
+  readonly nbits: number;
+  count = 0;
+  constructor(readonly capacity: number) {
+    // Exactly BITS_PER_ENTRY per planned entry; positions are mapped onto [0, nbits) by
+    // multiply-shift, so the size need not be a power of two.
+    this.nbits = Math.ceil((capacity * BITS_PER_ENTRY) / 32) * 32;
+    this.bits = new Uint32Array(this.nbits / 32);
+  }
+}
+
 export class FingerprintFilter {
-  private bits: Uint32Array;
-  private readonly nbits: number;
-  private count = 0;
-  private capacity: number;
+  private readonly layers: Layer[];
   /** False until the background build has seen every committed fingerprint. */
   ready = false;
 
   constructor(capacity: number) {
-    this.capacity = Math.max(1 << 16, Math.ceil(capacity));
-    // Exactly BITS_PER_ENTRY per planned entry (not rounded up to a power of two, which could
-    // double it): positions are mapped onto [0, nbits) by multiply-shift rather than a mask.
-    this.nbits = Math.ceil((this.capacity * BITS_PER_ENTRY) / 32) * 32;
-    this.bits = new Uint32Array(this.nbits / 32);
+    this.layers = [new Layer(Math.max(1 << 16, Math.ceil(capacity)))];
   }
 
   get size(): number {
-    return this.count;
+    let n = 0;
+    for (const l of this.layers) n += l.count;
+    return n;
   }
 
   get bytes(): number {
-    return this.bits.byteLength;
-  }
-
-  /** Past its design load the false-positive rate climbs: time to rebuild at twice the size. */
-  get overfull(): boolean {
-    return this.count > this.capacity;
+    let n = 0;
+    for (const l of this.layers) n += l.bits.byteLength;
+    return n;
   }
 
   // The fingerprint is a cryptographic hash already: its words are independent uniform bits.
   // Double hashing (h1 + i*h2) gives the k probe positions; the domain is mixed into h1.
   add(domain: number, fp: Uint8Array): void {
+    let l = this.layers[this.layers.length - 1];
+    if (l.count >= l.capacity) this.layers.push((l = new Layer(l.capacity * 2)));
     let h1 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
     const h2 = word(fp, 4) | 1;
+    const bits = l.bits;
+    const nbits = l.nbits;
     for (let i = 0; i < HASHES; i++) {
-      const b = Math.floor((h1 * this.nbits) / 4294967296);
-      this.bits[b >>> 5] |= 1 << (b & 31);
+      const b = Math.floor((h1 * nbits) / 4294967296);
+      bits[b >>> 5] |= 1 << (b & 31);
       h1 = (h1 + h2) >>> 0;
     }
-    this.count++;
+    l.count++;
   }
 
   mayContain(domain: number, fp: Uint8Array): boolean {
-    let h1 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
+    const h0 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
     const h2 = word(fp, 4) | 1;
-    for (let i = 0; i < HASHES; i++) {
-      const b = Math.floor((h1 * this.nbits) / 4294967296);
-      if ((this.bits[b >>> 5] & (1 << (b & 31))) === 0) return false;
-      h1 = (h1 + h2) >>> 0;
+    outer: for (const l of this.layers) {
+      let h1 = h0;
+      for (let i = 0; i < HASHES; i++) {
+        const b = Math.floor((h1 * l.nbits) / 4294967296);
+        if ((l.bits[b >>> 5] & (1 << (b & 31))) === 0) continue outer;
+        h1 = (h1 + h2) >>> 0;
+      }
+      return true;
     }
-    return true;
+    return false;
   }
 }
 

@@ -392,8 +392,6 @@ export class MetaStore {
     if (index) {
       this.fps.set(fpKey(domain, fp).toString('latin1'), slot);
       this.filter.add(domain, fp);
-      if (this.building && this.building !== this.filter) this.building.add(domain, fp);
-      if (this.filter.overfull && !this.building) this.buildFilter(new FingerprintFilter(this.filter.size * 1.5));
     }
     this.sb.liveChunks++;
     this.sbDirty = true;
@@ -418,18 +416,12 @@ export class MetaStore {
     return this.fpDb.get(Buffer.from(k, 'latin1')) ?? undefined;
   }
 
-  /** Fills `f` from the on-disk index a slice at a time; then it answers lookups. */
+  /**
+   * Fills `f` (the filter in use, not yet ready) from the on-disk index a slice at a time; then it
+   * answers lookups. Fingerprints added meanwhile go into `f` through addChunk.
+   */
   private buildFilter(f: FingerprintFilter): void {
     this.building = f;
-    // Fingerprints not committed yet are not in LMDB: the new filter must know them too (later
-    // ones are added by addChunk as they come).
-    const pending = (m: Map<string, number | null> | undefined) => {
-      if (m) for (const [k, slot] of m) if (slot !== null) f.add(Buffer.from(k, 'latin1').readUInt32BE(0), Buffer.from(k, 'latin1').subarray(4));
-    };
-    if (f !== this.filter) {
-      pending(this.fps);
-      pending(this.committing?.fps);
-    }
     let start: Buffer | undefined;
     const slice = () => {
       if (this.closed || this.building !== f) return;
