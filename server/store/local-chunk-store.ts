@@ -98,9 +98,13 @@ export class LocalChunkStore implements ChunkStore {
     const bufs = run.map((w) => w.data);
     const total = bufs.reduce((n, b) => n + b.length, 0);
     const pos = run[0].slot * this.chunkSize;
-    if (pos < this.dirtyFrom) this.dirtyFrom = pos;
-    if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
     const done = (err: NodeJS.ErrnoException | null) => {
+      // Recorded when the write completes: a write still in flight when a sync starts is not
+      // covered by it, so the next sync must see it (metadata references it only once complete).
+      if (!err) {
+        if (pos < this.dirtyFrom) this.dirtyFrom = pos;
+        if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
+      }
       if (err) {
         const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${run[0].slot}..: ${err.message}`, { cause: err });
         for (const w of run) w.reject(e);
@@ -131,7 +135,10 @@ export class LocalChunkStore implements ChunkStore {
   private dirtyTo = 0;
 
   sync(): Promise<void> {
-    const synced = { from: this.dirtyFrom === Infinity ? 0 : this.dirtyFrom, to: this.dirtyTo };
+    // Nothing written since the last sync began: nothing to make durable. (A snapshot or clone
+    // commit then costs only the metadata transaction, not an fdatasync of the chunk file too.)
+    if (this.dirtyTo === 0) return Promise.resolve();
+    const synced = { from: this.dirtyFrom, to: this.dirtyTo };
     this.dirtyFrom = Infinity;
     this.dirtyTo = 0;
     return new Promise((resolve, reject) =>
