@@ -146,7 +146,6 @@ export class MetaStore {
   private closed = false;
   /** Bloom filter in front of the fingerprint index; rebuilt in the background at start. */
   private filter: FingerprintFilter;
-  private building: FingerprintFilter | null = null;
 
   private constructor(readonly dir: string, env: RootDatabase) {
     this.env = env;
@@ -421,10 +420,9 @@ export class MetaStore {
    * answers lookups. Fingerprints added meanwhile go into `f` through addChunk.
    */
   private buildFilter(f: FingerprintFilter): void {
-    this.building = f;
     let start: Buffer | undefined;
     const slice = () => {
-      if (this.closed || this.building !== f) return;
+      if (this.closed) return;
       let n = 0;
       let lastKey: Buffer | undefined;
       for (const key of this.fpDb.getKeys({ start, limit: 20_000 }) as Iterable<Buffer>) {
@@ -439,15 +437,8 @@ export class MetaStore {
         return;
       }
       f.ready = true;
-      this.filter = f;
-      this.building = null;
     };
     setImmediate(slice);
-  }
-
-  /** Filter figures for reports. */
-  filterStats(): { entries: number; bytes: number; ready: boolean } {
-    return { entries: this.filter.size, bytes: this.filter.bytes, ready: this.filter.ready };
   }
 
   domainId(name: string, create: boolean): number | undefined {

@@ -6,8 +6,6 @@ export interface ChunkStore {
   readonly chunkSize: number;
   /** Reads one whole chunk into `into` (chunkSize bytes) or a new buffer. */
   read(slot: number, into?: Buffer): Promise<Buffer>;
-  /** Reads `count` consecutive chunks starting at `slot` in one request, one buffer each. */
-  readRun(slot: number, count: number): Promise<Buffer[]>;
   /** Writes consecutive chunks starting at `slot` (data.length is a multiple of chunkSize). */
   write(slot: number, data: Buffer): Promise<void>;
   /** Makes every completed write durable. */

@@ -2,7 +2,7 @@
 // Slots are immutable while referenced (the metadata never rewrites a live slot), so the file
 // needs no journal of its own: the metadata commit fsyncs it before it records new references.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
-import { read as fsRead, readv as fsReadv, writev as fsWritev, fdatasync, fstat } from 'node:fs';
+import { read as fsRead, writev as fsWritev, fdatasync, fstat } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import type { ChunkStore } from './chunk-store.js';
@@ -36,23 +36,6 @@ export class LocalChunkStore implements ChunkStore {
         // A slot past the end of the sparse file (never synced before a crash) reads as zeroes.
         if (n < this.chunkSize) buf.fill(0, n);
         resolve(buf);
-      });
-    });
-  }
-
-  // One preadv for a run of slots: a sequential scan costs one syscall per run, not per chunk.
-  readRun(slot: number, count: number): Promise<Buffer[]> {
-    const bufs: Buffer[] = new Array(count);
-    for (let i = 0; i < count; i++) bufs[i] = Buffer.allocUnsafe(this.chunkSize);
-    return new Promise((resolve, reject) => {
-      fsReadv(this.fh.fd, bufs, slot * this.chunkSize, (err, n) => {
-        if (err) return reject(new ShoalError('io_error', `reading chunks ${slot}..${slot + count - 1}: ${err.message}`, { cause: err }));
-        // Short read: past the end of the sparse file reads as zeroes.
-        for (let i = 0; i < count; i++) {
-          const got = n - i * this.chunkSize;
-          if (got < this.chunkSize) bufs[i].fill(0, Math.max(0, got));
-        }
-        resolve(bufs);
       });
     });
   }
