@@ -9,9 +9,9 @@ import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, stat
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { startDaemon } from '../helpers/daemon.js';
-import { needTools, run, runOk } from '../helpers/tools.js';
+import { runOk } from '../helpers/tools.js';
 import { expectFsckClean, settledStats, MiB } from '../helpers/volume-io.js';
-import { attachKernelDevice, mountDevice, kernelDeviceUnavailable, KERNEL_DEVICE_TOOLS, FILESYSTEM_TOOLS, type KernelDevice } from '../helpers/kernel-device.js';
+import { attachKernelDevice, mountDevice, needKernelDevice, expectFsckExt4, type KernelDevice } from '../helpers/kernel-device.js';
 
 const BLOCK = 4096;
 const roundUp = (n: number) => Math.ceil(n / BLOCK) * BLOCK;
@@ -37,13 +37,7 @@ function manifest(dir: string): Map<string, string> {
 }
 
 test('two ext4 filesystems made separately with the same files share their file chunks', { timeout: 90_000 }, async (t) => {
-  if (!needTools(t, ...KERNEL_DEVICE_TOOLS, ...FILESYSTEM_TOOLS, 'tar')) return;
-  const why = kernelDeviceUnavailable();
-  if (why) {
-    if (process.env.CI === 'true') throw new Error(`kernel block device unavailable: ${why}`);
-    t.skip(why);
-    return;
-  }
+  if (!needKernelDevice(t, 'tar')) return;
   const d = await startDaemon();
   const tmp = mkdtempSync(join(tmpdir(), 'shoal-ext4-dedup-'));
   const src = join(tmp, 'src');
@@ -101,8 +95,7 @@ test('two ext4 filesystems made separately with the same files share their file 
       assert.deepEqual(manifest(mnt), want, `${vol} holds the files`);
       await umount();
       umounts.pop();
-      const r = await run('fsck.ext4', ['-f', '-n', kdev.dev], { timeoutMs: 30_000 });
-      assert.equal(r.status, 0, `fsck.ext4 ${vol}: ${r.stdout}${r.stderr}`);
+      await expectFsckExt4(kdev.dev, vol, 30_000);
       await kdev.detach();
       devs.pop();
     }

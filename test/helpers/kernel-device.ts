@@ -2,10 +2,13 @@
 // file inside a FUSE mount, and losetup turns that file into /dev/loopN. Needs root (loop devices, mount).
 // Tools: nbdfuse, losetup, fusermount3 (call needTools(t, ...KERNEL_DEVICE_TOOLS) first).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { PATH_WITH_USR_BIN, run } from './tools.js';
+import { join, relative } from 'node:path';
+import type { TestContext } from 'node:test';
+import { PATH_WITH_USR_BIN, needTools, run } from './tools.js';
 
 export const KERNEL_DEVICE_TOOLS = ['nbdfuse', 'losetup', 'fusermount3'];
 /** Tools for a filesystem on the device. */
@@ -150,4 +153,42 @@ export async function mountDevice(dev: string, dir: string, options: string[] = 
       await sleep(250);
     }
   };
+}
+
+/**
+ * Call at the top of a kernel-device test: checks the clients and that this machine can make a
+ * loop device over FUSE. Skips the test (fails it under CI=true) when it cannot.
+ */
+export function needKernelDevice(t: TestContext, ...extraTools: string[]): boolean {
+  if (!needTools(t, ...KERNEL_DEVICE_TOOLS, ...FILESYSTEM_TOOLS, ...extraTools)) return false;
+  const why = kernelDeviceUnavailable();
+  if (!why) return true;
+  if (process.env.CI === 'true') throw new Error(`kernel block device unavailable: ${why}`);
+  t.skip(why);
+  return false;
+}
+
+/** `fsck.ext4 -f -n` must find the filesystem clean. */
+export async function expectFsckExt4(dev: string, what = dev, timeoutMs = 60_000): Promise<void> {
+  const r = await run('fsck.ext4', ['-f', '-n', dev], { timeoutMs });
+  assert.equal(r.status, 0, `fsck.ext4 -f -n on ${what} (${dev}) exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
+}
+
+/** sha256 and size of every file, the target of every symlink, and every directory under dir. */
+export function fileManifest(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const ent of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, ent.name);
+      const rel = relative(dir, p);
+      if (rel === 'lost+found') continue;
+      if (ent.isDirectory()) {
+        out.set(rel + '/', 'dir');
+        walk(p);
+      } else if (ent.isSymbolicLink()) out.set(rel, 'link:' + readlinkSync(p));
+      else out.set(rel, createHash('sha256').update(readFileSync(p)).digest('hex') + ':' + statSync(p).size);
+    }
+  };
+  walk(dir);
+  return out;
 }

@@ -2,49 +2,20 @@
 // ext4 runs on it (mkfs, mount, files, fsck). The filesystem and its files survive a daemon restart.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, symlinkSync, readlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { startDaemon } from '../helpers/daemon.js';
-import { needTools, run, runOk } from '../helpers/tools.js';
-import { attachKernelDevice, mountDevice, kernelDeviceUnavailable, KERNEL_DEVICE_TOOLS, FILESYSTEM_TOOLS, type KernelDevice } from '../helpers/kernel-device.js';
+import { runOk } from '../helpers/tools.js';
+import { attachKernelDevice, mountDevice, needKernelDevice, expectFsckExt4, fileManifest, type KernelDevice } from '../helpers/kernel-device.js';
 
 const MiB = 2 ** 20;
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-/** sha256 of every file (and target of every symlink) under dir, keyed by relative path. */
-function manifest(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const ent of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, ent.name);
-      const rel = relative(dir, p);
-      if (rel === 'lost+found') continue;
-      if (ent.isDirectory()) {
-        out.set(rel + '/', 'dir');
-        walk(p);
-      } else if (ent.isSymbolicLink()) out.set(rel, 'link:' + readlinkSync(p));
-      else out.set(rel, sha(readFileSync(p)) + ':' + statSync(p).size);
-    }
-  };
-  walk(dir);
-  return out;
-}
 
-async function fsck(dev: string) {
-  const r = await run('fsck.ext4', ['-f', '-n', dev], { timeoutMs: 60_000 });
-  assert.equal(r.status, 0, `fsck.ext4 -f -n ${dev} exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
-}
 
 test('ext4 on /dev/loopN over nbdfuse: mkfs, files, fsck, restart, files identical', { timeout: 150_000 }, async (t) => {
-  if (!needTools(t, ...KERNEL_DEVICE_TOOLS, ...FILESYSTEM_TOOLS, 'blockdev')) return;
-  const why = kernelDeviceUnavailable();
-  if (why) {
-    if (process.env.CI === 'true') throw new Error(`kernel block device unavailable: ${why}`);
-    t.skip(why);
-    return;
-  }
+  if (!needKernelDevice(t, 'blockdev')) return;
   const d = await startDaemon();
   const tmp = mkdtempSync(join(tmpdir(), 'shoal-kdev-'));
   const mnt = join(tmp, 'mnt');
@@ -74,12 +45,12 @@ test('ext4 on /dev/loopN over nbdfuse: mkfs, files, fsck, restart, files identic
     randomBytes(4096).copy(sparse, 5 * MiB);
     writeFileSync(join(mnt, 'sparse.bin'), sparse);
     symlinkSync('d0/sub/s0/random.bin', join(mnt, 'link'));
-    const before = manifest(mnt);
+    const before = fileManifest(mnt);
     assert.ok(before.size >= 20, `manifest has ${before.size} entries`);
 
     await umount();
     umount = undefined;
-    await fsck(kdev.dev);
+    await expectFsckExt4(kdev.dev);
     await kdev.detach();
     kdev = undefined;
 
@@ -90,15 +61,15 @@ test('ext4 on /dev/loopN over nbdfuse: mkfs, files, fsck, restart, files identic
     await d.restart();
 
     kdev = await attachKernelDevice(d.unixUri('ext'));
-    await fsck(kdev.dev);
+    await expectFsckExt4(kdev.dev);
     umount = await mountDevice(kdev.dev, mnt);
-    const after = manifest(mnt);
+    const after = fileManifest(mnt);
     assert.deepEqual([...after.entries()].sort(), [...before.entries()].sort(), 'every file reads back identical after restart');
     // Write a little more on the remounted filesystem, then check it once more.
     writeFileSync(join(mnt, 'after-restart.bin'), randomBytes(300 * 1024));
     await umount();
     umount = undefined;
-    await fsck(kdev.dev);
+    await expectFsckExt4(kdev.dev);
     await kdev.detach();
     kdev = undefined;
 

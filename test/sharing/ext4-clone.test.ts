@@ -3,51 +3,22 @@
 // Changing the clone leaves the origin's files as they were, and the clone costs only what it changed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { appendFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, unlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { appendFileSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { startDaemon } from '../helpers/daemon.js';
-import { needTools, run, runOk } from '../helpers/tools.js';
+import { runOk } from '../helpers/tools.js';
 import { expectFsckClean, settledStats, MiB } from '../helpers/volume-io.js';
-import { attachKernelDevice, mountDevice, kernelDeviceUnavailable, KERNEL_DEVICE_TOOLS, FILESYSTEM_TOOLS, type KernelDevice } from '../helpers/kernel-device.js';
+import { attachKernelDevice, mountDevice, needKernelDevice, expectFsckExt4, fileManifest, type KernelDevice } from '../helpers/kernel-device.js';
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-/** sha256 of every file (and target of every symlink, and every directory) under dir. */
-function manifest(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const ent of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, ent.name);
-      const rel = relative(dir, p);
-      if (rel === 'lost+found') continue;
-      if (ent.isDirectory()) {
-        out.set(rel + '/', 'dir');
-        walk(p);
-      } else if (ent.isSymbolicLink()) out.set(rel, 'link:' + readlinkSync(p));
-      else out.set(rel, sha(readFileSync(p)) + ':' + statSync(p).size);
-    }
-  };
-  walk(dir);
-  return out;
-}
 
 const sorted = (m: Map<string, string>) => [...m.entries()].sort();
 
-async function fsckExt4(dev: string, what: string): Promise<void> {
-  const r = await run('fsck.ext4', ['-f', '-n', dev], { timeoutMs: 30_000 });
-  assert.equal(r.status, 0, `fsck.ext4 -f -n on ${what} (${dev}) exited ${r.status}:\n${r.stdout}\n${r.stderr}`);
-}
 
 test('ext4: snapshot, clone, fsck and mount the clone, change it; the origin is unchanged', { timeout: 90_000 }, async (t) => {
-  if (!needTools(t, ...KERNEL_DEVICE_TOOLS, ...FILESYSTEM_TOOLS)) return;
-  const why = kernelDeviceUnavailable();
-  if (why) {
-    if (process.env.CI === 'true') throw new Error(`kernel block device unavailable: ${why}`);
-    t.skip(why);
-    return;
-  }
+  if (!needKernelDevice(t)) return;
   const d = await startDaemon();
   const tmp = mkdtempSync(join(tmpdir(), 'shoal-ext4-clone-'));
   const mnt = join(tmp, 'mnt');
@@ -86,9 +57,9 @@ test('ext4: snapshot, clone, fsck and mount the clone, change it; the origin is 
     randomBytes(8192).copy(sparse, 3 * MiB);
     writeFileSync(join(mnt, 'sparse.bin'), sparse);
     symlinkSync('etc0/sub/data.bin', join(mnt, 'link'));
-    const origin = manifest(mnt);
+    const origin = fileManifest(mnt);
     await unmount();
-    await fsckExt4(dev, 'the origin');
+    await expectFsckExt4(dev, 'the origin', 30_000);
     await detach();
 
     // 2. Snapshot and clone: no data copied.
@@ -107,9 +78,9 @@ test('ext4: snapshot, clone, fsck and mount the clone, change it; the origin is 
 
     // 3. The clone is a clean ext4 with the same files.
     dev = await attach('vm1');
-    await fsckExt4(dev, 'the clone');
+    await expectFsckExt4(dev, 'the clone', 30_000);
     await mount(dev);
-    assert.deepEqual(sorted(manifest(mnt)), sorted(origin), 'the clone holds the origin files');
+    assert.deepEqual(sorted(fileManifest(mnt)), sorted(origin), 'the clone holds the origin files');
 
     // 4. Change the clone: append, overwrite in place, delete, create, rename.
     appendFileSync(join(mnt, 'etc1', 'conf.txt'), 'changed=1\n');
@@ -121,18 +92,18 @@ test('ext4: snapshot, clone, fsck and mount the clone, change it; the origin is 
     mkdirSync(join(mnt, 'etc3', 'sub', 'deeper'));
     writeFileSync(join(mnt, 'etc3', 'sub', 'deeper', 'moved.txt'), readFileSync(join(mnt, 'etc3', 'conf.txt')));
     unlinkSync(join(mnt, 'etc3', 'conf.txt'));
-    const changed = manifest(mnt);
+    const changed = fileManifest(mnt);
     assert.notDeepEqual(sorted(changed), sorted(origin));
     await unmount();
-    await fsckExt4(dev, 'the changed clone');
+    await expectFsckExt4(dev, 'the changed clone', 30_000);
     await detach();
 
     // 5. The origin volume, and its snapshot, still hold the original files.
     for (const name of ['gold', 'gold@base']) {
       dev = await attach(name, true);
-      await fsckExt4(dev, name);
+      await expectFsckExt4(dev, name, 30_000);
       await mount(dev, ['ro', 'noload']);
-      assert.deepEqual(sorted(manifest(mnt)), sorted(origin), `${name} is unchanged by writes to the clone`);
+      assert.deepEqual(sorted(fileManifest(mnt)), sorted(origin), `${name} is unchanged by writes to the clone`);
       await unmount();
       await detach();
     }
@@ -140,7 +111,7 @@ test('ext4: snapshot, clone, fsck and mount the clone, change it; the origin is 
     // 6. The clone kept its changes (read again through a new device).
     dev = await attach('vm1');
     await mount(dev);
-    assert.deepEqual(sorted(manifest(mnt)), sorted(changed), 'the clone kept its changes');
+    assert.deepEqual(sorted(fileManifest(mnt)), sorted(changed), 'the clone kept its changes');
     await unmount();
     await detach();
 
