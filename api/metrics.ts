@@ -172,18 +172,24 @@ export class Metrics implements NbdObserver {
           if (snap) this.set(read(snap.stats) || 0);
         },
       });
-    const perVolume = (name: string, help: string, read: (v: VolumeInfo) => number) =>
-      new Gauge({
-        name,
-        help,
-        labelNames: ['volume'],
-        registers,
-        collect() {
-          const snap = self.snapshot();
-          this.reset(); // deleted volumes disappear
-          if (snap) for (const v of snap.volumes) this.labels(v.name).set(read(v) || 0);
-        },
-      });
+    // Per-volume series; reset first, so deleted volumes disappear. Counters (running totals kept
+    // by the volume layer) are set by inc() from zero, so the exposition still says TYPE counter.
+    const perVolumeSeries = (kind: 'gauge' | 'counter', name: string, help: string, read: (v: VolumeInfo) => number) => {
+      const collect = function (this: Gauge<'volume'> | Counter<'volume'>) {
+        const snap = self.snapshot();
+        this.reset();
+        if (!snap) return;
+        for (const v of snap.volumes) {
+          const x = read(v) || 0;
+          if (kind === 'gauge') (this as Gauge<'volume'>).labels(v.name).set(x);
+          else (this as Counter<'volume'>).labels(v.name).inc(Math.max(0, x));
+        }
+      };
+      const opts = { name, help, labelNames: ['volume'] as const, registers, collect };
+      return kind === 'gauge' ? new Gauge(opts) : new Counter(opts);
+    };
+    const perVolume = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('gauge', name, help, read);
+    const perVolumeCounter = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('counter', name, help, read);
 
     counter('shoal_cache_hits_total', 'Chunk cache lookups served from memory.', (s) => s.cache.hits);
     counter('shoal_cache_misses_total', 'Chunk cache lookups that read the chunk store.', (s) => s.cache.misses);
@@ -204,6 +210,7 @@ export class Metrics implements NbdObserver {
     perVolume('shoal_volume_size_bytes', 'Volume size.', (v) => v.size);
     perVolume('shoal_volume_exclusive_bytes', "Mapped bytes whose chunk only this volume references.", (v) => v.exclusiveBytes);
     perVolume('shoal_volume_shared_bytes', 'Mapped bytes whose chunk is shared with another volume, snapshot or duplicate.', (v) => v.sharedBytes);
+    perVolumeCounter('shoal_volume_cache_loads_total', 'Chunks loaded from the chunk store for reads of the volume and its snapshots (misses and readahead): its share of the cache misses.', (v) => v.cacheLoads);
     perVolume('shoal_volume_connections', 'Open NBD connections to the volume and its snapshots.', (v) => v.connections);
   }
 }

@@ -103,6 +103,7 @@ export const VolumeInfo = Type.Object(
     mappedBytes: Type.Integer({ description: 'Bytes that map to a stored chunk.' }),
     exclusiveBytes: Type.Integer({ description: 'Mapped bytes whose chunk nothing else references.' }),
     sharedBytes: Type.Integer({ description: 'Mapped bytes whose chunk is shared with another map or by dedup.' }),
+    cacheLoads: Type.Integer({ description: 'Chunks its reads (its snapshots\' included, and their readahead) loaded from the chunk store: its cache misses.' }),
   },
   { additionalProperties: true },
 );

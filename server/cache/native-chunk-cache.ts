@@ -239,8 +239,10 @@ export class NativeChunkCache {
     const p = this.h.load(this.fd, slots, reader, readahead, out);
     let waits: Promise<void>[] | undefined;
     let mine: number[] | undefined;
+    let loads = 0;
     for (let i = 0; i < n; i++) {
       const o = out[i];
+      if (o === 2 || (o === 3 && !readahead)) loads++; // 3: the caller reads it from the store itself
       if (o === 2) {
         this.inflight.set(slots[i], p!);
         (mine ??= []).push(slots[i]);
@@ -249,6 +251,7 @@ export class NativeChunkCache {
         if (w !== undefined && (waits === undefined || waits[waits.length - 1] !== w)) (waits ??= []).push(w);
       }
     }
+    if (loads > 0 && reader >= 0) this.storeLoads.set(reader, (this.storeLoads.get(reader) ?? 0) + loads);
     if (p === undefined) return waits === undefined ? settled : Promise.all(waits).then(noop);
     this.activeLoads++;
     const forget = () => {
@@ -261,11 +264,21 @@ export class NativeChunkCache {
     return Promise.all(waits).then(noop);
   }
 
-  /** Starts loading `slots` (e.g. the chunks after a sequential stream's last read); never rejects. */
-  readahead(slots: number[]): void {
+  /**
+   * Chunks each reader's accesses loaded from the store (misses, and what its readahead brought
+   * in): a reader's own miss count, which the shared counters cannot tell apart. Keyed by reader
+   * id (one per export name, so a handful of entries).
+   */
+  readonly storeLoads = new Map<number, number>();
+
+  /**
+   * Starts loading `slots` (e.g. the chunks after `reader`'s sequential stream's last read),
+   * charged to `reader` in storeLoads; never rejects.
+   */
+  readahead(slots: number[], reader: number): void {
     if (this.fd < 0 || slots.length === 0) return;
     try {
-      this.loadRuns(slots, -1, true).catch(noop);
+      this.loadRuns(slots, reader, true).catch(noop);
     } catch {
       // bad slot ids: readahead is only a hint
     }

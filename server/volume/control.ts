@@ -15,6 +15,7 @@ export interface VolumeInfo {
   mappedBytes: number; // bytes that map to a stored chunk (logical, allocated)
   exclusiveBytes: number; // mapped bytes whose chunk nothing else references
   sharedBytes: number; // mapped bytes whose chunk is shared with another map or dedup
+  cacheLoads: number; // chunks its reads (and their readahead) loaded from the store: its cache misses
 }
 
 export interface SnapshotInfo {

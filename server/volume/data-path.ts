@@ -242,7 +242,7 @@ export class DataPath {
     forEachEntry(this.meta, r, from, to, (_ci, v) => {
       if (isStored(v)) slots.push(v);
     });
-    if (slots.length > 0) this.cache.readahead(slots);
+    if (slots.length > 0) this.cache.readahead(slots, reader);
   }
 
   /** NBD_CMD_CACHE: bring the range's chunks into the cache. */

@@ -157,7 +157,18 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       mappedBytes: r.mapped * this.meta.chunkSize,
       exclusiveBytes: sh.exclusive,
       sharedBytes: sh.shared,
+      cacheLoads: this.cacheLoadsOf(r.name),
     };
+  }
+
+  /** Chunks loaded from the store for reads of the volume and its snapshots (by reader id). */
+  private cacheLoadsOf(volume: string): number {
+    let n = 0;
+    for (const [exportName, id] of this.readerIds) {
+      const at = exportName.indexOf('@');
+      if ((at < 0 ? exportName : exportName.slice(0, at)) === volume) n += this.cache.storeLoads.get(id) ?? 0;
+    }
+    return n;
   }
 
   private validSize(size: unknown): number {

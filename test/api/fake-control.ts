@@ -39,6 +39,7 @@ export class FakeControl implements VolumeControl {
       mappedBytes: 0,
       exclusiveBytes: 0,
       sharedBytes: 0,
+      cacheLoads: 0,
     };
     this.volumes.set(name, v);
     this.snaps.set(name, []);

@@ -314,6 +314,7 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
     shoal_volume_exclusive_bytes: 'gauge',
     shoal_volume_shared_bytes: 'gauge',
     shoal_volume_size_bytes: 'gauge',
+    shoal_volume_cache_loads_total: 'counter',
   };
   for (const [name, type] of Object.entries(expected)) assert.equal(types.get(name), type, name);
   for (const name of types.keys()) assert.match(name, /^shoal_/);

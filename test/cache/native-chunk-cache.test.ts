@@ -352,8 +352,8 @@ test('readahead, NBD_CMD_CACHE-style loads, API compatibility and the sharing fa
   const path = chunkFile('ahead.dat', 64);
   const c = new NativeChunkCache(64 * CS, CS);
   c.attachFile(path);
-  c.readahead([10, 11, 12, 13]);
-  c.readahead([12, 13, 14]); // overlaps a readahead in flight: not read twice
+  c.readahead([10, 11, 12, 13], 7);
+  c.readahead([12, 13, 14], 7); // overlaps a readahead in flight: not read twice
   await c.loadRuns([10, 11, 12, 13, 14], 1); // joins the readaheads
   let st = c.stats();
   assert.equal(st.readahead, 5);
