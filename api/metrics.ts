@@ -204,6 +204,7 @@ export class Metrics implements NbdObserver {
     gauge('shoal_physical_bytes', 'Bytes of stored chunks.', (s) => s.physicalBytes);
     gauge('shoal_dedup_ratio', 'Logical bytes per physical byte (1 when empty).', (s) => s.dedupRatio);
     counter('shoal_dedup_hits_total', 'Chunk writes that found identical data already stored.', (s) => s.dedupHits);
+    gauge('shoal_dedup_log_entries', 'New fingerprints in the dedup log, not yet in the on-disk index.', (s) => s.dedupLogEntries);
     gauge('shoal_chunks', 'Stored chunks.', (s) => s.chunks);
     gauge('shoal_volumes', 'Volumes.', (s) => s.volumes);
     gauge('shoal_snapshots', 'Snapshots.', (s) => s.snapshots);

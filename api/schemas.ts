@@ -138,6 +138,7 @@ export const Stats = Type.Object(
     volumes: Type.Number(),
     snapshots: Type.Number(),
     dedupHits: Type.Number(),
+    dedupLogEntries: Type.Integer({ description: 'Fingerprints of new chunks in the dedup log, not yet in the on-disk index (taken in while writes pause).' }),
     cache: Type.Object(
       {
         capacityBytes: Type.Number(),

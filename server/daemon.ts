@@ -25,6 +25,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     verifyDedup: config.dedupVerify,
     logger,
     fingerprintOverride: testFingerprintOverride(),
+    dedupLogIdleMs: testDedupLogIdleMs(),
   });
   const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
@@ -78,6 +79,19 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
     chunk.copy(fp, 0, 0, 4);
     return fp;
   };
+}
+
+/**
+ * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
+ * the index, so a test can hold entries in the log across a crash. Refused unless NODE_ENV=test.
+ */
+function testDedupLogIdleMs(): number | undefined {
+  const v = process.env.SHOAL_TEST_DEDUP_LOG_IDLE_MS;
+  if (v === undefined) return undefined;
+  if (process.env.NODE_ENV !== 'test') throw new Error('SHOAL_TEST_DEDUP_LOG_IDLE_MS is a test-only hook and needs NODE_ENV=test');
+  const ms = Number(v);
+  if (!Number.isInteger(ms) || ms < 0) throw new Error(`SHOAL_TEST_DEDUP_LOG_IDLE_MS must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
+  return ms;
 }
 
 export async function runDaemon(config: Config): Promise<void> {

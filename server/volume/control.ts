@@ -42,6 +42,7 @@ export interface Stats {
   volumes: number;
   snapshots: number;
   dedupHits: number;
+  dedupLogEntries: number; // new fingerprints logged, not yet in the on-disk index
   cache: CacheStats;
 }
 

@@ -33,6 +33,8 @@ export interface VolumeManagerOptions {
   /** Commit at least this often when there are changes (ms). */
   commitIntervalMs?: number;
   fingerprintOverride?: (chunk: Buffer) => Buffer;
+  /** How long writes must pause before logged fingerprints go into the index (ms). */
+  dedupLogIdleMs?: number;
   logger?: { info(...a: any[]): void; warn(...a: any[]): void; error(...a: any[]): void };
 }
 
@@ -85,9 +87,10 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     meta.hooks = {
       chunkFreed: (slot) => cache.drop(slot),
       syncData: () => store.sync(),
+      fingerprintsLogged: () => this.gc?.kick(),
     };
     for (const rec of meta.volumes.values()) this.addState(rec);
-    this.gc = new GarbageCollector(meta, opts.logger);
+    this.gc = new GarbageCollector(meta, opts.logger, opts.dedupLogIdleMs);
     this.gc.start();
     const every = opts.commitIntervalMs ?? 2000;
     this.commitTimer = setInterval(() => {
@@ -500,6 +503,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       volumes: this.states.size,
       snapshots,
       dedupHits: this.meta.sb.dedupHits,
+      dedupLogEntries: this.meta.fpLogSize,
       cache: this.cache.stats(),
     };
   }

@@ -137,6 +137,7 @@ export class FakeControl implements VolumeControl {
       volumes: this.volumes.size,
       snapshots: [...this.snaps.values()].reduce((n, l) => n + l.length, 0),
       dedupHits: 2,
+      dedupLogEntries: 0,
       cache: { capacityBytes: 1 << 30, bytes: 65536, entries: 1, hits: 10, misses: 1, evictions: 0, coalesced: 4, sharingFactor: 3, servedBytes: 655360 },
     };
   }

@@ -1,0 +1,107 @@
+// The dedup log: new fingerprints are logged at commit and taken into the on-disk index later,
+// while writes pause. Whatever state a crash leaves it in, dedup must keep finding stored data,
+// must never map a write to a chunk that was freed (and its slot reused) since it was logged, and
+// the index must never point at a freed chunk (fsck checks that).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemon, type Daemon } from '../helpers/daemon.js';
+import { needTools } from '../helpers/tools.js';
+import { withHandle, expectFsckClean, MiB } from '../helpers/volume-io.js';
+
+const daemons: Daemon[] = [];
+after(async () => {
+  for (const d of daemons) await d.dispose().catch(() => {});
+});
+
+/** Writes (or, with check, compares) `mib` MiB of seeded pseudo-random data at `offset`. */
+const seeded = (seed: number, mib: number, offset: number, check = false) => `
+import random
+rnd = random.Random(${seed})
+ok = True
+for i in range(${mib}):
+    b = rnd.randbytes(1024 * 1024)
+    ${check ? `ok = ok and h.pread(1024 * 1024, ${offset} + i * 1024 * 1024) == b` : `h.pwrite(b, ${offset} + i * 1024 * 1024)`}
+h.flush()
+print(ok)
+`;
+
+async function stats(d: Daemon): Promise<any> {
+  const r = await d.api('GET', '/v1/stats');
+  assert.equal(r.status, 200);
+  return r.body;
+}
+
+async function waitIndexed(d: Daemon): Promise<void> {
+  for (let i = 0; ; i++) {
+    if ((await stats(d)).dedupLogEntries === 0) return;
+    assert.ok(i < 300, 'the dedup log was not taken into the index within 30 s of idleness');
+    await sleep(100);
+  }
+}
+
+test('a write after kill -9 still finds data whose fingerprints were only in the log', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon();
+  daemons.push(d);
+  await d.createVolume('a', 64 * MiB);
+  await d.createVolume('b', 64 * MiB);
+  await withHandle(d, 'a', seeded(1, 16, 0));
+  const s1 = await stats(d);
+  assert.ok(s1.dedupLogEntries >= 4096, `16 MiB of new chunks should sit in the log first: ${JSON.stringify(s1)}`);
+  await d.kill9(); // before the 2 s pause that lets the index take them in
+  await d.start();
+  assert.ok((await stats(d)).dedupLogEntries >= 4096, 'the log is reloaded after the crash');
+  const before = await stats(d);
+  await withHandle(d, 'b', seeded(1, 16, 4 * MiB));
+  const s2 = await stats(d);
+  assert.equal(s2.physicalBytes, before.physicalBytes, 'the copy in b must store nothing: its fingerprints came back from the log');
+  assert.equal(s2.dedupHits - before.dedupHits, 4096);
+  await expectFsckClean(d);
+
+  // Once writes pause, the index takes the log in; a restart then finds it there.
+  await waitIndexed(d);
+  await d.restart();
+  assert.equal((await stats(d)).dedupLogEntries, 0);
+  await d.createVolume('c', 64 * MiB);
+  const before3 = await stats(d);
+  await withHandle(d, 'c', seeded(1, 16, 8 * MiB));
+  const s3 = await stats(d);
+  assert.equal(s3.physicalBytes, before3.physicalBytes, 'the copy in c must store nothing: the index has the fingerprints');
+  for (const [v, off] of [['a', 0], ['b', 4 * MiB], ['c', 8 * MiB]] as const) assert.match(await withHandle(d, v, seeded(1, 16, off, true)), /True/, `${v} reads back`);
+
+  // Freeing everything leaves no index entry behind (fsck checks every one points at a live chunk).
+  for (const v of ['a', 'b', 'c']) assert.equal((await d.api('DELETE', `/v1/volumes/${v}`)).status, 204);
+  await expectFsckClean(d);
+  assert.equal((await stats(d)).physicalBytes, 0);
+});
+
+test('a logged fingerprint whose chunk was freed and its slot reused is never used for dedup', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  // The log stays a log for the whole test: its records are on disk at the crash.
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '600000' } });
+  daemons.push(d);
+  await d.createVolume('x', 64 * MiB);
+  // Seed 2's data is logged, then trimmed away (freed) before the log reaches the index.
+  await withHandle(d, 'x', seeded(2, 8, 0));
+  await withHandle(d, 'x', `h.trim(8 * 1024 * 1024, 0)\nh.flush()`);
+  await expectFsckClean(d); // the free is committed: the slots are reusable
+  // Other data takes the freed slots; then a crash, with the log record of seed 2 still on disk.
+  const fileSize = () => statSync(join(d.dataDir, 'chunks.dat')).size;
+  const size0 = fileSize();
+  await withHandle(d, 'x', seeded(3, 8, 16 * MiB));
+  assert.equal(fileSize(), size0, 'seed 3 should have reused the freed slots (the chunk file did not grow)');
+  await d.kill9();
+  await d.start();
+  assert.ok((await stats(d)).dedupLogEntries >= 2048, 'seed 3 is in the reloaded log');
+  // Writing seed 2's bytes again must store them (not map them to the reused slots).
+  const before = await stats(d);
+  await withHandle(d, 'x', seeded(2, 8, 32 * MiB));
+  const s = await stats(d);
+  assert.equal(s.physicalBytes - before.physicalBytes, 8 * MiB, 'seed 2 had been freed: it must be stored again');
+  assert.match(await withHandle(d, 'x', seeded(2, 8, 32 * MiB, true)), /True/, 'seed 2 reads back');
+  assert.match(await withHandle(d, 'x', seeded(3, 8, 16 * MiB, true)), /True/, 'seed 3 reads back');
+  await expectFsckClean(d);
+});
