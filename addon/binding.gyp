@@ -5,6 +5,7 @@
       "sources": [
         "src/addon.cc",
         "src/fingerprint.cc",
+        "src/fingerprint-table.cc",
         "src/chunk-cache.cc",
         "../node_modules/@c4312/blake3-native/c/blake3.c",
         "../node_modules/@c4312/blake3-native/c/blake3_dispatch.c",

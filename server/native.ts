@@ -5,16 +5,34 @@ import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 
 export interface NativeAddon {
-  /** BLAKE3-256 of each chunkSize piece of data, 32 bytes each, on the calling thread. */
-  fingerprintSync(data: Uint8Array, chunkSize: number): Buffer;
+  /**
+   * BLAKE3-256 of each chunkSize piece of data, 32 bytes each, on the calling thread. With a
+   * domain id, 36 bytes each: the domain (4 bytes, big-endian), then the digest (a dedup key).
+   */
+  fingerprintSync(data: Uint8Array, chunkSize: number, domain?: number): Buffer;
   /** The same on libuv's thread pool. */
-  fingerprint(data: Uint8Array, chunkSize: number): Promise<Buffer>;
+  fingerprint(data: Uint8Array, chunkSize: number, domain?: number): Promise<Buffer>;
+  /** Dedup-log table: 36-byte fingerprint key -> chunk slot, off the V8 heap (addon/src/fingerprint-table.cc). */
+  FingerprintTable: new () => FingerprintTableHandle;
   /** The shared chunk cache arena (addon/src/chunk-cache.cc); wrapped by server/cache/native-chunk-cache.ts. */
   NativeChunkCache: new (capacityBytes: number, chunkSize: number) => NativeCacheHandle;
   /** Opens a file O_DIRECT (read-only unless `writable`); throws an Error with `code` (EINVAL on tmpfs). */
   openDirect(path: string, writable?: boolean): number;
   /** posix_fadvise(POSIX_FADV_DONTNEED) on a range: drops its clean page-cache pages. */
   fadviseDontNeed(fd: number, offset: number, length: number): void;
+}
+
+export interface FingerprintTableHandle {
+  /** The slot keys[offset..offset+36) maps to, or -1. */
+  get(keys: Uint8Array, offset: number): number;
+  /** out[i] = the slot of keys[36i..36i+36), or -1, for i < n; returns how many were found. */
+  getMany(keys: Uint8Array, n: number, out: Float64Array): number;
+  set(keys: Uint8Array, offset: number, slot: number): void;
+  /** Removes the key if it maps to `slot`; true if it did. */
+  deleteIf(keys: Uint8Array, offset: number, slot: number): boolean;
+  readonly size: number;
+  /** Memory held by the table. */
+  readonly bytes: number;
 }
 
 export interface NativeCacheStats {

@@ -2,10 +2,12 @@
 #include <napi.h>
 #include "chunk-cache.h"
 #include "fingerprint.h"
+#include "fingerprint-table.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprint(env, exports);
   shoal::InitChunkCache(env, exports);
+  shoal::InitFingerprintTable(env, exports);
   return exports;
 }
 

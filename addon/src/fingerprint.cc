@@ -14,16 +14,32 @@ namespace {
 
 constexpr size_t kDigest = 32;
 
-void HashChunks(const uint8_t* data, size_t length, size_t chunk, uint8_t* out) {
+// With a domain (>= 0), each digest comes after the domain as 4 big-endian bytes: the 36-byte
+// key of the dedup index, built here so the write path does not assemble it per chunk in JS.
+void HashChunks(const uint8_t* data, size_t length, size_t chunk, uint8_t* out, int64_t domain) {
   size_t n = (length + chunk - 1) / chunk;
+  size_t stride = domain >= 0 ? kDigest + 4 : kDigest;
   for (size_t i = 0; i < n; i++) {
     size_t off = i * chunk;
     size_t len = length - off < chunk ? length - off : chunk;
+    uint8_t* o = out + i * stride;
+    if (domain >= 0) {
+      uint32_t d = static_cast<uint32_t>(domain);
+      o[0] = d >> 24, o[1] = d >> 16, o[2] = d >> 8, o[3] = d;
+      o += 4;
+    }
     blake3_hasher h;
     blake3_hasher_init(&h);
     blake3_hasher_update(&h, data + off, len);
-    blake3_hasher_finalize(&h, out + i * kDigest, kDigest);
+    blake3_hasher_finalize(&h, o, kDigest);
   }
+}
+
+// The optional third argument: a dedup domain id (0 .. 2^32-1), or -1 / absent for bare digests.
+int64_t DomainArg(const Napi::CallbackInfo& info) {
+  if (info.Length() < 3 || !info[2].IsNumber()) return -1;
+  double d = info[2].As<Napi::Number>().DoubleValue();
+  return d >= 0 && d <= 4294967295.0 ? static_cast<int64_t>(d) : -1;
 }
 
 // fingerprintSync(data: Uint8Array, chunkSize: number): Buffer of 32 bytes per chunk.
@@ -38,20 +54,21 @@ Napi::Value FingerprintSync(const Napi::CallbackInfo& info) {
   size_t chunk = info[1].As<Napi::Number>().Uint32Value();
   if (chunk == 0) chunk = arr.ByteLength() ? arr.ByteLength() : 1;
   size_t n = (arr.ByteLength() + chunk - 1) / chunk;
-  auto out = Napi::Buffer<uint8_t>::New(env, n * kDigest);
-  HashChunks(arr.Data(), arr.ByteLength(), chunk, out.Data());
+  int64_t domain = DomainArg(info);
+  auto out = Napi::Buffer<uint8_t>::New(env, n * (domain >= 0 ? kDigest + 4 : kDigest));
+  HashChunks(arr.Data(), arr.ByteLength(), chunk, out.Data(), domain);
   return out;
 }
 
 class FingerprintWorker : public Napi::AsyncWorker {
  public:
-  FingerprintWorker(Napi::Env env, Napi::Uint8Array data, size_t chunk)
+  FingerprintWorker(Napi::Env env, Napi::Uint8Array data, size_t chunk, int64_t domain)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)),
-        ref_(Napi::Persistent(data)), data_(data.Data()), length_(data.ByteLength()), chunk_(chunk) {
-    out_.resize(((length_ + chunk_ - 1) / chunk_) * kDigest);
+        ref_(Napi::Persistent(data)), data_(data.Data()), length_(data.ByteLength()), chunk_(chunk), domain_(domain) {
+    out_.resize(((length_ + chunk_ - 1) / chunk_) * (domain >= 0 ? kDigest + 4 : kDigest));
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override { HashChunks(data_, length_, chunk_, out_.data()); }
+  void Execute() override { HashChunks(data_, length_, chunk_, out_.data(), domain_); }
   void OnOK() override {
     deferred_.Resolve(Napi::Buffer<uint8_t>::Copy(Env(), out_.data(), out_.size()));
   }
@@ -63,6 +80,7 @@ class FingerprintWorker : public Napi::AsyncWorker {
   const uint8_t* data_;
   size_t length_;
   size_t chunk_;
+  int64_t domain_;
   std::vector<uint8_t> out_;
 };
 
@@ -76,7 +94,7 @@ Napi::Value Fingerprint(const Napi::CallbackInfo& info) {
   auto arr = info[0].As<Napi::Uint8Array>();
   size_t chunk = info[1].As<Napi::Number>().Uint32Value();
   if (chunk == 0) chunk = arr.ByteLength() ? arr.ByteLength() : 1;
-  auto* w = new FingerprintWorker(env, arr, chunk);
+  auto* w = new FingerprintWorker(env, arr, chunk, DomainArg(info));
   auto p = w->Promise();
   w->Queue();
   return p;

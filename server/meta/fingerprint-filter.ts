@@ -50,10 +50,28 @@ export class FingerprintFilter {
   // The fingerprint is a cryptographic hash already: its words are independent uniform bits.
   // Double hashing (h1 + i*h2) gives the k probe positions; the domain is mixed into h1.
   add(domain: number, fp: Uint8Array): void {
+    this.addAt(domain, fp, 0);
+  }
+
+  /** add() for a 36-byte index key (domain, big-endian, then the fingerprint) at key[off..]. */
+  addKey(key: Uint8Array, off: number): void {
+    this.addAt(domainOf(key, off), key, off + 4);
+  }
+
+  mayContain(domain: number, fp: Uint8Array): boolean {
+    return this.mayContainAt(domain, fp, 0);
+  }
+
+  /** mayContain() for a 36-byte index key at key[off..]. */
+  mayContainKey(key: Uint8Array, off: number): boolean {
+    return this.mayContainAt(domainOf(key, off), key, off + 4);
+  }
+
+  private addAt(domain: number, fp: Uint8Array, o: number): void {
     let l = this.layers[this.layers.length - 1];
     if (l.count >= l.capacity) this.layers.push((l = new Layer(l.capacity * 2)));
-    let h1 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
-    const h2 = word(fp, 4) | 1;
+    let h1 = (word(fp, o) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
+    const h2 = word(fp, o + 4) | 1;
     const bits = l.bits;
     const nbits = l.nbits;
     for (let i = 0; i < HASHES; i++) {
@@ -64,9 +82,9 @@ export class FingerprintFilter {
     l.count++;
   }
 
-  mayContain(domain: number, fp: Uint8Array): boolean {
-    const h0 = (word(fp, 0) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
-    const h2 = word(fp, 4) | 1;
+  private mayContainAt(domain: number, fp: Uint8Array, o: number): boolean {
+    const h0 = (word(fp, o) ^ Math.imul(domain, 0x9e3779b1)) >>> 0;
+    const h2 = word(fp, o + 4) | 1;
     outer: for (const l of this.layers) {
       let h1 = h0;
       for (let i = 0; i < HASHES; i++) {
@@ -78,6 +96,10 @@ export class FingerprintFilter {
     }
     return false;
   }
+}
+
+function domainOf(key: Uint8Array, off: number): number {
+  return ((key[off] << 24) | (key[off + 1] << 16) | (key[off + 2] << 8) | key[off + 3]) >>> 0;
 }
 
 function word(b: Uint8Array, o: number): number {

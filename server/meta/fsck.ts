@@ -121,7 +121,7 @@ export function checkMetadata(meta: MetaStore): FsckResult {
   for (const [key, slot] of meta.allFingerprints()) {
     const rec = meta.getChunk(slot);
     if (!rec) err(`the fingerprint index points at chunk ${slot}, which is not live`);
-    else if (!fpKey(rec.domain, rec.fp).equals(key)) err(`the fingerprint index entry for chunk ${slot} does not match its record`);
+    else if (!fpKey(rec.domain, rec.fp, rec.fpOff).equals(key)) err(`the fingerprint index entry for chunk ${slot} does not match its record`);
   }
 
   const chunkFile = join(meta.dir, 'chunks.dat');

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import { decodeNode, encodeNode, FANOUT, FIRST_SLOT, type MapNode } from './map-node.js';
 import { FingerprintFilter } from './fingerprint-filter.js';
+import { native, type FingerprintTableHandle } from '../native.js';
 
 export const META_VERSION = 1;
 
@@ -57,7 +58,9 @@ export interface Superblock {
 export interface ChunkRecord {
   refs: number;
   domain: number;
-  fp: Buffer; // 32-byte fingerprint
+  /** The 32-byte fingerprint is fp[fpOff..fpOff+32): records made by a write share one buffer of keys. */
+  fp: Buffer;
+  fpOff: number;
 }
 
 const CHUNK_REC_BYTES = 40;
@@ -68,19 +71,19 @@ function encodeChunk(c: ChunkRecord): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_REC_BYTES);
   b.writeUInt32LE(c.refs, 0);
   b.writeUInt32LE(c.domain, 4);
-  c.fp.copy(b, 8, 0, 32);
+  c.fp.copy(b, 8, c.fpOff, c.fpOff + 32);
   return b;
 }
 
 function decodeChunk(b: Uint8Array): ChunkRecord {
   const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-  return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: Buffer.from(buf.subarray(8, 40)) };
+  return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: Buffer.from(buf.subarray(8, 40)), fpOff: 0 };
 }
 
-export function fpKey(domain: number, fp: Buffer): Buffer {
+export function fpKey(domain: number, fp: Buffer, off = 0): Buffer {
   const k = Buffer.allocUnsafe(36);
   k.writeUInt32BE(domain, 0);
-  fp.copy(k, 4, 0, 32);
+  fp.copy(k, 4, off, off + 32);
   return k;
 }
 
@@ -162,9 +165,11 @@ export class MetaStore {
   // lookups consult first. The index takes them later, in slices, when writes pause or the log
   // grows past FP_LOG_MAX (mergeFingerprintLog, driven by the garbage collector). A crash loses
   // nothing: the log records are committed with the chunks they name and reloaded at start.
-  private readonly fpLogPending = new Map<string, number>(); // fpKey (latin1) -> slot, not in fpDb yet
-  private fpLogAdds: string[] = []; // keys logged since the last commit
-  private readonly fpLogRecords: Array<{ seq: number; keys: string[]; next: number }> = []; // durable, oldest first
+  // (The table is native: see addon/src/fingerprint-table.cc for the measurement.)
+  private readonly fpLogTable: FingerprintTableHandle = new (native().FingerprintTable)(); // key -> slot, not in fpDb yet
+  private fpLogBuf = Buffer.allocUnsafe(64 * FP_LOG_ENTRY); // entries logged since the last commit
+  private fpLogLen = 0; // bytes used in fpLogBuf
+  private readonly fpLogRecords: Array<{ seq: number; blob: Buffer; next: number }> = []; // durable, oldest first; next: byte offset
   private fpLogDeletes: number[] = []; // records fully merged, to remove in the next commit
   /** Fingerprints logged so far (the collector compares it over time to see writes pausing). */
   fpLogAddCount = 0;
@@ -202,10 +207,7 @@ export class MetaStore {
     const m = new MetaStore(dir, env);
     m.load(opts.chunkSize, opts.create ?? true);
     m.filter = new FingerprintFilter(m.sb.liveChunks * 1.5);
-    for (const k of m.fpLogPending.keys()) {
-      const key = Buffer.from(k, 'latin1');
-      m.filter.add(key.readUInt32BE(0), key.subarray(4));
-    }
+    m.loadFingerprintLog();
     if (opts.create !== false) m.buildFilter(m.filter);
     return m;
   }
@@ -237,7 +239,6 @@ export class MetaStore {
       this.volumes.set(v.name, v);
     }
     for (const key of this.freeDb.getKeys()) this.reusable.push(key as number);
-    this.loadFingerprintLog();
   }
 
   /**
@@ -248,26 +249,26 @@ export class MetaStore {
   private loadFingerprintLog(): void {
     for (const { key, value } of this.fpLogDb.getRange({})) {
       const seq = key as number;
-      const blob = value as Buffer;
+      const blob = Buffer.isBuffer(value) ? Buffer.from(value) : (value as Buffer); // kept for merging: our own copy
       if (!Buffer.isBuffer(blob) || blob.length % FP_LOG_ENTRY !== 0) throw new ShoalError('corrupt_metadata', `fingerprint log record ${seq} is damaged`);
-      const keys: string[] = [];
+      let live = 0;
       for (let off = 0; off < blob.length; off += FP_LOG_ENTRY) {
         const k = blob.subarray(off, off + 36);
         const slot = blob.readUIntBE(off + 36, 6);
         const b = this.chunksDb.getBinary(slot);
         if (!b) continue;
         const c = decodeChunk(b);
-        if (c.refs <= 0 || !fpKey(c.domain, c.fp).equals(k) || this.fpDb.get(k) === slot) continue;
-        const ks = k.toString('latin1');
-        this.fpLogPending.set(ks, slot);
-        keys.push(ks);
+        if (c.refs <= 0 || !fpKey(c.domain, c.fp, c.fpOff).equals(k) || this.fpDb.get(k) === slot) continue;
+        this.fpLogTable.set(blob, off, slot);
+        this.filter.addKey(blob, off);
+        live++;
       }
-      if (keys.length === 0) {
+      if (live === 0) {
         this.fpLogDeletes.push(seq); // nothing left in it
         continue;
       }
-      this.fpLogRecords.push({ seq, keys, next: 0 });
-      this.fpLogUnmerged += keys.length;
+      this.fpLogRecords.push({ seq, blob, next: 0 });
+      this.fpLogUnmerged += blob.length / FP_LOG_ENTRY;
     }
   }
 
@@ -278,7 +279,7 @@ export class MetaStore {
 
   /** Fingerprints held in memory by the log (pending, durable or not). */
   get fpLogSize(): number {
-    return this.fpLogPending.size;
+    return this.fpLogTable.size;
   }
 
   /**
@@ -290,17 +291,19 @@ export class MetaStore {
     let n = 0;
     while (n < max && this.fpLogRecords.length > 0) {
       const r = this.fpLogRecords[0];
-      while (r.next < r.keys.length && n < max) {
-        const k = r.keys[r.next++];
+      const blob = r.blob;
+      while (r.next < blob.length && n < max) {
+        const off = r.next;
+        r.next += FP_LOG_ENTRY;
         n++;
         this.fpLogUnmerged--;
-        const slot = this.fpLogPending.get(k);
-        if (slot === undefined) continue; // freed since, or merged from a newer record
-        this.fpLogPending.delete(k);
-        this.fps.set(k, slot);
+        const slot = blob.readUIntBE(off + 36, 6);
+        // Gone from the table: freed since, or merged from a newer record.
+        if (!this.fpLogTable.deleteIf(blob, off, slot)) continue;
+        this.fps.set(blob.toString('latin1', off, off + 36), slot);
         this.changes++;
       }
-      if (r.next < r.keys.length) break;
+      if (r.next < blob.length) break;
       this.fpLogRecords.shift();
       this.fpLogDeletes.push(r.seq);
       this.changes++;
@@ -435,7 +438,7 @@ export class MetaStore {
   incChunk(slot: number): void {
     const c = this.getChunk(slot);
     if (!c || c.refs <= 0) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
-    this.chunks.set(slot, { refs: c.refs + 1, domain: c.domain, fp: c.fp });
+    this.chunks.set(slot, { refs: c.refs + 1, domain: c.domain, fp: c.fp, fpOff: c.fpOff });
     this.changes++;
   }
 
@@ -443,12 +446,15 @@ export class MetaStore {
     const c = this.getChunk(slot);
     if (!c || c.refs <= 0) throw new ShoalError('corrupt_metadata', `chunk ${slot} lost more references than it had`);
     if (c.refs > 1) {
-      this.chunks.set(slot, { refs: c.refs - 1, domain: c.domain, fp: c.fp });
+      this.chunks.set(slot, { refs: c.refs - 1, domain: c.domain, fp: c.fp, fpOff: c.fpOff });
     } else {
       this.chunks.set(slot, GONE);
-      const k = fpKey(c.domain, c.fp).toString('latin1');
-      if (this.fpLogPending.get(k) === slot) this.fpLogPending.delete(k); // never reached the index
-      else if (this.lookupFpRaw(k) === slot) this.fps.set(k, GONE);
+      const key = fpKey(c.domain, c.fp, c.fpOff);
+      if (!this.fpLogTable.deleteIf(key, 0, slot)) {
+        // Not in the log (where it never reached the index): in the index, perhaps.
+        const k = key.toString('latin1');
+        if (this.lookupFpRaw(k) === slot) this.fps.set(k, GONE);
+      }
       this.freedSinceCommit.push({ slot, gen: this.gen });
       this.freeAdds.add(slot);
       this.sb.liveChunks--;
@@ -482,16 +488,27 @@ export class MetaStore {
     this.freedSinceCommit.push({ slot, gen: this.gen });
   }
 
-  /** Registers freshly written chunk data with one reference. */
-  addChunk(slot: number, domain: number, fp: Buffer, index: boolean): void {
-    this.chunks.set(slot, { refs: 1, domain, fp });
-    // The caller found no live chunk with this fingerprint (or it is a collision: then false).
-    if (index) {
-      const k = fpKey(domain, fp).toString('latin1');
-      this.fpLogPending.set(k, slot);
-      this.fpLogAdds.push(k);
+  /**
+   * Registers freshly written chunk data with one reference. Its fingerprint is fp[fpOff..+32).
+   * `keys` and `keyOff` (its 36-byte index key, see lookupFingerprints) are given when the chunk
+   * is to be indexed: the caller found no live chunk with these bytes (not for a collision).
+   * (No Buffer per chunk: the records of one write share its buffer of keys, which kept 256 Ki
+   * views per GiB written off the GC's hands.)
+   */
+  addChunk(slot: number, domain: number, fp: Buffer, fpOff: number, keys?: Buffer, keyOff = 0): void {
+    this.chunks.set(slot, { refs: 1, domain, fp, fpOff });
+    if (keys) {
+      this.fpLogTable.set(keys, keyOff, slot);
+      if (this.fpLogLen + FP_LOG_ENTRY > this.fpLogBuf.length) {
+        const bigger = Buffer.allocUnsafe(this.fpLogBuf.length * 2);
+        this.fpLogBuf.copy(bigger, 0, 0, this.fpLogLen);
+        this.fpLogBuf = bigger;
+      }
+      keys.copy(this.fpLogBuf, this.fpLogLen, keyOff, keyOff + 36);
+      this.fpLogBuf.writeUIntBE(slot, this.fpLogLen + 36, 6);
+      this.fpLogLen += FP_LOG_ENTRY;
       this.fpLogAddCount++;
-      this.filter.add(domain, fp);
+      this.filter.addKey(keys, keyOff);
     }
     this.sb.liveChunks++;
     this.sbDirty = true;
@@ -499,25 +516,37 @@ export class MetaStore {
   }
 
   private lookupFpRaw(k: string): number | undefined {
-    const p = this.fpLogPending.get(k);
-    if (p !== undefined) return p;
     let v = this.fps.get(k);
     if (v === undefined && this.committing) v = this.committing.fps.get(k);
     if (v === undefined) return this.fpDb.get(Buffer.from(k, 'latin1')) ?? undefined;
     return v ?? undefined;
   }
 
-  /** The live chunk holding these bytes in this domain, if the index knows one. */
-  lookupFingerprint(domain: number, fp: Buffer): number | undefined {
-    const k = fpKey(domain, fp).toString('latin1');
-    const p = this.fpLogPending.get(k);
-    if (p !== undefined) return p;
-    let v = this.fps.get(k);
-    if (v === undefined && this.committing) v = this.committing.fps.get(k);
-    if (v !== undefined) return v ?? undefined;
-    // Most new data is not stored yet: the filter says so without touching the disk.
-    if (this.filter.ready && !this.filter.mayContain(domain, fp)) return undefined;
-    return this.fpDb.get(Buffer.from(k, 'latin1')) ?? undefined;
+  /**
+   * For each of the n 36-byte keys in `keys` (native().fingerprint with a domain makes them):
+   * out[i] = the live chunk holding those bytes in that domain if the index knows one, else -1.
+   */
+  lookupFingerprints(keys: Buffer, n: number, out: Float64Array): void {
+    // The log's table first, for all of them in one call; then what is not in it.
+    if (this.fpLogTable.getMany(keys, n, out) === n) return;
+    const overlays = this.fps.size > 0 || (this.committing !== null && this.committing.fps.size > 0);
+    for (let i = 0; i < n; i++) {
+      if (out[i] >= 0) continue;
+      const off = i * 36;
+      if (overlays) {
+        // Index entries changed since the last commit (merged from the log, or removed).
+        const k = keys.toString('latin1', off, off + 36);
+        let v = this.fps.get(k);
+        if (v === undefined && this.committing) v = this.committing.fps.get(k);
+        if (v !== undefined) {
+          out[i] = v ?? -1;
+          continue;
+        }
+      }
+      // Most new data is not stored yet: the filter says so without touching the disk.
+      if (this.filter.ready && !this.filter.mayContainKey(keys, off)) continue;
+      out[i] = this.fpDb.get(keys.subarray(off, off + 36)) ?? -1;
+    }
   }
 
   /**
@@ -532,7 +561,7 @@ export class MetaStore {
       let lastKey: Buffer | undefined;
       for (const key of this.fpDb.getKeys({ start, limit: 20_000 }) as Iterable<Buffer>) {
         if (start && n === 0 && key.equals(start)) continue; // the range start is inclusive
-        f.add(key.readUInt32BE(0), key.subarray(4));
+        f.addKey(key, 0);
         lastKey = Buffer.from(key);
         n++;
       }
@@ -619,7 +648,7 @@ export class MetaStore {
   private async doCommit(): Promise<void> {
     while (this.holds > 0) await new Promise<void>((r) => this.holdWaiters.push(r));
     if (this.closed) throw new ShoalError('shutting_down', 'the metadata store is closed');
-    if (this.changes === 0 && !this.sbDirty && this.freedSinceCommit.length === 0 && this.fpLogAdds.length === 0) return;
+    if (this.changes === 0 && !this.sbDirty && this.freedSinceCommit.length === 0 && this.fpLogLen === 0) return;
     // 1. Take the overlays as they are now, synchronously: later changes go to the next commit.
     const nodeBufs: Array<[number, Buffer]> = [];
     for (const id of this.dirtyNodes) {
@@ -638,20 +667,14 @@ export class MetaStore {
     const volDels = [...this.volumesDeleted];
     const freed = this.freedSinceCommit;
     const commitGen = this.gen++;
-    // This commit's log record: the entries logged since the last one that are still pending.
-    let logRecord: { seq: number; keys: string[]; next: number; blob: Buffer } | null = null;
-    if (this.fpLogAdds.length > 0) {
-      const keys = this.fpLogAdds.filter((k) => this.fpLogPending.has(k));
-      if (keys.length > 0) {
-        const blob = Buffer.allocUnsafe(keys.length * FP_LOG_ENTRY);
-        for (let i = 0; i < keys.length; i++) {
-          blob.write(keys[i], i * FP_LOG_ENTRY, 36, 'latin1');
-          blob.writeUIntBE(this.fpLogPending.get(keys[i])!, i * FP_LOG_ENTRY + 36, 6);
-        }
-        this.sb.fpLogNext = (this.sb.fpLogNext ?? 1) + 1;
-        logRecord = { seq: this.sb.fpLogNext - 1, keys, next: 0, blob };
-      }
-      this.fpLogAdds = [];
+    // This commit's log record: the entries logged since the last one. (Some may be freed
+    // already: merging and loading both skip an entry the table or the chunk record disowns.)
+    let logRecord: { seq: number; blob: Buffer } | null = null;
+    if (this.fpLogLen > 0) {
+      this.sb.fpLogNext = (this.sb.fpLogNext ?? 1) + 1;
+      logRecord = { seq: this.sb.fpLogNext - 1, blob: this.fpLogBuf.subarray(0, this.fpLogLen) };
+      this.fpLogBuf = Buffer.allocUnsafe(this.fpLogBuf.length);
+      this.fpLogLen = 0;
     }
     const logDeletes = this.fpLogDeletes;
     this.fpLogDeletes = [];
@@ -707,8 +730,8 @@ export class MetaStore {
     }
     // Merge only what is durable: a record merged before its own commit could lose entries.
     if (logRecord) {
-      this.fpLogRecords.push({ seq: logRecord.seq, keys: logRecord.keys, next: 0 });
-      this.fpLogUnmerged += logRecord.keys.length;
+      this.fpLogRecords.push({ seq: logRecord.seq, blob: logRecord.blob, next: 0 });
+      this.fpLogUnmerged += logRecord.blob.length / FP_LOG_ENTRY;
       this.hooks.fingerprintsLogged?.();
     }
     // 4. Frees are durable now; the slots become reusable once older readers are gone.

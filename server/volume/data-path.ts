@@ -9,7 +9,7 @@ import { ShoalError } from '../errors.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Extent } from '../nbd/export.js';
 import { FANOUT, FIRST_SLOT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
 import { forEachEntry, isStored, leafEntries, lookup, releaseRange, setEntry } from '../meta/map-tree.js';
-import type { MetaStore, RootRecord } from '../meta/meta-store.js';
+import { fpKey, type MetaStore, type RootRecord } from '../meta/meta-store.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { NativeChunkCache } from '../cache/native-chunk-cache.js';
 import { kRelease } from '../nbd/export.js';
@@ -54,8 +54,9 @@ export interface DataCounters {
 
 type Plan =
   | { kind: 'hole'; ci: number }
-  | { kind: 'dedup'; ci: number; slot: number; fp: Buffer; bytes: Buffer }
-  | { kind: 'store'; ci: number; slot: number; fp: Buffer; bytes: Buffer; index: boolean };
+  | { kind: 'dedup'; ci: number; slot: number; bytes: Buffer; k: number }
+  // k: which of the write's fingerprint keys is this chunk's (-1 without dedup); index: log it
+  | { kind: 'store'; ci: number; slot: number; bytes: Buffer; k: number; index: boolean };
 
 export class DataPath {
   readonly chunkSize: number;
@@ -294,22 +295,26 @@ export class DataPath {
     }
   }
 
-  private async fingerprints(chunks: Buffer[], contiguous: Buffer | null): Promise<Buffer[]> {
+  /**
+   * The dedup index keys of the chunks, 36 bytes each (the domain, then BLAKE3-256 of the
+   * chunk), in one Buffer: built by the addon, so the write path makes no per-chunk objects.
+   */
+  private async fingerprintKeys(chunks: Buffer[], contiguous: Buffer | null, domain: number): Promise<Buffer> {
     const cs = this.chunkSize;
-    if (this.opts.fingerprintOverride) return chunks.map((c) => this.opts.fingerprintOverride!(c));
     const addon = native();
-    let all: Buffer;
-    if (contiguous) {
-      all = contiguous.length >= ASYNC_HASH_BYTES ? await addon.fingerprint(contiguous, cs) : addon.fingerprintSync(contiguous, cs);
-    } else if (chunks.length * cs >= ASYNC_HASH_BYTES) {
-      all = await addon.fingerprint(Buffer.concat(chunks), cs);
-    } else {
-      all = Buffer.allocUnsafe(chunks.length * 32);
-      for (let i = 0; i < chunks.length; i++) addon.fingerprintSync(chunks[i], cs).copy(all, i * 32);
+    if (this.opts.fingerprintOverride) {
+      const keys = Buffer.allocUnsafe(chunks.length * 36);
+      for (let i = 0; i < chunks.length; i++) {
+        keys.writeUInt32BE(domain, i * 36);
+        this.opts.fingerprintOverride(chunks[i]).copy(keys, i * 36 + 4, 0, 32);
+      }
+      return keys;
     }
-    const out: Buffer[] = new Array(chunks.length);
-    for (let i = 0; i < chunks.length; i++) out[i] = all.subarray(i * 32, i * 32 + 32);
-    return out;
+    if (contiguous) return contiguous.length >= ASYNC_HASH_BYTES ? addon.fingerprint(contiguous, cs, domain) : addon.fingerprintSync(contiguous, cs, domain);
+    if (chunks.length * cs >= ASYNC_HASH_BYTES) return addon.fingerprint(Buffer.concat(chunks), cs, domain);
+    const keys = Buffer.allocUnsafe(chunks.length * 36);
+    for (let i = 0; i < chunks.length; i++) addon.fingerprintSync(chunks[i], cs, domain).copy(keys, i * 36);
+    return keys;
   }
 
   /** Maps chunk indices first.. to the given contents (dedup, store, then map). */
@@ -320,44 +325,47 @@ export class DataPath {
     for (let i = 0; i < chunks.length; i++) if (!chunks[i].equals(this.zeroChunk)) nonZero.push(i);
     const allNonZero = nonZero.length === chunks.length;
     const dedup = this.opts.dedup;
-    const fps = nonZero.length === 0 ? [] : dedup ? await this.fingerprints(allNonZero ? chunks : nonZero.map((i) => chunks[i]), allNonZero ? contiguous : null) : nonZero.map(() => NO_FINGERPRINT);
+    const nz = nonZero.length;
+    const keys = dedup && nz > 0 ? await this.fingerprintKeys(allNonZero ? chunks : nonZero.map((i) => chunks[i]), allNonZero ? contiguous : null, m.domain) : null;
 
     // 3. Find identical chunks already stored in this domain (and repeated within this write).
-    const candidates: Array<number | undefined> = new Array(nonZero.length);
-    if (dedup) for (let k = 0; k < nonZero.length; k++) candidates[k] = this.meta.lookupFingerprint(m.domain, fps[k]);
+    const candidates = new Float64Array(nz).fill(-1); // slot, or -1
+    if (keys) this.meta.lookupFingerprints(keys, nz, candidates);
     if (this.verify) {
       // Compare bytes before trusting a fingerprint: load every candidate first, in runs.
-      const slots = candidates.filter((c): c is number => c !== undefined).sort((a, b) => a - b);
-      if (slots.length > 0) await this.cache.loadRuns([...new Set(slots)], -1);
+      const slots = [...new Set(candidates.filter((c) => c >= 0))].sort((a, b) => a - b);
+      if (slots.length > 0) await this.cache.loadRuns(slots, -1);
     }
     const plans: Plan[] = [];
-    const seen = new Map<string, number>(); // fingerprint -> index in plans (stored by this write)
+    // Chunks this write stores, by the first 48 bits of their fingerprint (a number key: no string
+    // per chunk); a match is only taken when the bytes are equal.
+    const seen = keys && nz > 1 ? new Map<number, number>() : null;
     let k = 0;
     for (let i = 0; i < chunks.length; i++) {
       const ci = first + i;
-      if (k >= nonZero.length || nonZero[k] !== i) {
+      if (k >= nz || nonZero[k] !== i) {
         plans.push({ kind: 'hole', ci });
         continue;
       }
-      const fp = fps[k];
+      const kk = k;
       const candidate = candidates[k++];
       const bytes = chunks[i];
-      if (candidate !== undefined && (!this.verify || (await this.sameBytes(candidate, bytes)))) {
-        plans.push({ kind: 'dedup', ci, slot: candidate, fp, bytes });
+      if (candidate >= 0 && (!this.verify || (await this.sameBytes(candidate, bytes)))) {
+        plans.push({ kind: 'dedup', ci, slot: candidate, bytes, k: kk });
         continue;
       }
-      if (!dedup) {
-        plans.push({ kind: 'store', ci, slot: 0, fp, bytes, index: false });
+      if (!keys) {
+        plans.push({ kind: 'store', ci, slot: 0, bytes, k: -1, index: false });
         continue;
       }
-      const key = fp.toString('latin1');
-      const prior = seen.get(key);
+      const prefix = seen ? keys.readUIntBE(kk * 36 + 4, 6) : 0;
+      const prior = seen?.get(prefix);
       if (prior !== undefined && plans[prior].kind === 'store' && (plans[prior] as any).bytes.equals(bytes)) {
-        plans.push({ kind: 'dedup', ci, slot: -1 - prior, fp, bytes }); // resolved after the store
+        plans.push({ kind: 'dedup', ci, slot: -1 - prior, bytes, k: kk }); // resolved after the store
         continue;
       }
-      seen.set(key, plans.length);
-      plans.push({ kind: 'store', ci, slot: 0, fp, bytes, index: candidate === undefined && prior === undefined });
+      seen?.set(prefix, plans.length);
+      plans.push({ kind: 'store', ci, slot: 0, bytes, k: kk, index: candidate < 0 && prior === undefined });
     }
 
     const small = chunks.length * cs <= WRITE_THROUGH_BYTES;
@@ -371,7 +379,7 @@ export class DataPath {
         setEntry(this.meta, m.record, p.ci, HOLE);
         this.counters.zeroChunks++;
       } else if (p.kind === 'store') {
-        this.meta.addChunk(p.slot, m.domain, copyOf(p.fp), p.index);
+        this.addChunk(m, p, keys);
         // Write-through for small writes (filesystem metadata, journals: read again soon). A large
         // stream is rarely re-read at once; copying 1 GiB of it into the arena was 10% of the time.
         if (small) this.cache.insert(p.slot, p.bytes);
@@ -390,19 +398,26 @@ export class DataPath {
           setEntry(this.meta, m.record, p.ci, slot);
           this.meta.countDedupHit();
           this.counters.dedupHits++;
-        } else retry.push({ kind: 'store', ci: p.ci, slot: 0, fp: p.fp, bytes: p.bytes, index: false });
+        } else retry.push({ kind: 'store', ci: p.ci, slot: 0, bytes: p.bytes, k: p.k, index: keys !== null });
       }
     }
     m.touched();
     if (retry.length > 0) {
       await this.storePlans(retry);
       for (const p of retry) {
-        this.meta.addChunk(p.slot, m.domain, copyOf(p.fp), true);
+        this.addChunk(m, p, keys);
         setEntry(this.meta, m.record, p.ci, p.slot);
       }
       m.touched();
     }
     void cs;
+  }
+
+  /** Registers a stored chunk: its fingerprint is key k of the write's keys (none without dedup). */
+  private addChunk(m: WritableMap, p: { slot: number; k: number; index: boolean }, keys: Buffer | null): void {
+    if (keys === null || p.k < 0) this.meta.addChunk(p.slot, m.domain, NO_FINGERPRINT, 0);
+    else if (p.index) this.meta.addChunk(p.slot, m.domain, keys, p.k * 36 + 4, keys, p.k * 36);
+    else this.meta.addChunk(p.slot, m.domain, keys, p.k * 36 + 4);
   }
 
   private async sameBytes(slot: number, bytes: Buffer): Promise<boolean> {

@@ -1,0 +1,62 @@
+// The dedup log's native table (addon/src/fingerprint-table.cc) against a Map model: random
+// inserts, replacements and conditional deletes across several growths, so backward-shift
+// deletion must keep every probe run intact; and its bad-input errors.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { native } from '../../server/native.js';
+
+test('the fingerprint table agrees with a Map through inserts, replacements and deletes', () => {
+  const t = new (native().FingerprintTable)();
+  const model = new Map<string, number>();
+  const keys: Buffer[] = [];
+  for (let i = 0; i < 20_000; i++) keys.push(randomBytes(36));
+  // Keys that collide in the hash (same domain and first 8 digest bytes) make long probe runs.
+  for (let i = 0; i < 200; i++) {
+    const k = Buffer.from(keys[0]);
+    k.writeUInt32BE(i, 32);
+    keys.push(k);
+  }
+  let slot = 2;
+  for (let round = 0; round < 60_000; round++) {
+    const k = keys[Math.floor(Math.random() * keys.length)];
+    const s = k.toString('latin1');
+    const r = Math.random();
+    if (r < 0.55) {
+      t.set(k, 0, slot);
+      model.set(s, slot++);
+    } else {
+      const want = model.get(s);
+      const guess = want !== undefined && Math.random() < 0.8 ? want : slot + 1000; // sometimes the wrong slot
+      const removed = t.deleteIf(k, 0, guess);
+      assert.equal(removed, want === guess);
+      if (removed) model.delete(s);
+    }
+  }
+  assert.equal(t.size, model.size);
+  const all = Buffer.concat(keys);
+  const out = new Float64Array(keys.length);
+  const hits = t.getMany(all, keys.length, out);
+  let expectHits = 0;
+  for (let i = 0; i < keys.length; i++) {
+    const want = model.get(keys[i].toString('latin1'));
+    assert.equal(out[i], want ?? -1, `key ${i}`);
+    assert.equal(t.get(all, i * 36), want ?? -1);
+    if (want !== undefined) expectHits++;
+  }
+  assert.equal(hits, expectHits);
+  assert.ok(t.bytes >= t.size * 48);
+});
+
+test('the fingerprint table refuses bad arguments with an error, not a crash', () => {
+  const t = new (native().FingerprintTable)();
+  const k = randomBytes(36);
+  assert.throws(() => t.get(k, 1), RangeError); // 36 bytes from offset 1 run past the end
+  assert.throws(() => t.get(k, -1), RangeError);
+  assert.throws(() => (t as any).get('x', 0), TypeError);
+  assert.throws(() => t.set(k, 0, 0), RangeError); // slots are positive
+  assert.throws(() => t.set(k, 0, 1.5), RangeError);
+  assert.throws(() => t.getMany(k, 2, new Float64Array(2)), RangeError); // 2 keys need 72 bytes
+  assert.throws(() => (t as any).getMany(k, 1, new Uint8Array(8)), TypeError);
+  assert.equal(t.size, 0);
+});
