@@ -12,6 +12,8 @@ export interface NativeAddon {
   fingerprintSync(data: Uint8Array, chunkSize: number, domain?: number): Buffer;
   /** The same on libuv's thread pool. */
   fingerprint(data: Uint8Array, chunkSize: number, domain?: number): Promise<Buffer>;
+  /** fingerprintSync by one BLAKE3 hasher per chunk: the reference its SIMD-wide path is tested against. */
+  fingerprintReference(data: Uint8Array, chunkSize: number): Buffer;
   /** Dedup-log table: 36-byte fingerprint key -> chunk slot, off the V8 heap (addon/src/fingerprint-table.cc). */
   FingerprintTable: new () => FingerprintTableHandle;
   /** The shared chunk cache arena (addon/src/chunk-cache.cc); wrapped by server/cache/native-chunk-cache.ts. */

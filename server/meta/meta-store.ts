@@ -171,8 +171,11 @@ export class MetaStore {
   private fpLogLen = 0; // bytes used in fpLogBuf
   private readonly fpLogRecords: Array<{ seq: number; blob: Buffer; next: number }> = []; // durable, oldest first; next: byte offset
   private fpLogDeletes: number[] = []; // records fully merged, to remove in the next commit
-  /** Fingerprints logged so far (the collector compares it over time to see writes pausing). */
-  fpLogAddCount = 0;
+  /**
+   * Chunks stored or referenced again by writes so far: the collector compares it over time to
+   * see writes pause (a write of data already stored logs nothing, but still needs the disk).
+   */
+  writeActivity = 0;
   private fpLogUnmerged = 0; // entries of durable records not yet looked at by a merge
 
   private constructor(readonly dir: string, env: RootDatabase) {
@@ -439,6 +442,7 @@ export class MetaStore {
     const c = this.getChunk(slot);
     if (!c || c.refs <= 0) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
     this.chunks.set(slot, { refs: c.refs + 1, domain: c.domain, fp: c.fp, fpOff: c.fpOff });
+    this.writeActivity++;
     this.changes++;
   }
 
@@ -497,6 +501,7 @@ export class MetaStore {
    */
   addChunk(slot: number, domain: number, fp: Buffer, fpOff: number, keys?: Buffer, keyOff = 0): void {
     this.chunks.set(slot, { refs: 1, domain, fp, fpOff });
+    this.writeActivity++;
     if (keys) {
       this.fpLogTable.set(keys, keyOff, slot);
       if (this.fpLogLen + FP_LOG_ENTRY > this.fpLogBuf.length) {
@@ -507,7 +512,6 @@ export class MetaStore {
       keys.copy(this.fpLogBuf, this.fpLogLen, keyOff, keyOff + 36);
       this.fpLogBuf.writeUIntBE(slot, this.fpLogLen + 36, 6);
       this.fpLogLen += FP_LOG_ENTRY;
-      this.fpLogAddCount++;
       this.filter.addKey(keys, keyOff);
     }
     this.sb.liveChunks++;

@@ -54,15 +54,15 @@ export class GarbageCollector {
     if (this.meta.fpLogBacklog > 0) this.armLogTimer();
   }
 
-  // Indexing waits until no fingerprint was logged for fpLogIdleMs: a timer notes the log's
+  // Indexing waits until writes have paused for fpLogIdleMs: a timer notes the write-activity
   // count, and runs the collector only if the count has not moved when it fires.
   private logTimer: NodeJS.Timeout | null = null;
   private armLogTimer(): void {
     if (this.logTimer || this.stopped) return;
-    const n = this.meta.fpLogAddCount;
+    const n = this.meta.writeActivity;
     this.logTimer = setTimeout(() => {
       this.logTimer = null;
-      if (this.meta.fpLogAddCount !== n) return this.kick(); // writes go on: wait again
+      if (this.meta.writeActivity !== n) return this.kick(); // writes go on: wait again
       this.logDue = true;
       if (!this.timer && !this.running && !this.stopped) this.timer = setImmediate(() => void this.run());
     }, this.fpLogIdleMs);
@@ -90,7 +90,7 @@ export class GarbageCollector {
           if (q.length === 0) this.wake();
         } else if (this.meta.fpLogBacklog > 0 && (this.logDue || this.meta.fpLogSize > FP_LOG_MAX)) {
           // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
-          const n = this.meta.fpLogAddCount;
+          const n = this.meta.writeActivity;
           this.meta.mergeFingerprintLog(COMMIT_BATCH);
           this.indexedBatches++;
           if (this.meta.fpLogBacklog === 0) {
@@ -98,8 +98,12 @@ export class GarbageCollector {
             await this.meta.commit();
             continue;
           }
+          const t0 = performance.now();
           await this.meta.commit();
-          if (this.meta.fpLogAddCount !== n) this.logDue = false;
+          if (this.meta.writeActivity !== n) this.logDue = false;
+          // Paced: idle for three times as long as the commit took, so a snapshot or a write's
+          // FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
+          await new Promise((r) => setTimeout(r, Math.min(200, 3 * (performance.now() - t0))));
           continue;
         } else break;
         if (this.meta.pendingChanges >= COMMIT_BATCH) await this.meta.commit();
