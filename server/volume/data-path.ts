@@ -393,8 +393,7 @@ export class DataPath {
           continue;
         }
         // The candidate may have been freed while we compared bytes: then store ours instead.
-        if (this.meta.chunkRefCount(slot) > 0) {
-          this.meta.incChunk(slot);
+        if (this.meta.incChunkIfLive(slot)) {
           setEntry(this.meta, m.record, p.ci, slot);
           this.meta.countDedupHit();
           this.counters.dedupHits++;
