@@ -432,13 +432,23 @@ export class MetaStore {
     let v = this.chunks.get(slot);
     if (v === undefined && this.committing) v = this.committing.chunks.get(slot);
     if (v === undefined) {
+      // The last record read from LMDB is kept: a dedup hit reads it to check the candidate, then
+      // to add the reference. Valid until the next commit changes LMDB (doCommit clears it).
+      if (this.lastRead !== null && this.lastRead.slot === slot) return this.lastRead.rec;
       const b = this.chunksDb.getBinary(slot);
       if (!b) return undefined;
       v = decodeChunk(b);
-      // Cache the decoded record only if it will change (incChunk/decChunk write it back).
+      this.lastRead = { slot, rec: v };
       return v;
     }
     return v ?? undefined;
+  }
+  private lastRead: { slot: number; rec: ChunkRecord } | null = null;
+
+  /** Whether slot holds a live chunk with the fingerprint key keys[off..off+36) (domain, fingerprint). */
+  private chunkHasKey(slot: number, keys: Buffer, off: number): boolean {
+    const c = this.getChunk(slot);
+    return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
   }
 
   chunkRefCount(slot: number): number {
@@ -547,9 +557,21 @@ export class MetaStore {
     // The log's table first, for all of them in one call; then what is not in it.
     if (this.fpLogTable.getMany(keys, n, out) === n) return;
     const overlays = this.fps.size > 0 || (this.committing !== null && this.committing.fps.size > 0);
+    // Data already stored usually comes back in the order it was first written, and new chunks
+    // take consecutive slots: after a match at slot s, chunk s + 1 is tried first, by its record
+    // (which the dedup hit reads anyway), before a random read of the on-disk index.
+    let guess = -1;
     for (let i = 0; i < n; i++) {
-      if (out[i] >= 0) continue;
       const off = i * 36;
+      if (out[i] >= 0) {
+        guess = out[i] + 1;
+        continue;
+      }
+      if (guess >= 0 && this.chunkHasKey(guess, keys, off)) {
+        out[i] = guess++;
+        continue;
+      }
+      guess = -1;
       if (overlays) {
         // Index entries changed since the last commit (merged from the log, or removed).
         const k = keys.toString('latin1', off, off + 36);
@@ -563,6 +585,7 @@ export class MetaStore {
       // Most new data is not stored yet: the filter says so without touching the disk.
       if (this.filter.ready && !this.filter.mayContainKey(keys, off)) continue;
       out[i] = this.fpDb.get(keys.subarray(off, off + 36)) ?? -1;
+      if (out[i] >= 0) guess = out[i] + 1;
     }
   }
 
@@ -751,6 +774,7 @@ export class MetaStore {
       this.fpLogUnmerged += logRecord.blob.length / FP_LOG_ENTRY;
       this.hooks.fingerprintsLogged?.();
     }
+    this.lastRead = null; // LMDB changed
     // 4. Frees are durable now; the slots become reusable once older readers are gone.
     for (const f of freed) this.awaitingReaders.push({ slot: f.slot, gen: Math.max(f.gen, commitGen) });
     this.releaseReusable();
