@@ -432,18 +432,21 @@ export class MetaStore {
     let v = this.chunks.get(slot);
     if (v === undefined && this.committing) v = this.committing.chunks.get(slot);
     if (v === undefined) {
-      // The last record read from LMDB is kept: a dedup hit reads it to check the candidate, then
-      // to add the reference. Valid until the next commit changes LMDB (doCommit clears it).
-      if (this.lastRead !== null && this.lastRead.slot === slot) return this.lastRead.rec;
+      // Records read from LMDB are kept until the next commit changes LMDB (doCommit clears them):
+      // a write of data already stored reads each candidate's record to check it, then again to
+      // add the reference, a whole request's worth in between.
+      const r = this.recentReads.get(slot);
+      if (r !== undefined) return r;
       const b = this.chunksDb.getBinary(slot);
       if (!b) return undefined;
       v = decodeChunk(b);
-      this.lastRead = { slot, rec: v };
+      if (this.recentReads.size >= 4096) this.recentReads.clear();
+      this.recentReads.set(slot, v);
       return v;
     }
     return v ?? undefined;
   }
-  private lastRead: { slot: number; rec: ChunkRecord } | null = null;
+  private readonly recentReads = new Map<number, ChunkRecord>();
 
   /** Whether slot holds a live chunk with the fingerprint key keys[off..off+36) (domain, fingerprint). */
   private chunkHasKey(slot: number, keys: Buffer, off: number): boolean {
@@ -774,7 +777,7 @@ export class MetaStore {
       this.fpLogUnmerged += logRecord.blob.length / FP_LOG_ENTRY;
       this.hooks.fingerprintsLogged?.();
     }
-    this.lastRead = null; // LMDB changed
+    this.recentReads.clear(); // LMDB changed
     // 4. Frees are durable now; the slots become reusable once older readers are gone.
     for (const f of freed) this.awaitingReaders.push({ slot: f.slot, gen: Math.max(f.gen, commitGen) });
     this.releaseReusable();
