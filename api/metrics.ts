@@ -4,7 +4,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { OpHistogram } from './op-histogram.js';
 import type { NbdObserver } from '../server/nbd/export.js';
-import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
+import { volumeOfExport, type Stats, type VolumeControl, type VolumeInfo } from '../server/volume/control.js';
 
 export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
 
@@ -105,8 +105,7 @@ export class Metrics implements NbdObserver {
   private volumeOf(exportName: string): string {
     let v = this.volumeNames.get(exportName);
     if (v === undefined) {
-      const at = exportName.indexOf('@');
-      v = at < 0 ? exportName : exportName.slice(0, at);
+      v = volumeOfExport(exportName);
       if (this.volumeNames.size > 100_000) this.volumeNames.clear();
       this.volumeNames.set(exportName, v);
     }

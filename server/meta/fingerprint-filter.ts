@@ -35,34 +35,14 @@ export class FingerprintFilter {
     this.layers = [new Layer(Math.max(1 << 16, Math.ceil(capacity)))];
   }
 
-  get size(): number {
-    let n = 0;
-    for (const l of this.layers) n += l.count;
-    return n;
-  }
-
-  get bytes(): number {
-    let n = 0;
-    for (const l of this.layers) n += l.bits.byteLength;
-    return n;
-  }
-
   // The fingerprint is a cryptographic hash already: its words are independent uniform bits.
   // Double hashing (h1 + i*h2) gives the k probe positions; the domain is mixed into h1.
-  add(domain: number, fp: Uint8Array): void {
-    this.addAt(domain, fp, 0);
-  }
-
-  /** add() for a 36-byte index key (domain, big-endian, then the fingerprint) at key[off..]. */
+  /** Adds the 36-byte index key (domain, big-endian, then the fingerprint) at key[off..]. */
   addKey(key: Uint8Array, off: number): void {
     this.addAt(domainOf(key, off), key, off + 4);
   }
 
-  mayContain(domain: number, fp: Uint8Array): boolean {
-    return this.mayContainAt(domain, fp, 0);
-  }
-
-  /** mayContain() for a 36-byte index key at key[off..]. */
+  /** False if the 36-byte index key at key[off..] was certainly never added. */
   mayContainKey(key: Uint8Array, off: number): boolean {
     return this.mayContainAt(domainOf(key, off), key, off + 4);
   }

@@ -168,8 +168,8 @@ export class MetaStore {
   // time (a b-tree keyed by random 256-bit values: every commit copies leaf pages all over it)
   // nearly doubled the CPU and added a quarter to the disk writes of a unique sequential write.
   // So new fingerprints go to a log first, as in ZFS's dedup log: one LMDB record per commit
-  // holding all of that commit's entries (a sequential append), plus a map in memory that
-  // lookups consult first. The index takes them later, in slices, when writes pause or the log
+  // holding all of that commit's entries (a sequential append), plus a native hash table in
+  // memory that lookups consult first. The index takes them later, in slices, when writes pause or the log
   // grows past FP_LOG_MAX (mergeFingerprintLog, driven by the garbage collector). A crash loses
   // nothing: the log records are committed with the chunks they name and reloaded at start.
   // (The table is native: see addon/src/fingerprint-table.cc for the measurement.)

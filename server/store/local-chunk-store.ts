@@ -82,16 +82,16 @@ export class LocalChunkStore implements ChunkStore {
     const total = bufs.reduce((n, b) => n + b.length, 0);
     const pos = run[0].slot * this.chunkSize;
     const done = (err: NodeJS.ErrnoException | null) => {
-      // Recorded when the write completes: a write still in flight when a sync starts is not
-      // covered by it, so the next sync must see it (metadata references it only once complete).
-      if (!err) {
-        if (pos < this.dirtyFrom) this.dirtyFrom = pos;
-        if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
-      }
       if (err) {
         const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${run[0].slot}..: ${err.message}`, { cause: err });
         for (const w of run) w.reject(e);
-      } else for (const w of run) w.resolve();
+        return;
+      }
+      // Recorded when the write completes: a write still in flight when a sync starts is not
+      // covered by it, so the next sync must see it (metadata references it only once complete).
+      if (pos < this.dirtyFrom) this.dirtyFrom = pos;
+      if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
+      for (const w of run) w.resolve();
     };
     const loop = (bufs: Buffer[], pos: number, left: number) => {
       fsWritev(this.fh.fd, bufs, pos, (err, n) => {

@@ -3,6 +3,12 @@ import type { CacheStats } from '../cache/native-chunk-cache.js';
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
 
+/** The volume an NBD export name belongs to: the name itself, or VOLUME of VOLUME@SNAPSHOT. */
+export function volumeOfExport(exportName: string): string {
+  const at = exportName.indexOf('@');
+  return at < 0 ? exportName : exportName.slice(0, at);
+}
+
 export interface VolumeInfo {
   name: string;
   size: number; // bytes

@@ -409,7 +409,6 @@ export class DataPath {
       }
       m.touched();
     }
-    void cs;
   }
 
   /** Registers a stored chunk: its fingerprint is key k of the write's keys (none without dedup). */

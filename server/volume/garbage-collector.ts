@@ -18,7 +18,8 @@ export const WRITE_COMMIT_BATCH = 32768;
 /**
  * Logged fingerprints (see MetaStore's fingerprint log) the index takes in while writes go on
  * only beyond this many; below it, only once writes have paused for FP_LOG_IDLE_MS. 512 Ki
- * entries: 2 GiB of unique data at 4 KiB chunks, about 50 MiB of memory.
+ * entries: 2 GiB of unique data at 4 KiB chunks; at most ~117 MiB of memory (a 48-byte native
+ * table slot, kept 1/4 to 1/2 full, and a 42-byte log record each).
  */
 export const FP_LOG_MAX = 512 * 1024;
 export const FP_LOG_IDLE_MS = 2000;
@@ -92,18 +93,12 @@ export class GarbageCollector {
           // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
           const n = this.meta.writeActivity;
           this.meta.mergeFingerprintLog(COMMIT_BATCH);
-          this.indexedBatches++;
-          if (this.meta.fpLogBacklog === 0) {
-            this.logDue = false;
-            await this.meta.commit();
-            continue;
-          }
           const t0 = performance.now();
           await this.meta.commit();
-          if (this.meta.writeActivity !== n) this.logDue = false;
+          if (this.meta.fpLogBacklog === 0 || this.meta.writeActivity !== n) this.logDue = false;
           // Paced: idle for three times as long as the commit took, so a snapshot or a write's
           // FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
-          await new Promise((r) => setTimeout(r, Math.min(200, 3 * (performance.now() - t0))));
+          if (this.meta.fpLogBacklog > 0) await new Promise((r) => setTimeout(r, Math.min(200, 3 * (performance.now() - t0))));
           continue;
         } else break;
         if (this.meta.pendingChanges >= COMMIT_BATCH) await this.meta.commit();
@@ -118,9 +113,6 @@ export class GarbageCollector {
     this.wake();
     if (this.meta.fpLogBacklog > 0) this.armLogTimer();
   }
-
-  /** Batches of logged fingerprints moved into the index. */
-  indexedBatches = 0;
 
   private releaseNode(id: number): void {
     const n = this.meta.getNode(id);

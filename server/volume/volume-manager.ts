@@ -15,7 +15,7 @@ import { RangeLock } from './range-lock.js';
 import { GarbageCollector, WRITE_COMMIT_BATCH } from './garbage-collector.js';
 import { checkMetadata } from '../meta/fsck.js';
 import { native } from '../native.js';
-import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
+import { volumeOfExport, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo } from './control.js';
 
 export const DEFAULT_CHUNK_SIZE = 4096;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -167,10 +167,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
   /** Chunks loaded from the store for reads of the volume and its snapshots (by reader id). */
   private cacheLoadsOf(volume: string): number {
     let n = 0;
-    for (const [exportName, id] of this.readerIds) {
-      const at = exportName.indexOf('@');
-      if ((at < 0 ? exportName : exportName.slice(0, at)) === volume) n += this.cache.storeLoads.get(id) ?? 0;
-    }
+    for (const [exportName, id] of this.readerIds) if (volumeOfExport(exportName) === volume) n += this.cache.storeLoads.get(id) ?? 0;
     return n;
   }
 
@@ -534,7 +531,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
   openExport(name: string, onRevoke: () => void): NbdExport | null {
     if (this.closing) return null;
     const at = name.indexOf('@');
-    const st = this.states.get(at < 0 ? name : name.slice(0, at));
+    const st = this.states.get(volumeOfExport(name));
     if (!st) return null;
     const snapName = at < 0 ? undefined : name.slice(at + 1);
     const snap = snapName === undefined ? undefined : st.record.snapshots.find((s) => s.name === snapName);
