@@ -136,7 +136,9 @@ export interface Shoal {
 export async function startShoal(cacheSize = '1G', extraArgs: string[] = []): Promise<Shoal> {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} does not exist: build first (npm run build)`);
   // Keep the log level at info: Daemon waits for the "shoal ready" line, which is logged at info.
-  const d = new Daemon({ args: ['--cache-size', cacheSize, ...extraArgs] });
+  // BENCH_DAEMON_NODE_OPTIONS: node flags for the daemon only (--cpu-prof, a diagnostic --import).
+  const nodeOptions = process.env.BENCH_DAEMON_NODE_OPTIONS;
+  const d = new Daemon({ args: ['--cache-size', cacheSize, ...extraArgs], env: nodeOptions ? { NODE_OPTIONS: nodeOptions } : {} });
   let stopping = false;
   const dispose = () => {
     stopping = true;

@@ -16,10 +16,11 @@
 //   BENCH_RUNTIME     seconds per fio read run in the clone-depth test (default 10)
 //   BENCH_DEPTH       clone chain length (default 64)
 //   BENCH_CACHE       Shoal --cache-size (default 1G)
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { apiOk, fio, fix, fmtBytes, median, numEnv, parseFio, percentile, PY, randomFile, ROOT, runMain, runOk, spawnTracked, startShoal, systemHeader, tempDir, type Shoal } from './lib.js';
+import { apiOk, fio, fix, fmtBytes, median, numEnv, percentile, PY, randomFile, ROOT, runMain, runOk, startShoal, systemHeader, tempDir, type Shoal } from './lib.js';
+import { measureDeleteWindow, waitStable } from './delete-window.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -38,26 +39,6 @@ for uri in sys.argv[2:]:
     h.shutdown()
 `;
 
-// QD1 read probe: a 4 KiB read at a random offset about every millisecond until stdin closes; then prints
-// "wall_start_s latency_s" per read.
-const PROBE_PY = `
-import nbd, random, sys, threading, time
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-blocks = h.get_size() // 4096
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-out = []
-print("ready", flush=True)
-while not stop.is_set():
-    off = random.randrange(blocks) * 4096
-    t0 = time.time()
-    h.pread(4096, off)
-    out.append((t0, time.time() - t0))
-    time.sleep(0.001)
-h.shutdown()
-sys.stdout.write("\\n".join("%.6f %.6f" % r for r in out) + "\\n")
-`;
 
 async function dirty(uris: string[], n = 4): Promise<void> {
   if (uris.length) await runOk(PY, ['-c', DIRTY_PY, String(n), ...uris]);
@@ -209,90 +190,9 @@ runMain(async () => {
   await s.createVolume('C', 256 * MiB);
   await runOk('nbdcopy', [fill, s.unixUri('C')]);
   await sleep(2000);
-  const before = await stats(s);
-
-  const latPrefix = join(tmp, 'dlat');
-  const fioProc = spawnTracked('fio', [
-    '--name=delete-window',
-    '--ioengine=nbd',
-    `--uri=${s.unixUri('C')}`,
-    '--rw=randread',
-    '--bs=4k',
-    '--iodepth=32',
-    `--size=${256 * MiB}`,
-    '--time_based',
-    '--runtime=3600',
-    `--write_lat_log=${latPrefix}`,
-    '--log_avg_msec=100',
-    '--log_max_value=1',
-    '--log_unix_epoch=1',
-    '--output-format=json',
-    `--output=${join(tmp, 'delete-fio.json')}`,
-  ]);
-  const fioDone = new Promise<void>((r) => fioProc.once('exit', () => r()));
-  const probe = spawnTracked(PY, ['-c', PROBE_PY, s.unixUri('C')]);
-  let probeOut = '';
-  let probeErr = '';
-  const probeReady = new Promise<void>((resolve, reject) => {
-    probe.stdout!.on('data', (d) => {
-      probeOut += d.toString();
-      if (probeOut.startsWith('ready\n')) resolve();
-    });
-    probe.stderr!.on('data', (d) => (probeErr += d.toString()));
-    probe.once('exit', (c) => reject(new Error(`probe exited ${c}: ${probeErr}`)));
-  });
-  const probeDone = new Promise<void>((r) => probe.once('exit', () => r()));
-  await probeReady;
-  await sleep(4000); // baseline
-  const tDel0 = Date.now();
-  const [delB] = await timed(() => apiOk(s, 'DELETE', '/v1/volumes/B'));
-  const { ok: reclaimed, at: tDel1 } = await waitStable(s, 15 * 60_000, before.physicalBytes - bBytes * 0.9);
-  await sleep(3000); // after
-  const tEnd = Date.now();
-  fioProc.kill('SIGINT');
-  probe.stdin!.end();
-  await Promise.all([fioDone, probeDone]);
-  const after = await stats(s);
-
-  const fioRes = parseFio(readFileSync(join(tmp, 'delete-fio.json'), 'utf8'));
-  const lat = readdirSync(tmp)
-    .filter((f) => f.startsWith('dlat') && f.includes('clat'))
-    .flatMap((f) => readFileSync(join(tmp, f), 'utf8').trim().split('\n'))
-    .map((l) => l.split(',').map((x) => Number(x.trim())))
-    .filter((x) => x.length >= 2 && Number.isFinite(x[0]))
-    .map(([t, ns]) => ({ t, ms: ns / 1e6 })); // t = end of a 100 ms bucket (unix ms), max clat in it
-  const fioMax = (a: number, b: number) => Math.max(0, ...lat.filter((x) => x.t > a && x.t <= b + 100).map((x) => x.ms));
-  const probes = probeOut
-    .split('\n')
-    .slice(1)
-    .filter(Boolean)
-    .map((l) => l.split(' ').map(Number))
-    .map(([t, l]) => ({ t: t * 1000, ms: l * 1000 }));
-  const probeMax = (a: number, b: number) => Math.max(0, ...probes.filter((x) => x.t + x.ms >= a && x.t <= b).map((x) => x.ms));
-  const probeGap = (a: number, b: number) => {
-    const ps = probes.filter((x) => x.t >= a && x.t <= b);
-    let g = 0;
-    for (let i = 1; i < ps.length; i++) g = Math.max(g, ps[i].t - (ps[i - 1].t + ps[i - 1].ms));
-    return g;
-  };
-  const base0 = tDel0 - 4000;
-  // The verdict covers the DELETE call, the reclaim, and the 3 s after it (background work may trail).
-  const winMax = Math.max(fioMax(tDel0, tEnd), probeMax(tDel0, tEnd));
-  const delLines = [
-    '| window | duration s | fio QD32 max clat ms (per-100 ms max log) | probe QD1 max read ms | probe max gap between reads ms |',
-    '|---|---:|---:|---:|---:|',
-    `| baseline (4 s before DELETE) | 4.0 | ${fix(fioMax(base0, tDel0), 1)} | ${fix(probeMax(base0, tDel0), 1)} | ${fix(probeGap(base0, tDel0), 1)} |`,
-    `| DELETE call → space reclaimed | ${fix((tDel1 - tDel0) / 1000, 1)} | **${fix(fioMax(tDel0, tDel1), 1)}** | **${fix(probeMax(tDel0, tDel1), 1)}** | ${fix(probeGap(tDel0, tDel1), 1)} |`,
-    `| 3 s after | 3.0 | ${fix(fioMax(tDel1, tEnd), 1)} | ${fix(probeMax(tDel1, tEnd), 1)} | ${fix(probeGap(tDel1, tEnd), 1)} |`,
-  ];
-  const delSummary = [
-    `DELETE /v1/volumes/B (with its last snapshot): HTTP ${fix(delB, 1)} ms; space reclaimed ${reclaimed ? 'after' : 'NOT within the wait, gave up after'} ${fix((tDel1 - tDel0) / 1000, 1)} s; physicalBytes ${fmtBytes(before.physicalBytes)} → ${fmtBytes(after.physicalBytes)}, chunks ${before.chunks} → ${after.chunks}`,
-    `whole fio run on C (${fix((tEnd - base0) / 1000 + 0.5, 0)} s): ${fix(fioRes.iops)} IOPS, p99 ${fix(fioRes.clatP99Us / 1000, 2)} ms, p99.99 ${fix(fioRes.clatP9999Us / 1000, 2)} ms, max ${fix(fioRes.clatMaxUs / 1000, 1)} ms; probe did ${probes.length} reads`,
-    `max read latency from the DELETE call to 3 s after the space was reclaimed: ${fix(winMax, 1)} ms (baseline before it: ${fix(Math.max(fioMax(base0, tDel0), probeMax(base0, tDel0)), 1)} ms) → ${winMax <= 50 ? 'OK' : 'MISSED'} (target ≤ 50 ms)`,
-  ];
-  console.log('\n' + delLines.join('\n') + '\n');
-  for (const l of delSummary) console.log(l);
-  md.push('## Delete of B under read load on C (fio 4K randread QD32 + a QD1 probe every ~1 ms)', '', ...delLines, '', ...delSummary.map((l) => `- ${l}`), '');
+  const del = await measureDeleteWindow(s, tmp, 'C', 256 * MiB, 'B', bBytes);
+  console.log('\n' + del.lines.join('\n') + '\n');
+  md.push('## Delete of B under read load on C (fio 4K randread QD32 + a QD1 probe every ~1 ms)', '', ...del.lines, '');
   md.push(`total run time ${fix((performance.now() - t00) / 1000, 0)} s`, '');
 
   const outDir = join(ROOT, 'bench', 'results');
@@ -300,22 +200,3 @@ runMain(async () => {
   writeFileSync(join(outDir, 'snapshot-cost-latest.md'), md.join('\n'));
   console.log(`\ntotal ${fix((performance.now() - t00) / 1000, 0)} s; written to bench/results/snapshot-cost-latest.md`);
 });
-
-/**
- * Polls /v1/stats until physicalBytes is at most `target` (when given) and has not changed for 1 s,
- * or until `maxMs`. Returns whether it settled and when it last changed (epoch ms).
- */
-async function waitStable(s: Shoal, maxMs: number, target = Infinity): Promise<{ ok: boolean; at: number }> {
-  const end = Date.now() + maxMs;
-  let last = -1;
-  let since = Date.now();
-  while (Date.now() < end) {
-    const st = await stats(s);
-    if (st.physicalBytes !== last) {
-      last = st.physicalBytes;
-      since = Date.now();
-    } else if (last <= target && Date.now() - since >= 1000) return { ok: true, at: since };
-    await sleep(100);
-  }
-  return { ok: false, at: Date.now() };
-}
