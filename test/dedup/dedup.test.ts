@@ -82,7 +82,7 @@ print(all(h.pread(1024*1024, 3*1024*1024 + 12*4096 + i*1024*1024) == rnd.randbyt
 
 test('all-zero chunks are never stored and read back as holes', async (t) => {
   if (!needTools(t, 'nbdsh', 'nbdinfo')) return;
-  const base = (await d.api('GET', '/v1/stats')).body;
+  const base = await settledStats(d);
   await d.createVolume('zeros', 64 * MiB);
   const out = await withHandle(d, 'zeros', `
 h.pwrite(bytes(8 * 1024 * 1024), 0)
@@ -102,7 +102,7 @@ print(ext[:2])`);
 
 test('dedup domains keep tenants apart; clones inherit their origin\'s domain', async (t) => {
   if (!needTools(t, 'nbdsh')) return;
-  const base = (await d.api('GET', '/v1/stats')).body;
+  const base = await settledStats(d);
   const a = await d.api('POST', '/v1/volumes', { name: 'tenant-a', size: 64 * MiB, domain: 'alpha' });
   assert.equal(a.status, 201, JSON.stringify(a.body));
   assert.equal(a.body.domain, 'alpha');
