@@ -12,6 +12,8 @@ export interface NativeAddon {
   fingerprintSync(data: Uint8Array, chunkSize: number, domain?: number): Buffer;
   /** The same on libuv's thread pool. */
   fingerprint(data: Uint8Array, chunkSize: number, domain?: number): Promise<Buffer>;
+  /** The 36-byte keys of several batches (batch i in domain domains[i]), one after another, in one thread-pool job. */
+  fingerprintMany(datas: Uint8Array[], domains: Float64Array, chunkSize: number): Promise<Buffer>;
   /** fingerprintSync by one BLAKE3 hasher per chunk: the reference its SIMD-wide path is tested against. */
   fingerprintReference(data: Uint8Array, chunkSize: number): Buffer;
   /** Dedup-log table: 36-byte fingerprint key -> chunk slot, off the V8 heap (addon/src/fingerprint-table.cc). */

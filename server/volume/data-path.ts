@@ -15,6 +15,7 @@ import type { NativeChunkCache } from '../cache/native-chunk-cache.js';
 import { kRelease } from '../nbd/export.js';
 import { native } from '../native.js';
 import { RangeLock } from './range-lock.js';
+import { FingerprintBatcher } from './fingerprint-batcher.js';
 
 /** Hashing a batch smaller than this on the event loop costs less than the thread-pool hop. */
 const ASYNC_HASH_BYTES = 64 * 1024;
@@ -62,6 +63,7 @@ export class DataPath {
   readonly chunkSize: number;
   private readonly zeroChunk: Buffer;
   readonly counters: DataCounters = { dedupHits: 0, storedChunks: 0, zeroChunks: 0 };
+  private readonly hasher: FingerprintBatcher;
 
   constructor(
     private readonly meta: MetaStore,
@@ -71,6 +73,7 @@ export class DataPath {
   ) {
     this.chunkSize = meta.chunkSize;
     this.zeroChunk = Buffer.alloc(this.chunkSize);
+    this.hasher = new FingerprintBatcher(this.chunkSize);
   }
 
   private loadChunk = (slot: number): Promise<Buffer> => this.store.read(slot);
@@ -310,8 +313,8 @@ export class DataPath {
       }
       return keys;
     }
-    if (contiguous) return contiguous.length >= ASYNC_HASH_BYTES ? addon.fingerprint(contiguous, cs, domain) : addon.fingerprintSync(contiguous, cs, domain);
-    if (chunks.length * cs >= ASYNC_HASH_BYTES) return addon.fingerprint(Buffer.concat(chunks), cs, domain);
+    if (contiguous) return contiguous.length >= ASYNC_HASH_BYTES ? this.hasher.keys(contiguous, domain) : addon.fingerprintSync(contiguous, cs, domain);
+    if (chunks.length * cs >= ASYNC_HASH_BYTES) return this.hasher.keys(Buffer.concat(chunks), domain);
     const keys = Buffer.allocUnsafe(chunks.length * 36);
     for (let i = 0; i < chunks.length; i++) addon.fingerprintSync(chunks[i], cs, domain).copy(keys, i * 36);
     return keys;

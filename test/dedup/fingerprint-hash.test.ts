@@ -42,3 +42,30 @@ test('BLAKE3-256 matches the reference test vector for a 1024-byte input', () =>
   for (let i = 0; i < input2.length; i++) input2[i] = i % 251;
   assert.equal(native().fingerprintSync(input2, 2048).toString('hex'), 'e776b6028c7cd22a4d0ba182a8bf62205d2ef576467e838ed6f2529b85fba24a');
 });
+
+test('fingerprintMany gives each batch the keys fingerprintSync gives it, in its own domain', async () => {
+  const a = native();
+  const cs = 4 * KiB;
+  const batches = [randomBytes(64 * cs), randomBytes(cs), randomBytes(70 * cs), randomBytes(3 * cs)];
+  const domains = new Float64Array([1, 7, 0, 4294967295]);
+  const all = await a.fingerprintMany(batches, domains, cs);
+  let off = 0;
+  batches.forEach((b, i) => {
+    const want = a.fingerprintSync(b, cs, domains[i]);
+    assert.deepEqual(all.subarray(off, off + want.length), want, `batch ${i}`);
+    off += want.length;
+  });
+  assert.equal(all.length, off);
+  assert.equal((await a.fingerprintMany([], new Float64Array(0), cs)).length, 0);
+});
+
+test('fingerprintMany rejects bad arguments with a TypeError, never a crash', () => {
+  const a = native();
+  const one = [Buffer.alloc(4096)];
+  assert.throws(() => (a.fingerprintMany as any)('x', new Float64Array(1), 4096), TypeError);
+  assert.throws(() => a.fingerprintMany(one, new Float64Array(0), 4096), TypeError); // a domain short
+  assert.throws(() => a.fingerprintMany(one, new Float64Array([-1]), 4096), TypeError);
+  assert.throws(() => a.fingerprintMany(one, new Float64Array([1]), 0), TypeError);
+  assert.throws(() => (a.fingerprintMany as any)(['not bytes'], new Float64Array([1]), 4096), TypeError);
+  assert.throws(() => (a.fingerprintMany as any)(one, new Uint32Array([1]), 4096), TypeError);
+});
