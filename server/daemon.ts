@@ -25,7 +25,8 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     verifyDedup: config.dedupVerify,
     logger,
     fingerprintOverride: testFingerprintOverride(),
-    dedupLogIdleMs: testDedupLogIdleMs(),
+    dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
+    gcSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
   });
   const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
@@ -82,15 +83,18 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
 }
 
 /**
+ * Test-only timing hooks, refused unless NODE_ENV=test:
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
- * the index, so a test can hold entries in the log across a crash. Refused unless NODE_ENV=test.
+ * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
+ * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
+ * test can crash the daemon with half-released leaves committed.
  */
-function testDedupLogIdleMs(): number | undefined {
-  const v = process.env.SHOAL_TEST_DEDUP_LOG_IDLE_MS;
+function testMs(name: string): number | undefined {
+  const v = process.env[name];
   if (v === undefined) return undefined;
-  if (process.env.NODE_ENV !== 'test') throw new Error('SHOAL_TEST_DEDUP_LOG_IDLE_MS is a test-only hook and needs NODE_ENV=test');
+  if (process.env.NODE_ENV !== 'test') throw new Error(`${name} is a test-only hook and needs NODE_ENV=test`);
   const ms = Number(v);
-  if (!Number.isInteger(ms) || ms < 0) throw new Error(`SHOAL_TEST_DEDUP_LOG_IDLE_MS must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(ms) || ms < 0) throw new Error(`${name} must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
   return ms;
 }
 

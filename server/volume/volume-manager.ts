@@ -35,6 +35,8 @@ export interface VolumeManagerOptions {
   fingerprintOverride?: (chunk: Buffer) => Buffer;
   /** How long writes must pause before logged fingerprints go into the index (ms). */
   dedupLogIdleMs?: number;
+  /** Longest slice of space reclaim on the event loop (ms); tests set 0 to split every map leaf. */
+  gcSliceMs?: number;
   logger?: { info(...a: any[]): void; warn(...a: any[]): void; error(...a: any[]): void };
 }
 
@@ -90,7 +92,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       fingerprintsLogged: () => this.gc?.kick(),
     };
     for (const rec of meta.volumes.values()) this.addState(rec);
-    this.gc = new GarbageCollector(meta, opts.logger, opts.dedupLogIdleMs);
+    this.gc = new GarbageCollector(meta, opts.logger, { fpLogIdleMs: opts.dedupLogIdleMs, sliceMs: opts.gcSliceMs });
     this.gc.start();
     const every = opts.commitIntervalMs ?? 2000;
     this.commitTimer = setInterval(() => {
