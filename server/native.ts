@@ -32,6 +32,11 @@ export interface FingerprintTableHandle {
   /** out[i] = the slot of keys[36i..36i+36), or -1, for i < n; returns how many were found. */
   getMany(keys: Uint8Array, n: number, out: Float64Array): number;
   set(keys: Uint8Array, offset: number, slot: number): void;
+  /**
+   * For i < n: maps key number which[i] of `keys` to slots[i] and appends its dedup-log entry (the
+   * key, then the slot in 6 bytes big-endian) at log[logOff..]; returns the new logOff.
+   */
+  logMany(keys: Uint8Array, which: Uint32Array, slots: Float64Array, n: number, log: Uint8Array, logOff: number): number;
   /** Removes the key if it maps to `slot`; true if it did. */
   deleteIf(keys: Uint8Array, offset: number, slot: number): boolean;
   readonly size: number;

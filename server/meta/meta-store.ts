@@ -565,29 +565,36 @@ export class MetaStore {
 
   /**
    * Registers freshly written chunk data with one reference. Its fingerprint is fp[fpOff..+32).
-   * `keys` and `keyOff` (its 36-byte index key, see lookupFingerprints) are given when the chunk
-   * is to be indexed: the caller found no live chunk with these bytes (not for a collision).
    * (No Buffer per chunk: the records of one write share its buffer of keys, which kept 256 Ki
-   * views per GiB written off the GC's hands.)
+   * views per GiB written off the GC's hands.) A chunk to be found by later writes is then
+   * logged with logFingerprints.
    */
-  addChunk(slot: number, domain: number, fp: Buffer, fpOff: number, keys?: Buffer, keyOff = 0): void {
+  addChunk(slot: number, domain: number, fp: Buffer, fpOff: number): void {
     this.chunks.set(slot, { refs: 1, domain, fp, fpOff });
     this.writeActivity++;
-    if (keys) {
-      this.fpLogTable.set(keys, keyOff, slot);
-      if (this.fpLogLen + FP_LOG_ENTRY > this.fpLogBuf.length) {
-        const bigger = Buffer.allocUnsafe(this.fpLogBuf.length * 2);
-        this.fpLogBuf.copy(bigger, 0, 0, this.fpLogLen);
-        this.fpLogBuf = bigger;
-      }
-      keys.copy(this.fpLogBuf, this.fpLogLen, keyOff, keyOff + 36);
-      this.fpLogBuf.writeUIntBE(slot, this.fpLogLen + 36, 6);
-      this.fpLogLen += FP_LOG_ENTRY;
-      this.filter.addKey(keys, keyOff);
-    }
     this.sb.liveChunks++;
     this.sbDirty = true;
     this.changes++;
+  }
+
+  /**
+   * Makes chunks added by addChunk findable by dedup: for i < n, key number which[i] of `keys`
+   * (36 bytes each, see lookupFingerprints) names slots[i]. They go to the dedup log (its native
+   * table and the next commit's log record, in one native call per write) and the filter. Only
+   * for chunks whose bytes the caller found nowhere else (not for a collision).
+   */
+  logFingerprints(keys: Buffer, which: Uint32Array, slots: Float64Array, n: number): void {
+    if (n === 0) return;
+    const need = this.fpLogLen + n * FP_LOG_ENTRY;
+    if (need > this.fpLogBuf.length) {
+      let size = this.fpLogBuf.length * 2;
+      while (size < need) size *= 2;
+      const bigger = Buffer.allocUnsafe(size);
+      this.fpLogBuf.copy(bigger, 0, 0, this.fpLogLen);
+      this.fpLogBuf = bigger;
+    }
+    this.fpLogLen = this.fpLogTable.logMany(keys, which, slots, n, this.fpLogBuf, this.fpLogLen);
+    for (let i = 0; i < n; i++) this.filter.addKey(keys, which[i] * 36);
   }
 
   /**

@@ -377,12 +377,13 @@ export class DataPath {
 
     // 5. Point the map at them, synchronously (no await until done).
     const retry: Array<Plan & { kind: 'store' }> = [];
+    const logged = keys ? new NewFingerprints(plans.length) : null;
     for (const p of plans) {
       if (p.kind === 'hole') {
         setEntry(this.meta, m.record, p.ci, HOLE);
         this.counters.zeroChunks++;
       } else if (p.kind === 'store') {
-        this.addChunk(m, p, keys);
+        this.addChunk(m, p, keys, logged);
         // Write-through for small writes (filesystem metadata, journals: read again soon). A large
         // stream is rarely re-read at once; copying 1 GiB of it into the arena was 10% of the time.
         if (small) this.cache.insert(p.slot, p.bytes);
@@ -403,22 +404,27 @@ export class DataPath {
         } else retry.push({ kind: 'store', ci: p.ci, slot: 0, bytes: p.bytes, k: p.k, index: keys !== null });
       }
     }
+    if (logged) logged.flush(this.meta, keys!);
     m.touched();
     if (retry.length > 0) {
       await this.storePlans(retry);
       for (const p of retry) {
-        this.addChunk(m, p, keys);
+        this.addChunk(m, p, keys, logged);
         setEntry(this.meta, m.record, p.ci, p.slot);
       }
+      if (logged) logged.flush(this.meta, keys!);
       m.touched();
     }
   }
 
-  /** Registers a stored chunk: its fingerprint is key k of the write's keys (none without dedup). */
-  private addChunk(m: WritableMap, p: { slot: number; k: number; index: boolean }, keys: Buffer | null): void {
-    if (keys === null || p.k < 0) this.meta.addChunk(p.slot, m.domain, NO_FINGERPRINT, 0);
-    else if (p.index) this.meta.addChunk(p.slot, m.domain, keys, p.k * 36 + 4, keys, p.k * 36);
-    else this.meta.addChunk(p.slot, m.domain, keys, p.k * 36 + 4);
+  /**
+   * Registers a stored chunk: its fingerprint is key k of the write's keys (none without dedup);
+   * one to be indexed is gathered into `logged`, flushed once the write's chunks are all added.
+   */
+  private addChunk(m: WritableMap, p: { slot: number; k: number; index: boolean }, keys: Buffer | null, logged: NewFingerprints | null): void {
+    if (keys === null || p.k < 0) return this.meta.addChunk(p.slot, m.domain, NO_FINGERPRINT, 0);
+    this.meta.addChunk(p.slot, m.domain, keys, p.k * 36 + 4);
+    if (p.index) logged!.add(p.k, p.slot);
   }
 
   private async sameBytes(slot: number, bytes: Buffer): Promise<boolean> {
@@ -577,4 +583,26 @@ function adjacent(run: Array<{ bytes: Buffer }>): Buffer | null {
 export function checkRange(size: number, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size)
     throw new ShoalError('out_of_range', `range ${offset}+${length} is outside the volume (size ${size})`);
+}
+
+/** A write's chunks to be logged for dedup: key numbers and slots, handed over in one call. */
+class NewFingerprints {
+  private readonly which: Uint32Array;
+  private readonly slots: Float64Array;
+  private n = 0;
+
+  constructor(max: number) {
+    this.which = new Uint32Array(max);
+    this.slots = new Float64Array(max);
+  }
+
+  add(k: number, slot: number): void {
+    this.which[this.n] = k;
+    this.slots[this.n++] = slot;
+  }
+
+  flush(meta: MetaStore, keys: Buffer): void {
+    meta.logFingerprints(keys, this.which, this.slots, this.n);
+    this.n = 0;
+  }
 }

@@ -60,3 +60,41 @@ test('the fingerprint table refuses bad arguments with an error, not a crash', (
   assert.throws(() => (t as any).getMany(k, 1, new Uint8Array(8)), TypeError);
   assert.equal(t.size, 0);
 });
+
+test('logMany maps the chosen keys and writes their log entries, as set() and the log format would', () => {
+  const t = new (native().FingerprintTable)();
+  const keys = randomBytes(36 * 3000);
+  const which = new Uint32Array(2000);
+  const slots = new Float64Array(2000);
+  for (let i = 0; i < 2000; i++) {
+    which[i] = (i * 7) % 3000; // every 7th key, wrapping: a permutation of part of them
+    slots[i] = 2 ** 40 + i; // past 32 bits: the 6-byte slot field must carry them
+  }
+  const log = Buffer.alloc(10 + 2000 * 42);
+  const end = t.logMany(keys, which, slots, 2000, log, 10);
+  assert.equal(end, 10 + 2000 * 42);
+  assert.equal(t.size, 2000);
+  for (let i = 0; i < 2000; i++) {
+    const k = which[i] * 36;
+    assert.equal(t.get(keys, k), slots[i]);
+    const e = 10 + i * 42;
+    assert.deepEqual(log.subarray(e, e + 36), keys.subarray(k, k + 36));
+    assert.equal(log.readUIntBE(e + 36, 6), slots[i]);
+  }
+  assert.equal(log.readUInt32BE(0), 0, 'nothing written before logOff');
+});
+
+test('logMany refuses bad arguments and changes nothing', () => {
+  const t = new (native().FingerprintTable)();
+  const keys = randomBytes(72);
+  const log = Buffer.alloc(84);
+  const which = new Uint32Array([0, 1]);
+  assert.throws(() => t.logMany(keys, which, new Float64Array([2, 3]), 2, log, 1), RangeError); // no room
+  assert.throws(() => t.logMany(keys, new Uint32Array([0, 2]), new Float64Array([2, 3]), 2, log, 0), RangeError); // key 2 is past the end
+  assert.throws(() => t.logMany(keys, which, new Float64Array([2, 0]), 2, log, 0), RangeError); // slots are positive
+  assert.throws(() => t.logMany(keys, which, new Float64Array([2, 2 ** 48]), 2, log, 0), RangeError); // 48 bits at most
+  assert.throws(() => t.logMany(keys, which, new Float64Array([2]), 2, log, 0), RangeError); // n past slots
+  assert.throws(() => (t as any).logMany(keys, [0, 1], new Float64Array([2, 3]), 2, log, 0), TypeError);
+  assert.equal(t.size, 0);
+  assert.ok(log.equals(Buffer.alloc(84)));
+});
