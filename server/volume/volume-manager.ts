@@ -626,6 +626,7 @@ class VolumeExport implements NbdExport {
 
   private live(): void {
     if (this.revoked || this.st.deleted) throw new ShoalError('volume_deleted', `export ${this.name} was removed`);
+    this.mgr.gc.foregroundIo++; // every request passes here: space reclaim paces itself by it
   }
 
   private writable(offset: number, length: number): void {
