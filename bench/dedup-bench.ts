@@ -27,7 +27,7 @@ import { open as lmdbOpen } from 'lmdb';
 import { Daemon } from '../test/helpers/daemon.js';
 import { FP_LOG_MAX } from '../server/volume/garbage-collector.js';
 import { native } from '../server/native.js';
-import { fix, fmtBytes, median, numEnv, onCleanup, parseSizeEnv, randomFile, ROOT, runMain, runOk, systemHeader, tempDir } from './lib.js';
+import { fix, fmtBytes, median, numEnv, waitDedupIndexed, onCleanup, parseSizeEnv, randomFile, ROOT, runMain, runOk, systemHeader, tempDir } from './lib.js';
 
 const KiB = 1024;
 const MiB = 1024 ** 2;
@@ -233,15 +233,6 @@ interface WriteRun {
 }
 
 /** Seconds until the daemon's dedup log is empty (its entries are in the on-disk index). */
-async function logDrained(d: Daemon): Promise<number> {
-  const t0 = performance.now();
-  while ((await api(d, 'GET', '/v1/stats')).dedupLogEntries > 0) {
-    if (performance.now() - t0 > 600_000) throw new Error('the dedup log was not indexed within 10 minutes');
-    await sleep(200);
-  }
-  return (performance.now() - t0) / 1000;
-}
-
 async function writeRun(mode: 'on' | 'off', file: string, size: number, cache: string, withStored: boolean, withRestart: boolean, moreFile?: string): Promise<WriteRun> {
   const dir = tempDir(`shoal-dedupbench-${mode}-`);
   const d = await startDaemonIn(dir, ['--dedup', mode, '--cache-size', cache]);
@@ -255,8 +246,7 @@ async function writeRun(mode: 'on' | 'off', file: string, size: number, cache: s
     const memAfter = procMem(d.proc.pid!);
     // New fingerprints sit in the dedup log until writes pause; measure the index once it has them.
     const logEntries = (await api(d, 'GET', '/v1/stats')).dedupLogEntries;
-    const indexSec = await logDrained(d);
-    await sleep(1000); // the commit that writes the last merged batch
+    const indexSec = await waitDedupIndexed(() => api(d, 'GET', '/v1/stats'));
     const stats = await api(d, 'GET', '/v1/stats');
     const metaAfter = allocated(join(dir, 'meta.lmdb'));
     const lmdb = lmdbStats(dir);
@@ -288,7 +278,7 @@ async function writeRun(mode: 'on' | 'off', file: string, size: number, cache: s
       if (moreFile) {
         await api(d, 'POST', '/v1/volumes', { name: 'more', size });
         await copyIn(d, moreFile, 'more');
-        await logDrained(d);
+        await waitDedupIndexed(() => api(d, 'GET', '/v1/stats'));
         await d.stop();
         await d.start();
         await sleep(10_000);

@@ -4,7 +4,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { apiOk, fix, fmtBytes, parseFio, percentile, PY, spawnTracked, type Shoal } from './lib.js';
+import { apiOk, fix, fmtBytes, maxOf, parseFio, waitDedupIndexed, percentile, PY, spawnTracked, type Shoal } from './lib.js';
 
 // QD1 read probe: a 4 KiB read at a random offset about every millisecond until stdin closes; then prints
 // "wall_start_s latency_s" per read.
@@ -61,6 +61,7 @@ export interface DeleteWindow {
  * baseline, waits until about `victimBytes` are reclaimed, then 3 s more.
  */
 export async function measureDeleteWindow(s: Shoal, tmp: string, reader: string, readerSize: number, victim: string, victimBytes: number): Promise<DeleteWindow> {
+  await waitDedupIndexed(() => apiOk(s, 'GET', '/v1/stats')); // the fills' background indexing is not the delete's
   const before = await apiOk(s, 'GET', '/v1/stats');
   const latPrefix = join(tmp, 'dlat');
   const fioProc = spawnTracked('fio', [
@@ -120,14 +121,14 @@ export async function measureDeleteWindow(s: Shoal, tmp: string, reader: string,
     .map((l) => l.split(',').map((x) => Number(x.trim())))
     .filter((x) => x.length >= 2 && Number.isFinite(x[0]))
     .map(([t, ns]) => ({ t, ms: ns / 1e6 })); // t = end of a 100 ms bucket (unix ms), max clat in it
-  const fioMax = (a: number, b: number) => Math.max(0, ...lat.filter((x) => x.t > a && x.t <= b + 100).map((x) => x.ms));
+  const fioMax = (a: number, b: number) => maxOf(lat.filter((x) => x.t > a && x.t <= b + 100).map((x) => x.ms));
   const probes = probeOut
     .split('\n')
     .slice(1)
     .filter(Boolean)
     .map((l) => l.split(' ').map(Number))
     .map(([t, l]) => ({ t: t * 1000, ms: l * 1000 }));
-  const probeMax = (a: number, b: number) => Math.max(0, ...probes.filter((x) => x.t + x.ms >= a && x.t <= b).map((x) => x.ms));
+  const probeMax = (a: number, b: number) => maxOf(probes.filter((x) => x.t + x.ms >= a && x.t <= b).map((x) => x.ms));
   const probePct = (a: number, b: number, q: number) => percentile(probes.filter((x) => x.t >= a && x.t <= b).map((x) => x.ms), q);
   const probeGap = (a: number, b: number) => {
     const ps = probes.filter((x) => x.t >= a && x.t <= b);

@@ -278,6 +278,28 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** Largest of `xs` (0 when empty); a loop, since Math.max(...xs) overflows the stack past ~100k values. */
+export function maxOf(xs: number[]): number {
+  let m = 0;
+  for (const x of xs) if (x > m) m = x;
+  return m;
+}
+
+/**
+ * Waits until the daemon has moved every logged fingerprint into its on-disk index (dedupLogEntries 0),
+ * plus 1 s for the commit of the last batch, and returns the seconds it took. New data is indexed in the
+ * background once writes pause; a measurement taken meanwhile measures that work too.
+ */
+export async function waitDedupIndexed(stats: () => Promise<{ dedupLogEntries: number }>, maxMs = 600_000): Promise<number> {
+  const t0 = performance.now();
+  while ((await stats()).dedupLogEntries > 0) {
+    if (performance.now() - t0 > maxMs) throw new Error(`the dedup log was not indexed within ${Math.round(maxMs / 1000)} s`);
+    await sleep(200);
+  }
+  await sleep(1000);
+  return (performance.now() - t0) / 1000;
+}
+
 export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   if (s.length === 0) return NaN;

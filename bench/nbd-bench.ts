@@ -10,7 +10,7 @@
 // For each workload the servers run back to back (order rotated each repetition) to reduce drift.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fio, fix, fmtBytes, median, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startNbdkit, startShoal, systemHeader, tempDir, type FioJob, type FioResult } from './lib.js';
+import { fio, fix, fmtBytes, median, waitDedupIndexed, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startNbdkit, startShoal, systemHeader, tempDir, type FioJob, type FioResult } from './lib.js';
 
 const FLOOR = 0.5;
 const TARGET = 0.8;
@@ -68,18 +68,13 @@ runMain(async () => {
   // The fill's new fingerprints sit in the dedup log until writes pause; the daemon then moves them
   // into the on-disk index in the background (paced commits). Measure the I/O paths once that is done,
   // and say how long it took (it is a one-time cost of new data, not of reads).
-  const t1 = performance.now();
-  while ((await shoal.api('GET', '/v1/stats')).body.dedupLogEntries > 0) {
-    if (performance.now() - t1 > 300_000) throw new Error('the dedup log was not indexed within 5 minutes');
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  await new Promise((r) => setTimeout(r, 1000)); // the commit of the last batch
+  const indexSec = await waitDedupIndexed(async () => (await shoal.api('GET', '/v1/stats')).body, 300_000);
   // Reads are measured on a fully cached target (the hit path): each is read in full twice first.
   // Twice, because Shoal's cache resists scans: a chunk read once waits in its small probation
   // queue, and a second read moves it to the main queue.
   for (const s of SERVERS) for (let i = 0; i < 2; i++) await runOk('nbdcopy', [uris[s], 'null:']);
   const st = await shoal.api('GET', '/v1/stats');
-  console.log(`shoal after fill: physicalBytes ${fmtBytes(st.body.physicalBytes)}, dedupRatio ${st.body.dedupRatio}, cache ${fmtBytes(st.body.cache?.bytes ?? 0)}; its dedup log was indexed ${fix((performance.now() - t1) / 1000, 1)} s after the fill\n`);
+  console.log(`shoal after fill: physicalBytes ${fmtBytes(st.body.physicalBytes)}, dedupRatio ${st.body.dedupRatio}, cache ${fmtBytes(st.body.cache?.bytes ?? 0)}; its dedup log was indexed ${fix(indexSec, 1)} s after the fill\n`);
 
   // --- runs
   const results = new Map<string, FioResult[]>(); // `${workload}|${server}`
