@@ -32,9 +32,8 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
 import { Daemon } from '../test/helpers/daemon.js';
-import { fix, numEnv, onCleanup, randomFile, ROOT, runMain, run, runOk, spawnTracked, systemHeader } from './lib.js';
+import { fix, numEnv, onCleanup, randomFile, ROOT, runMain, run, runOk, startNbdServer, systemHeader, type NbdServer } from './lib.js';
 
 const MiB = 1024 ** 2;
 const WS_MIB = numEnv('CLONESTORM_MIB', 512);
@@ -165,39 +164,7 @@ async function measure(setup: string, n: number, t: Target): Promise<RunResult> 
 
 // ------------------------------------------------------------------ servers
 
-async function waitForSocket(path: string, proc: ChildProcess, what: string, log: () => string): Promise<void> {
-  const end = Date.now() + 20_000;
-  while (!existsSync(path)) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${what} exited before listening:\n${log()}`);
-    if (Date.now() > end) throw new Error(`${what}: ${path} did not appear within 20 s:\n${log()}`);
-    await sleep(20);
-  }
-}
-
-interface Server {
-  proc: ChildProcess;
-  uri: string;
-  stop(): Promise<void>;
-}
-
-async function startServer(cmd: string, args: string[], socket: string, uri: string): Promise<Server> {
-  rmSync(socket, { force: true });
-  const proc = spawnTracked(cmd, args);
-  let log = '';
-  proc.stdout!.on('data', (d) => (log += d.toString()));
-  proc.stderr!.on('data', (d) => (log += d.toString()));
-  await waitForSocket(socket, proc, cmd, () => log);
-  const stop = async () => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGTERM');
-    await exited;
-  };
-  onCleanup(stop);
-  return { proc, uri, stop };
-}
-
-async function stopAll(servers: Server[]): Promise<void> {
+async function stopAll(servers: NbdServer[]): Promise<void> {
   await Promise.all(servers.map((s) => s.stop()));
 }
 
@@ -247,11 +214,11 @@ async function runShoal(d: Daemon, setup: string, n: number, volume: (i: number)
 }
 
 async function runNbdkitCopies(dir: string, copies: string[], n: number): Promise<RunResult> {
-  const servers: Server[] = [];
+  const servers: NbdServer[] = [];
   try {
     for (let i = 0; i < n; i++) {
       const sock = join(dir, `nbdkit-${i}.sock`);
-      servers.push(await startServer('nbdkit', ['-f', '--exit-with-parent', '-U', sock, 'file', copies[i]], sock, `nbd+unix:///?socket=${sock}`));
+      servers.push(await startNbdServer('nbdkit', ['-f', '--exit-with-parent', '-U', sock, 'file', copies[i]], sock));
     }
     return await measure('nbdkit file copies', n, { pids: () => servers.map((s) => s.proc.pid!), files: copies.slice(0, n), uris: servers.map((s) => s.uri) });
   } finally {
@@ -260,7 +227,7 @@ async function runNbdkitCopies(dir: string, copies: string[], n: number): Promis
 }
 
 async function runQemuOverlays(dir: string, golden: string, n: number): Promise<RunResult> {
-  const servers: Server[] = [];
+  const servers: NbdServer[] = [];
   const overlays: string[] = [];
   try {
     for (let i = 0; i < n; i++) {
@@ -268,7 +235,7 @@ async function runQemuOverlays(dir: string, golden: string, n: number): Promise<
       await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', golden, '-F', 'raw', ovl]);
       overlays.push(ovl);
       const sock = join(dir, `qemu-nbd-${i}.sock`);
-      servers.push(await startServer('qemu-nbd', ['-k', sock, '-f', 'qcow2', '-t', ovl], sock, `nbd+unix:///?socket=${sock}`));
+      servers.push(await startNbdServer('qemu-nbd', ['-k', sock, '-f', 'qcow2', '-t', ovl], sock));
     }
     return await measure('qemu-nbd qcow2 overlays', n, { pids: () => servers.map((s) => s.proc.pid!), files: [golden, ...overlays], uris: servers.map((s) => s.uri) });
   } finally {

@@ -173,22 +173,22 @@ export async function apiOk<T = any>(s: Shoal, method: string, path: string, bod
 
 // ------------------------------------------------------------------ nbdkit
 
-export interface Nbdkit {
+export interface NbdServer {
   socket: string;
   uri: string;
   proc: ChildProcess;
   stop(): Promise<void>;
 }
 
-/** nbdkit in the foreground on a Unix socket, e.g. startNbdkit(dir, 'memory', ['1G']). */
-export async function startNbdkit(dir: string, plugin: string, pluginArgs: string[]): Promise<Nbdkit> {
-  const socket = join(dir, `nbdkit-${plugin}.sock`);
+/** Another NBD server (nbdkit, qemu-nbd) in the foreground, listening on `socket`; stopped at cleanup. */
+export async function startNbdServer(cmd: string, args: string[], socket: string): Promise<NbdServer> {
   rmSync(socket, { force: true });
-  const proc = spawnTracked('nbdkit', ['-f', '--exit-with-parent', '-U', socket, plugin, ...pluginArgs]);
+  const proc = spawnTracked(cmd, args);
   let log = '';
+  proc.stdout!.on('data', (d) => (log += d.toString()));
   proc.stderr!.on('data', (d) => (log += d.toString()));
   try {
-    await waitForFile(socket, 10_000, proc, `nbdkit ${plugin}`);
+    await waitForFile(socket, 20_000, proc, cmd);
   } catch (e) {
     throw new Error(`${(e as Error).message}\n${log}`);
   }
@@ -200,6 +200,12 @@ export async function startNbdkit(dir: string, plugin: string, pluginArgs: strin
   };
   onCleanup(stop);
   return { socket, uri: `nbd+unix:///?socket=${socket}`, proc, stop };
+}
+
+/** nbdkit on a Unix socket, e.g. startNbdkit(dir, 'memory', ['1G']). */
+export function startNbdkit(dir: string, plugin: string, pluginArgs: string[]): Promise<NbdServer> {
+  const socket = join(dir, `nbdkit-${plugin}.sock`);
+  return startNbdServer('nbdkit', ['-f', '--exit-with-parent', '-U', socket, plugin, ...pluginArgs], socket);
 }
 
 // ------------------------------------------------------------------ fio

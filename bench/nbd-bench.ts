@@ -1,5 +1,5 @@
-// `npm run bench`: fio's nbd engine against Shoal, `nbdkit memory` and `nbdkit file`, all over Unix
-// sockets, in one run so the ratios are comparable on a noisy machine.
+// `npm run bench`: fio's nbd engine against Shoal, `nbdkit memory`, `nbdkit file` and `qemu-nbd` (a raw
+// file, writeback cache), all over Unix sockets, in one run so the ratios are comparable on a noisy machine.
 //
 //   BENCH_SIZE     size of each target, filled with random data first (default 1G)
 //   BENCH_RUNTIME  seconds per fio run (default 10; plus a 1 s ramp that is not counted)
@@ -10,7 +10,7 @@
 // For each workload the servers run back to back (order rotated each repetition) to reduce drift.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fio, fix, fmtBytes, median, waitDedupIndexed, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startNbdkit, startShoal, systemHeader, tempDir, type FioJob, type FioResult } from './lib.js';
+import { fio, fix, fmtBytes, median, waitDedupIndexed, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startNbdkit, startNbdServer, startShoal, systemHeader, tempDir, type FioJob, type FioResult } from './lib.js';
 
 const FLOOR = 0.5;
 const TARGET = 0.8;
@@ -30,7 +30,7 @@ const WORKLOADS: Workload[] = [
   { name: '1M seqwrite QD8', rw: 'write', bs: '1m', iodepth: 8, read: false },
 ];
 
-const SERVERS = ['shoal', 'nbdkit memory', 'nbdkit file'] as const;
+const SERVERS = ['shoal', 'nbdkit memory', 'nbdkit file', 'qemu-nbd'] as const;
 type Server = (typeof SERVERS)[number];
 
 runMain(async () => {
@@ -55,7 +55,11 @@ runMain(async () => {
   const fileImg = join(tmp, 'nbdkit-file.img');
   await runOk('truncate', ['-s', String(size), fileImg]);
   const file = await startNbdkit(tmp, 'file', [fileImg]);
-  const uris: Record<Server, string> = { shoal: shoal.unixUri('bench'), 'nbdkit memory': mem.uri, 'nbdkit file': file.uri };
+  const qemuImg = join(tmp, 'qemu-nbd.img');
+  await runOk('truncate', ['-s', String(size), qemuImg]);
+  // -t: keep serving after a client leaves; -e 8: nbdcopy may open several connections.
+  const qemu = await startNbdServer('qemu-nbd', ['-t', '-e', '8', '-f', 'raw', '--cache=writeback', '-k', join(tmp, 'qemu-nbd.sock'), qemuImg], join(tmp, 'qemu-nbd.sock'));
+  const uris: Record<Server, string> = { shoal: shoal.unixUri('bench'), 'nbdkit memory': mem.uri, 'nbdkit file': file.uri, 'qemu-nbd': qemu.uri };
 
   const fillRates: Record<string, number> = {};
   for (const s of SERVERS) {
@@ -97,8 +101,8 @@ runMain(async () => {
     return { iops: median(rs.map((x) => x.iops)), mibs: median(rs.map((x) => x.bwBytes / 2 ** 20)), p99: median(rs.map((x) => x.clatP99Us)), errors: rs.reduce((a, x) => a + x.errors, 0) };
   };
   const lines: string[] = [];
-  lines.push('| workload | server | IOPS | MiB/s | p99 clat (µs) | Shoal/nbdkit-memory | Shoal/nbdkit-file |');
-  lines.push('|---|---|---:|---:|---:|---:|---:|');
+  lines.push('| workload | server | IOPS | MiB/s | p99 clat (µs) | Shoal/nbdkit-memory | Shoal/nbdkit-file | Shoal/qemu-nbd |');
+  lines.push('|---|---|---:|---:|---:|---:|---:|---:|');
   const checks: string[] = [];
   let belowFloor = false;
   for (const w of WORKLOADS) {
@@ -107,9 +111,10 @@ runMain(async () => {
     const ff = med(w, 'nbdkit file');
     const rMem = sh.iops / mm.iops;
     const rFile = sh.iops / ff.iops;
+    const rQemu = sh.iops / med(w, 'qemu-nbd').iops;
     for (const s of SERVERS) {
       const m = med(w, s);
-      const ratios = s === 'shoal' ? [`**${fix(rMem, 2)}**`, `**${fix(rFile, 2)}**`] : ['', ''];
+      const ratios = s === 'shoal' ? [`**${fix(rMem, 2)}**`, `**${fix(rFile, 2)}**`, `**${fix(rQemu, 2)}**`] : ['', '', ''];
       lines.push(`| ${w.name} | ${s}${m.errors ? ' (errors!)' : ''} | ${fix(m.iops)} | ${fix(m.mibs, 1)} | ${fix(m.p99)} | ${ratios.join(' | ')} |`);
     }
     if (w.read) {
