@@ -232,7 +232,6 @@ interface WriteRun {
   indexSec: number;
 }
 
-/** Seconds until the daemon's dedup log is empty (its entries are in the on-disk index). */
 async function writeRun(mode: 'on' | 'off', file: string, size: number, cache: string, withStored: boolean, withRestart: boolean, moreFile?: string): Promise<WriteRun> {
   const dir = tempDir(`shoal-dedupbench-${mode}-`);
   const d = await startDaemonIn(dir, ['--dedup', mode, '--cache-size', cache]);

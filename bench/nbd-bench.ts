@@ -58,7 +58,8 @@ runMain(async () => {
   const qemuImg = join(tmp, 'qemu-nbd.img');
   await runOk('truncate', ['-s', String(size), qemuImg]);
   // -t: keep serving after a client leaves; -e 8: nbdcopy may open several connections.
-  const qemu = await startNbdServer('qemu-nbd', ['-t', '-e', '8', '-f', 'raw', '--cache=writeback', '-k', join(tmp, 'qemu-nbd.sock'), qemuImg], join(tmp, 'qemu-nbd.sock'));
+  const qemuSock = join(tmp, 'qemu-nbd.sock');
+  const qemu = await startNbdServer('qemu-nbd', ['-t', '-e', '8', '-f', 'raw', '--cache=writeback', '-k', qemuSock, qemuImg], qemuSock);
   const uris: Record<Server, string> = { shoal: shoal.unixUri('bench'), 'nbdkit memory': mem.uri, 'nbdkit file': file.uri, 'qemu-nbd': qemu.uri };
 
   const fillRates: Record<string, number> = {};
