@@ -25,6 +25,11 @@ export const WRITE_COMMIT_BATCH = 32768;
 export const FP_LOG_MAX = 512 * 1024;
 export const FP_LOG_IDLE_MS = 2000;
 
+/** Idles `factor` times as long as the work begun at `t0` (performance.now()) took, at most 200 ms. */
+function restAfter(t0: number, factor: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, Math.min(200, factor * (performance.now() - t0))));
+}
+
 export class GarbageCollector {
   private timer: NodeJS.Immediate | null = null;
   private running = false;
@@ -108,7 +113,7 @@ export class GarbageCollector {
           if (this.meta.fpLogBacklog === 0 || this.meta.writeActivity !== n) this.logDue = false;
           // Paced: idle for three times as long as the commit took, so a snapshot or a write's
           // FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
-          if (this.meta.fpLogBacklog > 0) await new Promise((r) => setTimeout(r, Math.min(200, 3 * (performance.now() - t0))));
+          if (this.meta.fpLogBacklog > 0) await restAfter(t0, 3);
           continue;
         } else break;
         if (this.meta.pendingChanges >= COMMIT_BATCH) {
@@ -119,7 +124,7 @@ export class GarbageCollector {
           // freed chunks rewrites ~3 LMDB pages per chunk (the records sit at random keys) on
           // lmdb-js's threads, and back to back those competed with the event loop for two cores
           // (the delete benchmark's reads saw their p99.9 go from 7 to 17 ms). Idle, it goes flat out.
-          if (this.foregroundIo !== io) await new Promise((r) => setTimeout(r, Math.min(200, performance.now() - t0)));
+          if (this.foregroundIo !== io) await restAfter(t0, 1);
         } else await new Promise((r) => setImmediate(r));
       }
     } catch (e) {
