@@ -7,6 +7,7 @@
         "src/fingerprint.cc",
         "src/fingerprint-table.cc",
         "src/chunk-cache.cc",
+        "src/file-io.cc",
         "../node_modules/@c4312/blake3-native/c/blake3.c",
         "../node_modules/@c4312/blake3-native/c/blake3_dispatch.c",
         "../node_modules/@c4312/blake3-native/c/blake3_portable.c",

@@ -18,7 +18,7 @@ export interface NativeAddon {
   fingerprintReference(data: Uint8Array, chunkSize: number): Buffer;
   /** Dedup-log table: 36-byte fingerprint key -> chunk slot, off the V8 heap (addon/src/fingerprint-table.cc). */
   FingerprintTable: new () => FingerprintTableHandle;
-  /** The shared chunk cache arena (addon/src/chunk-cache.cc); wrapped by server/cache/native-chunk-cache.ts. */
+  /** The shared chunk cache arena (addon/src/chunk-cache.cc); wrapped by server/cache/chunk-cache.ts. */
   NativeChunkCache: new (capacityBytes: number, chunkSize: number) => NativeCacheHandle;
   /** Opens a file O_DIRECT (read-only unless `writable`); throws an Error with `code` (EINVAL on tmpfs). */
   openDirect(path: string, writable?: boolean): number;
@@ -66,9 +66,6 @@ export interface NativeCacheStats {
   readerRefs: number;
   /** Chunks loaded by readahead (not counted as misses). */
   readahead: number;
-  /** preadv calls and bytes read from the chunk file by load(). */
-  storeReads: number;
-  storeReadBytes: number;
   ghosts: number;
 }
 
@@ -95,14 +92,19 @@ export interface NativeCacheHandle {
   /** Forgets a slot: its entry, and any load of it in flight (never stale). */
   drop(slot: number): void;
   has(slot: number): boolean;
-  noteReader(slot: number, reader: number): void;
-  addCounters(hits: number, misses: number, coalesced: number): void;
   /**
-   * Reads the missing slots from `fd` into the arena on the thread pool (runs of consecutive slots
-   * in one preadv). outcome[i]: 0 cached, 1 already loading, 2 loading now, 3 no frame free.
-   * Returns undefined when nothing was to be read.
+   * The first half of a load: for each of slots[0..n), outcome[i] = 0 cached (a hit), 1 already
+   * loading (coalesced), 2 a frame reserved now, 3 no frame free. The reserved frames go to
+   * frames[0..r) in slot order; returns r. Each reserved frame must be completed once.
    */
-  load(fd: number, slots: number[], reader: number, readahead: boolean, outcome: Uint8Array): Promise<void> | undefined;
+  reserve(slots: Float64Array, n: number, reader: number, readahead: boolean, outcome: Uint8Array, frames: Uint32Array): number;
+  /** The second half: the frames were filled (ok) and enter the cache, or they go back to the free list. */
+  complete(frames: Uint32Array, n: number, ok: boolean): void;
+  /**
+   * Fills reserved frames[k] from byte offset offsets[k] of fd on the thread pool (one preadv per
+   * run of back-to-back offsets); resolves with the number of preadv calls. Does not complete them.
+   */
+  readFile(fd: number, frames: Uint32Array, offsets: Float64Array, n: number): Promise<number>;
   /** External Buffers over the arena, one per GiB: frame f is at (f % perView) × chunkSize of views[f / perView]. */
   views(): Buffer[];
   stats(): NativeCacheStats;

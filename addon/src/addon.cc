@@ -3,11 +3,13 @@
 #include "chunk-cache.h"
 #include "fingerprint.h"
 #include "fingerprint-table.h"
+#include "file-io.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprint(env, exports);
   shoal::InitChunkCache(env, exports);
   shoal::InitFingerprintTable(env, exports);
+  shoal::InitFileIo(env, exports);
   return exports;
 }
 

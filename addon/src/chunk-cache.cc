@@ -11,6 +11,8 @@
 // Threading: the index, queues and counters are touched only on the JS thread. A load worker
 // only preads into frames reserved for it, which stay hidden from lookups until it completes.
 #include "chunk-cache.h"
+#include "args.h"
+#include "errno-error.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -37,45 +39,6 @@ constexpr size_t kViewBytes = 1u << 30;  // one external Buffer per GiB of arena
 
 enum State : uint8_t { kFree, kLoading, kCancelled, kCached, kOrphan };
 enum Queue : uint8_t { kNone, kSmall, kMain };
-
-const char* ErrnoName(int e) {
-  switch (e) {
-    case EINVAL: return "EINVAL";
-    case ENOENT: return "ENOENT";
-    case EACCES: return "EACCES";
-    case EPERM: return "EPERM";
-    case EBADF: return "EBADF";
-    case EIO: return "EIO";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case EISDIR: return "EISDIR";
-    case ENOMEM: return "ENOMEM";
-    case EROFS: return "EROFS";
-    case ENOTSUP: return "ENOTSUP";
-    default: return "EUNKNOWN";
-  }
-}
-
-Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {
-  auto e = Napi::Error::New(env, what + ": " + std::strerror(err));
-  e.Set("code", ErrnoName(err));
-  e.Set("errno", Napi::Number::New(env, -err));
-  return e;
-}
-
-Napi::Value ThrowType(Napi::Env env, const char* msg) {
-  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// Slot ids are JS numbers: non-negative integers (< 2^53).
-bool ToSlot(const Napi::Value& v, int64_t* out) {
-  if (!v.IsNumber()) return false;
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0) || d > 9007199254740991.0 || std::floor(d) != d) return false;
-  *out = static_cast<int64_t>(d);
-  return true;
-}
 
 // Unmapped when the cache object and every Buffer view of it are gone.
 struct Arena {
@@ -109,7 +72,7 @@ struct Run {
   size_t count;
 };
 
-class LoadWorker;
+class ReadWorker;
 
 class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
  public:
@@ -124,9 +87,9 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
                         InstanceMethod<&ChunkCache::Insert>("insert"),
                         InstanceMethod<&ChunkCache::Drop>("drop"),
                         InstanceMethod<&ChunkCache::Has>("has"),
-                        InstanceMethod<&ChunkCache::NoteReader>("noteReader"),
-                        InstanceMethod<&ChunkCache::AddCounters>("addCounters"),
-                        InstanceMethod<&ChunkCache::Load>("load"),
+                        InstanceMethod<&ChunkCache::Reserve>("reserve"),
+                        InstanceMethod<&ChunkCache::Complete>("complete"),
+                        InstanceMethod<&ChunkCache::ReadFile>("readFile"),
                         InstanceMethod<&ChunkCache::Views>("views"),
                         InstanceMethod<&ChunkCache::Stats>("stats")});
   }
@@ -134,15 +97,14 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   // new NativeChunkCache(capacityBytes, chunkSize): floor(capacity / chunkSize) frames in one mmap.
   explicit ChunkCache(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChunkCache>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    int64_t cap, cs;
+    if (info.Length() < 2 || !ToInt(info[0], 0, kMaxSafe, &cap) || !ToInt(info[1], 0, kMaxSafe, &cs)) {
       ThrowType(env, "new NativeChunkCache(capacityBytes: number, chunkSize: number)");
       return;
     }
-    double cap = info[0].As<Napi::Number>().DoubleValue();
-    double cs = info[1].As<Napi::Number>().DoubleValue();
     // O_DIRECT needs page-aligned, page-multiple buffers: chunk sizes are powers of two >= 4 KiB.
-    if (!(cs >= 4096) || cs > (1 << 30) || (static_cast<uint64_t>(cs) & (static_cast<uint64_t>(cs) - 1)) != 0 || !(cap >= 0)) {
-      Napi::RangeError::New(env, "chunkSize must be a power of two >= 4096 and capacityBytes >= 0").ThrowAsJavaScriptException();
+    if (cs < 4096 || cs > (1 << 30) || (cs & (cs - 1)) != 0) {
+      Napi::RangeError::New(env, "chunkSize must be a power of two from 4096 to 2^30").ThrowAsJavaScriptException();
       return;
     }
     cs_ = static_cast<size_t>(cs);
@@ -172,7 +134,6 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   }
 
   uint8_t* FramePtr(uint32_t f) const { return arena_->base + static_cast<size_t>(f) * cs_; }
-  void Complete(const std::vector<uint32_t>& frames, bool ok, uint64_t reads, uint64_t bytes);
 
  private:
   // ---------------------------------------------------------------- queues and index
@@ -327,70 +288,66 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   }
 
   // ---------------------------------------------------------------- JS methods
+  // Every method checks its arguments first (args.h): a wrong array type, a NaN or an index out
+  // of range is a TypeError/RangeError before any state changes.
 
-  // lookupCopy(slot, dst, dstOff, from, len, reader, count = true): boolean. Copies on a hit.
+  // lookupCopy(slot, dst: Uint8Array, dstOff, from, len, reader, count = true): boolean. Copies on a hit.
   // Native so that the hit path is one call: index lookup, S3-FIFO bump, memcpy out of the arena.
   Napi::Value LookupCopy(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int64_t slot;
-    if (info.Length() < 6 || !ToSlot(info[0], &slot) || !info[1].IsTypedArray())
-      return ThrowType(env, "lookupCopy(slot, dst: Uint8Array, dstOff, from, len, reader, count?)");
+    int64_t slot, dstOff, from, len;
+    int32_t reader;
+    bool count;
+    if (info.Length() < 6 || !ToSlot(info[0], &slot) || !IsTyped(info[1], napi_uint8_array) || !ToInt(info[2], 0, kMaxSafe, &dstOff) ||
+        !ToInt(info[3], 0, kMaxSafe, &from) || !ToInt(info[4], 0, kMaxSafe, &len) || !ToReader(info[5], &reader) || !ToBoolArg(info, 6, true, &count))
+      return ThrowType(env, "lookupCopy(slot, dst: Uint8Array, dstOff, from, len, reader, count?: boolean)");
+    auto dst = info[1].As<Napi::Uint8Array>();
+    if (static_cast<uint64_t>(from + len) > cs_ || static_cast<uint64_t>(dstOff + len) > dst.ByteLength())
+      return ThrowRange(env, "lookupCopy: range out of bounds");
     uint32_t f;
     Frame* fr = Cached(slot, &f);
     if (!fr) return Napi::Boolean::New(env, false);
-    auto dst = info[1].As<Napi::Uint8Array>();
-    int64_t dstOff = info[2].As<Napi::Number>().Int64Value();
-    int64_t from = info[3].As<Napi::Number>().Int64Value();
-    int64_t len = info[4].As<Napi::Number>().Int64Value();
-    if (dstOff < 0 || from < 0 || len < 0 || static_cast<uint64_t>(from + len) > cs_ ||
-        static_cast<uint64_t>(dstOff + len) > dst.ByteLength()) {
-      Napi::RangeError::New(env, "lookupCopy: range out of bounds").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
     std::memcpy(dst.Data() + dstOff, FramePtr(f) + from, static_cast<size_t>(len));
-    if (info.Length() < 7 || info[6].ToBoolean()) {
+    if (count) {
       hits_++;
       served_ += static_cast<uint64_t>(len);
       Use(*fr);
-      NoteReaderOn(*fr, info[5].As<Napi::Number>().Int32Value());
+      NoteReaderOn(*fr, reader);
     }
     return Napi::Boolean::New(env, true);
   }
 
-  // gather(slots: Float64Array, n, out, outOff, skip, length, reader, hit: Uint8Array, count = true): misses.
+  // gather(slots: Float64Array, n, out: Uint8Array, outOff, skip, length, reader, hit: Uint8Array, count = true): misses.
   // One request over n consecutive chunks: chunk k covers request bytes [k*cs - skip, (k+1)*cs - skip)
   // within [0, length), written at out[outOff + ...]. hit[k] = 1 copied, 0 miss, 2 slot < 0 (a hole:
   // untouched). Why native: a JS->C++ call costs ~1 us on the build VM (perf: mostly the call
   // itself), so a 128 KiB read is one call, not 32.
   Napi::Value Gather(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 8 || !info[0].IsTypedArray() || !info[2].IsTypedArray() || !info[7].IsTypedArray())
-      return ThrowType(env, "gather(slots: Float64Array, n, out: Uint8Array, outOff, skip, length, reader, hit: Uint8Array, count?)");
+    int64_t n, outOff, skip, length;
+    int32_t reader;
+    bool count;
+    if (info.Length() < 8 || !IsTyped(info[0], napi_float64_array) || !ToInt(info[1], 0, kMaxSafe, &n) || !IsTyped(info[2], napi_uint8_array) ||
+        !ToInt(info[3], 0, kMaxSafe, &outOff) || !ToInt(info[4], 0, kMaxSafe, &skip) || !ToInt(info[5], 0, kMaxSafe, &length) ||
+        !ToReader(info[6], &reader) || !IsTyped(info[7], napi_uint8_array) || !ToBoolArg(info, 8, true, &count))
+      return ThrowType(env, "gather(slots: Float64Array, n, out: Uint8Array, outOff, skip, length, reader, hit: Uint8Array, count?: boolean)");
     auto slots = info[0].As<Napi::Float64Array>();
     auto out = info[2].As<Napi::Uint8Array>();
     auto hit = info[7].As<Napi::Uint8Array>();
-    int64_t n = info[1].As<Napi::Number>().Int64Value();
-    int64_t outOff = info[3].As<Napi::Number>().Int64Value();
-    int64_t skip = info[4].As<Napi::Number>().Int64Value();
-    int64_t length = info[5].As<Napi::Number>().Int64Value();
-    int32_t reader = info[6].As<Napi::Number>().Int32Value();
-    bool count = info.Length() < 9 || info[8].ToBoolean();
     int64_t cs = static_cast<int64_t>(cs_);
-    if (n < 0 || static_cast<uint64_t>(n) > slots.ElementLength() || static_cast<uint64_t>(n) > hit.ByteLength() || outOff < 0 ||
-        skip < 0 || skip >= cs || length < 0 || static_cast<uint64_t>(outOff + length) > out.ByteLength() || skip + length > n * cs) {
-      Napi::RangeError::New(env, "gather: range out of bounds").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    if (static_cast<uint64_t>(n) > slots.ElementLength() || static_cast<uint64_t>(n) > hit.ByteLength() || skip >= cs ||
+        static_cast<uint64_t>(outOff + length) > out.ByteLength() || skip + length > n * cs)
+      return ThrowRange(env, "gather: range out of bounds");
     uint8_t* dst = out.Data() + outOff;
     uint8_t* hp = hit.Data();
     const double* sp = slots.Data();
     int64_t misses = 0;
-    for (int64_t k = 0; k < n; k++) {
-      int64_t cStart = k * cs - skip;  // where chunk k starts, relative to the request
+    for (size_t k = 0; k < static_cast<size_t>(n); k++) {
+      int64_t cStart = static_cast<int64_t>(k) * cs - skip;  // where chunk k starts, relative to the request
       int64_t from = cStart < 0 ? -cStart : 0;
       int64_t to = length - cStart < cs ? length - cStart : cs;
       double d = sp[k];
-      if (!(d >= 0)) {
+      if (!(d >= 0) || d > kMaxSafe) {
         hp[k] = 2;
         continue;
       }
@@ -413,21 +370,24 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     return Napi::Number::New(env, static_cast<double>(misses));
   }
 
-  // pin(slot, reader): frame number (view it through views()), or -1 on a miss. Counts a hit.
+  // pin(slot, reader, count = true): frame number (view it through views()), or -1 on a miss.
   // The frame's memory is not reused until unpin(frame), even if it is evicted or dropped.
+  // count = false right after this caller's own load (already counted as a miss).
   Napi::Value Pin(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int64_t slot;
-    if (info.Length() < 2 || !ToSlot(info[0], &slot)) return ThrowType(env, "pin(slot, reader, count?)");
+    int32_t reader;
+    bool count;
+    if (info.Length() < 2 || !ToSlot(info[0], &slot) || !ToReader(info[1], &reader) || !ToBoolArg(info, 2, true, &count))
+      return ThrowType(env, "pin(slot, reader, count?: boolean)");
     uint32_t f;
     Frame* fr = Cached(slot, &f);
     if (!fr) return Napi::Number::New(env, -1);
-    // count = false right after this caller's own load (already counted as a miss).
-    if (info.Length() < 3 || info[2].ToBoolean()) {
+    if (count) {
       hits_++;
       served_ += cs_;
       Use(*fr);
-      NoteReaderOn(*fr, info[1].As<Napi::Number>().Int32Value());
+      NoteReaderOn(*fr, reader);
     }
     if (fr->pins++ == 0) pinnedFrames_++;
     return Napi::Number::New(env, f);
@@ -436,17 +396,10 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   // unpin(frame): ends one pin; an evicted or dropped frame returns to the free list with its last pin.
   Napi::Value Unpin(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsNumber()) return ThrowType(env, "unpin(frame)");
-    int64_t f = info[0].As<Napi::Number>().Int64Value();
-    if (f < 0 || f >= nframes_ || frames_[f].pins == 0) return env.Undefined();
-    Frame& fr = frames_[f];
-    if (--fr.pins == 0) {
-      pinnedFrames_--;
-      if (fr.state == kOrphan) {
-        orphans_--;
-        Release(static_cast<uint32_t>(f));
-      }
-    }
+    int64_t f;
+    if (info.Length() < 1 || !ToInt(info[0], 0, kMaxSafe, &f)) return ThrowType(env, "unpin(frame)");
+    if (f >= nframes_ || frames_[f].pins == 0) return ThrowRange(env, "unpin: the frame is not pinned");
+    UnpinFrame(static_cast<uint32_t>(f));
     return env.Undefined();
   }
 
@@ -457,19 +410,21 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   // buffer per request), and one call per request instead of one per 4 KiB chunk (~1 us each).
   Napi::Value PinMany(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 5 || !info[0].IsTypedArray() || !info[2].IsTypedArray())
-      return ThrowType(env, "pinMany(slots: Float64Array, n, frames: Int32Array, reader, count)");
+    int64_t n;
+    int32_t reader;
+    bool count;
+    if (info.Length() < 5 || !IsTyped(info[0], napi_float64_array) || !ToInt(info[1], 0, 4294967295.0, &n) ||
+        !IsTyped(info[2], napi_int32_array) || !ToReader(info[3], &reader) || !ToBoolArg(info, 4, true, &count))
+      return ThrowType(env, "pinMany(slots: Float64Array, n, frames: Int32Array, reader, count: boolean)");
     auto slots = info[0].As<Napi::Float64Array>();
-    uint32_t n = info[1].As<Napi::Number>().Uint32Value();
     auto frames = info[2].As<Napi::Int32Array>();
-    int32_t reader = info[3].As<Napi::Number>().Int32Value();
-    bool count = info[4].ToBoolean();
-    if (n > slots.ElementLength() || n > frames.ElementLength()) return ThrowType(env, "pinMany: n exceeds an array");
+    if (static_cast<uint64_t>(n) > slots.ElementLength() || static_cast<uint64_t>(n) > frames.ElementLength())
+      return ThrowRange(env, "pinMany: n exceeds an array");
     uint32_t misses = 0;
-    for (uint32_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < static_cast<size_t>(n); k++) {
       double d = slots[k];
       frames[k] = -1;
-      if (d < 0) continue;
+      if (!(d >= 0) || d > kMaxSafe) continue;
       uint32_t f;
       Frame* fr = Cached(static_cast<int64_t>(d), &f);
       if (!fr) {
@@ -480,7 +435,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
       frames[k] = static_cast<int32_t>(f);
     }
     if (misses > 0) {
-      for (uint32_t k = 0; k < n; k++)
+      for (size_t k = 0; k < static_cast<size_t>(n); k++)
         if (frames[k] >= 0) {
           UnpinFrame(static_cast<uint32_t>(frames[k]));
           frames[k] = -1;
@@ -488,7 +443,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
       return Napi::Number::New(env, misses);
     }
     if (count)
-      for (uint32_t k = 0; k < n; k++) {
+      for (size_t k = 0; k < static_cast<size_t>(n); k++) {
         if (frames[k] < 0) continue;
         Frame& fr = frames_[frames[k]];
         hits_++;
@@ -502,10 +457,12 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   // unpinMany(frames: Int32Array, n): ends the pins pinMany took (entries < 0 are skipped).
   Napi::Value UnpinMany(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsTypedArray()) return ThrowType(env, "unpinMany(frames: Int32Array, n)");
+    int64_t n;
+    if (info.Length() < 2 || !IsTyped(info[0], napi_int32_array) || !ToInt(info[1], 0, 4294967295.0, &n))
+      return ThrowType(env, "unpinMany(frames: Int32Array, n)");
     auto frames = info[0].As<Napi::Int32Array>();
-    uint32_t n = std::min<uint32_t>(info[1].As<Napi::Number>().Uint32Value(), frames.ElementLength());
-    for (uint32_t k = 0; k < n; k++)
+    if (static_cast<uint64_t>(n) > frames.ElementLength()) return ThrowRange(env, "unpinMany: n exceeds the array");
+    for (size_t k = 0; k < static_cast<size_t>(n); k++)
       if (frames[k] >= 0 && static_cast<uint32_t>(frames[k]) < nframes_ && frames_[frames[k]].pins > 0) UnpinFrame(static_cast<uint32_t>(frames[k]));
     return env.Undefined();
   }
@@ -521,18 +478,17 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     }
   }
 
-  // insert(slot, src, reader = -1): boolean. Copies freshly written bytes in (write-through).
+  // insert(slot, src: Uint8Array, reader = -1): boolean. Copies freshly written bytes in (write-through).
   // Native: the copy lands in the arena, so the written Buffer can be freed by V8 at once.
   Napi::Value Insert(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int64_t slot;
-    if (info.Length() < 2 || !ToSlot(info[0], &slot) || !info[1].IsTypedArray())
+    int32_t reader = -1;
+    if (info.Length() < 2 || !ToSlot(info[0], &slot) || !IsTyped(info[1], napi_uint8_array) ||
+        (info.Length() > 2 && !info[2].IsUndefined() && !ToReader(info[2], &reader)))
       return ThrowType(env, "insert(slot, src: Uint8Array, reader?)");
     auto src = info[1].As<Napi::Uint8Array>();
-    if (src.ByteLength() != cs_) {
-      Napi::RangeError::New(env, "insert: src must be exactly one chunk").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    if (src.ByteLength() != cs_) return ThrowRange(env, "insert: src must be exactly one chunk");
     Forget(slot);  // new bytes for this id: the old entry (or load) must never be served again
     uint32_t f = Acquire();
     if (f == kNil) return Napi::Boolean::New(env, false);
@@ -541,7 +497,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     fr.slot = slot;
     index_[slot] = f;
     Admit(f);
-    if (info.Length() > 2 && info[2].IsNumber()) NoteReaderOn(fr, info[2].As<Napi::Number>().Int32Value());
+    NoteReaderOn(fr, reader);
     return Napi::Boolean::New(env, true);
   }
 
@@ -557,33 +513,110 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
 
   // has(slot): cached and servable (a load in flight is not).
   Napi::Value Has(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
     int64_t slot;
+    if (info.Length() < 1 || !ToSlot(info[0], &slot)) return ThrowType(env, "has(slot)");
     uint32_t f;
-    return Napi::Boolean::New(info.Env(), ToSlot(info[0], &slot) && Cached(slot, &f) != nullptr);
+    return Napi::Boolean::New(env, Cached(slot, &f) != nullptr);
   }
 
-  // noteReader(slot, reader): records a distinct reader of a cached or loading entry.
-  Napi::Value NoteReader(const Napi::CallbackInfo& info) {
-    int64_t slot;
-    if (info.Length() >= 2 && ToSlot(info[0], &slot) && info[1].IsNumber()) {
-      auto it = index_.find(slot);
-      if (it != index_.end()) NoteReaderOn(frames_[it->second], info[1].As<Napi::Number>().Int32Value());
+  // reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array): reserved.
+  // The first half of the cache's one miss path (server/cache/chunk-cache.ts): for each slot,
+  // outcome[i] = 0 cached (a hit), 1 already loading (coalesced: await that load), 2 reserved now
+  // (a frame is set aside, indexed so later misses coalesce, hidden from lookups), 3 not cacheable
+  // now (every frame pinned or loading). The frames reserved are written to frames[0..reserved),
+  // in slot order; the caller has the store fill them, then calls complete().
+  Napi::Value Reserve(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int64_t n;
+    int32_t reader;
+    bool ahead;
+    if (info.Length() < 6 || !IsTyped(info[0], napi_float64_array) || !ToInt(info[1], 0, 4294967295.0, &n) || !ToReader(info[2], &reader) ||
+        !ToBoolArg(info, 3, false, &ahead) || !IsTyped(info[4], napi_uint8_array) || !IsTyped(info[5], napi_uint32_array))
+      return ThrowType(env, "reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array)");
+    auto slots = info[0].As<Napi::Float64Array>();
+    auto outcome = info[4].As<Napi::Uint8Array>();
+    auto frames = info[5].As<Napi::Uint32Array>();
+    if (static_cast<uint64_t>(n) > slots.ElementLength() || static_cast<uint64_t>(n) > outcome.ByteLength() ||
+        static_cast<uint64_t>(n) > frames.ElementLength())
+      return ThrowRange(env, "reserve: n exceeds an array");
+    // Every id is checked before any state changes.
+    for (size_t i = 0; i < static_cast<size_t>(n); i++) {
+      double d = slots[i];
+      if (!(d >= 0) || d > kMaxSafe || std::floor(d) != d) return ThrowType(env, "reserve: slots must be non-negative integers");
     }
-    return info.Env().Undefined();
-  }
-
-  // addCounters(hits, misses, coalesced): for loads done in TypeScript (a backend without a file).
-  Napi::Value AddCounters(const Napi::CallbackInfo& info) {
-    for (size_t i = 0; i < 3 && i < info.Length(); i++) {
-      if (!info[i].IsNumber()) continue;
-      int64_t n = info[i].As<Napi::Number>().Int64Value();
-      if (n <= 0) continue;
-      (i == 0 ? hits_ : i == 1 ? misses_ : coalesced_) += static_cast<uint64_t>(n);
+    uint8_t* out = outcome.Data();
+    uint32_t reserved = 0;
+    for (size_t i = 0; i < static_cast<size_t>(n); i++) {
+      int64_t s = static_cast<int64_t>(slots[i]);
+      auto it = index_.find(s);
+      if (it != index_.end()) {
+        Frame& fr = frames_[it->second];
+        if (fr.state == kCached) {
+          out[i] = 0;
+          if (!ahead) {
+            hits_++;
+            served_ += cs_;
+            Use(fr);
+          }
+        } else {
+          out[i] = 1;
+          if (!ahead) coalesced_++;
+        }
+        if (!ahead) NoteReaderOn(fr, reader);
+        continue;
+      }
+      if (ahead) readahead_++;
+      else misses_++;
+      uint32_t f = Acquire();
+      if (f == kNil) {
+        out[i] = 3;
+        continue;
+      }
+      out[i] = 2;
+      Frame& fr = frames_[f];
+      fr.slot = s;
+      fr.state = kLoading;  // indexed (so it coalesces) but hidden from lookups until complete()
+      fr.ahead = ahead;
+      index_[s] = f;
+      if (!ahead) NoteReaderOn(fr, reader);
+      loading_++;
+      frames[reserved++] = f;
     }
-    return info.Env().Undefined();
+    return Napi::Number::New(env, reserved);
   }
 
-  Napi::Value Load(const Napi::CallbackInfo& info);
+  // complete(frames: Uint32Array, n, ok: boolean): the store has filled (ok) or failed to fill
+  // frames reserved by reserve(). Filled frames enter the cache unless drop() cancelled them
+  // meanwhile (never stale: the bytes may be a freed chunk's); the rest go back to the free list.
+  Napi::Value Complete(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int64_t n;
+    bool ok;
+    if (info.Length() < 3 || !IsTyped(info[0], napi_uint32_array) || !ToInt(info[1], 0, 4294967295.0, &n) || !info[2].IsBoolean())
+      return ThrowType(env, "complete(frames: Uint32Array, n, ok: boolean)");
+    ok = info[2].As<Napi::Boolean>().Value();
+    auto frames = info[0].As<Napi::Uint32Array>();
+    if (static_cast<uint64_t>(n) > frames.ElementLength()) return ThrowRange(env, "complete: n exceeds the array");
+    for (size_t k = 0; k < static_cast<size_t>(n); k++)
+      if (!Reserved(frames[k])) return ThrowRange(env, "complete: a frame is not reserved for a load");
+    for (size_t k = 0; k < static_cast<size_t>(n); k++) {
+      uint32_t f = frames[k];
+      loading_--;
+      Frame& fr = frames_[f];
+      if (fr.state == kLoading && ok) {
+        Admit(f);
+      } else {
+        if (fr.state == kLoading) Unindex(f);
+        Release(f);
+      }
+    }
+    return env.Undefined();
+  }
+
+  bool Reserved(uint32_t f) const { return f < nframes_ && (frames_[f].state == kLoading || frames_[f].state == kCancelled); }
+
+  Napi::Value ReadFile(const Napi::CallbackInfo& info);
 
   // views(): Buffers over the whole arena (one per GiB), frame f at (f % framesPerView) * chunkSize
   // of views[f / framesPerView]. One external Buffer per segment, not per pin: a pin costs no
@@ -626,13 +659,11 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     num("loading", static_cast<double>(loading_));
     num("readerRefs", static_cast<double>(readerRefs_));
     num("readahead", static_cast<double>(readahead_));
-    num("storeReads", static_cast<double>(storeReads_));
-    num("storeReadBytes", static_cast<double>(storeReadBytes_));
     num("ghosts", static_cast<double>(ghost_.size()));
     return o;
   }
 
-  friend class LoadWorker;
+  friend class ReadWorker;
 
   std::shared_ptr<Arena> arena_;
   size_t cs_ = 4096;
@@ -647,21 +678,20 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   std::deque<std::pair<int64_t, uint64_t>> ghostQ_;
   uint64_t ghostStamp_ = 0;
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, coalesced_ = 0, served_ = 0, readahead_ = 0;
-  uint64_t storeReads_ = 0, storeReadBytes_ = 0;
   uint64_t entries_ = 0, pinnedFrames_ = 0, orphans_ = 0, loading_ = 0, readerRefs_ = 0;
 };
 
-// Reads runs of slots into reserved frames on the libuv pool. Touches nothing but the fd and
-// those frames; the cache's state changes back on the JS thread in OnOK/OnError.
-class LoadWorker : public Napi::AsyncWorker {
+// Reads file ranges into reserved frames on the libuv pool, for a store that keeps chunks in a
+// local file (server/store/local-chunk-store.ts decides the offsets; the cache knows no layout).
+// Touches nothing but the fd and those frames: reserved frames stay hidden from lookups and are
+// not reused until complete(), which the caller runs after this settles.
+class ReadWorker : public Napi::AsyncWorker {
  public:
-  LoadWorker(Napi::Env env, ChunkCache* cache, Napi::Object self, int fd, bool dontneed, std::vector<Run> runs,
-             std::vector<iovec> iov, std::vector<uint32_t> frames)
-      : Napi::AsyncWorker(env, "shoal:cache-load"),
+  ReadWorker(Napi::Env env, Napi::Object self, int fd, bool dontneed, std::vector<Run> runs, std::vector<iovec> iov)
+      : Napi::AsyncWorker(env, "shoal:cache-read"),
         deferred_(Napi::Promise::Deferred::New(env)),
         self_(Napi::Persistent(self)),  // keeps the cache and its arena alive while a pool thread writes
-        cache_(cache), fd_(fd), dontneed_(dontneed), runs_(std::move(runs)), iov_(std::move(iov)),
-        frames_(std::move(frames)) {}
+        fd_(fd), dontneed_(dontneed), runs_(std::move(runs)), iov_(std::move(iov)) {}
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
@@ -680,8 +710,7 @@ class LoadWorker : public Napi::AsyncWorker {
           return;
         }
         reads_++;
-        bytes_ += static_cast<uint64_t>(got);
-        // A slot past the end of the sparse file reads as zeroes (as in LocalChunkStore).
+        // Past the end of a sparse file (a slot never synced before a crash) reads as zeroes.
         if (got == 0 || (got % 512) != 0) {
           size_t skip = static_cast<size_t>(got);
           for (size_t i = 0; i < n; i++) {
@@ -710,169 +739,78 @@ class LoadWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     if (err_ != 0) {
-      cache_->Complete(frames_, false, reads_, bytes_);
-      deferred_.Reject(ErrnoError(Env(), err_, "reading the chunk file into the cache").Value());
+      deferred_.Reject(ErrnoError(Env(), err_, "reading chunks into the cache").Value());
       return;
     }
-    cache_->Complete(frames_, true, reads_, bytes_);
-    deferred_.Resolve(Env().Undefined());
+    deferred_.Resolve(Napi::Number::New(Env(), static_cast<double>(reads_)));
   }
 
-  void OnError(const Napi::Error& e) override {
-    cache_->Complete(frames_, false, reads_, bytes_);
-    deferred_.Reject(e.Value());
-  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
   Napi::ObjectReference self_;
-  ChunkCache* cache_;
   int fd_;
   bool dontneed_;
   std::vector<Run> runs_;
   std::vector<iovec> iov_;
-  std::vector<uint32_t> frames_;
   int err_ = 0;
-  uint64_t reads_ = 0, bytes_ = 0;
+  uint64_t reads_ = 0;
 };
 
-void ChunkCache::Complete(const std::vector<uint32_t>& frames, bool ok, uint64_t reads, uint64_t bytes) {
-  storeReads_ += reads;
-  storeReadBytes_ += bytes;
-  for (uint32_t f : frames) {
-    loading_--;
-    Frame& fr = frames_[f];
-    if (fr.state == kLoading && ok) {
-      Admit(f);
-    } else {
-      // Dropped meanwhile (never stale: these bytes may be the freed chunk's), or the read failed.
-      if (fr.state == kLoading) Unindex(f);
-      Release(f);
-    }
-  }
-}
-
-// load(fd, slots: number[], reader, readahead: boolean, outcome: Uint8Array): Promise<void> | undefined
-// For each slot, outcome[i] = 0 cached (a hit), 1 already loading (coalesced: await that load),
-// 2 loading now, 3 not cacheable now (every frame pinned or loading: read it elsewhere).
-// Runs of consecutive slots are read with one preadv each, on the thread pool, into the arena
-// (O_DIRECT when the fd has it). Resolves undefined at once when nothing is to be read.
-Napi::Value ChunkCache::Load(const Napi::CallbackInfo& info) {
+// readFile(fd, frames: Uint32Array, offsets: Float64Array, n): Promise<number of preadv calls>.
+// Fills frames[k] (reserved by reserve()) from byte offset offsets[k] of fd, on the thread pool;
+// runs of back-to-back offsets are one preadv each (O_DIRECT when the fd has it: frames are
+// page-aligned, so a chunk is held once, not also in the page cache). Does not complete the frames.
+Napi::Value ChunkCache::ReadFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsArray() || !info[4].IsTypedArray())
-    return ThrowType(env, "load(fd, slots: number[], reader, readahead, outcome: Uint8Array)");
-  int fd = info[0].As<Napi::Number>().Int32Value();
-  auto slots = info[1].As<Napi::Array>();
-  int32_t reader = info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : -1;
-  bool ahead = info[3].ToBoolean();
-  auto outcome = info[4].As<Napi::Uint8Array>();
-  uint32_t n = slots.Length();
-  if (outcome.ByteLength() < n) {
-    Napi::RangeError::New(env, "load: outcome is shorter than slots").ThrowAsJavaScriptException();
-    return env.Undefined();
+  int64_t fd, n;
+  if (info.Length() < 4 || !ToInt(info[0], 0, 2147483647.0, &fd) || !IsTyped(info[1], napi_uint32_array) ||
+      !IsTyped(info[2], napi_float64_array) || !ToInt(info[3], 0, 4294967295.0, &n))
+    return ThrowType(env, "readFile(fd, frames: Uint32Array, offsets: Float64Array, n)");
+  auto frames = info[1].As<Napi::Uint32Array>();
+  auto offsets = info[2].As<Napi::Float64Array>();
+  if (static_cast<uint64_t>(n) > frames.ElementLength() || static_cast<uint64_t>(n) > offsets.ElementLength())
+    return ThrowRange(env, "readFile: n exceeds an array");
+  for (size_t k = 0; k < static_cast<size_t>(n); k++) {
+    double o = offsets[k];
+    // Only frames set aside for a load may be written: a cached or pinned frame is being served.
+    if (!Reserved(frames[k])) return ThrowRange(env, "readFile: a frame is not reserved for a load");
+    if (!(o >= 0) || o > kMaxSafe || std::fmod(o, static_cast<double>(cs_)) != 0)
+      return ThrowRange(env, "readFile: offsets must be non-negative multiples of the chunk size");
   }
-  uint8_t* out = outcome.Data();
-  // Validate every id before touching any state.
-  std::vector<int64_t> ids(n);
-  for (uint32_t i = 0; i < n; i++) {
-    if (!ToSlot(slots.Get(i), &ids[i]) || ids[i] > INT64_MAX / static_cast<int64_t>(cs_))
-      return ThrowType(env, "load: slots must be non-negative integers");
-  }
-  int fl = fcntl(fd, F_GETFL);
+  int fl = fcntl(static_cast<int>(fd), F_GETFL);
   if (fl < 0) {
-    ErrnoError(env, errno, "load: bad chunk file descriptor").ThrowAsJavaScriptException();
+    ErrnoError(env, errno, "readFile: bad file descriptor").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   std::vector<Run> runs;
   std::vector<iovec> iov;
-  std::vector<uint32_t> reserved;
-  int64_t prev = -2;
-  for (uint32_t i = 0; i < n; i++) {
-    int64_t s = ids[i];
-    auto it = index_.find(s);
-    if (it != index_.end()) {
-      Frame& fr = frames_[it->second];
-      if (fr.state == kCached) {
-        out[i] = 0;
-        if (!ahead) {
-          hits_++;
-          served_ += cs_;
-          Use(fr);
-        }
-      } else {
-        out[i] = 1;
-        if (!ahead) coalesced_++;
-      }
-      if (!ahead) NoteReaderOn(fr, reader);
-      continue;
-    }
-    if (ahead) readahead_++;
-    else misses_++;
-    uint32_t f = Acquire();
-    if (f == kNil) {
-      out[i] = 3;
-      continue;
-    }
-    out[i] = 2;
-    Frame& fr = frames_[f];
-    fr.slot = s;
-    fr.state = kLoading;  // indexed (so it coalesces) but hidden from lookups until the read lands
-    fr.ahead = ahead;
-    index_[s] = f;
-    if (!ahead) NoteReaderOn(fr, reader);
-    loading_++;
-    reserved.push_back(f);
-    if (s == prev + 1 && !runs.empty() && runs.back().count < kMaxIov) {
+  iov.reserve(static_cast<size_t>(n));
+  for (size_t k = 0; k < static_cast<size_t>(n); k++) {
+    off_t off = static_cast<off_t>(offsets[k]);
+    if (!runs.empty() && runs.back().count < kMaxIov && off == runs.back().offset + static_cast<off_t>(runs.back().count * cs_)) {
       runs.back().count++;
     } else {
-      runs.push_back(Run{static_cast<off_t>(s * static_cast<int64_t>(cs_)), iov.size(), 1});
+      runs.push_back(Run{off, iov.size(), 1});
     }
-    iov.push_back(iovec{FramePtr(f), cs_});
-    prev = s;
+    iov.push_back(iovec{FramePtr(frames[k]), cs_});
   }
-  if (reserved.empty()) return env.Undefined();
-  auto* w = new LoadWorker(env, this, Value(), fd, (fl & O_DIRECT) == 0, std::move(runs), std::move(iov),
-                           std::move(reserved));
+  if (runs.empty()) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(Napi::Number::New(env, 0));
+    return d.Promise();
+  }
+  auto* w = new ReadWorker(env, Value(), static_cast<int>(fd), (fl & O_DIRECT) == 0, std::move(runs), std::move(iov));
   auto p = w->Promise();
   w->Queue();
   return p;
-}
-
-// openDirect(path, writable = false): fd. O_DIRECT so reads into the arena bypass the page cache
-// (a chunk is held once). Throws an Error with code EINVAL where the filesystem refuses (tmpfs).
-Napi::Value OpenDirect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) return ThrowType(env, "openDirect(path: string, writable?: boolean)");
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-  bool writable = info.Length() > 1 && info[1].ToBoolean();
-  int fd;
-  do fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    ErrnoError(env, errno, "open O_DIRECT " + path).ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  return Napi::Number::New(env, fd);
-}
-
-// fadviseDontNeed(fd, offset, length): drops clean page-cache pages of a range (after a buffered
-// write is synced), since the cache arena already holds the bytes. Node's fs has no fadvise.
-Napi::Value FadviseDontNeed(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber())
-    return ThrowType(env, "fadviseDontNeed(fd, offset, length)");
-  int rc = posix_fadvise(info[0].As<Napi::Number>().Int32Value(), static_cast<off_t>(info[1].As<Napi::Number>().Int64Value()),
-                         static_cast<off_t>(info[2].As<Napi::Number>().Int64Value()), POSIX_FADV_DONTNEED);
-  if (rc != 0) ErrnoError(env, rc, "posix_fadvise").ThrowAsJavaScriptException();
-  return env.Undefined();
 }
 
 }  // namespace
 
 void InitChunkCache(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeChunkCache", ChunkCache::Define(env));
-  exports.Set("openDirect", Napi::Function::New(env, OpenDirect));
-  exports.Set("fadviseDontNeed", Napi::Function::New(env, FadviseDontNeed));
 }
 
 }  // namespace shoal

@@ -11,6 +11,7 @@
 // an empty entry (chunk slots start at 2). The digest is uniform, so its first 8 bytes, mixed
 // with the domain, are the hash.
 #include "fingerprint-table.h"
+#include "args.h"
 #include <cstring>
 #include <vector>
 
@@ -110,13 +111,13 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   // Validates (keys: Uint8Array, offset) and returns a pointer to the 36 key bytes, or null.
   static const uint8_t* KeyAt(const Napi::CallbackInfo& info, size_t argKeys, size_t argOff, const char* usage) {
     Napi::Env env = info.Env();
-    if (info.Length() <= argOff || !info[argKeys].IsTypedArray() || !info[argOff].IsNumber()) {
+    int64_t off;
+    if (info.Length() <= argOff || !IsTyped(info[argKeys], napi_uint8_array) || !ToInt(info[argOff], 0, kMaxSafe, &off)) {
       Napi::TypeError::New(env, usage).ThrowAsJavaScriptException();
       return nullptr;
     }
     auto a = info[argKeys].As<Napi::Uint8Array>();
-    double off = info[argOff].As<Napi::Number>().DoubleValue();
-    if (!(off >= 0) || off + kKey > a.ByteLength() || off != static_cast<double>(static_cast<size_t>(off))) {
+    if (static_cast<uint64_t>(off) + kKey > a.ByteLength()) {
       Napi::RangeError::New(env, "fingerprint key out of range").ThrowAsJavaScriptException();
       return nullptr;
     }
@@ -134,14 +135,12 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   // getMany(keys, n, out: Float64Array): out[i] = slot of keys[36i..36i+36), or -1. Returns hits.
   Napi::Value GetMany(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 3 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray() ||
-        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-      Napi::TypeError::New(env, "getMany(keys: Uint8Array, n, out: Float64Array)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    int64_t n64;
+    if (info.Length() < 3 || !IsTyped(info[0], napi_uint8_array) || !ToInt(info[1], 0, 4294967295.0, &n64) || !IsTyped(info[2], napi_float64_array))
+      return ThrowType(env, "getMany(keys: Uint8Array, n, out: Float64Array)");
     auto keys = info[0].As<Napi::Uint8Array>();
     auto out = info[2].As<Napi::Float64Array>();
-    uint32_t n = info[1].As<Napi::Number>().Uint32Value();
+    uint32_t n = static_cast<uint32_t>(n64);
     if (static_cast<size_t>(n) * kKey > keys.ByteLength() || n > out.ElementLength()) {
       Napi::RangeError::New(env, "getMany: n is larger than keys or out").ThrowAsJavaScriptException();
       return env.Undefined();
@@ -160,11 +159,8 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     Napi::Env env = info.Env();
     const uint8_t* k = KeyAt(info, 0, 1, "set(keys: Uint8Array, offset, slot)");
     if (!k) return env.Undefined();
-    double s = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
-    if (!(s >= 1) || s > 9007199254740991.0 || s != static_cast<double>(static_cast<uint64_t>(s))) {
-      Napi::RangeError::New(env, "set: slot must be a positive integer").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    int64_t s;
+    if (info.Length() < 3 || !ToInt(info[2], 1, kMaxSafe, &s)) return ThrowType(env, "set: slot must be a positive integer");
     Put(k, static_cast<uint64_t>(s));
     return env.Undefined();
   }
@@ -177,21 +173,17 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   // of event-loop time per GiB of unique data, where the write stream is bound by that loop.
   Napi::Value LogMany(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 6 || !info[0].IsTypedArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
-        !info[3].IsNumber() || !info[4].IsTypedArray() || !info[5].IsNumber() ||
-        info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
-        info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-      Napi::TypeError::New(env, "logMany(keys: Uint8Array, which: Uint32Array, slots: Float64Array, n, log: Uint8Array, logOff)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
+    int64_t n64, off64;
+    if (info.Length() < 6 || !IsTyped(info[0], napi_uint8_array) || !IsTyped(info[1], napi_uint32_array) || !IsTyped(info[2], napi_float64_array) ||
+        !ToInt(info[3], 0, 4294967295.0, &n64) || !IsTyped(info[4], napi_uint8_array) || !ToInt(info[5], 0, kMaxSafe, &off64))
+      return ThrowType(env, "logMany(keys: Uint8Array, which: Uint32Array, slots: Float64Array, n, log: Uint8Array, logOff)");
     auto keys = info[0].As<Napi::Uint8Array>();
     auto which = info[1].As<Napi::Uint32Array>();
     auto slots = info[2].As<Napi::Float64Array>();
     auto log = info[4].As<Napi::Uint8Array>();
-    double n = info[3].As<Napi::Number>().DoubleValue();
-    double off = info[5].As<Napi::Number>().DoubleValue();
-    if (!(n >= 0) || n > which.ElementLength() || n > slots.ElementLength() || !(off >= 0) ||
-        off + n * kLogEntry > log.ByteLength() || off != static_cast<double>(static_cast<size_t>(off))) {
+    const double n = static_cast<double>(n64);
+    const double off = static_cast<double>(off64);
+    if (n > which.ElementLength() || n > slots.ElementLength() || off + n * kLogEntry > log.ByteLength()) {
       Napi::RangeError::New(env, "logMany: n is larger than which or slots, or the log has no room").ThrowAsJavaScriptException();
       return env.Undefined();
     }
@@ -221,9 +213,10 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     Napi::Env env = info.Env();
     const uint8_t* k = KeyAt(info, 0, 1, "deleteIf(keys: Uint8Array, offset, slot)");
     if (!k) return env.Undefined();
-    double s = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
+    int64_t s;
+    if (info.Length() < 3 || !ToInt(info[2], 0, kMaxSafe, &s)) return ThrowType(env, "deleteIf(keys: Uint8Array, offset, slot)");
     size_t i = Find(k);
-    if (tab_[i].slot == 0 || static_cast<double>(tab_[i].slot) != s) return Napi::Boolean::New(env, false);
+    if (tab_[i].slot == 0 || tab_[i].slot != static_cast<uint64_t>(s)) return Napi::Boolean::New(env, false);
     Erase(i);
     return Napi::Boolean::New(env, true);
   }

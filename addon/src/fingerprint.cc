@@ -3,7 +3,9 @@
 // BLAKE3 with AVX-512/AVX2 reaches several GB/s per core, and the async form runs a whole
 // batch on libuv's thread pool so the event loop never waits for hashing.
 #include "fingerprint.h"
+#include "args.h"
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 #include <sched.h>
@@ -100,26 +102,26 @@ void HashChunks(const uint8_t* data, size_t length, size_t chunk, uint8_t* out, 
   else HashChunksSerial(data, length, chunk, out, domain);
 }
 
-// The optional third argument: a dedup domain id (0 .. 2^32-1), or -1 / absent for bare digests.
-int64_t DomainArg(const Napi::CallbackInfo& info) {
-  if (info.Length() < 3 || !info[2].IsNumber()) return -1;
-  double d = info[2].As<Napi::Number>().DoubleValue();
-  return d >= 0 && d <= 4294967295.0 ? static_cast<int64_t>(d) : -1;
+// The arguments every fingerprint call shares: data (a Uint8Array), chunkSize (1 .. 2^30), and
+// optionally a dedup domain id (0 .. 2^32-1; absent or undefined: bare 32-byte digests, -1 here).
+bool HashArgs(const Napi::CallbackInfo& info, size_t* chunk, int64_t* domain) {
+  int64_t c;
+  if (info.Length() < 2 || !IsTyped(info[0], napi_uint8_array) || !ToInt(info[1], 1, 1073741824.0, &c)) return false;
+  *chunk = static_cast<size_t>(c);
+  *domain = -1;
+  if (info.Length() > 2 && !info[2].IsUndefined()) return ToInt(info[2], 0, 4294967295.0, domain);
+  return true;
 }
 
 // fingerprintSync(data: Uint8Array, chunkSize: number): Buffer of 32 bytes per chunk.
 // For small batches the thread-pool hop (~20-50 us) costs more than hashing (~1 us per 4 KiB).
 Napi::Value FingerprintSync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "fingerprintSync(data: Uint8Array, chunkSize: number)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  size_t chunk;
+  int64_t domain;
+  if (!HashArgs(info, &chunk, &domain)) return ThrowType(env, "fingerprintSync(data: Uint8Array, chunkSize: 1..2^30, domain?: 0..2^32-1)");
   auto arr = info[0].As<Napi::Uint8Array>();
-  size_t chunk = info[1].As<Napi::Number>().Uint32Value();
-  if (chunk == 0) chunk = arr.ByteLength() ? arr.ByteLength() : 1;
   size_t n = (arr.ByteLength() + chunk - 1) / chunk;
-  int64_t domain = DomainArg(info);
   auto out = Napi::Buffer<uint8_t>::New(env, n * (domain >= 0 ? kDigest + 4 : kDigest));
   HashChunks(arr.Data(), arr.ByteLength(), chunk, out.Data(), domain);
   return out;
@@ -152,14 +154,10 @@ class FingerprintWorker : public Napi::AsyncWorker {
 // fingerprint(data, chunkSize): Promise<Buffer>, hashed on the thread pool.
 Napi::Value Fingerprint(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "fingerprint(data: Uint8Array, chunkSize: number)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  auto arr = info[0].As<Napi::Uint8Array>();
-  size_t chunk = info[1].As<Napi::Number>().Uint32Value();
-  if (chunk == 0) chunk = arr.ByteLength() ? arr.ByteLength() : 1;
-  auto* w = new FingerprintWorker(env, arr, chunk, DomainArg(info));
+  size_t chunk;
+  int64_t domain;
+  if (!HashArgs(info, &chunk, &domain)) return ThrowType(env, "fingerprint(data: Uint8Array, chunkSize: 1..2^30, domain?: 0..2^32-1)");
+  auto* w = new FingerprintWorker(env, info[0].As<Napi::Uint8Array>(), chunk, domain);
   auto p = w->Promise();
   w->Queue();
   return p;
@@ -172,19 +170,30 @@ Napi::Value Fingerprint(const Napi::CallbackInfo& info) {
 // thread on a 2-core machine with the writer, the pool and LMDB's commits all runnable preempts the
 // caller. The batcher (server/volume/fingerprint-batcher.ts) gathers the writes that arrive while
 // a job runs into the next one.
-// Puts the pool thread running a hash job in SCHED_BATCH, once: a batch thread that wakes up does
-// not preempt the thread running (often the event loop, on 2 cores). Measured in the daemon's CPU
-// profile of a 1 GiB unique write: with batching alone, the event loop still spent 173 ms blocked
-// in fingerprintMany calls (the job's thread, woken, took the caller's core for about the time it
-// hashed); with SCHED_BATCH that time left the profile. The thread keeps the policy for its other
-// pool work (file I/O, LMDB commits): the same CPU share, only no preemption at wakeup.
-void YieldToEventLoop() {
-  static thread_local bool done = false;
-  if (done) return;
-  done = true;
-  sched_param sp{};
-  sched_setscheduler(0, SCHED_BATCH, &sp);
-}
+// Runs a hash job in SCHED_BATCH: a batch thread that wakes up does not preempt the thread
+// running (often the event loop, on 2 cores). Measured in the daemon's CPU profile of a 1 GiB
+// unique write: with batching alone, the event loop still spent 173 ms blocked in fingerprintMany
+// calls (the job's thread, woken, took the caller's core for about the time it hashed); with
+// SCHED_BATCH that time left the profile. The policy is put back when the job ends: the pool
+// threads also run file I/O and LMDB work, which must keep normal wakeup latency.
+class BatchPolicy {
+ public:
+  BatchPolicy() : prev_(sched_getscheduler(0)) {
+    if (prev_ >= 0 && prev_ != SCHED_BATCH) {
+      sched_param sp{};
+      changed_ = sched_setscheduler(0, SCHED_BATCH, &sp) == 0;
+    }
+  }
+  ~BatchPolicy() {
+    if (!changed_) return;
+    sched_param sp{};
+    sched_setscheduler(0, prev_, &sp);
+  }
+
+ private:
+  int prev_;
+  bool changed_ = false;
+};
 
 class FingerprintManyWorker : public Napi::AsyncWorker {
  public:
@@ -201,7 +210,7 @@ class FingerprintManyWorker : public Napi::AsyncWorker {
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
-    YieldToEventLoop();
+    BatchPolicy batch;
     for (auto& p : parts_) HashChunks(p.data, p.length, chunk_, out_.data() + p.out, p.domain);
   }
   void OnOK() override { deferred_.Resolve(Napi::Buffer<uint8_t>::Copy(Env(), out_.data(), out_.size())); }
@@ -223,21 +232,20 @@ class FingerprintManyWorker : public Napi::AsyncWorker {
 
 Napi::Value FingerprintMany(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsTypedArray() || !info[2].IsNumber()) {
-    Napi::TypeError::New(env, "fingerprintMany(datas: Uint8Array[], domains: Float64Array, chunkSize: number)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  int64_t c;
+  if (info.Length() < 3 || !info[0].IsArray() || !IsTyped(info[1], napi_float64_array) || !ToInt(info[2], 1, 1073741824.0, &c))
+    return ThrowType(env, "fingerprintMany(datas: Uint8Array[], domains: Float64Array, chunkSize: 1..2^30)");
   auto datas = info[0].As<Napi::Array>();
   auto domains = info[1].As<Napi::TypedArray>();
-  size_t chunk = info[2].As<Napi::Number>().Uint32Value();
-  if (chunk == 0 || domains.TypedArrayType() != napi_float64_array || domains.ElementLength() < datas.Length()) {
+  size_t chunk = static_cast<size_t>(c);
+  if (domains.ElementLength() < datas.Length()) {
     Napi::TypeError::New(env, "fingerprintMany: chunkSize must be > 0 and domains a Float64Array with one domain per batch").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   const double* d = domains.As<Napi::Float64Array>().Data();
   for (uint32_t i = 0; i < datas.Length(); i++) {
     Napi::Value v = datas.Get(i);
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !(d[i] >= 0 && d[i] <= 4294967295.0)) {
+    if (!IsTyped(v, napi_uint8_array) || !(d[i] >= 0 && d[i] <= 4294967295.0) || std::floor(d[i]) != d[i]) {
       Napi::TypeError::New(env, "fingerprintMany: every batch must be a Uint8Array with a domain from 0 to 2^32-1").ThrowAsJavaScriptException();
       return env.Undefined();
     }
@@ -251,12 +259,10 @@ Napi::Value FingerprintMany(const Napi::CallbackInfo& info) {
 // The one-hasher-per-chunk result, for the test that checks HashChunksWide against it.
 Napi::Value FingerprintReference(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber() || info[1].As<Napi::Number>().Uint32Value() == 0) {
-    Napi::TypeError::New(env, "fingerprintReference(data: Uint8Array, chunkSize)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  size_t chunk;
+  int64_t domain;
+  if (!HashArgs(info, &chunk, &domain) || domain >= 0) return ThrowType(env, "fingerprintReference(data: Uint8Array, chunkSize: 1..2^30)");
   auto arr = info[0].As<Napi::Uint8Array>();
-  size_t chunk = info[1].As<Napi::Number>().Uint32Value();
   size_t n = (arr.ByteLength() + chunk - 1) / chunk;
   auto out = Napi::Buffer<uint8_t>::New(env, n * kDigest);
   HashChunksSerial(arr.Data(), arr.ByteLength(), chunk, out.Data(), -1);

@@ -6,10 +6,12 @@
 //     exists that nothing references (leak); no referenced slot is on the free list;
 //   - the fingerprint index points only at live chunks with that fingerprint;
 //   - each volume's and snapshot's mapped-chunk count and the live-chunk total are right.
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { FANOUT, FIRST_SLOT } from './map-node.js';
 import { MetaStore, fpKey, type RootRecord } from './meta-store.js';
+import type { ChunkStore } from '../store/chunk-store.js';
+import { LocalChunkStore } from '../store/local-chunk-store.js';
 
 export interface FsckResult {
   ok: boolean;
@@ -22,7 +24,7 @@ export interface FsckResult {
 
 const MAX_ERRORS = 1000;
 
-export function checkMetadata(meta: MetaStore): FsckResult {
+export async function checkMetadata(meta: MetaStore, store: ChunkStore): Promise<FsckResult> {
   const errors: string[] = [];
   const err = (s: string) => {
     if (errors.length < MAX_ERRORS) errors.push(s);
@@ -124,14 +126,9 @@ export function checkMetadata(meta: MetaStore): FsckResult {
     else if (!fpKey(rec.domain, rec.fp, rec.fpOff).equals(key)) err(`the fingerprint index entry for chunk ${slot} does not match its record`);
   }
 
-  const chunkFile = join(meta.dir, 'chunks.dat');
-  if (live > 0 && !existsSync(chunkFile)) err(`the chunk file ${chunkFile} is missing`);
-  else if (existsSync(chunkFile) && live > 0) {
-    let maxSlot = 0;
-    for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
-    const size = statSync(chunkFile).size;
-    if (size < (maxSlot + 1) * meta.chunkSize) err(`the chunk file is ${size} bytes, too short for chunk ${maxSlot}`);
-  }
+  let maxSlot = -1;
+  for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
+  for (const e of await store.check({ count: chunkRefs.size, maxSlot })) err(e);
 
   return { ok: errors.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks, errors };
 }
@@ -147,9 +144,11 @@ export async function fsckDataDir(dir: string): Promise<FsckResult> {
   } catch (e) {
     return { ok: false, checkedVolumes: 0, checkedSnapshots: 0, checkedNodes: 0, checkedChunks: 0, errors: [(e as Error).message] };
   }
+  const store = await LocalChunkStore.open(dir, meta.chunkSize, { readOnly: true });
   try {
-    return checkMetadata(meta);
+    return await checkMetadata(meta, store);
   } finally {
+    await store.close();
     await meta.env.close();
   }
 }

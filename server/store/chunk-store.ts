@@ -1,16 +1,61 @@
-// The chunk backend interface: fixed-size chunk bytes addressed by slot id. The volume layer
-// decides which slots hold what; a backend only keeps bytes. The embedded local store is the
-// default; an object-store backend (chunks packed into larger objects) fits behind the same shape.
+// The chunk backend interface (DESIGN.md "chunks" row): fixed-size chunk bytes addressed by slot
+// id. The metadata decides which slots hold what; a store only keeps bytes, and only the store
+// knows where they lie (a file offset, an object and a byte range). The shared cache reaches the
+// bytes through readChunks alone: its one miss path. The embedded local store is the default; an
+// object-store backend (chunks packed into larger objects) fits behind the same shape.
+
+/**
+ * Memory a store read fills: `count` targets of one chunk each, owned by the caller until the
+ * read settles. The cache hands out its own frames; other callers plain buffers.
+ */
+export interface ChunkTargets {
+  readonly count: number;
+  /** Target i (chunkSize bytes) as a Buffer; for a store that fetches bytes and copies them in. */
+  view(i: number): Buffer;
+  /**
+   * Present when the targets can be filled straight from a local file on the thread pool (the
+   * cache's page-aligned frames: with an O_DIRECT fd no copy passes through the page cache).
+   * Target i is read from byte offset offsets[i]; back-to-back offsets are one preadv.
+   */
+  readFile?(fd: number, offsets: Float64Array): Promise<number>;
+}
+
+/** What a store reports about itself (REST /v1/stats `store`). */
+export interface StoreStats {
+  kind: 'local';
+  /** Read requests made to the medium and bytes they returned. */
+  reads: number;
+  readBytes: number;
+  /** Reads bypass the page cache (O_DIRECT). */
+  direct: boolean;
+}
 
 export interface ChunkStore {
   readonly chunkSize: number;
-  /** Reads one whole chunk into `into` (chunkSize bytes) or a new buffer. */
-  read(slot: number, into?: Buffer): Promise<Buffer>;
+  /** Reads whole chunks: slot slots[i] into target i, for i < targets.count. */
+  readChunks(slots: ArrayLike<number>, targets: ChunkTargets): Promise<void>;
   /** Writes consecutive chunks starting at `slot` (data.length is a multiple of chunkSize). */
   write(slot: number, data: Buffer): Promise<void>;
   /** Makes every completed write durable. */
   sync(): Promise<void>;
+  /**
+   * Consistency check (fsck): a sentence for each way the store cannot serve the live chunks,
+   * `count` of them with the highest slot `maxSlot` (-1 when there are none).
+   */
+  check(live: { count: number; maxSlot: number }): Promise<string[]>;
   /** Bytes the backend holds on its medium (for reports). */
   allocatedBytes(): Promise<number>;
+  stats(): StoreStats;
   close(): Promise<void>;
+}
+
+/** Plain buffers as read targets (the cache's fallback when no frame is free, and tools). */
+export class BufferTargets implements ChunkTargets {
+  constructor(private readonly bufs: Buffer[]) {}
+  get count(): number {
+    return this.bufs.length;
+  }
+  view(i: number): Buffer {
+    return this.bufs[i];
+  }
 }

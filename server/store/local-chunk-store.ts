@@ -1,43 +1,108 @@
 // The embedded default backend: one sparse file in the data directory, slot N at N × chunkSize.
 // Slots are immutable while referenced (the metadata never rewrites a live slot), so the file
 // needs no journal of its own: the metadata commit fsyncs it before it records new references.
+// Reads for the cache go O_DIRECT into its frames (the arena holds a chunk once, not also the page
+// cache); where the filesystem refuses O_DIRECT (tmpfs) they are buffered and the pages dropped.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
-import { read as fsRead, writev as fsWritev, fdatasync, fstat } from 'node:fs';
+import { readv as fsReadv, writev as fsWritev, fdatasync, fstat, openSync, closeSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
-import type { ChunkStore } from './chunk-store.js';
+import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
 import { native } from '../native.js';
 
+/** The file that holds the chunks in a data directory. */
+export const CHUNK_FILE = 'chunks.dat';
+
 export class LocalChunkStore implements ChunkStore {
+  private reads = 0;
+  private readBytes = 0;
+  // Reads in flight on readFd, and whether close() ran meanwhile: a pool thread may still pread
+  // from the fd, and a closed fd number reused by another file would read its bytes into the cache.
+  private activeReads = 0;
+  private closed = false;
+
   private constructor(
+    private readonly path: string,
     private readonly fh: FileHandle,
+    private readonly readFd: number,
+    private readonly direct: boolean,
     readonly chunkSize: number,
   ) {}
 
-  static async open(dir: string, chunkSize: number): Promise<LocalChunkStore> {
+  /**
+   * Opens (creating it if needed) the chunk file in `dir`. With `readOnly` (an offline fsck)
+   * nothing is created or written; a missing file is reported by check().
+   */
+  static async open(dir: string, chunkSize: number, opts: { readOnly?: boolean } = {}): Promise<LocalChunkStore> {
+    const path = join(dir, CHUNK_FILE);
     try {
-      const fh = await openFile(join(dir, 'chunks.dat'), 'a+').then(async (h) => {
-        // 'a+' creates without truncating; reopen read-write for positional writes.
-        await h.close();
-        return openFile(join(dir, 'chunks.dat'), 'r+');
-      });
-      return new LocalChunkStore(fh, chunkSize);
+      if (opts.readOnly && !existsSync(path)) return new LocalChunkStore(path, await openFile('/dev/null', 'r'), -1, false, chunkSize);
+      const fh = opts.readOnly
+        ? await openFile(path, 'r')
+        : await openFile(path, 'a+').then(async (h) => {
+            // 'a+' creates without truncating; reopen read-write for positional writes.
+            await h.close();
+            return openFile(path, 'r+');
+          });
+      let readFd: number;
+      let direct = true;
+      try {
+        readFd = native().openDirect(path);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+        readFd = openSync(path, 'r');
+        direct = false;
+      }
+      return new LocalChunkStore(path, fh, readFd, direct, chunkSize);
     } catch (e) {
       throw new ShoalError('io_error', `cannot open the chunk file in ${dir}: ${(e as Error).message}`, { cause: e });
     }
   }
 
-  // Callback fs calls on the raw fd: FileHandle's promise API allocates more per call.
-  read(slot: number, into?: Buffer): Promise<Buffer> {
-    const buf = into ?? Buffer.allocUnsafe(this.chunkSize);
-    return new Promise((resolve, reject) => {
-      fsRead(this.fh.fd, buf, 0, this.chunkSize, slot * this.chunkSize, (err, n) => {
-        if (err) return reject(new ShoalError('io_error', `reading chunk ${slot}: ${err.message}`, { cause: err }));
+  async readChunks(slots: ArrayLike<number>, targets: ChunkTargets): Promise<void> {
+    const n = targets.count;
+    if (n === 0) return;
+    if (this.closed) throw new ShoalError('shutting_down', 'the chunk store is closed');
+    const cs = this.chunkSize;
+    this.activeReads++;
+    try {
+      if (targets.readFile) {
+        const offsets = new Float64Array(n);
+        for (let i = 0; i < n; i++) offsets[i] = slots[i] * cs;
+        this.reads += await targets.readFile(this.readFd, offsets);
+      } else {
+        // Plain buffers (no cache frame was free): buffered reads, one readv per run of slots.
+        let i = 0;
+        while (i < n) {
+          let j = i + 1;
+          while (j < n && slots[j] === slots[j - 1] + 1 && j - i < 1024) j++;
+          const bufs: Buffer[] = [];
+          for (let k = i; k < j; k++) bufs.push(targets.view(k));
+          await this.readRun(slots[i] * cs, bufs);
+          i = j;
+        }
+      }
+      this.readBytes += n * cs;
+    } catch (e) {
+      throw e instanceof ShoalError ? e : new ShoalError('io_error', `reading chunks from ${CHUNK_FILE}: ${(e as Error).message}`, { cause: e });
+    } finally {
+      if (--this.activeReads === 0 && this.closed && this.readFd >= 0) closeSync(this.readFd);
+    }
+  }
+
+  private readRun(pos: number, bufs: Buffer[]): Promise<void> {
+    return new Promise((resolve, reject) =>
+      fsReadv(this.fh.fd, bufs, pos, (err, got) => {
+        if (err) return reject(err);
+        this.reads++;
         // A slot past the end of the sparse file (never synced before a crash) reads as zeroes.
-        if (n < this.chunkSize) buf.fill(0, n);
-        resolve(buf);
-      });
-    });
+        for (const b of bufs) {
+          if (got < b.length) b.fill(0, Math.max(0, got));
+          got -= b.length;
+        }
+        resolve();
+      }),
+    );
   }
 
   // Writes issued in one turn of the event loop are gathered and sent as one pwritev per run of
@@ -144,11 +209,28 @@ export class LocalChunkStore implements ChunkStore {
     );
   }
 
+  async check(live: { count: number; maxSlot: number }): Promise<string[]> {
+    const path = this.path;
+    if (live.count === 0) return [];
+    if (!existsSync(path)) return [`the chunk file ${path} is missing`];
+    const size = statSync(path).size;
+    // A slot past the end reads as zeroes only if it was never written: live chunks must be inside.
+    if (size < (live.maxSlot + 1) * this.chunkSize) return [`the chunk file is ${size} bytes, too short for chunk ${live.maxSlot}`];
+    return [];
+  }
+
+  stats(): StoreStats {
+    return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct };
+  }
+
   allocatedBytes(): Promise<number> {
     return new Promise((resolve, reject) => fstat(this.fh.fd, (err, st) => (err ? reject(err) : resolve(st.blocks * 512))));
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.activeReads === 0 && this.readFd >= 0) closeSync(this.readFd);
     await this.fh.close();
   }
 }

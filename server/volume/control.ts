@@ -1,4 +1,4 @@
-import type { CacheStats } from '../cache/native-chunk-cache.js';
+import type { CacheStats } from '../cache/chunk-cache.js';
 
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.

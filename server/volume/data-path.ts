@@ -10,8 +10,8 @@ import { EXTENT_HOLE, EXTENT_ZERO, type Extent } from '../nbd/export.js';
 import { FANOUT, FIRST_SLOT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
 import { forEachEntry, isStored, leafEntries, lookup, releaseRange, setEntry } from '../meta/map-tree.js';
 import { fpKey, type MetaStore, type RootRecord } from '../meta/meta-store.js';
+import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import type { NativeChunkCache } from '../cache/native-chunk-cache.js';
 import { kRelease } from '../nbd/export.js';
 import { native } from '../native.js';
 import { RangeLock } from './range-lock.js';
@@ -68,19 +68,12 @@ export class DataPath {
   constructor(
     private readonly meta: MetaStore,
     private readonly store: ChunkStore,
-    private readonly cache: NativeChunkCache,
+    private readonly cache: ChunkCache,
     private readonly opts: DataPathOptions,
   ) {
     this.chunkSize = meta.chunkSize;
     this.zeroChunk = Buffer.alloc(this.chunkSize);
     this.hasher = new FingerprintBatcher(this.chunkSize);
-  }
-
-  private loadChunk = (slot: number): Promise<Buffer> => this.store.read(slot);
-
-  /** A copy of one stored chunk's bytes, through the shared cache. */
-  chunkBytes(slot: number, reader: number): Promise<Buffer> | Buffer {
-    return this.cache.get(slot, reader) ?? this.cache.fetch(slot, reader, this.loadChunk);
   }
 
   // ------------------------------------------------------------------ read
@@ -100,15 +93,17 @@ export class DataPath {
         // (the NBD engine calls buf[kRelease] from the socket write's callback).
         let pin = this.cache.pinned(v, reader);
         if (!pin) {
-          await this.cache.loadRuns([v], reader);
-          pin = this.cache.pinned(v, reader, false); // counted by loadRuns: not a second use
+          await this.cache.load([v], reader);
+          pin = this.cache.pinned(v, reader, false); // counted by load: not a second use
         }
         if (pin) {
-          const view = within === 0 && length === cs ? pin.buf : pin.buf.subarray(within, within + length);
-          (view as any)[kRelease] = pin.release;
+          const view = within === 0 && length === cs ? pin.data as Buffer : (pin.data as Buffer).subarray(within, within + length);
+          (view as any)[kRelease] = () => pin!.release();
           return view;
         }
-        return (await this.store.read(v)).subarray(within, within + length); // every frame busy
+        const own = Buffer.allocUnsafe(cs); // every frame busy
+        await this.cache.readUncached([v], [own]);
+        return own.subarray(within, within + length);
       }
       // Several chunks.
       const n = last - first + 1;
@@ -125,11 +120,11 @@ export class DataPath {
         const stored: number[] = [];
         for (let k = 0; k < n; k++) if (slots[k] >= 0) stored.push(slots[k]);
         const mine = Float64Array.from(slots.subarray(0, n)); // scratch is shared: copy before awaiting
-        await this.cache.loadRuns(stored, reader);
+        await this.cache.load(stored, reader);
         run = this.cache.pinnedRun(mine, n, reader, this.zeroChunk, false);
         if (!run) return this.readCopy(r, offset, length, reader); // evicted meanwhile: copy instead
       }
-      const bufs = run.bufs;
+      const bufs = run.data as Buffer[];
       // Trim the first and last views to the requested bytes (views may span several chunks).
       if (skip > 0) bufs[0] = bufs[0].subarray(skip);
       const excess = n * cs - skip - length;
@@ -137,7 +132,7 @@ export class DataPath {
         const lastBuf = bufs[bufs.length - 1];
         bufs[bufs.length - 1] = lastBuf.subarray(0, lastBuf.length - excess);
       }
-      (bufs as any)[kRelease] = run.release;
+      (bufs as any)[kRelease] = () => run!.release();
       return bufs;
     } finally {
       this.meta.exitRead(g);
@@ -176,13 +171,14 @@ export class DataPath {
         for (let k = 0; k < n; k++) if (hit[k] === 0) missing.push(slots[k]);
         const slots2 = Float64Array.from(slots.subarray(0, n)); // before the await: slots/hit are shared scratch
         for (let k = 0; k < n; k++) if (hit[k] !== 0) slots2[k] = -1; // done already: skip
-        await this.cache.loadRuns(missing, reader);
+        await this.cache.load(missing, reader);
         const hit2 = new Uint8Array(n);
         misses = this.cache.readChunks(slots2, n, out, 0, skip, length, reader, hit2, false);
         if (misses > 0) {
           for (let k = 0; k < n; k++) {
             if (hit2[k] !== 0) continue;
-            const b = await this.store.read(slots2[k]);
+            const b = Buffer.allocUnsafe(cs);
+            await this.cache.readUncached([slots2[k]], [b]);
             const cStart = k * cs - skip; // position of chunk k in `out`, may be negative for k = 0
             const from = Math.max(0, -cStart);
             const to = Math.min(cs, length - cStart);
@@ -259,7 +255,7 @@ export class DataPath {
         if (isStored(v)) slots.push(v);
       });
       // In batches: a huge CACHE request must not reserve the whole arena for loads at once.
-      for (let i = 0; i < slots.length; i += 1024) await this.cache.loadRuns(slots.slice(i, i + 1024), reader);
+      for (let i = 0; i < slots.length; i += 1024) await this.cache.load(slots.slice(i, i + 1024), reader);
     } finally {
       this.meta.exitRead(g);
     }
@@ -285,7 +281,7 @@ export class DataPath {
         } else {
           const v = lookup(this.meta, m.record, ci);
           const merged = Buffer.allocUnsafe(cs);
-          if (isStored(v)) (await this.chunkBytes(v, -1)).copy(merged);
+          if (isStored(v)) await this.cache.copyChunk(v, -1, merged);
           else merged.fill(0);
           data.copy(merged, from - cStart, from - offset, to - offset);
           chunks[ci - first] = merged;
@@ -337,7 +333,7 @@ export class DataPath {
     if (this.verify) {
       // Compare bytes before trusting a fingerprint: load every candidate first, in runs.
       const slots = [...new Set(candidates.filter((c) => c >= 0))].sort((a, b) => a - b);
-      if (slots.length > 0) await this.cache.loadRuns(slots, -1);
+      if (slots.length > 0) await this.cache.load(slots, -1);
     }
     const plans: Plan[] = [];
     // Chunks this write stores, by the first 48 bits of their fingerprint (a number key: no string
@@ -427,8 +423,10 @@ export class DataPath {
     if (p.index) logged!.add(p.k, p.slot);
   }
 
+  /** Whether a stored chunk holds `bytes` (its access was counted by the load before). */
   private async sameBytes(slot: number, bytes: Buffer): Promise<boolean> {
-    const existing = this.cache.peek(slot) ?? (await this.store.read(slot));
+    const existing = Buffer.allocUnsafe(this.chunkSize);
+    await this.cache.copyChunk(slot, -1, existing, false);
     return existing.equals(bytes);
   }
 

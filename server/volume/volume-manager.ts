@@ -8,8 +8,7 @@ import { dropRoot, growLevels, releaseRange, shareChunks, shareRoot } from '../m
 import { levelsFor } from '../meta/map-node.js';
 import { LocalChunkStore } from '../store/local-chunk-store.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import { NativeChunkCache } from '../cache/native-chunk-cache.js';
-import { join } from 'node:path';
+import { ChunkCache } from '../cache/chunk-cache.js';
 import { DataPath, checkRange, type WritableMap } from './data-path.js';
 import { RangeLock } from './range-lock.js';
 import { GarbageCollector, WRITE_COMMIT_BATCH } from './garbage-collector.js';
@@ -82,7 +81,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
   private constructor(
     readonly meta: MetaStore,
     readonly store: ChunkStore,
-    readonly cache: NativeChunkCache,
+    readonly cache: ChunkCache,
     private readonly opts: VolumeManagerOptions,
   ) {
     this.data = new DataPath(meta, store, cache, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
@@ -112,9 +111,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     if (opts.chunkSize && opts.chunkSize !== meta.chunkSize)
       opts.logger?.warn(`the store in ${opts.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${opts.chunkSize}`);
     const store = await LocalChunkStore.open(opts.dataDir, meta.chunkSize);
-    const cache = new NativeChunkCache(opts.cacheSize, meta.chunkSize);
-    // Loads go straight from the chunk file into the arena with O_DIRECT: no second copy in the page cache.
-    cache.attachFile(join(opts.dataDir, 'chunks.dat'));
+    const cache = new ChunkCache(opts.cacheSize, meta.chunkSize, store);
     return new VolumeManager(meta, store, cache, opts);
   }
 
@@ -512,7 +509,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     // Let the GC finish and commit, so the check sees a quiescent, committed state.
     await this.gc.drain();
     await this.meta.commit();
-    return checkMetadata(this.meta);
+    return checkMetadata(this.meta, this.store);
   }
 
   // ------------------------------------------------------------------ NBD exports
@@ -579,7 +576,6 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     for (const st of this.states.values()) this.revokeAll(st);
     await this.gc.stop();
     await this.meta.close();
-    this.cache.close();
     await this.store.close();
   }
 }

@@ -1,0 +1,50 @@
+// File calls the local chunk store needs and Node's fs does not offer (server/store/local-chunk-store.ts).
+#include "file-io.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "errno-error.h"
+
+namespace shoal {
+namespace {
+
+// openDirect(path, writable = false): fd. O_DIRECT so reads into the cache arena bypass the page
+// cache (a chunk is held once). Throws an Error with code EINVAL where the filesystem refuses (tmpfs).
+Napi::Value OpenDirect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bool writable;
+  if (info.Length() < 1 || !info[0].IsString() || !ToBoolArg(info, 1, false, &writable))
+    return ThrowType(env, "openDirect(path: string, writable?: boolean)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int fd;
+  do fd = open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    ErrnoError(env, errno, "open O_DIRECT " + path).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// fadviseDontNeed(fd, offset, length): drops clean page-cache pages of a range (after a buffered
+// write is synced), since the cache arena already holds the bytes. Node's fs has no fadvise.
+Napi::Value FadviseDontNeed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd, off, len;
+  if (info.Length() < 3 || !ToInt(info[0], 0, 2147483647.0, &fd) || !ToInt(info[1], 0, kMaxSafe, &off) || !ToInt(info[2], 0, kMaxSafe, &len))
+    return ThrowType(env, "fadviseDontNeed(fd, offset, length)");
+  int rc = posix_fadvise(static_cast<int>(fd), static_cast<off_t>(off), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+  if (rc != 0) ErrnoError(env, rc, "posix_fadvise").ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitFileIo(Napi::Env env, Napi::Object exports) {
+  exports.Set("openDirect", Napi::Function::New(env, OpenDirect));
+  exports.Set("fadviseDontNeed", Napi::Function::New(env, FadviseDontNeed));
+}
+
+}  // namespace shoal
