@@ -3,7 +3,7 @@
 // and only the unexpected is a 500 (and logged, since it is a bug).
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { isShoalError } from '../server/errors.js';
-import { NAME_RULE } from './schemas.js';
+import { NAME_RULE } from '../server/volume/names.js';
 
 /** An HTTP-level error that is not a volume-layer error (so not in server/errors.ts). */
 export class ApiError extends Error {

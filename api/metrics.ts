@@ -3,8 +3,9 @@
 // path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { OpHistogram } from './op-histogram.js';
-import type { NbdObserver } from '../server/nbd/export.js';
-import { volumeOfExport, type Stats, type VolumeControl, type VolumeInfo } from '../server/volume/control.js';
+import type { NbdObserver } from '../server/nbd/observer.js';
+import { volumeOfExport } from '../server/volume/names.js';
+import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
 
 export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
 

@@ -3,11 +3,7 @@
 // (see error-reply.ts): names → invalid_name.
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { SIZE_PATTERN } from '../server/size.js';
-
-/** Volume, snapshot and domain names: no '@' (it separates VOLUME@SNAPSHOT) and no '/' (URL paths). */
-export const NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$';
-const NAME_BODY = '[A-Za-z0-9][A-Za-z0-9._-]{0,127}';
-export const NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit";
+import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
 
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
 export const VolumeName = name('volume name');
@@ -139,6 +135,7 @@ export const Stats = Type.Object(
     snapshots: Type.Number(),
     dedupHits: Type.Number(),
     dedupLogEntries: Type.Integer({ description: 'Fingerprints of new chunks in the dedup log, not yet in the on-disk index (taken in while writes pause).' }),
+    reclaimPendingNodes: Type.Integer({ description: 'Map nodes released (by a delete, a rollback, an overwrite) whose chunks space reclaim has not freed yet.' }),
     cache: Type.Object(
       {
         capacityBytes: Type.Number(),
@@ -150,6 +147,15 @@ export const Stats = Type.Object(
         coalesced: Type.Number(),
         sharingFactor: Type.Number({ description: 'Average number of volumes/snapshots reading each cached chunk.' }),
         servedBytes: Type.Number(),
+      },
+      { additionalProperties: true },
+    ),
+    store: Type.Object(
+      {
+        kind: Type.String({ description: 'The chunk store: local.' }),
+        reads: Type.Number({ description: 'Read requests made to the medium.' }),
+        readBytes: Type.Number(),
+        direct: Type.Boolean({ description: 'Reads bypass the page cache (O_DIRECT).' }),
       },
       { additionalProperties: true },
     ),

@@ -86,7 +86,7 @@ function fingerprintThroughput(total: number, rounds: number): { rows: FpRow[]; 
     }));
   }
   // The data path hashes batches below 64 KiB on the event loop (ASYNC_HASH_BYTES in
-  // server/volume/data-path.ts) and larger ones on the thread pool: the longest the loop is held.
+  // server/dedup/fingerprinter.ts) and larger ones on the thread pool: the longest the loop is held.
   const small = buf.subarray(0, 60 * KiB);
   const t0 = performance.now();
   for (let i = 0; i < 1000; i++) addon.fingerprintSync(small, 4 * KiB);

@@ -4,6 +4,12 @@ import pino from 'pino';
 import { mkdirSync } from 'node:fs';
 import type { Config } from './config.js';
 import { VolumeManager } from './volume/volume-manager.js';
+import { MetaStore } from './meta/meta-store.js';
+import { DedupIndex } from './dedup/dedup-index.js';
+import { LocalChunkStore } from './store/local-chunk-store.js';
+import { ChunkCache } from './cache/chunk-cache.js';
+import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
+import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
@@ -17,19 +23,32 @@ export interface RunningDaemon {
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   mkdirSync(config.dataDir, { recursive: true });
-  const manager = await VolumeManager.open({
-    dataDir: config.dataDir,
-    cacheSize: config.cacheSize,
-    chunkSize: config.chunkSize,
-    dedup: config.dedup,
-    verifyDedup: config.dedupVerify,
-    logger,
-    fingerprintOverride: testFingerprintOverride(),
-    dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
-    gcSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
-  });
+  native(); // fail at start, with a sentence, if the addon is not built — not on the first write
+  // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
+  const meta = MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE });
+  if (config.chunkSize && config.chunkSize !== meta.chunkSize)
+    logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
+  let manager: VolumeManager;
+  try {
+    const store = await LocalChunkStore.open(config.dataDir, meta.chunkSize);
+    const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
+    const dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
+    manager = await VolumeManager.open(
+      { meta, store, cache, dedup },
+      {
+        dedup: config.dedup,
+        verifyDedup: config.dedupVerify,
+        logger,
+        dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
+        reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
+      },
+    );
+  } catch (e) {
+    await meta.close().catch(() => {});
+    throw e;
+  }
   const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
-  const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
+  const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
 
   let nbdAddr: string | null = null;
@@ -48,7 +67,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   logger.info(
-    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: manager.meta.chunkSize, cacheSize: config.cacheSize },
+    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: meta.chunkSize, cacheSize: config.cacheSize },
     'shoal ready',
   );
   let closed: Promise<void> | null = null;

@@ -27,7 +27,7 @@ async function main(argv: string[]): Promise<number> {
   }
   return runCli(argv, {
     offlineFsck: async (dir) => {
-      const { fsckDataDir } = await import('./meta/fsck.js');
+      const { fsckDataDir } = await import('./offline-fsck.js');
       return fsckDataDir(dir);
     },
   });

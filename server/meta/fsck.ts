@@ -1,34 +1,41 @@
 // The consistency check (dm-thin's thin_check for Shoal): recomputes every refcount from the
 // maps and compares it with what the metadata records.
-//   - every node reachable from a volume, snapshot or the GC queue exists and has the refcount
-//     its parents give it; no node exists that nothing reaches (leak);
+//   - every node reachable from a volume, snapshot, intent or the reclaim queue exists and has
+//     the refcount its parents give it; no node exists that nothing reaches (leak);
 //   - every chunk a leaf references has a record with exactly that many references; no record
 //     exists that nothing references (leak); no referenced slot is on the free list;
-//   - the fingerprint index points only at live chunks with that fingerprint;
-//   - each volume's and snapshot's mapped-chunk count and the live-chunk total are right.
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+//   - each volume's and snapshot's mapped-chunk count and the live-chunk total are right;
+//   - the chunk store can serve every live chunk (it checks itself).
+// Run with nothing uncommitted (the daemon commits first). Other layers add their own checks
+// (the dedup index: dedup/dedup-check.ts) to the same report.
 import { FANOUT, FIRST_SLOT } from './map-node.js';
-import { MetaStore, fpKey, type RootRecord } from './meta-store.js';
+import type { MetaStore } from './meta-store.js';
+import type { RootRecord } from './volume-records.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import { LocalChunkStore } from '../store/local-chunk-store.js';
 
-export interface FsckResult {
+/** What a consistency check found (REST POST /v1/fsck, `shoal fsck`). */
+export interface FsckReport {
   ok: boolean;
   checkedVolumes: number;
   checkedSnapshots: number;
   checkedNodes: number;
   checkedChunks: number;
+  /** One sentence per problem. */
   errors: string[];
 }
 
 const MAX_ERRORS = 1000;
 
-export async function checkMetadata(meta: MetaStore, store: ChunkStore): Promise<FsckResult> {
-  const errors: string[] = [];
-  const err = (s: string) => {
-    if (errors.length < MAX_ERRORS) errors.push(s);
-  };
+/** Collects problems up to MAX_ERRORS (a damaged store could have millions). */
+export class FsckErrors {
+  readonly list: string[] = [];
+  add(s: string): void {
+    if (this.list.length < MAX_ERRORS) this.list.push(s);
+  }
+}
+
+export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors = new FsckErrors()): Promise<FsckReport> {
+  const err = (s: string) => errors.add(s);
   const nodeRefs = new Map<number, number>(); // expected
   const chunkRefs = new Map<number, number>(); // expected
   const visited = new Set<number>();
@@ -41,11 +48,11 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore): Promise
     visited.add(id);
     let n;
     try {
-      if (!meta.hasNode(id)) {
+      if (!meta.nodes.has(id)) {
         err(`${where}: map node ${id} is referenced but missing`);
         return 0;
       }
-      n = meta.getNode(id);
+      n = meta.nodes.get(id);
     } catch (e) {
       err(`${where}: map node ${id} cannot be read: ${(e as Error).message}`);
       return 0;
@@ -89,66 +96,42 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore): Promise
       checkRoot(s, `snapshot ${v.name}@${s.name}`);
     }
   }
-  // Nodes waiting for the GC have no parents but still hold their children.
-  for (const id of meta.sb.gcQueue) {
+  // An operation in progress (an intent left by a crash, rolled forward at start) holds roots too.
+  for (const r of meta.intents.all()) r.roots.forEach((root, i) => checkRoot(root, `intent ${r.id} (${r.kind}) root ${i}`));
+  // Nodes waiting for reclaim have no parents but still hold their children.
+  for (const id of meta.nodes.reclaimQueue()) {
     if (!nodeRefs.has(id)) nodeRefs.set(id, 0);
-    visit(id, -1, `GC queue`);
+    visit(id, -1, `reclaim queue`);
   }
 
   let checkedNodes = 0;
   for (const [id, expected] of nodeRefs) {
     checkedNodes++;
-    const actual = meta.nodeRefCount(id);
+    const actual = meta.nodes.refCount(id);
     if (actual !== expected) err(`map node ${id}: refcount is ${actual}, but ${expected} parent(s) reference it`);
   }
-  for (const id of meta.allNodeIds()) if (!visited.has(id)) err(`map node ${id} is leaked: nothing references it`);
-  for (const [id, n] of meta.allNodeRefs()) if (!nodeRefs.has(id) && n !== 0) err(`map node ${id} has refcount ${n} but nothing references it`);
+  for (const id of meta.nodes.allIds()) if (!visited.has(id)) err(`map node ${id} is leaked: nothing references it`);
+  for (const [id, n] of meta.nodes.allRefs()) if (!nodeRefs.has(id) && n !== 0) err(`map node ${id} has refcount ${n} but nothing references it`);
 
   let checkedChunks = 0;
   let live = 0;
-  const free = new Set<number>(meta.allFreeSlots());
-  for (const [slot, rec] of meta.allChunkRecords()) {
+  const free = new Set<number>(meta.slots.allFree());
+  for (const [slot, rec] of meta.chunks.all()) {
     checkedChunks++;
     live++;
     const expected = chunkRefs.get(slot) ?? 0;
     if (expected === 0) err(`chunk ${slot} is leaked: its record says ${rec.refs} reference(s) but no map references it`);
     else if (rec.refs !== expected) err(`chunk ${slot}: refcount is ${rec.refs}, but ${expected} map entr${expected === 1 ? 'y references' : 'ies reference'} it`);
-    if (slot >= meta.sb.nextSlot) err(`chunk ${slot} is beyond the allocated slots (${meta.sb.nextSlot})`);
+    if (slot >= meta.slotLimit) err(`chunk ${slot} is beyond the allocated slots (${meta.slotLimit})`);
     if (free.has(slot)) err(`chunk ${slot} is live but also on the free list`);
   }
-  for (const [slot, n] of chunkRefs) if (!meta.getChunk(slot)) err(`chunk ${slot} is referenced by ${n} map entr${n === 1 ? 'y' : 'ies'} but is missing (no chunk record)`);
-  if (live !== meta.sb.liveChunks) err(`the superblock counts ${meta.sb.liveChunks} live chunks, but ${live} chunk records exist`);
-  for (const slot of free) if (slot >= meta.sb.nextSlot || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
-
-  for (const [key, slot] of meta.allFingerprints()) {
-    const rec = meta.getChunk(slot);
-    if (!rec) err(`the fingerprint index points at chunk ${slot}, which is not live`);
-    else if (!fpKey(rec.domain, rec.fp, rec.fpOff).equals(key)) err(`the fingerprint index entry for chunk ${slot} does not match its record`);
-  }
+  for (const [slot, n] of chunkRefs) if (!meta.chunks.get(slot)) err(`chunk ${slot} is referenced by ${n} map entr${n === 1 ? 'y' : 'ies'} but is missing (no chunk record)`);
+  if (live !== meta.liveChunks) err(`the superblock counts ${meta.liveChunks} live chunks, but ${live} chunk records exist`);
+  for (const slot of free) if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
 
   let maxSlot = -1;
   for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
   for (const e of await store.check({ count: chunkRefs.size, maxSlot })) err(e);
 
-  return { ok: errors.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks, errors };
-}
-
-/** `shoal fsck DATA_DIR`: checks a data directory that no daemon is using. */
-export async function fsckDataDir(dir: string): Promise<FsckResult> {
-  if (!existsSync(join(dir, 'meta.lmdb'))) {
-    return { ok: false, checkedVolumes: 0, checkedSnapshots: 0, checkedNodes: 0, checkedChunks: 0, errors: [`${dir} is not a Shoal data directory (no meta.lmdb)`] };
-  }
-  let meta: MetaStore;
-  try {
-    meta = MetaStore.open(dir, { chunkSize: 0, create: false });
-  } catch (e) {
-    return { ok: false, checkedVolumes: 0, checkedSnapshots: 0, checkedNodes: 0, checkedChunks: 0, errors: [(e as Error).message] };
-  }
-  const store = await LocalChunkStore.open(dir, meta.chunkSize, { readOnly: true });
-  try {
-    return await checkMetadata(meta, store);
-  } finally {
-    await store.close();
-    await meta.env.close();
-  }
+  return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks, errors: errors.list };
 }

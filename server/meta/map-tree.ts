@@ -8,7 +8,8 @@
 // snapshot taken between two operations sees each of them whole.
 import { ShoalError } from '../errors.js';
 import { FANOUT, FIRST_SLOT, HOLE, levelsFor, span, type MapNode } from './map-node.js';
-import type { MetaStore, RootRecord } from './meta-store.js';
+import type { MetaStore } from './meta-store.js';
+import type { RootRecord } from './volume-records.js';
 
 const POW: number[] = [];
 for (let l = 0; l <= 8; l++) POW.push(FANOUT ** l);
@@ -28,7 +29,7 @@ export function lookup(meta: MetaStore, r: RootRecord, ci: number): number {
   if (id === 0) return HOLE;
   if (ci >= POW[r.levels]) return HOLE;
   for (let level = r.levels - 1; level >= 0; level--) {
-    const n = meta.getNode(id);
+    const n = meta.nodes.get(id);
     const v = n.entries[slotAt(ci, level)];
     if (level === 0) return v;
     if (v === 0) return HOLE;
@@ -45,32 +46,32 @@ export function leafEntries(meta: MetaStore, r: RootRecord, ci: number): Float64
   let id = r.root;
   if (id === 0 || ci >= POW[r.levels]) return null;
   for (let level = r.levels - 1; level > 0; level--) {
-    id = meta.getNode(id).entries[slotAt(ci, level)];
+    id = meta.nodes.get(id).entries[slotAt(ci, level)];
     if (id === 0) return null;
   }
-  return meta.getNode(id).entries;
+  return meta.nodes.get(id).entries;
 }
 
 /** Makes `id` private to one parent: copies it if shared. Returns the id to use. */
 function ensurePrivate(meta: MetaStore, id: number): MapNode {
-  const n = meta.getNode(id);
-  if (meta.nodeRefCount(id) <= 1) return n;
-  const copy = meta.newNode(n.level, n.entries);
+  const n = meta.nodes.get(id);
+  if (meta.nodes.refCount(id) <= 1) return n;
+  const copy = meta.nodes.create(n.level, n.entries);
   const e = copy.entries;
   for (let i = 0; i < FANOUT; i++) {
     const v = e[i];
     if (v === 0) continue;
-    if (n.level > 0) meta.incNode(v);
-    else if (isStored(v)) meta.incChunk(v);
+    if (n.level > 0) meta.nodes.inc(v);
+    else if (isStored(v)) meta.chunks.inc(v);
   }
-  meta.decNode(id);
+  meta.nodes.dec(id);
   return copy;
 }
 
 /** Makes the root private, creating it if the map is empty. */
 function writableRoot(meta: MetaStore, r: RootRecord): MapNode {
   if (r.root === 0) {
-    const n = meta.newNode(r.levels - 1);
+    const n = meta.nodes.create(r.levels - 1);
     r.root = n.id;
     return n;
   }
@@ -87,7 +88,7 @@ function writableLeaf(meta: MetaStore, r: RootRecord, ci: number): MapNode {
     const child = node.entries[i];
     let next: MapNode;
     if (child === 0) {
-      next = meta.newNode(level - 1);
+      next = meta.nodes.create(level - 1);
     } else {
       next = ensurePrivate(meta, child);
       if (next.id === child) {
@@ -96,7 +97,7 @@ function writableLeaf(meta: MetaStore, r: RootRecord, ci: number): MapNode {
       }
     }
     node.entries[i] = next.id;
-    meta.markNodeDirty(node.id);
+    meta.nodes.markDirty(node.id);
     node = next;
   }
   return node;
@@ -112,14 +113,14 @@ export function setEntry(meta: MetaStore, r: RootRecord, ci: number, value: numb
   const i = slotAt(ci, 0);
   const old = leaf.entries[i];
   if (old === value) {
-    if (isStored(value)) meta.decChunk(value); // the caller's extra reference
+    if (isStored(value)) meta.chunks.dec(value); // the caller's extra reference
     return;
   }
   leaf.entries[i] = value;
-  meta.markNodeDirty(leaf.id);
+  meta.nodes.markDirty(leaf.id);
   if (isStored(old)) {
     r.mapped--;
-    meta.decChunk(old);
+    meta.chunks.dec(old);
   }
   if (isStored(value)) r.mapped++;
 }
@@ -130,7 +131,7 @@ export function releaseRange(meta: MetaStore, r: RootRecord, from: number, to: n
   if (r.root === 0 || from >= to) return;
   if (from === 0 && to >= POW[r.levels]) {
     r.mapped = 0;
-    meta.decNode(r.root);
+    meta.nodes.dec(r.root);
     r.root = 0;
     return;
   }
@@ -151,13 +152,13 @@ function releaseIn(meta: MetaStore, r: RootRecord, node: MapNode, base: number, 
     if (node.level === 0) {
       if (isStored(v)) {
         r.mapped--;
-        meta.decChunk(v);
+        meta.chunks.dec(v);
       }
       node.entries[i] = 0;
       changed = true;
     } else if (from <= cBase && to >= cEnd) {
       r.mapped -= countMapped(meta, v);
-      meta.decNode(v);
+      meta.nodes.dec(v);
       node.entries[i] = 0;
       changed = true;
     } else {
@@ -169,12 +170,12 @@ function releaseIn(meta: MetaStore, r: RootRecord, node: MapNode, base: number, 
       releaseIn(meta, r, child, cBase, from, to);
     }
   }
-  if (changed) meta.markNodeDirty(node.id);
+  if (changed) meta.nodes.markDirty(node.id);
 }
 
 /** Stored-chunk entries under a node (walks it: used when a subtree is released whole). */
 export function countMapped(meta: MetaStore, id: number): number {
-  const n = meta.getNode(id);
+  const n = meta.nodes.get(id);
   let c = 0;
   const e = n.entries;
   if (n.level === 0) {
@@ -187,13 +188,13 @@ export function countMapped(meta: MetaStore, id: number): number {
 
 /** A new root record sharing `src`'s map (snapshot, clone): one increment. */
 export function shareRoot(meta: MetaStore, src: RootRecord): RootRecord {
-  if (src.root !== 0) meta.incNode(src.root);
+  if (src.root !== 0) meta.nodes.inc(src.root);
   return { root: src.root, levels: src.levels, size: src.size, mapped: src.mapped, createdAt: new Date().toISOString() };
 }
 
 /** Drops a root's reference to its map (the GC releases what nothing else uses). */
 export function dropRoot(meta: MetaStore, r: RootRecord): void {
-  if (r.root !== 0) meta.decNode(r.root);
+  if (r.root !== 0) meta.nodes.dec(r.root);
   r.root = 0;
   r.mapped = 0;
 }
@@ -203,9 +204,9 @@ export function growLevels(meta: MetaStore, r: RootRecord, chunks: number): void
   const need = levelsFor(chunks);
   while (r.levels < need) {
     if (r.root !== 0) {
-      const top = meta.newNode(r.levels);
+      const top = meta.nodes.create(r.levels);
       top.entries[0] = r.root; // the old root's reference moves to the new parent
-      meta.markNodeDirty(top.id);
+      meta.nodes.markDirty(top.id);
       r.root = top.id;
     }
     r.levels++;
@@ -216,7 +217,7 @@ export function growLevels(meta: MetaStore, r: RootRecord, chunks: number): void
 function nodeAt(meta: MetaStore, r: RootRecord, level: number, ci: number): number {
   if (level >= r.levels) return 0;
   let id = r.root;
-  for (let l = r.levels - 1; l > level && id !== 0; l--) id = meta.getNode(id).entries[slotAt(ci, l)];
+  for (let l = r.levels - 1; l > level && id !== 0; l--) id = meta.nodes.get(id).entries[slotAt(ci, l)];
   return id;
 }
 
@@ -246,7 +247,7 @@ function shareIn(meta: MetaStore, dst: RootRecord, src: RootRecord, node: MapNod
       const v = lookup(meta, src, cBase - delta);
       if (v !== 0) {
         if (isStored(v)) {
-          meta.incChunk(v);
+          meta.chunks.inc(v);
           dst.mapped++;
         }
         node.entries[i] = v;
@@ -259,7 +260,7 @@ function shareIn(meta: MetaStore, dst: RootRecord, src: RootRecord, node: MapNod
       // Whole child subtree, aligned on both sides: share the source's node.
       const s = nodeAt(meta, src, node.level - 1, srcBase);
       if (s !== 0) {
-        meta.incNode(s);
+        meta.nodes.inc(s);
         dst.mapped += countMapped(meta, s);
         node.entries[i] = s; // dst's entry was released above, so it was a hole
         changed = true;
@@ -269,7 +270,7 @@ function shareIn(meta: MetaStore, dst: RootRecord, src: RootRecord, node: MapNod
     let childId = node.entries[i];
     let child: MapNode;
     if (childId === 0) {
-      child = meta.newNode(node.level - 1);
+      child = meta.nodes.create(node.level - 1);
       node.entries[i] = child.id;
       changed = true;
     } else {
@@ -281,7 +282,7 @@ function shareIn(meta: MetaStore, dst: RootRecord, src: RootRecord, node: MapNod
     }
     shareIn(meta, dst, src, child, cBase, from, to, delta);
   }
-  if (changed) meta.markNodeDirty(node.id);
+  if (changed) meta.nodes.markDirty(node.id);
 }
 
 /**
@@ -294,7 +295,7 @@ export function forEachEntry(meta: MetaStore, r: RootRecord, from: number, to: n
 }
 
 function walk(meta: MetaStore, id: number, level: number, base: number, from: number, to: number, fn: (ci: number, v: number) => boolean | void): boolean {
-  const n = meta.getNode(id);
+  const n = meta.nodes.get(id);
   const childSpan = POW[level];
   const first = Math.max(0, Math.floor((from - base) / childSpan));
   const last = Math.min(FANOUT - 1, Math.floor((to - 1 - base) / childSpan));
@@ -310,7 +311,7 @@ function walk(meta: MetaStore, id: number, level: number, base: number, from: nu
 
 /** Visits every node reachable from a root once per path (fsck); `fn` returns false to skip children. */
 export function visitNodes(meta: MetaStore, id: number, fn: (n: MapNode) => boolean): void {
-  const n = meta.getNode(id);
+  const n = meta.nodes.get(id);
   if (!fn(n) || n.level === 0) return;
   for (let i = 0; i < FANOUT; i++) if (n.entries[i] !== 0) visitNodes(meta, n.entries[i], fn);
 }

@@ -2,7 +2,8 @@
 // revoke, and cleanup (export.close(), observer.connectionClosed()), each exactly once.
 
 import type { Socket } from 'node:net';
-import type { ExportProvider, NbdObserver } from './export.js';
+import type { ExportProvider } from '../volume/export-port.js';
+import type { NbdObserver } from './observer.js';
 import { negotiate, ProtocolError, type Logger, type Negotiated } from './handshake.js';
 import { Request, Transmission } from './transmission.js';
 import * as C from './constants.js';
@@ -340,10 +341,10 @@ export class NbdConnection {
 
   private onHeader(h: Buffer, p: number): void {
     if (h.readUInt32BE(p) !== C.NBD_REQUEST_MAGIC) {
-      // Framing is lost; nothing after this can be trusted.
+      // Framing is lost; nothing after this can be trusted. Requests already received are
+      // still answered, then the connection closes.
       this.log.warn({ peer: this.peer, magic: h.readUInt32BE(p) }, 'nbd: bad request magic, closing connection');
-      this.phase = Phase.Closing;
-      this.sock.destroy();
+      this.beginDisconnect();
       return;
     }
     const flags = h.readUInt16BE(p + 4);
@@ -418,6 +419,9 @@ export class NbdConnection {
   private finish(): void {
     if (this.phase === Phase.Closed) return;
     this.phase = Phase.Closing;
+    // Nothing more will run on the export: release it now, not when the peer's FIN arrives, so
+    // the volume stops counting a client that has said goodbye.
+    if (this.tx && this.tx.inFlight === 0) this.releaseExport();
     // end() flushes queued replies; destroy after a grace period if the peer never closes.
     // Resume so the peer's FIN is seen ('close' never fires on a paused socket); onData drops
     // anything that still arrives.
@@ -514,6 +518,7 @@ export class NbdConnection {
     } catch (e) {
       this.log.error({ err: e }, 'nbd: closing export failed');
     }
-    this.resolveDone();
+    // Done once the socket is closed too (the export may go first, at a clean disconnect).
+    if (this.phase === Phase.Closed) this.resolveDone();
   }
 }

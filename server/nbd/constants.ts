@@ -2,6 +2,7 @@
 // Magics are split into 32-bit halves where they are 64 bits wide so the hot path never needs BigInt.
 
 import type { NbdErrno } from '../errors.js';
+import { MAX_REQUEST_BYTES } from '../volume/export-port.js';
 
 // --- Handshake magics -----------------------------------------------------------------------
 export const NBDMAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
@@ -128,8 +129,8 @@ export const ERRNO: Record<NbdErrno, number> = {
 };
 
 // --- Limits of this engine -------------------------------------------------------------------
-/** Largest READ/WRITE payload we accept (QEMU's client limit; what we advertise as maximum). */
-export const MAX_PAYLOAD = 32 * 1024 * 1024;
+/** Largest READ/WRITE payload we accept: what the exports accept (nbdkit's limit too). */
+export const MAX_PAYLOAD = MAX_REQUEST_BYTES;
 /** Option data larger than this ends the connection (a handshake option is never near this). */
 export const MAX_OPTION_LENGTH = 64 * 1024;
 /** Strings (export names, queries) longer than this are invalid per the spec. */

@@ -6,7 +6,7 @@
 // NBD_REP_ERR_POLICY for now; adding it means: reply ACK, let the connection swap its transport
 // for a TLSSocket (HandshakeIO.startTls), and continue the same option loop over it.
 
-import type { ExportProvider, NbdExport } from './export.js';
+import type { BlockExport, ExportProvider } from '../volume/export-port.js';
 import * as C from './constants.js';
 
 export interface HandshakeIO {
@@ -32,7 +32,7 @@ export interface HandshakeOptions {
 }
 
 export interface Negotiated {
-  export: NbdExport;
+  export: BlockExport;
   /** The export's canonical name (the default export's real name if the client asked for ""). */
   exportName: string;
   size: number;
@@ -60,7 +60,7 @@ interface BlockSize {
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
 /** The export's block-size constraints, made consistent and capped at what the engine accepts. */
-export function blockSizeOf(exp: NbdExport): BlockSize {
+export function blockSizeOf(exp: BlockExport): BlockSize {
   const bs = exp.blockSize ?? { minimum: 1, preferred: 4096, maximum: C.MAX_PAYLOAD };
   const minimum = isPow2(bs.minimum) && bs.minimum <= 65536 ? bs.minimum : 1;
   let preferred = isPow2(bs.preferred) && bs.preferred >= minimum ? bs.preferred : Math.max(4096, minimum);
@@ -71,7 +71,7 @@ export function blockSizeOf(exp: NbdExport): BlockSize {
 }
 
 /** Transmission flags: advertise exactly what the engine and this export support. */
-export function transmissionFlags(exp: NbdExport, structured: boolean): number {
+export function transmissionFlags(exp: BlockExport, structured: boolean): number {
   let f = C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_CACHE;
   // We never fragment a read reply, so DF is honoured trivially; only meaningful with structured replies.
   if (structured) f |= C.NBD_FLAG_SEND_DF;
@@ -227,7 +227,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         for (let i = 0; i < nInfo; i++) requests.add(data.readUInt16BE(6 + nameLen + 2 * i));
 
         const name = resolveName(raw);
-        let exp: NbdExport | null = null;
+        let exp: BlockExport | null = null;
         if (name !== null) {
           try {
             exp = provider.openExport(name, option === C.NBD_OPT_GO ? opts.onRevoke : noop);
@@ -294,7 +294,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
 
 function noop() {}
 
-function negotiated(exp: NbdExport, name: string, structured: boolean, baseAllocation: boolean): Negotiated {
+function negotiated(exp: BlockExport, name: string, structured: boolean, baseAllocation: boolean): Negotiated {
   const bs = blockSizeOf(exp);
   return {
     export: exp,
@@ -308,7 +308,7 @@ function negotiated(exp: NbdExport, name: string, structured: boolean, baseAlloc
   };
 }
 
-function sendInfo(reply: (o: number, t: number, d?: Buffer) => void, option: number, neg: Negotiated, exp: NbdExport, requests: Set<number>): void {
+function sendInfo(reply: (o: number, t: number, d?: Buffer) => void, option: number, neg: Negotiated, exp: BlockExport, requests: Set<number>): void {
   const info = Buffer.allocUnsafe(12);
   info.writeUInt16BE(C.NBD_INFO_EXPORT, 0);
   info.writeBigUInt64BE(BigInt(neg.size), 2);

@@ -4,7 +4,8 @@
 
 import net from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
-import type { ExportProvider, NbdObserver } from './export.js';
+import type { ExportProvider } from '../volume/export-port.js';
+import type { NbdObserver } from './observer.js';
 import type { Logger } from './handshake.js';
 import { NbdConnection } from './connection.js';
 

@@ -12,7 +12,8 @@
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { nbdErrnoOf, isShoalError } from '../errors.js';
-import { kRelease, type NbdExport, type NbdObserver, type Extent } from './export.js';
+import type { BlockExport, Extent, ReadResult } from '../volume/export-port.js';
+import type { NbdObserver } from './observer.js';
 import type { Logger, Negotiated } from './handshake.js';
 import * as C from './constants.js';
 
@@ -75,7 +76,7 @@ export interface TransmissionOptions {
 
 export class Transmission {
   readonly sock: Socket;
-  readonly exp: NbdExport;
+  readonly exp: BlockExport;
   readonly neg: Negotiated;
   private readonly observer?: NbdObserver;
   private readonly log: Logger;
@@ -154,14 +155,14 @@ export class Transmission {
     try {
       switch (req.type) {
         case C.NBD_CMD_READ: {
-          const data = await exp.read(req.offset, req.length);
-          const got = Array.isArray(data) ? totalLength(data) : data.length;
+          const r = await exp.read(req.offset, req.length);
+          const got = Array.isArray(r.data) ? totalLength(r.data) : r.data.length;
           if (got !== req.length) {
-            (data as any)[kRelease]?.();
+            r.release();
             throw new Error(`export returned ${got} bytes for a ${req.length}-byte read`);
           }
           ok = true;
-          this.replyRead(req, data);
+          this.replyRead(req, r);
           break;
         }
         case C.NBD_CMD_WRITE:
@@ -279,13 +280,13 @@ export class Transmission {
     this.sock.write(this.simpleHeader(req, 0));
   }
 
-  private replyRead(req: Request, data: Buffer | Buffer[]): void {
+  private replyRead(req: Request, r: ReadResult): void {
     // A view of the shared cache is held until the socket has taken the bytes (or never will).
-    const release: (() => void) | undefined = (data as any)[kRelease];
     if (!this.begin(req)) {
-      release?.();
+      r.release();
       return;
     }
+    const data = r.data;
     if (!this.structured) {
       this.sock.write(this.simpleHeader(req, 0));
     } else {
@@ -300,10 +301,8 @@ export class Transmission {
       // Views of cached chunks: queued under the cork, they leave in one writev.
       const last = data.length - 1;
       for (let i = 0; i < last; i++) this.sock.write(data[i]);
-      if (release) this.sock.write(data[last], () => release());
-      else this.sock.write(data[last]);
-    } else if (release) this.sock.write(data, () => release());
-    else this.sock.write(data);
+      this.sock.write(data[last], () => r.release());
+    } else this.sock.write(data, () => r.release());
   }
 
   /** Replies with an error (simple reply without payload, or an NBD_REPLY_TYPE_ERROR chunk). */

@@ -1,13 +1,10 @@
-import type { CacheStats } from '../cache/chunk-cache.js';
-
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
+import type { CacheStats } from '../cache/chunk-cache.js';
+import type { FsckReport } from '../meta/fsck.js';
+import type { StoreStats } from '../store/chunk-store.js';
 
-/** The volume an NBD export name belongs to: the name itself, or VOLUME of VOLUME@SNAPSHOT. */
-export function volumeOfExport(exportName: string): string {
-  const at = exportName.indexOf('@');
-  return at < 0 ? exportName : exportName.slice(0, at);
-}
+export type { FsckReport };
 
 export interface VolumeInfo {
   name: string;
@@ -49,16 +46,9 @@ export interface Stats {
   snapshots: number;
   dedupHits: number;
   dedupLogEntries: number; // new fingerprints logged, not yet in the on-disk index
+  reclaimPendingNodes: number; // map nodes released but not yet reclaimed (their chunks not yet freed)
   cache: CacheStats;
-}
-
-export interface FsckReport {
-  ok: boolean;
-  checkedVolumes: number;
-  checkedSnapshots: number;
-  checkedNodes: number;
-  checkedChunks: number;
-  errors: string[]; // one sentence per problem
+  store: StoreStats;
 }
 
 export interface VolumeControl {

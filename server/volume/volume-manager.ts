@@ -1,123 +1,109 @@
-// The volume layer's front: volumes, snapshots, clones, reflink and dedupe over the metadata
-// and data layers, offered to the REST API (VolumeControl) and to the NBD server
-// (ExportProvider). It knows nothing of sockets or HTTP.
+// The volume layer's front (DESIGN.md "volumes" row): volumes, snapshots, clones, rollback,
+// reflink and dedupe over the metadata, dedup, cache and store layers it is given, offered to the
+// REST API (VolumeControl) and, through VolumeExports, to the NBD engine. It knows nothing of
+// sockets or HTTP.
 import { ShoalError } from '../errors.js';
-import type { ExportListing, ExportProvider, NbdExport, Extent, ZeroOptions } from '../nbd/export.js';
-import { MetaStore, type RootRecord, type SnapshotRecord, type VolumeRecord } from '../meta/meta-store.js';
-import { dropRoot, growLevels, releaseRange, shareChunks, shareRoot } from '../meta/map-tree.js';
+import type { MetaStore } from '../meta/meta-store.js';
+import type { RootRecord, SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
+import { dropRoot, growLevels, shareRoot } from '../meta/map-tree.js';
 import { levelsFor } from '../meta/map-node.js';
-import { LocalChunkStore } from '../store/local-chunk-store.js';
+import { checkMetadata, FsckErrors } from '../meta/fsck.js';
+import { SpaceReclaim } from '../meta/space-reclaim.js';
 import type { ChunkStore } from '../store/chunk-store.js';
-import { ChunkCache } from '../cache/chunk-cache.js';
-import { DataPath, checkRange, type WritableMap } from './data-path.js';
-import { RangeLock } from './range-lock.js';
-import { GarbageCollector, WRITE_COMMIT_BATCH } from './garbage-collector.js';
-import { checkMetadata } from '../meta/fsck.js';
-import { native } from '../native.js';
-import { volumeOfExport, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo } from './control.js';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import type { DedupIndex } from '../dedup/dedup-index.js';
+import { DedupIndexer } from '../dedup/dedup-indexer.js';
+import { checkDedupIndex } from '../dedup/dedup-check.js';
+import { CommitScheduler } from './commit-scheduler.js';
+import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
+import { validName, validSize } from './names.js';
+import { RangeOperations } from './range-operations.js';
+import { ReadPath } from './read-path.js';
+import { VolumeExports } from './volume-exports.js';
+import { VolumeState } from './volume-state.js';
+import { WritePath } from './write-path.js';
 
-export const DEFAULT_CHUNK_SIZE = 4096;
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-/** Largest volume: chunk indices and byte offsets stay exact in doubles. */
-export const MAX_VOLUME_SIZE = 2 ** 52;
-const MAX_IO = 32 * 1024 * 1024;
+/** The layers below, opened by the daemon. */
+export interface StorageLayers {
+  meta: MetaStore;
+  store: ChunkStore;
+  cache: ChunkCache;
+  dedup: DedupIndex;
+}
 
 export interface VolumeManagerOptions {
-  dataDir: string;
-  cacheSize: number;
-  chunkSize?: number;
-  verifyDedup?: boolean;
   /** Inline deduplication; default on. */
   dedup?: boolean;
+  /** Compare bytes on a fingerprint match. */
+  verifyDedup?: boolean;
   /** Commit at least this often when there are changes (ms). */
   commitIntervalMs?: number;
-  fingerprintOverride?: (chunk: Buffer) => Buffer;
   /** How long writes must pause before logged fingerprints go into the index (ms). */
   dedupLogIdleMs?: number;
   /** Longest slice of space reclaim on the event loop (ms); tests set 0 to split every map leaf. */
-  gcSliceMs?: number;
-  logger?: { info(...a: any[]): void; warn(...a: any[]): void; error(...a: any[]): void };
+  reclaimSliceMs?: number;
+  logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
-interface Connection {
-  revoke(): void;
-}
-
-class VolumeState implements WritableMap {
-  readonly lock = new RangeLock();
-  readonly conns = new Set<Connection>();
-  readonly snapshotReaders = new Map<string, number>();
-  deleted = false;
-  constructor(
-    public record: VolumeRecord,
-    readonly domain: number,
-    private readonly mgr: VolumeManager,
-  ) {}
-  get name(): string {
-    return this.record.name;
-  }
-  touched(): void {
-    this.mgr.meta.putVolume(this.record);
-    // Keep commits bounded: a big one holds the event loop while its records are queued
-    // (~1 us each), a small one costs two fsyncs.
-    if (this.mgr.meta.pendingChanges >= WRITE_COMMIT_BATCH) this.mgr.commitSoon();
-    this.mgr.gc.kick(); // TRIM/zero of whole map subtrees queue them for collection
-  }
-}
-
-function validName(kind: 'volume' | 'snapshot' | 'domain', name: unknown): string {
-  if (typeof name !== 'string' || !NAME_RE.test(name))
-    throw new ShoalError('invalid_name', `${kind} name ${JSON.stringify(name)} is not valid: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  return name;
-}
-
-export class VolumeManager implements VolumeControl, ExportProvider {
+export class VolumeManager implements VolumeControl {
   private readonly states = new Map<string, VolumeState>();
-  private commitTimer: NodeJS.Timeout | null = null;
-  readonly data: DataPath;
-  readonly gc: GarbageCollector;
+  readonly meta: MetaStore;
+  readonly reads: ReadPath;
+  readonly writes: WritePath;
+  readonly exports: VolumeExports;
+  private readonly ranges: RangeOperations;
+  private readonly reclaim: SpaceReclaim;
+  private readonly indexer: DedupIndexer;
+  private readonly commits: CommitScheduler;
   private closing = false;
 
   private constructor(
-    readonly meta: MetaStore,
-    readonly store: ChunkStore,
-    readonly cache: ChunkCache,
-    private readonly opts: VolumeManagerOptions,
+    private readonly layers: StorageLayers,
+    opts: VolumeManagerOptions,
   ) {
-    this.data = new DataPath(meta, store, cache, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false, fingerprintOverride: opts.fingerprintOverride });
-    meta.hooks = {
-      chunkFreed: (slot) => cache.drop(slot),
-      syncData: () => store.sync(),
-      fingerprintsLogged: () => this.gc?.kick(),
-    };
+    const { meta, store, cache, dedup } = layers;
+    this.meta = meta;
+    // Chunk data reaches the disk before any commit that references it; a freed or reused slot's
+    // cached bytes are never served again (invariant 1).
+    meta.pipeline.syncData = () => store.sync();
+    meta.chunks.onFreed((slot) => cache.drop(slot));
+    meta.onSlotReused((slot) => cache.drop(slot));
+    this.reads = new ReadPath(meta, cache);
+    this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
+    this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs);
+    const self = this;
+    this.exports = new VolumeExports({
+      states: this.states,
+      reads: this.reads,
+      writes: this.writes,
+      cache,
+      flush: () => this.commits.flush(),
+      get open() {
+        return !self.closing;
+      },
+    });
+    this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
+    this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
+    this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick() });
     for (const rec of meta.volumes.values()) this.addState(rec);
-    this.gc = new GarbageCollector(meta, opts.logger, { fpLogIdleMs: opts.dedupLogIdleMs, sliceMs: opts.gcSliceMs });
-    this.gc.start();
-    const every = opts.commitIntervalMs ?? 2000;
-    this.commitTimer = setInterval(() => {
-      if (this.meta.pendingChanges > 0) this.meta.commit().catch((e) => opts.logger?.error({ err: e }, 'background commit failed'));
-      // Map nodes are 2 KiB in memory: keep at most 64k clean ones (128 MiB, maps for ~64 GiB of hot data).
-      this.meta.trimNodeCache(65_536);
-    }, every);
-    this.commitTimer.unref();
   }
 
-  static async open(opts: VolumeManagerOptions): Promise<VolumeManager> {
-    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
-    if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > 1024 * 1024 || (chunkSize & (chunkSize - 1)) !== 0)
-      throw new ShoalError('invalid_request', `chunk size ${chunkSize} is not a power of two from 4 KiB to 1 MiB`);
-    native(); // fail at start, with a sentence, if the addon is not built — not on the first write
-    const meta = MetaStore.open(opts.dataDir, { chunkSize });
-    if (opts.chunkSize && opts.chunkSize !== meta.chunkSize)
-      opts.logger?.warn(`the store in ${opts.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${opts.chunkSize}`);
-    const store = await LocalChunkStore.open(opts.dataDir, meta.chunkSize);
-    const cache = new ChunkCache(opts.cacheSize, meta.chunkSize, store);
-    return new VolumeManager(meta, store, cache, opts);
+  /** Serves the volumes of the given layers; operations a crash interrupted are finished first. */
+  static async open(layers: StorageLayers, opts: VolumeManagerOptions = {}): Promise<VolumeManager> {
+    const m = new VolumeManager(layers, opts);
+    await m.ranges.rollForward(opts.logger);
+    m.reclaim.start();
+    m.indexer.start();
+    m.commits.start();
+    return m;
   }
 
   private addState(rec: VolumeRecord): VolumeState {
-    const domain = this.meta.domainId(rec.domain, true)!;
-    const st = new VolumeState(rec, domain, this);
+    const st = new VolumeState(rec, this.meta.domainId(rec.domain, true)!, (s) => {
+      this.meta.volumes.put(s.name, s.record);
+      this.commits.changed();
+      this.reclaim.kick(); // TRIM/zero of whole map subtrees queue them for reclaim
+    });
     this.states.set(rec.name, st);
     return st;
   }
@@ -138,7 +124,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     if (this.closing || this.meta.isClosed) throw new ShoalError('shutting_down', 'the daemon is shutting down');
   }
 
-  // ------------------------------------------------------------------ control: volumes
+  // ------------------------------------------------------------------ volumes
 
   /**
    * `sharing` walks the whole map to split exclusive from shared bytes (O(mapped)); create and
@@ -146,7 +132,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
    */
   private info(st: VolumeState, known?: { exclusive: number; shared: number }): VolumeInfo {
     const r = st.record;
-    const sh = known ?? this.data.sharing(r);
+    const sh = known ?? this.reads.sharing(r);
     return {
       name: r.name,
       size: r.size,
@@ -159,43 +145,18 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       mappedBytes: r.mapped * this.meta.chunkSize,
       exclusiveBytes: sh.exclusive,
       sharedBytes: sh.shared,
-      cacheLoads: this.cacheLoadsOf(r.name),
+      cacheLoads: this.exports.cacheLoadsOf(r.name),
     };
-  }
-
-  /** Chunks loaded from the store for reads of the volume and its snapshots (by reader id). */
-  private cacheLoadsOf(volume: string): number {
-    let n = 0;
-    for (const [exportName, id] of this.readerIds) if (volumeOfExport(exportName) === volume) n += this.cache.storeLoads.get(id) ?? 0;
-    return n;
-  }
-
-  private validSize(size: unknown): number {
-    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0)
-      throw new ShoalError('invalid_size', `size ${JSON.stringify(size)} is not a positive whole number of bytes`);
-    if (size % 512 !== 0) throw new ShoalError('invalid_size', `size ${size} is not a multiple of 512 bytes (one sector)`);
-    if (size > MAX_VOLUME_SIZE) throw new ShoalError('invalid_size', `size ${size} is larger than the maximum of ${MAX_VOLUME_SIZE} bytes (4 PiB)`);
-    return size;
   }
 
   async createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo> {
     this.checkOpen();
     const name = validName('volume', req.name);
-    const size = this.validSize(req.size);
+    const size = validSize(req.size);
     const domain = validName('domain', req.domain ?? 'default');
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
-    const rec: VolumeRecord = {
-      name,
-      size,
-      domain,
-      origin: null,
-      snapshots: [],
-      root: 0,
-      levels: levelsFor(Math.ceil(size / this.meta.chunkSize)),
-      mapped: 0,
-      createdAt: new Date().toISOString(),
-    };
-    this.meta.putVolume(rec);
+    const rec: VolumeRecord = { name, size, domain, origin: null, snapshots: [], root: 0, levels: levelsFor(Math.ceil(size / this.meta.chunkSize)), mapped: 0, createdAt: new Date().toISOString() };
+    this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
     await this.meta.commit();
     return this.info(st, { exclusive: 0, shared: 0 });
@@ -208,15 +169,14 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     const src = this.state(req.from.volume);
     const from: RootRecord = req.from.snapshot !== undefined ? this.snapshot(src, req.from.snapshot) : src.record;
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
-    const shared = shareRoot(this.meta, from);
     const rec: VolumeRecord = {
-      ...shared,
+      ...shareRoot(this.meta, from),
       name,
       domain: src.record.domain, // clones share chunks, so they stay in their origin's domain
       origin: { volume: src.name, ...(req.from.snapshot !== undefined ? { snapshot: req.from.snapshot } : {}) },
       snapshots: [],
     };
-    this.meta.putVolume(rec);
+    this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
     await this.meta.commit();
     return this.info(st, { exclusive: 0, shared: rec.mapped * this.meta.chunkSize });
@@ -233,36 +193,23 @@ export class VolumeManager implements VolumeControl, ExportProvider {
   async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
     this.checkOpen();
     const st = this.state(name);
-    size = this.validSize(size);
-    const r = st.record;
-    if (size < r.size) {
+    size = validSize(size);
+    if (size < st.record.size) {
       if (st.conns.size > 0)
         throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} client(s) connected; shrinking it under them would cut off their data (disconnect them first)`);
-      // Whatever lies past the new end must read as zeroes if the volume grows again.
-      const cs = this.meta.chunkSize;
-      const cut = Math.ceil(size / cs);
-      await this.meta.atomically(async () => {
-        if (size % cs !== 0) await this.data.zero(st, size, Math.min(r.size, cut * cs) - size, false);
-        const release = await st.lock.acquire(cut, Infinity);
-        try {
-          releaseRange(this.meta, r, cut, Infinity);
-          r.size = size;
-        } finally {
-          release();
-        }
-      });
+      await this.ranges.shrink(st, size);
     } else {
-      growLevels(this.meta, r, Math.ceil(size / this.meta.chunkSize));
-      r.size = size;
+      const release = await st.lock.acquire(0, Infinity); // not while a shrink zeroes its old tail
+      try {
+        growLevels(this.meta, st.record, Math.ceil(size / this.meta.chunkSize));
+        st.record.size = size;
+        st.touched();
+      } finally {
+        release();
+      }
+      await this.meta.commit();
     }
-    st.touched();
-    await this.meta.commit();
     return this.info(st);
-  }
-
-  private revokeAll(st: VolumeState): void {
-    for (const c of [...st.conns]) c.revoke();
-    st.conns.clear();
   }
 
   async deleteVolume(name: string, opts: { force?: boolean } = {}): Promise<void> {
@@ -271,21 +218,21 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
     st.deleted = true;
-    this.revokeAll(st);
+    st.revoke();
     const release = await st.lock.acquire(0, Infinity);
     try {
       for (const s of st.record.snapshots) dropRoot(this.meta, s);
       dropRoot(this.meta, st.record);
-      this.meta.deleteVolumeRecord(name);
+      this.meta.volumes.delete(name);
       this.states.delete(name);
     } finally {
       release();
     }
     await this.meta.commit();
-    this.gc.kick();
+    this.reclaim.kick();
   }
 
-  // ------------------------------------------------------------------ control: snapshots
+  // ------------------------------------------------------------------ snapshots
 
   private snapInfo(st: VolumeState, s: SnapshotRecord): SnapshotInfo {
     return { name: s.name, volume: st.name, size: s.size, createdAt: s.createdAt, exportName: `${st.name}@${s.name}` };
@@ -313,25 +260,24 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     this.checkOpen();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
-    const readers = st.snapshotReaders.get(snapshot) ?? 0;
+    const readers = st.readersOf(snapshot);
     if (readers > 0 && !opts.force)
       throw new ShoalError('volume_busy', `snapshot ${volume}@${snapshot} has ${readers} NBD client(s) connected; disconnect them or delete with force=true`);
-    if (readers > 0) for (const c of [...st.conns]) if ((c as any).snapshot === snapshot) c.revoke();
+    st.revoke((c) => c.snapshot === snapshot);
     st.record.snapshots = st.record.snapshots.filter((x) => x !== s);
     dropRoot(this.meta, s);
     st.touched();
     await this.meta.commit();
-    this.gc.kick();
   }
 
   async rollback(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
-    const writers = [...st.conns].filter((c) => (c as any).snapshot === undefined).length;
+    const writers = st.writers().length;
     if (writers > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${volume} has ${writers} NBD client(s) connected; a rollback under a running client would corrupt what it caches (disconnect it, or force=true to cut it off)`);
-    for (const c of [...st.conns]) if ((c as any).snapshot === undefined) c.revoke();
+    st.revoke((c) => c.snapshot === undefined);
     const release = await st.lock.acquire(0, Infinity);
     try {
       const r = st.record;
@@ -346,11 +292,10 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       release();
     }
     await this.meta.commit();
-    this.gc.kick();
     return this.info(st);
   }
 
-  // ------------------------------------------------------------------ control: reflink / dedupe
+  // ------------------------------------------------------------------ reflink / dedupe
 
   private source(spec: unknown): { st: VolumeState; rec: RootRecord } {
     if (typeof spec !== 'string' || spec.length === 0) throw new ShoalError('invalid_request', 'source must name a volume or VOLUME@SNAPSHOT');
@@ -363,119 +308,40 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     return { st, rec: this.snapshot(st, spec.slice(at + 1)) };
   }
 
-  private rangeArgs(req: RangeRequest, dst: VolumeState, src: RootRecord): void {
+  /** Checks a reflink or dedupe request; returns the destination and the source map. */
+  private rangeArgs(volume: string, req: RangeRequest): { dst: VolumeState; src: RootRecord } {
+    const dst = this.state(volume);
+    const { st: srcSt, rec: src } = this.source(req?.source);
     for (const k of ['sourceOffset', 'offset', 'length'] as const) {
-      const v = (req as any)[k];
+      const v: unknown = req[k];
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ShoalError('invalid_range', `${k} must be a whole number of bytes ≥ 0 (got ${JSON.stringify(v)})`);
     }
     if (req.length === 0) throw new ShoalError('invalid_range', 'length must be greater than 0');
-    if (req.sourceOffset + req.length > src.size)
-      throw new ShoalError('invalid_range', `the source range ${req.sourceOffset}+${req.length} goes past the end of ${req.source} (size ${src.size})`);
-    if (req.offset + req.length > dst.record.size)
-      throw new ShoalError('invalid_range', `the destination range ${req.offset}+${req.length} goes past the end of ${dst.name} (size ${dst.record.size})`);
+    if (req.sourceOffset + req.length > src.size) throw new ShoalError('invalid_range', `the source range ${req.sourceOffset}+${req.length} goes past the end of ${req.source} (size ${src.size})`);
+    if (req.offset + req.length > dst.record.size) throw new ShoalError('invalid_range', `the destination range ${req.offset}+${req.length} goes past the end of ${dst.name} (size ${dst.record.size})`);
+    if (srcSt.record.domain !== dst.record.domain)
+      throw new ShoalError('domain_mismatch', `${req.source} is in dedup domain ${srcSt.record.domain} and ${volume} in ${dst.record.domain}: chunks are shared only inside a domain`);
+    return { dst, src };
   }
 
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.checkOpen();
-    const dst = this.state(volume);
-    const { st: srcSt, rec: src } = this.source(req?.source);
-    this.rangeArgs(req, dst, src);
-    if (srcSt.record.domain !== dst.record.domain)
-      throw new ShoalError('domain_mismatch', `${req.source} is in dedup domain ${srcSt.record.domain} and ${volume} in ${dst.record.domain}: chunks are shared only inside a domain`);
+    const { dst, src } = this.rangeArgs(volume, req);
     if (src === dst.record && req.offset < req.sourceOffset + req.length && req.sourceOffset < req.offset + req.length)
       throw new ShoalError('invalid_range', 'source and destination ranges overlap within one volume');
-    const cs = this.meta.chunkSize;
-    let sharedBytes = 0;
-    let copiedBytes = 0;
-    const { sourceOffset, offset, length } = req;
-    // Chunk-aligned middle: share. Requires both offsets at the same position within a chunk.
-    const aligned = sourceOffset % cs === offset % cs;
-    const headLen = aligned ? Math.min(length, (cs - (offset % cs)) % cs) : length;
-    const midChunks = aligned ? Math.floor((length - headLen) / cs) : 0;
-    const tailLen = length - headLen - midChunks * cs;
-    const copy = async (so: number, o: number, len: number) => {
-      for (let done = 0; done < len; done += MAX_IO) {
-        const n = Math.min(MAX_IO, len - done);
-        const buf = await this.data.readBytes(src, so + done, n);
-        await this.data.write(dst, o + done, Buffer.from(buf));
-      }
-      copiedBytes += len;
-    };
-    await this.meta.atomically(async () => {
-    if (headLen > 0) await copy(sourceOffset, offset, headLen);
-    if (midChunks > 0) {
-      const dFrom = (offset + headLen) / cs;
-      const sFrom = (sourceOffset + headLen) / cs;
-      const release = await dst.lock.acquire(dFrom, dFrom + midChunks);
-      try {
-        shareChunks(this.meta, dst.record, src, dFrom, sFrom, midChunks);
-        dst.touched();
-      } finally {
-        release();
-      }
-      sharedBytes += midChunks * cs;
-    }
-    if (tailLen > 0) await copy(sourceOffset + length - tailLen, offset + length - tailLen, tailLen);
-    });
-    await this.meta.commit();
-    this.gc.kick();
-    return { sharedBytes, copiedBytes };
+    return this.ranges.reflink(dst, src, req);
   }
 
   async dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }> {
     this.checkOpen();
-    const dst = this.state(volume);
-    const { st: srcSt, rec: src } = this.source(req?.source);
-    this.rangeArgs(req, dst, src);
-    if (srcSt.record.domain !== dst.record.domain)
-      throw new ShoalError('domain_mismatch', `${req.source} is in dedup domain ${srcSt.record.domain} and ${volume} in ${dst.record.domain}`);
+    const { dst, src } = this.rangeArgs(volume, req);
     const cs = this.meta.chunkSize;
-    const { sourceOffset, offset, length } = req;
-    if (sourceOffset % cs !== 0 || offset % cs !== 0)
+    if (req.sourceOffset % cs !== 0 || req.offset % cs !== 0)
       throw new ShoalError('invalid_range', `dedupe shares whole chunks: sourceOffset and offset must be multiples of the chunk size (${cs})`);
-    let sharedBytes = 0;
-    let differentBytes = 0;
-    const chunks = Math.floor(length / cs);
-    const tail = length - chunks * cs;
-    const BATCH = 256;
-    await this.meta.atomically(async () => {
-    for (let c = 0; c < chunks; c += BATCH) {
-      const n = Math.min(BATCH, chunks - c);
-      const dFrom = offset / cs + c;
-      const sFrom = sourceOffset / cs + c;
-      const release = await dst.lock.acquire(dFrom, dFrom + n);
-      try {
-        const a = await this.data.readBytes(src, sFrom * cs, n * cs);
-        const b = await this.data.readBytes(dst.record, dFrom * cs, n * cs);
-        // Contiguous runs of equal chunks are shared by one call each.
-        let runStart = -1;
-        for (let i = 0; i <= n; i++) {
-          const eq = i < n && a.subarray(i * cs, i * cs + cs).equals(b.subarray(i * cs, i * cs + cs));
-          if (eq && runStart < 0) runStart = i;
-          if (!eq && runStart >= 0) {
-            shareChunks(this.meta, dst.record, src, dFrom + runStart, sFrom + runStart, i - runStart);
-            sharedBytes += (i - runStart) * cs;
-            runStart = -1;
-          }
-          if (!eq && i < n) differentBytes += cs;
-        }
-        dst.touched();
-      } finally {
-        release();
-      }
-    }
-    if (tail > 0) {
-      const a = await this.data.readBytes(src, sourceOffset + chunks * cs, tail);
-      const b = await this.data.readBytes(dst.record, offset + chunks * cs, tail);
-      if (!a.equals(b)) differentBytes += tail; // a partial chunk cannot be shared; equal bytes need nothing
-    }
-    });
-    await this.meta.commit();
-    this.gc.kick();
-    return { sharedBytes, differentBytes };
+    return this.ranges.dedupe(dst, src, req);
   }
 
-  // ------------------------------------------------------------------ control: stats, fsck
+  // ------------------------------------------------------------------ stats, fsck
 
   stats(): Stats {
     const cs = this.meta.chunkSize;
@@ -488,196 +354,42 @@ export class VolumeManager implements VolumeControl, ExportProvider {
         snapshots++;
       }
     }
-    const physical = this.meta.sb.liveChunks * cs;
+    const physical = this.meta.liveChunks * cs;
     const logical = mapped * cs;
     return {
       logicalBytes: logical,
       physicalBytes: physical,
       dedupRatio: physical === 0 ? 1 : logical / physical,
       chunkSize: cs,
-      chunks: this.meta.sb.liveChunks,
+      chunks: this.meta.liveChunks,
       volumes: this.states.size,
       snapshots,
-      dedupHits: this.meta.sb.dedupHits,
-      dedupLogEntries: this.meta.fpLogSize,
-      cache: this.cache.stats(),
+      dedupHits: this.layers.dedup.hits,
+      dedupLogEntries: this.layers.dedup.log.size,
+      reclaimPendingNodes: this.meta.nodes.reclaimBacklog,
+      cache: this.layers.cache.stats(),
+      store: this.layers.store.stats(),
     };
   }
 
   async fsck(): Promise<FsckReport> {
     this.checkOpen();
-    // Let the GC finish and commit, so the check sees a quiescent, committed state.
-    await this.gc.drain();
+    // Let reclaim finish and commit, so the check sees a quiescent, committed state.
+    await this.reclaim.drain();
     await this.meta.commit();
-    return checkMetadata(this.meta, this.store);
-  }
-
-  // ------------------------------------------------------------------ NBD exports
-
-  listExports(): ExportListing[] {
-    const out: ExportListing[] = [];
-    for (const st of this.states.values()) {
-      out.push({ name: st.name, description: `Shoal volume ${st.name} (${st.record.size} bytes, domain ${st.record.domain})` });
-      for (const s of st.record.snapshots) out.push({ name: `${st.name}@${s.name}`, description: `Shoal snapshot ${s.name} of ${st.name} (read-only)` });
-    }
-    return out;
-  }
-
-  defaultExportName(): string | null {
-    return this.states.size === 1 ? [...this.states.keys()][0] : null;
-  }
-
-  openExport(name: string, onRevoke: () => void): NbdExport | null {
-    if (this.closing) return null;
-    const at = name.indexOf('@');
-    const st = this.states.get(volumeOfExport(name));
-    if (!st) return null;
-    const snapName = at < 0 ? undefined : name.slice(at + 1);
-    const snap = snapName === undefined ? undefined : st.record.snapshots.find((s) => s.name === snapName);
-    if (snapName !== undefined && !snap) return null;
-    return new VolumeExport(this, st, snap, name, onRevoke);
-  }
-
-  private readonly readerIds = new Map<string, number>();
-  /** A small number per export name: the cache counts distinct readers of each chunk by it. */
-  readerIdFor(exportName: string): number {
-    let id = this.readerIds.get(exportName);
-    if (id === undefined) this.readerIds.set(exportName, (id = this.readerIds.size + 1));
-    return id;
-  }
-
-  /** Used by VolumeExport. */
-  attach(st: VolumeState, c: Connection & { snapshot?: string }): void {
-    st.conns.add(c);
-    if (c.snapshot !== undefined) st.snapshotReaders.set(c.snapshot, (st.snapshotReaders.get(c.snapshot) ?? 0) + 1);
-  }
-  detach(st: VolumeState, c: Connection & { snapshot?: string }): void {
-    if (st.conns.delete(c) && c.snapshot !== undefined) st.snapshotReaders.set(c.snapshot, (st.snapshotReaders.get(c.snapshot) ?? 1) - 1);
-  }
-
-  async flush(): Promise<void> {
-    await this.meta.commit();
-  }
-
-  private commitQueued = false;
-  /** A background commit, once per burst of changes. */
-  commitSoon(): void {
-    if (this.commitQueued) return;
-    this.commitQueued = true;
-    this.meta
-      .commit()
-      .catch((e) => this.opts.logger?.error({ err: e }, 'background commit failed'))
-      .finally(() => (this.commitQueued = false));
+    const errors = new FsckErrors();
+    checkDedupIndex(this.layers.dedup, this.meta.chunks, errors);
+    return checkMetadata(this.meta, this.layers.store, errors);
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    if (this.commitTimer) clearInterval(this.commitTimer);
-    for (const st of this.states.values()) this.revokeAll(st);
-    await this.gc.stop();
+    this.commits.stop();
+    for (const st of this.states.values()) st.revoke();
+    this.reclaim.stop();
+    this.indexer.stop();
+    this.layers.dedup.close();
     await this.meta.close();
-    await this.store.close();
-  }
-}
-
-/** One NBD connection's view of a volume or snapshot. */
-class VolumeExport implements NbdExport {
-  readonly description: string;
-  readonly readOnly: boolean;
-  readonly blockSize: { minimum: number; preferred: number; maximum: number };
-  readonly multiConn = true;
-  readonly snapshot?: string;
-  private closed = false;
-  private revoked = false;
-  private readonly readerId: number;
-
-  constructor(
-    private readonly mgr: VolumeManager,
-    private readonly st: VolumeState,
-    private readonly snap: SnapshotRecord | undefined,
-    readonly name: string,
-    private readonly onRevoke: () => void,
-  ) {
-    this.readOnly = snap !== undefined;
-    this.snapshot = snap?.name;
-    this.description = snap ? `Shoal snapshot ${snap.name} of ${st.name} (read-only)` : `Shoal volume ${st.name}`;
-    this.blockSize = { minimum: 1, preferred: Math.max(4096, mgr.meta.chunkSize), maximum: MAX_IO };
-    this.readerId = mgr.readerIdFor(name);
-    mgr.attach(st, this);
-  }
-
-  get size(): number {
-    return this.rec().size;
-  }
-
-  private rec(): RootRecord {
-    return this.snap ?? this.st.record;
-  }
-
-  revoke(): void {
-    if (this.revoked) return;
-    this.revoked = true;
-    this.onRevoke();
-  }
-
-  private live(): void {
-    if (this.revoked || this.st.deleted) throw new ShoalError('volume_deleted', `export ${this.name} was removed`);
-    this.mgr.gc.foregroundIo++; // every request passes here: space reclaim paces itself by it
-  }
-
-  private writable(offset: number, length: number): void {
-    this.live();
-    if (this.readOnly) throw new ShoalError('read_only', `export ${this.name} is a read-only snapshot`);
-    checkRange(this.st.record.size, offset, length);
-  }
-
-  async read(offset: number, length: number): Promise<Buffer | Buffer[]> {
-    this.live();
-    const r = this.rec();
-    checkRange(r.size, offset, length);
-    return this.mgr.data.read(r, offset, length, this.readerId);
-  }
-
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    this.writable(offset, data.length);
-    await this.mgr.data.write(this.st, offset, data);
-    if (fua) await this.mgr.flush();
-  }
-
-  async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    this.writable(offset, length);
-    await this.mgr.data.trim(this.st, offset, length);
-    if (fua) await this.mgr.flush();
-  }
-
-  async writeZeroes(offset: number, length: number, o: ZeroOptions): Promise<void> {
-    this.writable(offset, length);
-    await this.mgr.data.zero(this.st, offset, length, o.noHole);
-    if (o.fua) await this.mgr.flush();
-  }
-
-  async flush(): Promise<void> {
-    this.live();
-    await this.mgr.flush();
-  }
-
-  async cache(offset: number, length: number): Promise<void> {
-    this.live();
-    const r = this.rec();
-    checkRange(r.size, offset, length);
-    await this.mgr.data.prefetch(r, offset, length, this.readerId);
-  }
-
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    this.live();
-    const r = this.rec();
-    checkRange(r.size, offset, length);
-    return this.mgr.data.blockStatus(r, offset, length);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.mgr.detach(this.st, this);
+    await this.layers.store.close();
   }
 }

@@ -128,7 +128,7 @@ describe('nbd bad input', () => {
       [CMD.TRIM, 0n, 0],
       [CMD.WRITE_ZEROES, BigInt(SIZE), 4096],
       [CMD.CACHE, BigInt(SIZE), 4096],
-      [CMD.READ, 0n, 64 * 1024 * 1024], // above the advertised maximum
+      [CMD.READ, 0n, 65 * 1024 * 1024], // above the advertised maximum
       [CMD.WRITE, 0n, 0],
     ];
     let handle = 100n;
@@ -139,7 +139,7 @@ describe('nbd bad input', () => {
       assert.equal(r.error, EINVAL, `type ${type} offset ${off} length ${len}`);
     }
     // Writes that are refused still have their payload consumed, never applied.
-    for (const [off, len] of [[BigInt(SIZE - 10), 4096], [1n << 62n, 65536], [0n, 33 * 1024 * 1024]] as [bigint, number][]) {
+    for (const [off, len] of [[BigInt(SIZE - 10), 4096], [1n << 62n, 65536], [0n, 65 * 1024 * 1024]] as [bigint, number][]) {
       c.request(CMD.WRITE, ++handle, off, len, 0, Buffer.alloc(len, 0xee));
       const r = await c.simpleReply();
       assert.equal(r.handle, handle);

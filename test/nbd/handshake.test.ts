@@ -56,7 +56,7 @@ describe('nbd handshake', () => {
     for (const k of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_fast_zero', 'can_cache', 'can_multi_conn', 'can_df']) assert.equal(e[k], true, k);
     assert.ok(e.block_size_minimum >= 1 && e.block_size_minimum <= 4096);
     assert.ok(e.block_size_preferred >= e.block_size_minimum);
-    assert.ok(e.block_size_maximum >= 64 * 1024 && e.block_size_maximum <= 32 * 1024 * 1024, `max ${e.block_size_maximum}`);
+    assert.ok(e.block_size_maximum >= 64 * 1024 && e.block_size_maximum <= 64 * 1024 * 1024, `max ${e.block_size_maximum}`);
     const r = JSON.parse(await runOk('nbdinfo', ['--json', t.uri(ro)])).exports[0];
     assert.equal(r.is_read_only, true);
     for (const k of ['can_trim', 'can_zero', 'can_fast_zero']) assert.equal(r[k], false, `${k} on a read-only export`);

@@ -1,8 +1,8 @@
 // A small in-memory ExportProvider for protocol tests of the NBD engine (not the real volume store).
 // Sparse: only written 64 KiB pages hold memory, so multi-TiB exports cost nothing.
 import { ShoalError } from '../../server/errors.js';
-import type { ExportProvider, NbdExport, Extent, ZeroOptions, ExportListing } from '../../server/nbd/export.js';
-import { EXTENT_HOLE, EXTENT_ZERO } from '../../server/nbd/export.js';
+import type { BlockExport, ExportListing, ExportProvider, Extent, ZeroOptions } from '../../server/volume/export-port.js';
+import { EXTENT_HOLE, EXTENT_ZERO, MAX_REQUEST_BYTES } from '../../server/volume/export-port.js';
 
 const PAGE = 65536;
 
@@ -117,7 +117,7 @@ export class MemoryProvider implements ExportProvider {
     return this.volumes.keys().next().value ?? null;
   }
 
-  openExport(name: string, onRevoke: () => void): NbdExport | null {
+  openExport(name: string, onRevoke: () => void): BlockExport | null {
     const v = this.volumes.get(name);
     if (!v) return null;
     let set = this.open.get(name);
@@ -129,17 +129,17 @@ export class MemoryProvider implements ExportProvider {
     const alive = () => {
       if (this.volumes.get(name) !== v) throw new ShoalError('volume_deleted', `volume ${name} was deleted`);
     };
-    const exp: NbdExport = {
+    const exp: BlockExport = {
       name,
       description: describe(v),
       size: v.size,
       readOnly: v.readOnly,
-      blockSize: { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 },
+      blockSize: { minimum: 1, preferred: 4096, maximum: MAX_REQUEST_BYTES },
       multiConn: true,
       async read(offset, length) {
         if (opts.slowBelow !== undefined && offset < opts.slowBelow) await new Promise((r) => setTimeout(r, opts.slowMs ?? 50));
         alive();
-        return v.read(offset, length);
+        return { data: v.read(offset, length), release() {} };
       },
       async write(offset, data) {
         if (opts.slowWriteMs) await new Promise((r) => setTimeout(r, opts.slowWriteMs));

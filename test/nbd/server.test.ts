@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync, existsSync, readFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdServer } from '../../server/nbd/server.js';
-import type { NbdObserver } from '../../server/nbd/export.js';
+import type { NbdObserver } from '../../server/nbd/observer.js';
 import { MemoryProvider } from './memory-provider.js';
 import { Raw, CMD, ESHUTDOWN } from './raw.js';
 import { needTools, runOk } from '../helpers/tools.js';

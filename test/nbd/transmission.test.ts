@@ -7,7 +7,7 @@ import { startTarget, type Target } from './target.js';
 import { Raw, CMD, ESHUTDOWN } from './raw.js';
 import { py } from './py.js';
 
-const SIZE = 64 * 1024 * 1024;
+const SIZE = 128 * 1024 * 1024;
 const TIB = 2 ** 40;
 
 describe('nbd transmission', () => {
@@ -57,7 +57,8 @@ assert h.pread(512, size - 512) == Z(512)
 h.pwrite(b'\\x01' * 512, size - 512)
 assert h.pread(512, size - 512) == b'\\x01' * 512
 # the largest payload we advertise, both ways
-big = os.urandom(h.get_block_size(nbd.SIZE_MAXIMUM) if h.get_block_size(nbd.SIZE_MAXIMUM) <= 32 * MiB else 32 * MiB)
+big = os.urandom(h.get_block_size(nbd.SIZE_MAXIMUM))
+assert len(big) == 64 * MiB, len(big)
 h.pwrite(big, 16 * MiB)
 assert h.pread(len(big), 16 * MiB) == big
 if ST:
@@ -99,9 +100,9 @@ if ST:
     ext = extents(h, 32 * MiB, 0)
     assert len(ext) >= 1 and ext[0][0] > 0
     assert sum(e[0] for e in ext) <= 32 * MiB
-    # the written range at 4096 is data (HOLE clear), never-written 56 MiB+ reads as zero
+    # the written range at 4096 is data (HOLE clear), never-written 100 MiB+ reads as zero
     assert ext[0][1] & 1 == 0 or ext[0][0] <= 4096, ext[:3]
-    far = extents(h, MiB, 56 * MiB)
+    far = extents(h, MiB, 100 * MiB)
     assert far[0][1] & 2 == 2, far
     one = extents(h, 32 * MiB, 0, nbd.CMD_FLAG_REQ_ONE)
     assert len(one) == 1, one
@@ -123,8 +124,6 @@ expect_errno(errno.EINVAL, b.pread, 512, 0, 1 << 6)                      # unkno
 expect_errno(errno.EINVAL, b.pread, 512, 0, nbd.CMD_FLAG_REQ_ONE)        # flag of another command
 expect_errno(errno.EINVAL, b.pwrite, b'x' * 512, 0, nbd.CMD_FLAG_NO_HOLE)
 expect_errno(errno.EINVAL, b.trim, 4096, 0, nbd.CMD_FLAG_FAST_ZERO)
-expect_errno(errno.EINVAL, b.pread, 33 * MiB, 0)                          # above the maximum
-expect_errno(errno.EINVAL, b.pwrite, b'\\x77' * (33 * MiB), 0)
 assert b.pread(4, MiB) == b'\\xab' * 4                                     # connection still fine, nothing written
 if not ST:
     expect_errno(errno.EINVAL, b.pread, 512, 0, nbd.CMD_FLAG_DF)          # DF needs structured replies

@@ -1,15 +1,13 @@
-// The narrow interface between the NBD protocol engine and whatever serves the bytes.
-// The engine knows nothing of chunks, dedup or snapshots; the volume layer implements this.
+// The port between the NBD protocol engine (server/nbd/) and whatever serves the bytes: the
+// engine calls down into these interfaces and the volume layer implements them
+// (volume-exports.ts). The engine knows nothing of chunks, dedup or snapshots, and the volume
+// layer nothing of the protocol.
 
-/**
- * A Buffer (or array of Buffers) returned by NbdExport.read may carry a function under this key: the engine calls it
- * once the reply's bytes have left for the socket (or will never be sent). The volume layer uses
- * it to hold a zero-copy view of the shared cache until the send is done.
- */
-export const kRelease = Symbol('shoal.nbd.release');
+/** Largest READ or WRITE a volume accepts in one request (nbdkit's limit; QEMU sends up to 32 MiB). */
+export const MAX_REQUEST_BYTES = 64 * 1024 * 1024;
 
-export const EXTENT_HOLE = 1; // NBD_STATE_HOLE: no storage allocated
-export const EXTENT_ZERO = 2; // NBD_STATE_ZERO: reads as zeroes
+export const EXTENT_HOLE = 1; // no storage allocated (NBD_STATE_HOLE)
+export const EXTENT_ZERO = 2; // reads as zeroes (NBD_STATE_ZERO)
 
 export interface Extent {
   length: number;
@@ -17,13 +15,23 @@ export interface Extent {
 }
 
 export interface ZeroOptions {
-  noHole: boolean; // NBD_CMD_FLAG_NO_HOLE: keep the range allocated
-  fastZero: boolean; // NBD_CMD_FLAG_FAST_ZERO: fail with ENOTSUP rather than write slowly
+  noHole: boolean; // keep the range allocated (NBD_CMD_FLAG_NO_HOLE)
+  fastZero: boolean; // fail with ENOTSUP rather than write slowly (NBD_CMD_FLAG_FAST_ZERO)
   fua: boolean;
 }
 
+/**
+ * A read's bytes: one Buffer, or several back to back (sent with one writev). They may be views
+ * of the shared cache, held until release(): the engine calls it once the reply's bytes have left
+ * for the socket (or will never be sent). release() is idempotent.
+ */
+export interface ReadResult {
+  readonly data: Buffer | Buffer[];
+  release(): void;
+}
+
 /** One open export, held by one NBD connection. */
-export interface NbdExport {
+export interface BlockExport {
   readonly name: string;
   readonly description: string;
   /** Size in bytes, read when the client negotiates (volumes can be resized later). */
@@ -32,13 +40,12 @@ export interface NbdExport {
   readonly blockSize: { minimum: number; preferred: number; maximum: number };
   /** Whether a completed write is visible on every connection and a flush covers all of them. */
   readonly multiConn: boolean;
-  /** The bytes, as one Buffer or several back to back (sent with one writev); see kRelease. */
-  read(offset: number, length: number): Promise<Buffer | Buffer[]>;
+  read(offset: number, length: number): Promise<ReadResult>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void>;
   flush(): Promise<void>;
-  /** NBD_CMD_CACHE: load the range into the cache; resolves when done (or immediately if advisory). */
+  /** NBD_CMD_CACHE: load the range into the cache; resolves when done. */
   cache(offset: number, length: number): Promise<void>;
   /** base:allocation extents covering at least the first byte of [offset, offset+length). */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
@@ -51,7 +58,7 @@ export interface ExportListing {
   description: string;
 }
 
-/** What the NBD server asks of the rest of the daemon. */
+/** What the NBD engine asks of the rest of the daemon. */
 export interface ExportProvider {
   listExports(): ExportListing[];
   /**
@@ -59,15 +66,7 @@ export interface ExportProvider {
    * `onRevoke` is called if the export goes away (volume deleted with force): the
    * connection should then fail in-flight and later requests with ESHUTDOWN and close.
    */
-  openExport(name: string, onRevoke: () => void): NbdExport | null;
+  openExport(name: string, onRevoke: () => void): BlockExport | null;
   /** The export a client gets when it asks for the empty name "", if any. */
   defaultExportName(): string | null;
-}
-
-/** Observability hooks; the daemon wires them to Prometheus. All optional to call cheaply. */
-export interface NbdObserver {
-  connectionOpened(): void;
-  connectionClosed(): void;
-  /** Called once per completed request. `op` is lower-case: read, write, flush, trim, write_zeroes, cache, block_status. */
-  request(op: string, exportName: string, bytes: number, seconds: number, ok: boolean): void;
 }

@@ -1,0 +1,132 @@
+// Deduplication's one interface to the write path (DESIGN.md "dedup" row): fingerprint a write's
+// chunks, find identical chunks already stored in the same domain, and remember the new ones.
+// Behind it: the fingerprinter (BLAKE3 in the addon), the dedup log (new fingerprints, in memory
+// and one sequential record per commit), the fingerprint index on disk with its Bloom filter, and
+// the indexer that moves the log into the index in the background. Its records live in the
+// metadata's LMDB environment and are committed with the chunk records they name; when a chunk is
+// freed, its fingerprint is forgotten in the same commit.
+import type { ChunkRecord } from '../meta/chunk-records.js';
+import type { MetaStore } from '../meta/meta-store.js';
+import { DedupLog } from './dedup-log.js';
+import { FingerprintIndex } from './fingerprint-index.js';
+import { Fingerprinter, KEY_BYTES } from './fingerprinter.js';
+
+export interface DedupOptions {
+  /** Test-only: a weak fingerprint (see Fingerprinter). */
+  fingerprintOverride?: (chunk: Buffer) => Buffer;
+}
+
+export class DedupIndex {
+  readonly log: DedupLog;
+  readonly index: FingerprintIndex;
+  readonly fingerprinter: Fingerprinter;
+  /** forget()'s scratch key (no Buffer per freed chunk). */
+  private readonly freeKey = Buffer.allocUnsafe(KEY_BYTES);
+
+  private constructor(
+    private readonly meta: MetaStore,
+    opts: DedupOptions,
+  ) {
+    this.index = new FingerprintIndex(
+      meta.openDb({ name: 'fingerprints', encoding: 'msgpack', keyEncoding: 'binary' }),
+      meta.pipeline,
+      meta.liveChunks,
+    );
+    this.log = new DedupLog(meta.openDb({ name: 'fingerprint-log', encoding: 'binary' }), meta.superblock, meta.pipeline);
+    this.fingerprinter = new Fingerprinter(meta.chunkSize, opts.fingerprintOverride);
+    meta.pipeline.add(this.index);
+    meta.pipeline.add(this.log);
+    meta.chunks.onFreed((slot, rec) => this.forget(slot, rec));
+  }
+
+  /**
+   * Opens the dedup records of `meta`: reloads the log (checking each entry against its chunk
+   * record) and, with `buildFilter`, fills the Bloom filter from the index in the background.
+   */
+  static open(meta: MetaStore, opts: DedupOptions = {}, buildFilter = true): DedupIndex {
+    const d = new DedupIndex(meta, opts);
+    d.log.load(meta.chunks, d.index, (blob, off) => d.index.filter.addKey(blob, off));
+    if (buildFilter) d.index.buildFilter();
+    return d;
+  }
+
+  /** The dedup keys of a write's chunks (see Fingerprinter.keys). */
+  keys(chunks: Buffer[], contiguous: Buffer | null, domain: number): Promise<Buffer> | Buffer {
+    return this.fingerprinter.keys(chunks, contiguous, domain);
+  }
+
+  /** Whether a fingerprint match must be confirmed byte by byte (the weak test fingerprint). */
+  get weakFingerprints(): boolean {
+    return this.fingerprinter.weak;
+  }
+
+  /**
+   * For each of the n keys in `keys`: out[i] = a live chunk holding those bytes in that domain if
+   * one is known, else -1.
+   */
+  lookup(keys: Buffer, n: number, out: Float64Array): void {
+    // The log's table first, for all of them in one call; then what is not in it.
+    if (this.log.getMany(keys, n, out) === n) return;
+    const chunks = this.meta.chunks;
+    // Data already stored usually comes back in the order it was first written, and new chunks
+    // take consecutive slots: after a match at slot s, chunk s + 1 is tried first, by its record
+    // (which the dedup hit reads anyway), before a random read of the on-disk index.
+    let guess = -1;
+    for (let i = 0; i < n; i++) {
+      const off = i * KEY_BYTES;
+      if (out[i] >= 0) {
+        guess = out[i] + 1;
+        continue;
+      }
+      if (guess >= 0 && chunks.hasKey(guess, keys, off)) {
+        out[i] = guess++;
+        continue;
+      }
+      out[i] = this.index.lookup(keys, off);
+      guess = out[i] >= 0 ? out[i] + 1 : -1;
+    }
+  }
+
+  /**
+   * Makes chunks just stored findable: for i < n, key number which[i] of `keys` names slots[i].
+   * Only for chunks whose bytes the caller found nowhere else (not for a collision).
+   */
+  remember(keys: Buffer, which: Uint32Array, slots: Float64Array, n: number): void {
+    this.log.append(keys, which, slots, n);
+    for (let i = 0; i < n; i++) this.index.filter.addKey(keys, which[i] * KEY_BYTES);
+  }
+
+  /** Counts a write mapped to a chunk already stored. */
+  countHit(): void {
+    this.meta.superblock.dedupHits++;
+    this.meta.pipeline.changed();
+  }
+
+  get hits(): number {
+    return this.meta.superblock.dedupHits;
+  }
+
+  /** A chunk was freed: its fingerprint must not find it any more (invariant 1). */
+  private forget(slot: number, rec: ChunkRecord): void {
+    const key = this.freeKey;
+    key.writeUInt32BE(rec.domain, 0);
+    rec.fp.copy(key, 4, rec.fpOff, rec.fpOff + 32);
+    // In the log, it never reached the index; chunks written with dedup off (an all-zero
+    // fingerprint) were never indexed at all.
+    if (!this.log.forget(key, slot) && !isZero(rec.fp, rec.fpOff)) this.index.remove(key);
+  }
+
+  /** Moves up to `max` logged fingerprints into the index (committed with the next commit). */
+  indexSlice(max: number): number {
+    return this.log.merge(max, this.index);
+  }
+
+  close(): void {
+    this.index.close();
+  }
+}
+
+function isZero(b: Buffer, off: number): boolean {
+  for (let i = off; i < off + 32; i++) if (b[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,51 @@
+// The superblock: one record holding the store's counters and allocation cursors. Written with
+// every commit (first and last in the transaction), so a commit is whole exactly when its
+// superblock is. The parts of the metadata each own some of its fields and mark it changed.
+import type { Database } from 'lmdb';
+import { ShoalError } from '../errors.js';
+import { FIRST_SLOT } from './map-node.js';
+
+export const META_VERSION = 1;
+
+export interface Superblock {
+  version: number;
+  chunkSize: number;
+  /** Next map node id (node-store.ts). */
+  nextNode: number;
+  /** Next never-used chunk slot (slot-allocator.ts). */
+  nextSlot: number;
+  /** Dedup domain name → id (volume records name their domain; chunk records carry the id). */
+  domains: Record<string, number>;
+  /** Writes mapped to a chunk already stored (dedup). */
+  dedupHits: number;
+  /** Chunk records with at least one reference (chunk-records.ts). */
+  liveChunks: number;
+  /** Node ids whose refcount reached zero and whose children are still to be released (space-reclaim.ts). */
+  gcQueue: number[];
+  /** Sequence number of the next dedup-log record (dedup/dedup-log.ts). */
+  fpLogNext?: number;
+  /** Id of the last intent record (intent-records.ts). */
+  nextIntent?: number;
+}
+
+/** Reads the superblock, or makes a new one for an empty store. */
+export function loadSuperblock(main: Database, dir: string, chunkSize: number, create: boolean, hasRecords: () => boolean): Superblock {
+  let sb: Superblock | undefined;
+  try {
+    sb = main.get('superblock');
+  } catch (e) {
+    throw new ShoalError('corrupt_metadata', `the metadata superblock cannot be read: ${(e as Error).message}`);
+  }
+  if (!sb && !create) throw new ShoalError('corrupt_metadata', `${dir} holds no Shoal metadata superblock`);
+  if (!sb && hasRecords())
+    throw new ShoalError('corrupt_metadata', `the metadata in ${dir} has records but no superblock: it is damaged (refusing to start over on top of it)`);
+  if (!sb) {
+    sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, gcQueue: [] };
+    main.putSync('superblock', sb);
+    return sb;
+  }
+  if (typeof sb !== 'object' || sb.version !== META_VERSION || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
+    throw new ShoalError('corrupt_metadata', `the metadata superblock is damaged or of an unknown version (${JSON.stringify(sb)?.slice(0, 200)})`);
+  sb.gcQueue ??= [];
+  return sb;
+}

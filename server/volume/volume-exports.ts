@@ -1,0 +1,176 @@
+// The volume layer's side of the NBD port (export-port.ts): one export per volume (read-write)
+// and per snapshot (VOLUME@SNAPSHOT, read-only), each opened connection a VolumeExport.
+import { ShoalError } from '../errors.js';
+import type { RootRecord, SnapshotRecord } from '../meta/volume-records.js';
+import type { ChunkCache } from '../cache/chunk-cache.js';
+import { MAX_REQUEST_BYTES, type BlockExport, type ExportListing, type ExportProvider, type Extent, type ReadResult, type ZeroOptions } from './export-port.js';
+import { volumeOfExport } from './names.js';
+import type { ReadPath } from './read-path.js';
+import type { WritePath } from './write-path.js';
+import type { ExportConnection, VolumeState } from './volume-state.js';
+
+/** What the exports need of the rest of the volume layer. */
+export interface ExportContext {
+  readonly states: ReadonlyMap<string, VolumeState>;
+  readonly reads: ReadPath;
+  readonly writes: WritePath;
+  readonly cache: ChunkCache;
+  /** Makes every completed write durable (FLUSH, FUA). */
+  flush(): Promise<void>;
+  /** False once the daemon is shutting down: no new export is opened. */
+  readonly open: boolean;
+}
+
+function checkRange(size: number, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size)
+    throw new ShoalError('out_of_range', `range ${offset}+${length} is outside the volume (size ${size})`);
+}
+
+export class VolumeExports implements ExportProvider {
+  /** NBD requests begun on any export: background work paces itself by it. */
+  requests = 0;
+  private readonly readerIds = new Map<string, number>();
+
+  constructor(private readonly ctx: ExportContext) {}
+
+  listExports(): ExportListing[] {
+    const out: ExportListing[] = [];
+    for (const st of this.ctx.states.values()) {
+      out.push({ name: st.name, description: `Shoal volume ${st.name} (${st.record.size} bytes, domain ${st.record.domain})` });
+      for (const s of st.record.snapshots) out.push({ name: `${st.name}@${s.name}`, description: `Shoal snapshot ${s.name} of ${st.name} (read-only)` });
+    }
+    return out;
+  }
+
+  defaultExportName(): string | null {
+    return this.ctx.states.size === 1 ? [...this.ctx.states.keys()][0] : null;
+  }
+
+  openExport(name: string, onRevoke: () => void): BlockExport | null {
+    if (!this.ctx.open) return null;
+    const at = name.indexOf('@');
+    const st = this.ctx.states.get(volumeOfExport(name));
+    if (!st) return null;
+    const snapName = at < 0 ? undefined : name.slice(at + 1);
+    const snap = snapName === undefined ? undefined : st.record.snapshots.find((s) => s.name === snapName);
+    if (snapName !== undefined && !snap) return null;
+    return new VolumeExport(this, this.ctx, st, snap, name, onRevoke);
+  }
+
+  /** A small number per export name: the cache counts distinct readers of each chunk by it. */
+  readerIdFor(exportName: string): number {
+    let id = this.readerIds.get(exportName);
+    if (id === undefined) this.readerIds.set(exportName, (id = this.readerIds.size + 1));
+    return id;
+  }
+
+  /** Chunks loaded from the store for reads of the volume and its snapshots (its cache misses). */
+  cacheLoadsOf(volume: string): number {
+    let n = 0;
+    for (const [exportName, id] of this.readerIds) if (volumeOfExport(exportName) === volume) n += this.ctx.cache.storeLoads.get(id) ?? 0;
+    return n;
+  }
+}
+
+/** One NBD connection's view of a volume or snapshot. */
+class VolumeExport implements BlockExport, ExportConnection {
+  readonly description: string;
+  readonly readOnly: boolean;
+  readonly blockSize: { minimum: number; preferred: number; maximum: number };
+  readonly multiConn = true;
+  readonly snapshot: string | undefined;
+  private closed = false;
+  private revoked = false;
+  private readonly readerId: number;
+
+  constructor(
+    private readonly exports: VolumeExports,
+    private readonly ctx: ExportContext,
+    private readonly st: VolumeState,
+    private readonly snap: SnapshotRecord | undefined,
+    readonly name: string,
+    private readonly onRevoke: () => void,
+  ) {
+    this.readOnly = snap !== undefined;
+    this.snapshot = snap?.name;
+    this.description = snap ? `Shoal snapshot ${snap.name} of ${st.name} (read-only)` : `Shoal volume ${st.name}`;
+    this.blockSize = { minimum: 1, preferred: Math.max(4096, ctx.reads.chunkSize), maximum: MAX_REQUEST_BYTES };
+    this.readerId = exports.readerIdFor(name);
+    st.attach(this);
+  }
+
+  get size(): number {
+    return this.rec().size;
+  }
+
+  private rec(): RootRecord {
+    return this.snap ?? this.st.record;
+  }
+
+  revoke(): void {
+    if (this.revoked) return;
+    this.revoked = true;
+    this.onRevoke();
+  }
+
+  private live(): void {
+    if (this.revoked || this.st.deleted) throw new ShoalError('volume_deleted', `export ${this.name} was removed`);
+    this.exports.requests++;
+  }
+
+  private writable(offset: number, length: number): void {
+    this.live();
+    if (this.readOnly) throw new ShoalError('read_only', `export ${this.name} is a read-only snapshot`);
+    checkRange(this.st.record.size, offset, length);
+  }
+
+  read(offset: number, length: number): Promise<ReadResult> {
+    this.live();
+    const r = this.rec();
+    checkRange(r.size, offset, length);
+    return this.ctx.reads.read(r, offset, length, this.readerId);
+  }
+
+  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.writable(offset, data.length);
+    await this.ctx.writes.write(this.st, offset, data);
+    if (fua) await this.ctx.flush();
+  }
+
+  async trim(offset: number, length: number, fua: boolean): Promise<void> {
+    this.writable(offset, length);
+    await this.ctx.writes.trim(this.st, offset, length);
+    if (fua) await this.ctx.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, o: ZeroOptions): Promise<void> {
+    this.writable(offset, length);
+    await this.ctx.writes.zero(this.st, offset, length, o.noHole);
+    if (o.fua) await this.ctx.flush();
+  }
+
+  async flush(): Promise<void> {
+    this.live();
+    await this.ctx.flush();
+  }
+
+  async cache(offset: number, length: number): Promise<void> {
+    this.live();
+    const r = this.rec();
+    checkRange(r.size, offset, length);
+    await this.ctx.reads.prefetch(r, offset, length, this.readerId);
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.live();
+    const r = this.rec();
+    checkRange(r.size, offset, length);
+    return this.ctx.reads.blockStatus(r, offset, length);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.st.detach(this);
+  }
+}

@@ -1,0 +1,67 @@
+// A volume's state while the daemon runs: its record (committed by the metadata layer), its dedup
+// domain id, the lock that serialises overlapping writes, and the NBD connections open on it.
+import type { VolumeRecord } from '../meta/volume-records.js';
+import { RangeLock } from './range-lock.js';
+
+/** What the volume layer needs of one open export (volume-exports.ts). */
+export interface ExportConnection {
+  /** The snapshot it reads, if it is a snapshot export. */
+  readonly snapshot: string | undefined;
+  revoke(): void;
+}
+
+/** What a write, trim or zero needs to know about the map it changes. */
+export interface WritableMap {
+  readonly name: string;
+  readonly record: VolumeRecord;
+  readonly domain: number;
+  readonly lock: RangeLock;
+  /** Called after the record changed (marks it for the next commit). */
+  touched(): void;
+}
+
+export class VolumeState implements WritableMap {
+  readonly lock = new RangeLock();
+  readonly conns = new Set<ExportConnection>();
+  private readonly snapshotReaders = new Map<string, number>();
+  /** Deleted: exports fail with volume_deleted, long operations stop. */
+  deleted = false;
+
+  constructor(
+    public record: VolumeRecord,
+    readonly domain: number,
+    private readonly onTouched: (st: VolumeState) => void,
+  ) {}
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  touched(): void {
+    this.onTouched(this);
+  }
+
+  attach(c: ExportConnection): void {
+    this.conns.add(c);
+    if (c.snapshot !== undefined) this.snapshotReaders.set(c.snapshot, (this.snapshotReaders.get(c.snapshot) ?? 0) + 1);
+  }
+
+  detach(c: ExportConnection): void {
+    if (this.conns.delete(c) && c.snapshot !== undefined) this.snapshotReaders.set(c.snapshot, (this.snapshotReaders.get(c.snapshot) ?? 1) - 1);
+  }
+
+  /** Connections reading `snapshot`. */
+  readersOf(snapshot: string): number {
+    return this.snapshotReaders.get(snapshot) ?? 0;
+  }
+
+  /** Connections to the volume itself (not to its snapshots). */
+  writers(): ExportConnection[] {
+    return [...this.conns].filter((c) => c.snapshot === undefined);
+  }
+
+  /** Cuts off the connections `which` selects (all by default): their requests fail with ESHUTDOWN. */
+  revoke(which: (c: ExportConnection) => boolean = () => true): void {
+    for (const c of [...this.conns]) if (which(c)) c.revoke();
+  }
+}
