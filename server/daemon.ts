@@ -28,7 +28,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
     gcSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
   });
-  const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
+  const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
 

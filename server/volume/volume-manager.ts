@@ -503,6 +503,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       snapshots,
       dedupHits: this.meta.sb.dedupHits,
       dedupLogEntries: this.meta.fpLogSize,
+      reclaimPendingNodes: this.gc.pending,
       cache: this.cache.stats(),
     };
   }
