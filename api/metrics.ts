@@ -1,6 +1,8 @@
 // Prometheus metrics: NBD traffic is counted as it happens (the NbdObserver hooks), everything the volume
 // layer already tracks (cache, dedup, space) is read from VolumeControl.stats() at scrape time, so the hot
 // path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
+import { statfs } from 'node:fs/promises';
+import type { StatsFs } from 'node:fs';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { OpHistogram } from './op-histogram.js';
 import type { NbdObserver } from '../server/nbd/observer.js';
@@ -14,6 +16,8 @@ export const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025
 
 export interface MetricsOptions {
   control?: VolumeControl;
+  /** The data directory: its file system's size and free space are exported, for "disk nearly full" alerts. */
+  dataDir?: string;
   /** Node process metrics (CPU, memory, event-loop lag, GC) as shoal_process_* / shoal_nodejs_*. Default true. */
   defaultMetrics?: boolean;
   /** Told when reading stats at scrape time fails (the scrape still answers, without those figures). */
@@ -72,6 +76,7 @@ export class Metrics implements NbdObserver {
     for (const op of NBD_OPS) this.opChildren(op);
 
     this.defineScrapeMetrics(registers);
+    if (opts.dataDir) this.defineDiskMetrics(opts.dataDir, registers);
   }
 
   /** Wires the volume layer after construction (the daemon builds Metrics before the volumes are open). */
@@ -205,6 +210,7 @@ export class Metrics implements NbdObserver {
     gauge('shoal_dedup_ratio', 'Logical bytes per physical byte (1 when empty).', (s) => s.dedupRatio);
     counter('shoal_dedup_hits_total', 'Chunk writes that found identical data already stored.', (s) => s.dedupHits);
     gauge('shoal_dedup_log_entries', 'New fingerprints in the dedup log, not yet in the on-disk index.', (s) => s.dedupLogEntries);
+    gauge('shoal_reclaim_pending_nodes', 'Map nodes (up to 256 chunk references each) of deleted volumes, snapshots and replaced subtrees not yet reclaimed.', (s) => s.reclaimPendingNodes);
     gauge('shoal_chunks', 'Stored chunks.', (s) => s.chunks);
     gauge('shoal_volumes', 'Volumes.', (s) => s.volumes);
     gauge('shoal_snapshots', 'Snapshots.', (s) => s.snapshots);
@@ -213,5 +219,27 @@ export class Metrics implements NbdObserver {
     perVolume('shoal_volume_shared_bytes', 'Mapped bytes whose chunk is shared with another volume, snapshot or duplicate.', (v) => v.sharedBytes);
     perVolumeCounter('shoal_volume_cache_loads_total', 'Chunks loaded from the chunk store for reads of the volume and its snapshots (misses and readahead): its share of the cache misses.', (v) => v.cacheLoads);
     perVolume('shoal_volume_connections', 'Open NBD connections to the volume and its snapshots.', (v) => v.connections);
+  }
+
+  /** A statfs per gauge and scrape (microseconds); a failure leaves the gauge out of that scrape. */
+  private defineDiskMetrics(dataDir: string, registers: Registry[]): void {
+    const onError = this.onError;
+    const gauge = (name: string, help: string, pick: (st: StatsFs) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          this.reset();
+          try {
+            this.set(pick(await statfs(dataDir)));
+          } catch (e) {
+            onError(e);
+          }
+        },
+      });
+    gauge('shoal_data_dir_size_bytes', 'Size of the file system holding the data directory.', (st) => st.blocks * st.bsize);
+    // bavail, not bfree: what the daemon (not root) may still allocate.
+    gauge('shoal_data_dir_free_bytes', 'Bytes the daemon can still allocate on the file system holding the data directory.', (st) => st.bavail * st.bsize);
   }
 }

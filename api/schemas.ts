@@ -135,7 +135,9 @@ export const Stats = Type.Object(
     snapshots: Type.Number(),
     dedupHits: Type.Number(),
     dedupLogEntries: Type.Integer({ description: 'Fingerprints of new chunks in the dedup log, not yet in the on-disk index (taken in while writes pause).' }),
-    reclaimPendingNodes: Type.Integer({ description: 'Map nodes released (by a delete, a rollback, an overwrite) whose chunks space reclaim has not freed yet.' }),
+    reclaimPendingNodes: Type.Integer({
+      description: 'Map nodes (each up to 256 chunk references) of deleted volumes and snapshots and of replaced map subtrees that background reclaim has not released yet.',
+    }),
     cache: Type.Object(
       {
         capacityBytes: Type.Number(),

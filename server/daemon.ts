@@ -13,6 +13,7 @@ import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
+import { inheritedSockets, serveInherited } from './socket-activation.js';
 
 export interface RunningDaemon {
   manager: VolumeManager;
@@ -22,6 +23,8 @@ export interface RunningDaemon {
 
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  // Read before anything is opened: bad LISTEN_* variables change nothing.
+  const inherited = inheritedSockets();
   mkdirSync(config.dataDir, { recursive: true });
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
   // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
@@ -47,19 +50,22 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     await meta.close().catch(() => {});
     throw e;
   }
-  const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
+  const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
 
   let nbdAddr: string | null = null;
-  let apiAddr = '';
+  let nbdSocket: string | null = null;
+  let apiAddr: string | null = null;
   try {
-    if (config.nbd) {
+    // Sockets passed by systemd replace the listeners of their kind that the config names.
+    ({ nbd: nbdAddr, nbdSocket, api: apiAddr } = await serveInherited(inherited, nbd, api));
+    if (config.nbd && !nbdAddr) {
       const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
-    if (config.nbdSocket) await nbd.listenUnix(config.nbdSocket);
-    apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+    if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket);
+    if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
   } catch (e) {
     await nbd.close().catch(() => {});
     await api.close().catch(() => {});
@@ -67,7 +73,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   logger.info(
-    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: meta.chunkSize, cacheSize: config.cacheSize },
+    { nbd: nbdAddr, nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: meta.chunkSize, cacheSize: config.cacheSize },
     'shoal ready',
   );
   let closed: Promise<void> | null = null;

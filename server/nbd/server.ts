@@ -80,6 +80,18 @@ export class NbdServer {
     return path;
   }
 
+  /**
+   * Serves on a socket opened elsewhere (systemd socket activation), TCP or Unix: `listen` starts
+   * the server on it. Resolves with the server, whose address() tells which kind it is.
+   */
+  async listenWith(listen: (srv: net.Server) => Promise<void>): Promise<net.Server> {
+    const srv = this.makeServer(true); // no-delay only touches TCP connections
+    await listen(srv);
+    srv.on('error', (e) => this.log.error({ err: e }, 'nbd: listener error'));
+    this.servers.push(srv);
+    return srv;
+  }
+
   /** Stops listening and ends every connection (in-flight requests get a grace period). */
   async close(): Promise<void> {
     this.closing = true;

@@ -46,7 +46,7 @@ export interface Stats {
   snapshots: number;
   dedupHits: number;
   dedupLogEntries: number; // new fingerprints logged, not yet in the on-disk index
-  reclaimPendingNodes: number; // map nodes released but not yet reclaimed (their chunks not yet freed)
+  reclaimPendingNodes: number; // map nodes of deleted volumes/snapshots and replaced subtrees not yet reclaimed
   cache: CacheStats;
   store: StoreStats;
 }

@@ -138,7 +138,7 @@ export class FakeControl implements VolumeControl {
       snapshots: [...this.snaps.values()].reduce((n, l) => n + l.length, 0),
       dedupHits: 2,
       dedupLogEntries: 0,
-      reclaimPendingNodes: 0,
+      reclaimPendingNodes: 7,
       cache: { capacityBytes: 1 << 30, bytes: 65536, entries: 1, hits: 10, misses: 1, evictions: 0, coalesced: 4, sharingFactor: 3, servedBytes: 655360, pinned: 0, orphaned: 0, loading: 0, readerRefs: 3, readahead: 0, storeReads: 1, storeReadBytes: 65536 },
       store: { kind: 'local', reads: 1, readBytes: 65536, direct: true },
     };

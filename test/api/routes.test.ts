@@ -315,6 +315,8 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
     shoal_volume_shared_bytes: 'gauge',
     shoal_volume_size_bytes: 'gauge',
     shoal_volume_cache_loads_total: 'counter',
+    shoal_dedup_log_entries: 'gauge',
+    shoal_reclaim_pending_nodes: 'gauge',
   };
   for (const [name, type] of Object.entries(expected)) assert.equal(types.get(name), type, name);
   for (const name of types.keys()) assert.match(name, /^shoal_/);
@@ -334,6 +336,7 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
   line(/^shoal_cache_capacity_bytes 1073741824$/m);
   line(/^shoal_volume_size_bytes\{volume="golden"\} 17592186044416$/m);
   line(/^shoal_volumes \d+$/m);
+  line(/^shoal_reclaim_pending_nodes 7$/m);
 
   // Scrape-time figures follow the control: a deleted volume's gauges go away.
   await call('POST', '/v1/volumes', { name: 'ephemeral', size: 4096 });
