@@ -235,6 +235,30 @@ export interface FioJob {
 
 /** Runs one fio job with the nbd engine; the JSON report goes to a file (fio prints chatter on stdout). */
 export async function fio(job: FioJob, outDir: string): Promise<FioResult> {
+  const { args, out } = fioArgs(job, outDir);
+  const r = await run('fio', args);
+  if (r.status !== 0 || !existsSync(out)) throw new Error(`fio ${args.join(' ')} exited ${r.status}:\n${r.stderr}\n${r.stdout}`);
+  return parseFio(readFileSync(out, 'utf8'));
+}
+
+/** A fio job left running (time-based, up to an hour) until stop(): load for as long as something else takes. */
+export function fioUntilStopped(job: Omit<FioJob, 'runtimeSec'>, outDir: string): { stop(): Promise<FioResult> } {
+  const { args, out } = fioArgs({ ...job, runtimeSec: 3600 }, outDir);
+  const proc = spawnTracked('fio', args);
+  let err = '';
+  proc.stderr!.on('data', (d) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  return {
+    async stop() {
+      proc.kill('SIGINT'); // fio ends its jobs and writes its report
+      const code = await exited;
+      if (!existsSync(out)) throw new Error(`fio ${args.join(' ')} exited ${code} without a report:\n${err}`);
+      return parseFio(readFileSync(out, 'utf8'));
+    },
+  };
+}
+
+function fioArgs(job: FioJob, outDir: string): { args: string[]; out: string } {
   const out = join(outDir, `fio-${process.hrtime.bigint()}.json`);
   const args = [
     '--name=bench',
@@ -252,9 +276,7 @@ export async function fio(job: FioJob, outDir: string): Promise<FioResult> {
   if (job.rampSec) args.push(`--ramp_time=${job.rampSec}`);
   if (job.rw.includes('write')) args.push('--refill_buffers'); // fresh random bytes per write: no dedup advantage
   args.push(...(job.extra ?? []));
-  const r = await run('fio', args);
-  if (r.status !== 0 || !existsSync(out)) throw new Error(`fio ${args.join(' ')} exited ${r.status}:\n${r.stderr}\n${r.stdout}`);
-  return parseFio(readFileSync(out, 'utf8'));
+  return { args, out };
 }
 
 export function parseFio(text: string): FioResult {
