@@ -1,4 +1,5 @@
 import type { CacheStats } from '../cache/native-chunk-cache.js';
+import { ShoalError } from '../errors.js';
 
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
@@ -9,10 +10,24 @@ export function volumeOfExport(exportName: string): string {
   return at < 0 ? exportName : exportName.slice(0, at);
 }
 
+/** The error for a volume that does not exist, and for one outside a caller's tenant: the two must read alike. */
+export function volumeNotFound(name: string): ShoalError {
+  return new ShoalError('volume_not_found', `volume ${JSON.stringify(name)} does not exist`);
+}
+
+/**
+ * Which volumes a caller may see: those of one tenant, or (tenant null) those that have none.
+ * Whoever may see every volume passes no scope.
+ */
+export interface VolumeScope {
+  tenant: string | null;
+}
+
 export interface VolumeInfo {
   name: string;
   size: number; // bytes
   domain: string; // dedup domain
+  tenant: string | null; // who owns it; null: no tenant
   chunkSize: number;
   createdAt: string; // ISO 8601
   origin: { volume: string; snapshot?: string } | null; // set for clones
@@ -62,13 +77,21 @@ export interface FsckReport {
 }
 
 export interface VolumeControl {
-  createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo>;
+  /** `domain` defaults to the tenant's name (chunks are never shared across tenants unless asked), else "default". */
+  createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo>;
+  /** The clone takes its origin's tenant and domain. */
   cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo>;
   listVolumes(): VolumeInfo[];
   getVolume(name: string): VolumeInfo;
-  resizeVolume(name: string, size: number): Promise<VolumeInfo>;
-  /** Refuses with volume_busy if clients are connected, unless force: then they are disconnected. */
-  deleteVolume(name: string, opts?: { force?: boolean }): Promise<void>;
+  /** A volume's tenant (null: none), without the cost of getVolume; volume_not_found if there is no such volume. */
+  tenantOf(name: string): string | null;
+  /** Shrinking is refused (shrink_not_allowed, saying what would be lost) unless `shrink`. */
+  resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo>;
+  /**
+   * Refuses with volume_busy if clients are connected, unless force: then they are disconnected.
+   * Refuses with volume_has_dependents if the volume has snapshots, unless recursive: then they go with it.
+   */
+  deleteVolume(name: string, opts?: { force?: boolean; recursive?: boolean }): Promise<void>;
 
   createSnapshot(volume: string, name: string): Promise<SnapshotInfo>;
   listSnapshots(volume: string): SnapshotInfo[];
@@ -78,6 +101,7 @@ export interface VolumeControl {
   reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
   dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;
 
-  stats(): Stats;
+  /** With a scope, the volume counts and logical bytes cover only its volumes; store and cache figures are the daemon's. */
+  stats(scope?: VolumeScope): Stats;
   fsck(): Promise<FsckReport>;
 }

@@ -15,7 +15,8 @@ import { RangeLock } from './range-lock.js';
 import { GarbageCollector, WRITE_COMMIT_BATCH } from './garbage-collector.js';
 import { checkMetadata } from '../meta/fsck.js';
 import { native } from '../native.js';
-import { volumeOfExport, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo } from './control.js';
+import { volumeNotFound, volumeOfExport, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
+import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 
 export const DEFAULT_CHUNK_SIZE = 4096;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -66,7 +67,7 @@ class VolumeState implements WritableMap {
   }
 }
 
-function validName(kind: 'volume' | 'snapshot' | 'domain', name: unknown): string {
+function validName(kind: 'volume' | 'snapshot' | 'domain' | 'tenant', name: unknown): string {
   if (typeof name !== 'string' || !NAME_RE.test(name))
     throw new ShoalError('invalid_name', `${kind} name ${JSON.stringify(name)} is not valid: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   return name;
@@ -127,7 +128,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
 
   private state(name: string): VolumeState {
     const st = this.states.get(name);
-    if (!st) throw new ShoalError('volume_not_found', `volume ${JSON.stringify(name)} does not exist`);
+    if (!st) throw volumeNotFound(name);
     return st;
   }
 
@@ -154,6 +155,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       name: r.name,
       size: r.size,
       domain: r.domain,
+      tenant: r.tenant ?? null,
       chunkSize: this.meta.chunkSize,
       createdAt: r.createdAt,
       origin: r.origin,
@@ -181,16 +183,20 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     return size;
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
     this.checkOpen();
     const name = validName('volume', req.name);
     const size = this.validSize(req.size);
-    const domain = validName('domain', req.domain ?? 'default');
+    const tenant = req.tenant === undefined ? undefined : validName('tenant', req.tenant);
+    // A tenant named "default" would share chunks with every volume that has no tenant.
+    if (tenant === 'default') throw new ShoalError('invalid_name', 'tenant name "default" is reserved: it is the dedup domain of volumes without a tenant');
+    const domain = validName('domain', req.domain ?? tenant ?? 'default');
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
     const rec: VolumeRecord = {
       name,
       size,
       domain,
+      ...(tenant !== undefined ? { tenant } : {}),
       origin: null,
       snapshots: [],
       root: 0,
@@ -216,6 +222,7 @@ export class VolumeManager implements VolumeControl, ExportProvider {
       ...shared,
       name,
       domain: src.record.domain, // clones share chunks, so they stay in their origin's domain
+      ...(src.record.tenant !== undefined ? { tenant: src.record.tenant } : {}),
       origin: { volume: src.name, ...(req.from.snapshot !== undefined ? { snapshot: req.from.snapshot } : {}) },
       snapshots: [],
     };
@@ -233,11 +240,16 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     return this.info(this.state(name));
   }
 
-  async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
+  tenantOf(name: string): string | null {
+    return this.state(name).record.tenant ?? null;
+  }
+
+  async resizeVolume(name: string, size: number, opts: { shrink?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
     const st = this.state(name);
     size = this.validSize(size);
     const r = st.record;
+    checkShrink(this.meta, r, size, opts.shrink);
     if (size < r.size) {
       if (st.conns.size > 0)
         throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} client(s) connected; shrinking it under them would cut off their data (disconnect them first)`);
@@ -268,11 +280,12 @@ export class VolumeManager implements VolumeControl, ExportProvider {
     st.conns.clear();
   }
 
-  async deleteVolume(name: string, opts: { force?: boolean } = {}): Promise<void> {
+  async deleteVolume(name: string, opts: { force?: boolean; recursive?: boolean } = {}): Promise<void> {
     this.checkOpen();
     const st = this.state(name);
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
+    checkRecursiveDelete(st.record, [...this.states.values()].filter((c) => c.record.origin?.volume === name).length, opts.recursive);
     st.deleted = true;
     this.revokeAll(st);
     const release = await st.lock.acquire(0, Infinity);
@@ -480,26 +493,30 @@ export class VolumeManager implements VolumeControl, ExportProvider {
 
   // ------------------------------------------------------------------ control: stats, fsck
 
-  stats(): Stats {
+  stats(scope?: VolumeScope): Stats {
     const cs = this.meta.chunkSize;
-    let mapped = 0;
+    let mapped = 0; // in scope
+    let allMapped = 0; // the dedup ratio is the store's: physical bytes belong to no one volume
     let snapshots = 0;
+    let volumes = 0;
     for (const st of this.states.values()) {
-      mapped += st.record.mapped;
-      for (const s of st.record.snapshots) {
-        mapped += s.mapped;
-        snapshots++;
-      }
+      const inScope = !scope || (st.record.tenant ?? null) === scope.tenant;
+      let m = st.record.mapped;
+      for (const s of st.record.snapshots) m += s.mapped;
+      allMapped += m;
+      if (!inScope) continue;
+      mapped += m;
+      volumes++;
+      snapshots += st.record.snapshots.length;
     }
     const physical = this.meta.sb.liveChunks * cs;
-    const logical = mapped * cs;
     return {
-      logicalBytes: logical,
+      logicalBytes: mapped * cs,
       physicalBytes: physical,
-      dedupRatio: physical === 0 ? 1 : logical / physical,
+      dedupRatio: physical === 0 ? 1 : (allMapped * cs) / physical,
       chunkSize: cs,
       chunks: this.meta.sb.liveChunks,
-      volumes: this.states.size,
+      volumes,
       snapshots,
       dedupHits: this.meta.sb.dedupHits,
       dedupLogEntries: this.meta.fpLogSize,
