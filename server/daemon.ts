@@ -7,15 +7,22 @@ import { VolumeManager } from './volume/volume-manager.js';
 import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
+import { TokenStore } from '../api/auth/token-store.js';
+import { readApiCertificates } from '../api/https-certificates.js';
 
 export interface RunningDaemon {
   manager: VolumeManager;
   nbd: NbdServer;
+  /** Re-reads what can change while the daemon runs (the API tokens file); SIGHUP calls it. */
+  reload(): void;
   close(): Promise<void>;
 }
 
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  // The API's tokens and certificates are checked before the data directory is touched: a bad file stops the start with a sentence.
+  const tokens = config.apiTokens ? TokenStore.open(config.apiTokens, logger.child({ c: 'api-tokens' })) : null;
+  const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
   mkdirSync(config.dataDir, { recursive: true });
   const manager = await VolumeManager.open({
     dataDir: config.dataDir,
@@ -30,7 +37,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   });
   const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
-  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
 
   let nbdAddr: string | null = null;
   let apiAddr = '';
@@ -41,6 +48,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     }
     if (config.nbdSocket) await nbd.listenUnix(config.nbdSocket);
     apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+    tokens?.watch();
   } catch (e) {
     await nbd.close().catch(() => {});
     await api.close().catch(() => {});
@@ -48,15 +56,28 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   logger.info(
-    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: manager.meta.chunkSize, cacheSize: config.cacheSize },
+    {
+      nbd: nbdAddr,
+      nbdSocket: config.nbdSocket,
+      api: apiAddr,
+      apiTokens: tokens ? tokens.path : null,
+      dataDir: config.dataDir,
+      chunkSize: manager.meta.chunkSize,
+      cacheSize: config.cacheSize,
+    },
     'shoal ready',
   );
   let closed: Promise<void> | null = null;
   return {
     manager,
     nbd,
+    reload() {
+      if (tokens) tokens.reload('SIGHUP');
+      else logger.info('SIGHUP: nothing to reload (no --api-tokens)');
+    },
     close() {
       closed ??= (async () => {
+        tokens?.close();
         await api.close().catch((e) => logger.error({ err: e }, 'closing the API failed'));
         await nbd.close().catch((e) => logger.error({ err: e }, 'closing NBD failed'));
         await manager.close();
@@ -100,6 +121,9 @@ function testMs(name: string): number | undefined {
 
 export async function runDaemon(config: Config): Promise<void> {
   const d = await startDaemon(config);
+  // SIGHUP re-reads the tokens file (it would otherwise end the process).
+  const reload = () => d.reload();
+  process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);
@@ -109,5 +133,6 @@ export async function runDaemon(config: Config): Promise<void> {
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
+  process.off('SIGHUP', reload);
   await d.close();
 }
