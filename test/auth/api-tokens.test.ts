@@ -111,6 +111,21 @@ test('the tokens file keeps hashes only, and `shoal token list` shows names, rol
   assert.match(r.stdout, /\nprometheus\s+reader\s+-\s+/);
   const json = JSON.parse((await shoalToken('list', '--json')).stdout);
   assert.deepEqual(Object.keys(json.tokens[0]).sort(), ['createdAt', 'name', 'role']);
+  // Mistakes get a sentence, exit 1, and leave the file as it was.
+  for (const [args, re] of [
+    [['create', 'admin', '--role', 'reader'], /already has a token named "admin"; revoke it first/],
+    [['create', 'bad/name', '--role', 'reader'], /"bad\/name" is not a valid token name/],
+    [['create', 'x', '--role', 'reader', '--tenant', 'a b'], /"a b" is not a valid tenant name/],
+    [['revoke', 'ghost'], /has no token named "ghost"/],
+  ] as const) {
+    const r = await shoalToken(...args);
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re);
+  }
+  assert.equal(readFileSync(tokensFile, 'utf8'), text);
+  const nowhere = await run(process.execPath, [MAIN, 'token', 'create', 'x', '--role', 'reader', '--tokens-file', join(dir, 'no-dir', 'tokens.json')]);
+  assert.equal(nowhere.status, 1);
+  assert.match(nowhere.stderr, /^shoal: cannot write the API tokens file .*no-dir\/tokens\.json: ENOENT\n$/);
 });
 
 test('no token, a bad token or another scheme: 401 on every route, with WWW-Authenticate; nothing changes', async () => {
