@@ -55,9 +55,9 @@ export interface RangeRequest {
 }
 
 export interface Stats {
-  logicalBytes: number; // bytes mapped by all live volumes and snapshots
+  logicalBytes: number; // bytes mapped by the live volumes and snapshots (in the scope, if one is given)
   physicalBytes: number; // bytes of stored chunks
-  dedupRatio: number; // logicalBytes / physicalBytes (1 when empty)
+  dedupRatio: number; // logical bytes of every volume / physicalBytes (1 when empty), whatever the scope
   chunkSize: number;
   chunks: number;
   volumes: number;
