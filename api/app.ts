@@ -12,6 +12,8 @@ import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { rangeRoutes } from './routes/ranges.js';
 import { systemRoutes } from './routes/system.js';
+import { installAuthorization } from './auth/authorize.js';
+import type { TokenStore } from './auth/token-store.js';
 
 export interface ApiOptions {
   control: VolumeControl;
@@ -20,12 +22,18 @@ export interface ApiOptions {
   logger?: any;
   /** Largest accepted request body in bytes (every body Shoal takes is tiny). Default 64 KiB. */
   bodyLimit?: number;
+  /** The API tokens (--api-tokens); without them the API is open to whoever reaches it. */
+  tokens?: TokenStore | null;
+  /** Serve HTTPS with this certificate and key (PEM), from --api-tls-certificates. */
+  https?: { cert: Buffer; key: Buffer } | null;
 }
 
 export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   const isInstance = opts.logger && typeof opts.logger.info === 'function' && typeof opts.logger.child === 'function';
   const app = Fastify({
     ...(isInstance ? { loggerInstance: opts.logger } : { logger: opts.logger ?? false }),
+    // fastify types an HTTPS instance apart from an HTTP one; the routes never touch the raw server, so both are typed as HTTP.
+    ...((opts.https ? { https: opts.https } : {}) as object),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
     // Names are up to 128 characters (the default limit of 100 would make long names unaddressable);
     // anything longer is refused by frameworkErrors as invalid_name.
@@ -62,8 +70,10 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);
   app.addHook('onResponse', async (req, reply) => {
-    req.log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 1000) / 1000 }, 'request');
+    req.log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 1000) / 1000, token: req.principal?.token }, 'request');
   });
+  // Before any route is added: its onRoute hook reads each route's declared access.
+  installAuthorization(app, { control: opts.control, tokens: opts.tokens ?? null });
 
   await app.register(swagger, {
     openapi: {
@@ -75,6 +85,9 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
           'Control plane of Shoal: thin, deduplicated, copy-on-write block volumes served over NBD, with one chunk cache shared by every volume. ' +
           'Errors are always `{error: {code, message}}` with a stable `code`.',
       },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'A token from `shoal token create` (when the daemon runs with --api-tokens).' } },
+      },
       tags: [
         { name: 'volumes', description: 'Volumes and clones' },
         { name: 'snapshots', description: 'Snapshots and rollback' },
@@ -85,10 +98,10 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  await app.register(volumeRoutes, { control: opts.control });
-  await app.register(snapshotRoutes, { control: opts.control });
-  await app.register(rangeRoutes, { control: opts.control });
-  await app.register(systemRoutes, { control: opts.control, metrics: opts.metrics });
+  await app.register(volumeRoutes);
+  await app.register(snapshotRoutes);
+  await app.register(rangeRoutes);
+  await app.register(systemRoutes, { metrics: opts.metrics });
   return app;
 }
 

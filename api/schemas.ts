@@ -8,7 +8,8 @@ import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
 export const VolumeName = name('volume name');
 export const SnapshotName = name('snapshot name');
-export const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default "default")');
+export const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default: the tenant, or "default")');
+export const TenantName = name('tenant name', 'The tenant that owns the volume (a tenant-bound token sees only its own)');
 export const SourceRef = Type.String({
   pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
   title: 'source',
@@ -26,17 +27,21 @@ export const Size = Type.Union(
 
 const Offset = (description: string) => Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description });
 
-export const Force = Type.Unsafe<'true' | 'false' | '1' | '0'>({
-  type: 'string',
-  enum: ['true', 'false', '1', '0'],
-  description: 'Disconnect NBD clients of the volume instead of refusing while they are connected.',
-});
+/** A yes/no in a query string (?force=true). */
+const QueryFlag = (description: string) => Type.Unsafe<'true' | 'false' | '1' | '0'>({ type: 'string', enum: ['true', 'false', '1', '0'], description });
+export const isYes = (v: string | undefined) => v === 'true' || v === '1';
+
+export const Force = QueryFlag('Disconnect NBD clients of the volume instead of refusing while they are connected.');
 
 // --- parameters and querystrings --------------------------------------------------------------------
 
 export const VolumeParams = Type.Object({ name: VolumeName });
 export const SnapshotParams = Type.Object({ name: VolumeName, snap: SnapshotName });
 export const ForceQuery = Type.Object({ force: Type.Optional(Force) });
+export const DeleteVolumeQuery = Type.Object({
+  force: Type.Optional(Force),
+  recursive: Type.Optional(QueryFlag("Delete the volume's snapshots with it; without it, a volume that has snapshots is refused with 409 volume_has_dependents.")),
+});
 
 // --- bodies ----------------------------------------------------------------------------------------
 
@@ -45,6 +50,7 @@ export const CreateVolumeBody = Type.Object(
     name: VolumeName,
     size: Type.Optional(Size),
     domain: Type.Optional(DomainName),
+    tenant: Type.Optional(TenantName),
     from: Type.Optional(
       Type.Object(
         { volume: VolumeName, snapshot: Type.Optional(SnapshotName) },
@@ -52,11 +58,17 @@ export const CreateVolumeBody = Type.Object(
       ),
     ),
   },
-  { additionalProperties: false, description: 'Either {name, size, domain?} for an empty volume, or {name, from} for a clone.' },
+  { additionalProperties: false, description: 'Either {name, size, domain?, tenant?} for an empty volume, or {name, from} for a clone (which takes its origin\'s tenant and domain).' },
 );
 export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
 
-export const ResizeBody = Type.Object({ size: Size }, { additionalProperties: false });
+export const ResizeBody = Type.Object(
+  {
+    size: Size,
+    shrink: Type.Optional(Type.Boolean({ description: 'Required to make the volume smaller (data past the new end is discarded); without it a shrink is refused with 409 shrink_not_allowed.' })),
+  },
+  { additionalProperties: false },
+);
 export const CreateSnapshotBody = Type.Object({ name: SnapshotName }, { additionalProperties: false });
 export const RollbackBody = Type.Object(
   { snapshot: SnapshotName, force: Type.Optional(Type.Boolean({ description: 'Disconnect NBD clients of the volume first.' })) },
@@ -89,6 +101,7 @@ export const VolumeInfo = Type.Object(
     name: Type.String(),
     size: Type.Integer({ description: 'Bytes.' }),
     domain: Type.String(),
+    tenant: Type.Union([Type.String(), Type.Null()], { description: 'The tenant that owns the volume; null: none.' }),
     chunkSize: Type.Integer(),
     createdAt: Type.String({ format: 'date-time' }),
     origin: Type.Union([Type.Object({ volume: Type.String(), snapshot: Type.Optional(Type.String()) }), Type.Null()], {

@@ -98,7 +98,7 @@ export async function measureDeleteWindow(s: Shoal, tmp: string, reader: string,
   await sleep(4000); // baseline
   const tDel0 = Date.now();
   const t0 = performance.now();
-  await apiOk(s, 'DELETE', `/v1/volumes/${victim}`);
+  await apiOk(s, 'DELETE', `/v1/volumes/${victim}?recursive=true`); // with its remaining snapshot
   const delMs = performance.now() - t0;
   const { ok: reclaimed, at: tDel1 } = await waitStable(s, 15 * 60_000, before.physicalBytes - victimBytes * 0.9);
   await sleep(3000); // after

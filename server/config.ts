@@ -2,6 +2,7 @@
 // variable SHOAL_<NAME>, a JSON config file (--config / SHOAL_CONFIG), then the default.
 // Every bad value is refused here with a sentence, before the daemon touches the data directory.
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { ShoalError } from './errors.js';
 import { parseSize } from './size.js';
@@ -23,6 +24,9 @@ export interface Config {
   logLevel: LogLevel;
   dedup: boolean; // inline deduplication of written chunks (on by default)
   dedupVerify: boolean; // compare bytes on a fingerprint match (BLAKE3-256 alone is cryptographic)
+  apiTokens: string | null; // absolute path of the API tokens file; null: the API is open
+  apiTlsCertificates: string | null; // absolute directory holding server-cert.pem and server-key.pem; null: plain HTTP
+  insecure: boolean; // allow an open API on a non-loopback address
   configFile: string | null; // absolute path of the config file read, if any
 }
 
@@ -48,8 +52,13 @@ const SETTINGS = {
   'log-level': 'logLevel',
   dedup: 'dedup',
   'dedup-verify': 'dedupVerify',
+  'api-tokens': 'apiTokens',
+  'api-tls-certificates': 'apiTlsCertificates',
+  insecure: 'insecure',
   config: 'config',
 } as const;
+/** Flags that take no value on the command line (`--insecure`); `--insecure=off` still works. */
+const SWITCHES: ReadonlySet<string> = new Set(['insecure']);
 type Flag = keyof typeof SETTINGS;
 type Key = (typeof SETTINGS)[Flag];
 
@@ -91,6 +100,7 @@ function parseArgv(argv: string[]): Partial<Record<Key, Raw>> {
     if (!isFlag(name)) bad(`unknown flag "--${name}" for \`shoal serve\`; known flags: ${Object.keys(SETTINGS).map((f) => '--' + f).join(', ')}.`);
     let value: string;
     if (eq >= 0) value = arg.slice(eq + 1);
+    else if (SWITCHES.has(name)) value = 'on';
     else {
       if (i + 1 >= argv.length) bad(`flag --${name} needs a value.`);
       value = argv[++i]!;
@@ -134,7 +144,7 @@ function readConfigFile(path: string): Partial<Record<Key, Raw>> {
   for (const [k, v] of Object.entries(json as Record<string, unknown>)) {
     const key = isFlag(k) ? SETTINGS[k] : keys.has(k) ? (k as Key) : null;
     if (!key || key === 'config') bad(`unknown setting "${k}" in ${source}; known settings: ${[...keys].filter((x) => x !== 'config').join(', ')}.`);
-    if (typeof v === 'boolean' && (key === 'dedup' || key === 'dedupVerify')) {
+    if (typeof v === 'boolean' && (key === 'dedup' || key === 'dedupVerify' || key === 'insecure')) {
       out[key] = { value: v ? 'on' : 'off', source, base };
       continue;
     }
@@ -155,6 +165,15 @@ export function parseListenAddress(text: string, source: string): ListenAddress 
   const port = Number(m[2]);
   if (!Number.isInteger(port) || port > 65535) bad(`${source} "${text}" has a port out of range (0 to 65535).`);
   return { host: m[1]!, port };
+}
+
+/** Only this machine can reach it: "localhost", 127.0.0.0/8, ::1 (or ::ffff:127.x.y.z). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  if (isIP(v4) === 4) return v4.startsWith('127.');
+  return isIP(h) === 6 && /^(0{0,4}:){7}0{0,3}1$|^::1$/.test(h);
 }
 
 /** Formats an address for URLs and logs ("[::1]:10809"). */
@@ -210,7 +229,18 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
   const dedup = onOff(pick('dedup'), true);
   const dedupVerify = onOff(pick('dedupVerify'), false);
-  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, configFile };
+
+  const path = (raw: Raw | undefined) => (raw && !isNone(raw.value) ? resolve(raw.base, raw.value) : null);
+  const apiTokens = path(pick('apiTokens'));
+  const apiTlsCertificates = path(pick('apiTlsCertificates'));
+  const insecure = onOff(pick('insecure'), false);
+  // Safe by default: an API that anyone on the network can reach must ask for tokens, unless told not to.
+  if (!isLoopbackHost(api.host) && !apiTokens && !insecure) {
+    bad(
+      `the REST API would listen on ${formatListenAddress(api)}, which is not loopback, without authentication: give --api-tokens FILE (see \`shoal token create\`), or --insecure to serve it open anyway.`,
+    );
+  }
+  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, apiTokens, apiTlsCertificates, insecure, configFile };
 }
 
 function sizeOf(value: string, source: string): number {

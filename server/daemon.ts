@@ -14,10 +14,14 @@ import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
+import { TokenStore } from '../api/auth/token-store.js';
+import { readApiCertificates } from '../api/https-certificates.js';
 
 export interface RunningDaemon {
   manager: VolumeManager;
   nbd: NbdServer;
+  /** Re-reads what can change while the daemon runs (the API tokens file); SIGHUP calls it. */
+  reload(): void;
   close(): Promise<void>;
 }
 
@@ -25,6 +29,9 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   // Read before anything is opened: bad LISTEN_* variables change nothing.
   const inherited = inheritedSockets();
+  // The API's tokens and certificates are checked before the data directory is touched: a bad file stops the start with a sentence.
+  const tokens = config.apiTokens ? TokenStore.open(config.apiTokens, logger.child({ c: 'api-tokens' })) : null;
+  const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
   mkdirSync(config.dataDir, { recursive: true });
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
   // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
@@ -52,7 +59,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   }
   const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
-  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
 
   let nbdAddr: string | null = null;
   let nbdSocket: string | null = null;
@@ -66,6 +73,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     }
     if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket);
     if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+    tokens?.watch();
   } catch (e) {
     await nbd.close().catch(() => {});
     await api.close().catch(() => {});
@@ -73,15 +81,28 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   logger.info(
-    { nbd: nbdAddr, nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: meta.chunkSize, cacheSize: config.cacheSize },
+    {
+      nbd: nbdAddr,
+      nbdSocket,
+      api: apiAddr,
+      apiTokens: tokens ? tokens.path : null,
+      dataDir: config.dataDir,
+      chunkSize: meta.chunkSize,
+      cacheSize: config.cacheSize,
+    },
     'shoal ready',
   );
   let closed: Promise<void> | null = null;
   return {
     manager,
     nbd,
+    reload() {
+      if (tokens) tokens.reload('SIGHUP');
+      else logger.info('SIGHUP: nothing to reload (no --api-tokens)');
+    },
     close() {
       closed ??= (async () => {
+        tokens?.close();
         await api.close().catch((e) => logger.error({ err: e }, 'closing the API failed'));
         await nbd.close().catch((e) => logger.error({ err: e }, 'closing NBD failed'));
         await manager.close();
@@ -125,6 +146,9 @@ function testMs(name: string): number | undefined {
 
 export async function runDaemon(config: Config): Promise<void> {
   const d = await startDaemon(config);
+  // SIGHUP re-reads the tokens file (it would otherwise end the process).
+  const reload = () => d.reload();
+  process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);
@@ -134,5 +158,6 @@ export async function runDaemon(config: Config): Promise<void> {
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
+  process.off('SIGHUP', reload);
   await d.close();
 }

@@ -1,31 +1,32 @@
 // Range sharing between volumes: reflink (like FICLONERANGE) and dedupe (like FIDEDUPERANGE).
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import type { VolumeControl } from '../../server/volume/control.js';
 import { DedupeResult, RangeBody, ReflinkResult, VolumeParams, withErrors } from '../schemas.js';
 
 const tags = ['ranges'];
 
-export const rangeRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl }> = async (app, { control }) => {
+export const rangeRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.post(
     '/v1/volumes/:name/reflink',
     {
+      config: { access: 'operator' },
       schema: {
         tags,
         summary: 'Share a range of another volume into this one',
         description:
           'Makes `[offset, offset+length)` of this volume read as `[sourceOffset, sourceOffset+length)` of `source` (a volume or VOLUME@SNAPSHOT) ' +
-          'without copying whole chunks; partial chunks at the edges are copied.',
+          'without copying whole chunks; partial chunks at the edges are copied. A source in another tenant reads as a volume that does not exist.',
         params: VolumeParams,
         body: RangeBody,
         response: withErrors({ 200: ReflinkResult }),
       },
     },
-    async (req) => control.reflink(req.params.name, req.body),
+    async (req) => req.control.reflink(req.params.name, req.body),
   );
 
   app.post(
     '/v1/volumes/:name/dedupe',
     {
+      config: { access: 'operator' },
       schema: {
         tags,
         summary: 'Share a range only where the bytes are already equal',
@@ -35,6 +36,6 @@ export const rangeRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl }> 
         response: withErrors({ 200: DedupeResult }),
       },
     },
-    async (req) => control.dedupe(req.params.name, req.body),
+    async (req) => req.control.dedupe(req.params.name, req.body),
   );
 };

@@ -1,17 +1,16 @@
 // /v1/volumes/{name}/snapshots and rollback.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import type { VolumeControl } from '../../server/volume/control.js';
-import { CreateSnapshotBody, ForceQuery, RollbackBody, SnapshotInfo, SnapshotList, SnapshotParams, VolumeInfo, VolumeParams, withErrors } from '../schemas.js';
+import { CreateSnapshotBody, ForceQuery, RollbackBody, SnapshotInfo, SnapshotList, SnapshotParams, VolumeInfo, VolumeParams, isYes, withErrors } from '../schemas.js';
 import { ShoalError } from '../../server/errors.js';
-import { isForce } from './volumes.js';
 
 const tags = ['snapshots'];
 
-export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl }> = async (app, { control }) => {
+export const snapshotRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.post(
     '/v1/volumes/:name/snapshots',
     {
+      config: { access: 'operator' },
       schema: {
         tags,
         summary: 'Snapshot a volume',
@@ -22,7 +21,7 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
       },
     },
     async (req, reply) => {
-      const snap = await control.createSnapshot(req.params.name, req.body.name);
+      const snap = await req.control.createSnapshot(req.params.name, req.body.name);
       reply.code(201).header('location', `/v1/volumes/${encodeURIComponent(req.params.name)}/snapshots/${encodeURIComponent(snap.name)}`);
       return snap;
     },
@@ -30,16 +29,16 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
 
   app.get(
     '/v1/volumes/:name/snapshots',
-    { schema: { tags, summary: "List a volume's snapshots", params: VolumeParams, response: withErrors({ 200: SnapshotList }) } },
-    async (req) => ({ snapshots: control.listSnapshots(req.params.name) }),
+    { config: { access: 'reader' }, schema: { tags, summary: "List a volume's snapshots", params: VolumeParams, response: withErrors({ 200: SnapshotList }) } },
+    async (req) => ({ snapshots: req.control.listSnapshots(req.params.name) }),
   );
 
   app.get(
     '/v1/volumes/:name/snapshots/:snap',
-    { schema: { tags, summary: 'Show a snapshot', params: SnapshotParams, response: withErrors({ 200: SnapshotInfo }) } },
+    { config: { access: 'reader' }, schema: { tags, summary: 'Show a snapshot', params: SnapshotParams, response: withErrors({ 200: SnapshotInfo }) } },
     async (req) => {
       const { name, snap } = req.params;
-      const found = control.listSnapshots(name).find((s) => s.name === snap);
+      const found = req.control.listSnapshots(name).find((s) => s.name === snap);
       if (!found) throw new ShoalError('snapshot_not_found', `volume "${name}" has no snapshot "${snap}".`);
       return found;
     },
@@ -48,6 +47,7 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
   app.delete(
     '/v1/volumes/:name/snapshots/:snap',
     {
+      config: { access: 'operator' },
       schema: {
         tags,
         summary: 'Delete a snapshot',
@@ -58,7 +58,7 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
       },
     },
     async (req, reply) => {
-      await control.deleteSnapshot(req.params.name, req.params.snap, { force: isForce(req.query) });
+      await req.control.deleteSnapshot(req.params.name, req.params.snap, { force: isYes(req.query.force) });
       reply.code(204).send(null);
     },
   );
@@ -66,6 +66,7 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
   app.post(
     '/v1/volumes/:name/rollback',
     {
+      config: { access: 'operator' },
       schema: {
         tags,
         summary: 'Roll a volume back to a snapshot',
@@ -75,6 +76,6 @@ export const snapshotRoutes: FastifyPluginAsyncTypebox<{ control: VolumeControl 
         response: withErrors({ 200: VolumeInfo }),
       },
     },
-    async (req) => control.rollback(req.params.name, req.body.snapshot, { force: req.body.force === true }),
+    async (req) => req.control.rollback(req.params.name, req.body.snapshot, { force: req.body.force === true }),
   );
 };

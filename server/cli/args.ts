@@ -1,5 +1,8 @@
-// Splits a command line into positionals and --flags. Flags may appear anywhere; each command then says
-// which flags it takes, so a misplaced one is an error rather than silently ignored.
+// The CLI's command line, parsed by Node's util.parseArgs in two passes. The first knows every flag
+// of every command, so it can tell a flag's value from a positional and find the command; the second
+// is strict and knows only the flags of that command, so a misplaced flag is an error rather than
+// silently ignored. parseArgs' own messages are replaced by sentences that name the flag.
+import { parseArgs as nodeParseArgs, type ParseArgsConfig } from 'node:util';
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -8,55 +11,73 @@ export class UsageError extends Error {
   }
 }
 
-const BOOLEAN_FLAGS = new Set(['json', 'force', 'help']);
-const VALUE_FLAGS = new Set(['api', 'domain', 'source-offset', 'offset', 'length']);
-export const GLOBAL_FLAGS = ['api', 'json', 'help'];
+/** Every flag any command takes. */
+const OPTIONS = {
+  api: { type: 'string' },
+  'token-file': { type: 'string' },
+  cacert: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  domain: { type: 'string' },
+  tenant: { type: 'string' },
+  force: { type: 'boolean' },
+  recursive: { type: 'boolean' },
+  shrink: { type: 'boolean' },
+  offset: { type: 'string' },
+  'source-offset': { type: 'string' },
+  length: { type: 'string' },
+  role: { type: 'string' },
+  'tokens-file': { type: 'string' },
+} as const satisfies NonNullable<ParseArgsConfig['options']>;
 
-export interface ParsedArgs {
-  positionals: string[];
-  flags: Map<string, string | true>;
+export type Flag = keyof typeof OPTIONS;
+export type FlagValues = { [F in Flag]?: (typeof OPTIONS)[F]['type'] extends 'string' ? string : boolean };
+
+/** Flags every command takes. */
+const COMMON: Flag[] = ['json', 'help'];
+/** Flags of every command that talks to the daemon's API. */
+export const CLIENT_FLAGS: Flag[] = ['api', 'token-file', 'cacert'];
+
+const isFlag = (name: string): name is Flag => Object.hasOwn(OPTIONS, name);
+
+function tokensOf(argv: string[]) {
+  return nodeParseArgs({ args: argv, options: OPTIONS, strict: false, allowPositionals: true, tokens: true }).tokens;
 }
 
-export function parseArgs(argv: string[]): ParsedArgs {
-  const positionals: string[] = [];
-  const flags = new Map<string, string | true>();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (arg === '-h') {
-      flags.set('help', true);
-      continue;
-    }
-    if (!arg.startsWith('--') || arg === '-') {
-      if (arg.startsWith('-') && arg.length > 1 && !/^-\d/.test(arg)) throw new UsageError(`unknown option "${arg}".`);
-      positionals.push(arg);
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const name = arg.slice(2, eq < 0 ? undefined : eq);
-    if (BOOLEAN_FLAGS.has(name)) {
-      if (eq >= 0) throw new UsageError(`--${name} takes no value.`);
-      flags.set(name, true);
-    } else if (VALUE_FLAGS.has(name)) {
-      let value: string;
-      if (eq >= 0) value = arg.slice(eq + 1);
-      else if (i + 1 < argv.length) value = argv[++i]!;
-      else throw new UsageError(`--${name} needs a value.`);
-      flags.set(name, value);
-    } else {
-      throw new UsageError(`unknown option "--${name}".`);
+/** The first problem of a command line, as a sentence (given the flags allowed, if known), or null. */
+function problem(argv: string[], command?: string, allowed?: ReadonlySet<string>): string | null {
+  for (const t of tokensOf(argv)) {
+    if (t.kind !== 'option') continue;
+    if (!isFlag(t.name)) return `unknown option "${t.rawName}".`;
+    const flag = `--${t.name}`;
+    if (allowed && !allowed.has(t.name)) return `${flag} does not apply to \`shoal ${command}\`.`;
+    if (OPTIONS[t.name].type === 'boolean') {
+      if (t.value !== undefined) return `${flag} takes no value.`;
+    } else if (t.value === undefined) {
+      return `${flag} needs a value.`;
+    } else if (!t.inlineValue && t.value.startsWith('-')) {
+      return `${flag} needs a value; to give one that starts with "-", write ${flag}=${t.value}.`;
     }
   }
-  return { positionals, flags };
+  return null;
 }
 
-/** Refuses flags the command does not take. */
-export function allowFlags(args: ParsedArgs, command: string, allowed: string[]): void {
-  for (const name of args.flags.keys()) {
-    if (!GLOBAL_FLAGS.includes(name) && !allowed.includes(name)) throw new UsageError(`--${name} does not apply to \`shoal ${command}\`.`);
+/** First pass: the positionals (the command and its arguments) and whether help was asked for. */
+export function scanArgs(argv: string[]): { positionals: string[]; help: boolean; json: boolean } {
+  const why = problem(argv);
+  if (why) throw new UsageError(why);
+  const { positionals, values } = nodeParseArgs({ args: argv, options: OPTIONS, strict: false, allowPositionals: true });
+  return { positionals, help: values.help === true, json: values.json === true };
+}
+
+/** Second pass, strict: the values of `command`'s flags; any other flag is a usage error. */
+export function commandFlags(argv: string[], command: string, allowed: Flag[]): FlagValues {
+  const names = new Set<string>([...COMMON, ...allowed]);
+  const options = Object.fromEntries(Object.entries(OPTIONS).filter(([name]) => names.has(name)));
+  try {
+    return nodeParseArgs({ args: argv, options, strict: true, allowPositionals: true }).values as FlagValues;
+  } catch (e) {
+    throw new UsageError(problem(argv, command, names) ?? (e as Error).message.split('\n')[0]!);
   }
 }
 

@@ -1,28 +1,29 @@
-// `shoal <command>` for everything but `serve`: a thin client of the REST API.
+// `shoal <command>` for everything but `serve`: a thin client of the REST API (and `shoal token`,
+// which edits the daemon's tokens file).
 // Exit codes: 0 success, 1 the operation failed (API error, daemon unreachable, fsck found problems),
 // 2 the command line is wrong.
 import { isShoalError } from '../errors.js';
 import { formatSize, parsePositiveSize, parseSize } from '../size.js';
 import type { FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
 import { ApiClient, CliError, apiBaseUrl } from './api-client.js';
-import { UsageError, allowFlags, expectPositionals, parseArgs, type ParsedArgs } from './args.js';
+import { CLIENT_FLAGS, UsageError, commandFlags, expectPositionals, scanArgs, type Flag, type FlagValues } from './args.js';
+import { clientToken, readCaFile } from './client-credentials.js';
 import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from './render.js';
+import { print, type CliOptions, type Ctx } from './command-context.js';
+import { tokenCommand } from './token-commands.js';
 import { USAGE } from './usage.js';
 
-export interface CliOptions {
-  /** Checks a data directory with the daemon stopped (`shoal fsck DATA_DIR`); main.ts provides it. */
-  offlineFsck?: (dir: string) => Promise<FsckReport> | FsckReport;
-  env?: NodeJS.ProcessEnv;
-  stdout?: (text: string) => void;
-  stderr?: (text: string) => void;
-}
-
-interface Ctx {
-  args: ParsedArgs;
-  api: () => ApiClient;
-  json: boolean;
-  out: (text: string) => void;
-  opts: CliOptions;
+export type { CliOptions } from './command-context.js';
+/** A command that talks to the API: its flags (with --api, --token-file, --cacert) and a client built from them. */
+function apiCommand(ctx: Ctx, command: string, flags: Flag[] = []): { flags: FlagValues; api: () => ApiClient } {
+  const values = commandFlags(ctx.argv, command, [...CLIENT_FLAGS, ...flags]);
+  let client: ApiClient | undefined;
+  const api = () =>
+    (client ??= new ApiClient(apiBaseUrl(values.api, ctx.env), {
+      token: clientToken(values['token-file'], ctx.env),
+      ...(values.cacert !== undefined ? { ca: readCaFile(values.cacert) } : {}),
+    }));
+  return { flags: values, api };
 }
 
 const enc = encodeURIComponent;
@@ -32,26 +33,17 @@ export async function runCli(argv: string[], opts: CliOptions = {}): Promise<num
   const err = opts.stderr ?? ((t: string) => void process.stderr.write(t));
   const env = opts.env ?? process.env;
   try {
-    const args = parseArgs(argv);
-    const [group] = args.positionals;
-    if (group === undefined || group === 'help' || args.flags.has('help')) {
-      if (group === undefined && !args.flags.has('help')) {
+    const { positionals, help, json } = scanArgs(argv);
+    const [group] = positionals;
+    if (group === undefined || group === 'help' || help) {
+      if (group === undefined && !help) {
         err(USAGE);
         return 2;
       }
       out(USAGE);
       return 0;
     }
-    let client: ApiClient | undefined;
-    const apiFlag = args.flags.get('api');
-    const ctx: Ctx = {
-      args,
-      api: () => (client ??= new ApiClient(apiBaseUrl(typeof apiFlag === 'string' ? apiFlag : undefined, env))),
-      json: args.flags.has('json'),
-      out,
-      opts,
-    };
-    return await dispatch(ctx);
+    return await dispatch({ argv, positionals, env, json, out, err, opts });
   } catch (e) {
     if (e instanceof UsageError) {
       err(`shoal: ${trim(e.message)} (see \`shoal help\`)\n`);
@@ -78,7 +70,7 @@ function sizeArg(text: string, what: string, positive: boolean): number {
 }
 
 async function dispatch(ctx: Ctx): Promise<number> {
-  const [group, ...rest] = ctx.args.positionals;
+  const [group, ...rest] = ctx.positionals;
   switch (group) {
     case 'volume':
     case 'volumes':
@@ -97,6 +89,9 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return stats(ctx, rest);
     case 'fsck':
       return fsck(ctx, rest);
+    case 'token':
+    case 'tokens':
+      return tokenCommand(ctx, rest);
     case 'serve':
       throw new UsageError('`shoal serve` is handled by the shoal executable, not the client');
     default:
@@ -104,52 +99,46 @@ async function dispatch(ctx: Ctx): Promise<number> {
   }
 }
 
-function print(ctx: Ctx, body: unknown, human: () => string): number {
-  if (ctx.json) {
-    if (body !== undefined) ctx.out(JSON.stringify(body, null, 2) + '\n');
-  } else ctx.out(human());
-  return 0;
-}
 
 async function volumeCommand(ctx: Ctx, rest: string[]): Promise<number> {
   const [sub, ...args] = rest;
-  const api = ctx.api;
   switch (sub) {
     case 'create': {
-      allowFlags(ctx.args, 'volume create', ['domain']);
+      const { flags, api } = apiCommand(ctx, 'volume create', ['domain', 'tenant']);
       const [name, size] = expectPositionals(args, 'volume create', ['NAME', 'SIZE']);
       const body: Record<string, unknown> = { name, size: sizeArg(size!, 'SIZE', true) };
-      const domain = ctx.args.flags.get('domain');
-      if (typeof domain === 'string') body.domain = domain;
+      if (flags.domain !== undefined) body.domain = flags.domain;
+      if (flags.tenant !== undefined) body.tenant = flags.tenant;
       const r = await api().request<VolumeInfo>('POST', '/v1/volumes', body);
-      return print(ctx, r.body, () => `created volume ${r.body.name} (${formatSize(r.body.size)}, domain ${r.body.domain})\n`);
+      const tenant = r.body.tenant ? `tenant ${r.body.tenant}, ` : '';
+      return print(ctx, r.body, () => `created volume ${r.body.name} (${formatSize(r.body.size)}, ${tenant}domain ${r.body.domain})\n`);
     }
     case 'list':
     case 'ls': {
-      allowFlags(ctx.args, 'volume list', []);
+      const { api } = apiCommand(ctx, 'volume list');
       expectPositionals(args, 'volume list', []);
       const r = await api().request<{ volumes: VolumeInfo[] }>('GET', '/v1/volumes');
       return print(ctx, r.body, () => volumeTable(r.body.volumes));
     }
     case 'show': {
-      allowFlags(ctx.args, 'volume show', []);
+      const { api } = apiCommand(ctx, 'volume show');
       const [name] = expectPositionals(args, 'volume show', ['NAME']);
       const r = await api().request<VolumeInfo>('GET', `/v1/volumes/${enc(name!)}`);
       return print(ctx, r.body, () => volumeDetails(r.body));
     }
     case 'resize': {
-      allowFlags(ctx.args, 'volume resize', []);
+      const { flags, api } = apiCommand(ctx, 'volume resize', ['shrink']);
       const [name, size] = expectPositionals(args, 'volume resize', ['NAME', 'SIZE']);
-      const r = await api().request<VolumeInfo>('PATCH', `/v1/volumes/${enc(name!)}`, { size: sizeArg(size!, 'SIZE', true) });
+      const body = { size: sizeArg(size!, 'SIZE', true), ...(flags.shrink ? { shrink: true } : {}) };
+      const r = await api().request<VolumeInfo>('PATCH', `/v1/volumes/${enc(name!)}`, body);
       return print(ctx, r.body, () => `resized volume ${r.body.name} to ${formatSize(r.body.size)}\n`);
     }
     case 'delete':
     case 'rm': {
-      allowFlags(ctx.args, 'volume delete', ['force']);
+      const { flags, api } = apiCommand(ctx, 'volume delete', ['force', 'recursive']);
       const [name] = expectPositionals(args, 'volume delete', ['NAME']);
-      const force = ctx.args.flags.has('force') ? '?force=true' : '';
-      await api().request('DELETE', `/v1/volumes/${enc(name!)}${force}`);
-      return print(ctx, undefined, () => `deleted volume ${name}\n`);
+      await api().request('DELETE', `/v1/volumes/${enc(name!)}${query({ force: flags.force, recursive: flags.recursive })}`);
+      return print(ctx, undefined, () => `deleted volume ${name}${flags.recursive ? ' and its snapshots' : ''}\n`);
     }
     case undefined:
       throw new UsageError('`shoal volume` needs a subcommand: create, list, show, resize or delete');
@@ -160,27 +149,25 @@ async function volumeCommand(ctx: Ctx, rest: string[]): Promise<number> {
 
 async function snapshotCommand(ctx: Ctx, rest: string[]): Promise<number> {
   const [sub, ...args] = rest;
-  const api = ctx.api;
   switch (sub) {
     case 'create': {
-      allowFlags(ctx.args, 'snapshot create', []);
+      const { api } = apiCommand(ctx, 'snapshot create');
       const [volume, snap] = expectPositionals(args, 'snapshot create', ['VOLUME', 'SNAPSHOT']);
       const r = await api().request<SnapshotInfo>('POST', `/v1/volumes/${enc(volume!)}/snapshots`, { name: snap });
       return print(ctx, r.body, () => `created snapshot ${r.body.exportName} (${formatSize(r.body.size)}, read-only NBD export ${r.body.exportName})\n`);
     }
     case 'list':
     case 'ls': {
-      allowFlags(ctx.args, 'snapshot list', []);
+      const { api } = apiCommand(ctx, 'snapshot list');
       const [volume] = expectPositionals(args, 'snapshot list', ['VOLUME']);
       const r = await api().request<{ snapshots: SnapshotInfo[] }>('GET', `/v1/volumes/${enc(volume!)}/snapshots`);
       return print(ctx, r.body, () => snapshotTable(volume!, r.body.snapshots));
     }
     case 'delete':
     case 'rm': {
-      allowFlags(ctx.args, 'snapshot delete', ['force']);
+      const { flags, api } = apiCommand(ctx, 'snapshot delete', ['force']);
       const [volume, snap] = expectPositionals(args, 'snapshot delete', ['VOLUME', 'SNAPSHOT']);
-      const force = ctx.args.flags.has('force') ? '?force=true' : '';
-      await api().request('DELETE', `/v1/volumes/${enc(volume!)}/snapshots/${enc(snap!)}${force}`);
+      await api().request('DELETE', `/v1/volumes/${enc(volume!)}/snapshots/${enc(snap!)}${query({ force: flags.force })}`);
       return print(ctx, undefined, () => `deleted snapshot ${volume}@${snap}\n`);
     }
     case undefined:
@@ -191,12 +178,18 @@ async function snapshotCommand(ctx: Ctx, rest: string[]): Promise<number> {
 }
 
 async function rollback(ctx: Ctx, args: string[]): Promise<number> {
-  allowFlags(ctx.args, 'rollback', ['force']);
+  const { flags, api } = apiCommand(ctx, 'rollback', ['force']);
   const [volume, snap] = expectPositionals(args, 'rollback', ['VOLUME', 'SNAPSHOT']);
   const body: Record<string, unknown> = { snapshot: snap };
-  if (ctx.args.flags.has('force')) body.force = true;
-  const r = await ctx.api().request<VolumeInfo>('POST', `/v1/volumes/${enc(volume!)}/rollback`, body);
+  if (flags.force) body.force = true;
+  const r = await api().request<VolumeInfo>('POST', `/v1/volumes/${enc(volume!)}/rollback`, body);
   return print(ctx, r.body, () => `rolled volume ${volume} back to snapshot ${snap}\n`);
+}
+
+/** "?force=true&recursive=true" for the flags that are set. */
+function query(flags: Record<string, boolean | undefined>): string {
+  const on = Object.keys(flags).filter((k) => flags[k]);
+  return on.length === 0 ? '' : '?' + on.map((k) => `${k}=true`).join('&');
 }
 
 /** "vol" or "vol@snap". */
@@ -207,24 +200,24 @@ function splitRef(ref: string, what: string): { volume: string; snapshot?: strin
 }
 
 async function clone(ctx: Ctx, args: string[]): Promise<number> {
-  allowFlags(ctx.args, 'clone', []);
+  const { api } = apiCommand(ctx, 'clone');
   const [name, source] = expectPositionals(args, 'clone', ['NEW', 'VOLUME[@SNAPSHOT]']);
   const from = splitRef(source!, 'the clone source');
-  const r = await ctx.api().request<VolumeInfo>('POST', '/v1/volumes', { name, from });
+  const r = await api().request<VolumeInfo>('POST', '/v1/volumes', { name, from });
   return print(ctx, r.body, () => `created volume ${r.body.name} (${formatSize(r.body.size)}), a clone of ${source}\n`);
 }
 
 async function range(ctx: Ctx, command: 'reflink' | 'dedupe', args: string[]): Promise<number> {
-  allowFlags(ctx.args, command, ['offset', 'source-offset', 'length']);
+  const { flags, api } = apiCommand(ctx, command, ['offset', 'source-offset', 'length']);
   const [dest, source] = expectPositionals(args, command, ['DEST', 'SOURCE[@SNAPSHOT]']);
   splitRef(source!, 'SOURCE');
-  const num = (flag: string, positive: boolean) => {
-    const v = ctx.args.flags.get(flag);
-    if (typeof v !== 'string') throw new UsageError(`\`shoal ${command}\` needs --${flag} N`);
+  const num = (flag: 'offset' | 'source-offset' | 'length', positive: boolean) => {
+    const v = flags[flag];
+    if (v === undefined) throw new UsageError(`\`shoal ${command}\` needs --${flag} N`);
     return sizeArg(v, `--${flag}`, positive);
   };
   const body = { source, sourceOffset: num('source-offset', false), offset: num('offset', false), length: num('length', true) };
-  const r = await ctx.api().request<{ sharedBytes: number; copiedBytes?: number; differentBytes?: number }>('POST', `/v1/volumes/${enc(dest!)}/${command}`, body);
+  const r = await api().request<{ sharedBytes: number; copiedBytes?: number; differentBytes?: number }>('POST', `/v1/volumes/${enc(dest!)}/${command}`, body);
   return print(ctx, r.body, () =>
     command === 'reflink'
       ? `shared ${formatSize(r.body.sharedBytes)} of ${source} into ${dest}, copied ${formatSize(r.body.copiedBytes ?? 0)} at unaligned edges\n`
@@ -233,23 +226,23 @@ async function range(ctx: Ctx, command: 'reflink' | 'dedupe', args: string[]): P
 }
 
 async function stats(ctx: Ctx, args: string[]): Promise<number> {
-  allowFlags(ctx.args, 'stats', []);
+  const { api } = apiCommand(ctx, 'stats');
   expectPositionals(args, 'stats', []);
-  const r = await ctx.api().request<Stats>('GET', '/v1/stats');
+  const r = await api().request<Stats>('GET', '/v1/stats');
   return print(ctx, r.body, () => statsText(r.body));
 }
 
 async function fsck(ctx: Ctx, args: string[]): Promise<number> {
-  allowFlags(ctx.args, 'fsck', []);
+  const { flags, api } = apiCommand(ctx, 'fsck');
   const [dir] = expectPositionals(args, 'fsck', ['[DATA_DIR]'], 1);
   let report: FsckReport;
   if (dir !== undefined) {
-    if (ctx.args.flags.has('api')) throw new UsageError('give either DATA_DIR (offline check) or --api (check the running daemon), not both');
+    if (flags.api !== undefined) throw new UsageError('give either DATA_DIR (offline check) or --api (check the running daemon), not both');
     if (!ctx.opts.offlineFsck) throw new CliError('offline fsck of a data directory is not available in this build');
     report = await ctx.opts.offlineFsck(dir);
   } else {
     // A full check can take a while on a big store: no client-side timeout.
-    report = (await ctx.api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null })).body;
+    report = (await api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null })).body;
   }
   print(ctx, report, () => fsckText(report));
   return report.ok ? 0 : 1;

@@ -23,9 +23,19 @@ export const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.o
 export function volumeTable(volumes: VolumeInfo[]): string {
   if (volumes.length === 0) return 'no volumes\n';
   return table(
-    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN'],
-    volumes.map((v) => [v.name, formatSize(v.size), formatSize(v.mappedBytes), formatSize(v.exclusiveBytes), formatSize(v.sharedBytes), String(v.snapshots), String(v.connections), origin(v)]),
-    [false, true, true, true, true, true, true, false],
+    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN', 'TENANT'],
+    volumes.map((v) => [
+      v.name,
+      formatSize(v.size),
+      formatSize(v.mappedBytes),
+      formatSize(v.exclusiveBytes),
+      formatSize(v.sharedBytes),
+      String(v.snapshots),
+      String(v.connections),
+      origin(v),
+      v.tenant ?? '-',
+    ]),
+    [false, true, true, true, true, true, true, false, false],
   );
 }
 
@@ -33,6 +43,7 @@ export function volumeDetails(v: VolumeInfo): string {
   return keyValues([
     ['name', v.name],
     ['size', `${formatSize(v.size)} (${v.size} bytes)`],
+    ['tenant', v.tenant ?? '-'],
     ['domain', v.domain],
     ['chunk size', formatSize(v.chunkSize)],
     ['created', v.createdAt],

@@ -6,15 +6,21 @@ Daemon:
   shoal serve [--data-dir DIR] [--nbd HOST:PORT|none] [--nbd-socket PATH|none]
               [--api HOST:PORT] [--cache-size SIZE] [--chunk-size SIZE]
               [--dedup on|off] [--dedup-verify on|off] [--log-level LEVEL] [--config FILE]
+              [--api-tokens FILE] [--api-tls-certificates DIR] [--insecure]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
-      or in a JSON config file.
+      or in a JSON config file. --api-tokens: clients need a bearer token (see
+      \`shoal token\`); an API on a non-loopback address without it needs --insecure.
+      --api-tls-certificates DIR: serve HTTPS (DIR/server-cert.pem, DIR/server-key.pem).
 
 Volumes:
-  shoal volume create NAME SIZE [--domain DOMAIN]   SIZE in bytes or with K/M/G/T (binary)
+  shoal volume create NAME SIZE [--tenant T] [--domain DOMAIN]
+                                     SIZE in bytes or with K/M/G/T (binary); the dedup
+                                     domain defaults to the tenant (or "default")
   shoal volume list
   shoal volume show NAME
-  shoal volume resize NAME SIZE
-  shoal volume delete NAME [--force]                --force disconnects NBD clients
+  shoal volume resize NAME SIZE [--shrink]          --shrink: needed to make it smaller
+  shoal volume delete NAME [--force] [--recursive]  --force disconnects NBD clients;
+                                     --recursive: needed if it has snapshots (they go too)
   shoal clone NEW VOLUME[@SNAPSHOT]                 writable clone, shares every chunk
 
 Snapshots:
@@ -35,7 +41,16 @@ Status:
                              with it: check a data directory offline (daemon stopped)
   shoal help
 
+API tokens (edit the daemon's --api-tokens file; no daemon needed):
+  shoal token create NAME --role admin|operator|reader [--tenant T] --tokens-file FILE
+      prints the new token once (the file keeps only its hash)
+  shoal token list --tokens-file FILE
+  shoal token revoke NAME --tokens-file FILE
+      --tokens-file defaults to SHOAL_API_TOKENS; a running daemon re-reads the file
+
 Options for client commands:
-  --api URL    the daemon's REST API (default http://127.0.0.1:10880, or SHOAL_API)
-  --json       print the API's JSON instead of text
+  --api URL          the daemon's REST API (default http://127.0.0.1:10880, or SHOAL_API)
+  --token-file FILE  send the token in FILE (mode 600); else SHOAL_API_TOKEN, if set
+  --cacert FILE      trust this CA for an https:// API (a private CA)
+  --json             print the API's JSON instead of text
 `;

@@ -23,6 +23,7 @@ export interface SnapshotRecord extends RootRecord {
 export interface VolumeRecord extends RootRecord {
   name: string;
   domain: string;
+  tenant?: string; // absent: no tenant (also every record written before tenants existed)
   origin: { volume: string; snapshot?: string } | null;
   snapshots: SnapshotRecord[];
 }

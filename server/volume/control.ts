@@ -1,15 +1,30 @@
 // The control surface of the volume layer: what the REST API (and through it the CLI) may ask.
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
+import { ShoalError } from '../errors.js';
 import type { CacheStats } from '../cache/chunk-cache.js';
 import type { FsckReport } from '../meta/fsck.js';
 import type { StoreStats } from '../store/chunk-store.js';
 
 export type { FsckReport };
 
+/** The error for a volume that does not exist, and for one outside a caller's tenant: the two must read alike. */
+export function volumeNotFound(name: string): ShoalError {
+  return new ShoalError('volume_not_found', `volume ${JSON.stringify(name)} does not exist`);
+}
+
+/**
+ * Which volumes a caller may see: those of one tenant, or (tenant null) those that have none.
+ * Whoever may see every volume passes no scope.
+ */
+export interface VolumeScope {
+  tenant: string | null;
+}
+
 export interface VolumeInfo {
   name: string;
   size: number; // bytes
   domain: string; // dedup domain
+  tenant: string | null; // who owns it; null: no tenant
   chunkSize: number;
   createdAt: string; // ISO 8601
   origin: { volume: string; snapshot?: string } | null; // set for clones
@@ -37,9 +52,9 @@ export interface RangeRequest {
 }
 
 export interface Stats {
-  logicalBytes: number; // bytes mapped by all live volumes and snapshots
+  logicalBytes: number; // bytes mapped by the live volumes and snapshots (in the scope, if one is given)
   physicalBytes: number; // bytes of stored chunks
-  dedupRatio: number; // logicalBytes / physicalBytes (1 when empty)
+  dedupRatio: number; // logical bytes of every volume / physicalBytes (1 when empty), whatever the scope
   chunkSize: number;
   chunks: number;
   volumes: number;
@@ -52,13 +67,21 @@ export interface Stats {
 }
 
 export interface VolumeControl {
-  createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo>;
+  /** `domain` defaults to the tenant's name (chunks are never shared across tenants unless asked), else "default". */
+  createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo>;
+  /** The clone takes its origin's tenant and domain. */
   cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo>;
   listVolumes(): VolumeInfo[];
   getVolume(name: string): VolumeInfo;
-  resizeVolume(name: string, size: number): Promise<VolumeInfo>;
-  /** Refuses with volume_busy if clients are connected, unless force: then they are disconnected. */
-  deleteVolume(name: string, opts?: { force?: boolean }): Promise<void>;
+  /** A volume's tenant (null: none), without the cost of getVolume; volume_not_found if there is no such volume. */
+  tenantOf(name: string): string | null;
+  /** Shrinking is refused (shrink_not_allowed, saying what would be lost) unless `shrink`. */
+  resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo>;
+  /**
+   * Refuses with volume_busy if clients are connected, unless force: then they are disconnected.
+   * Refuses with volume_has_dependents if the volume has snapshots, unless recursive: then they go with it.
+   */
+  deleteVolume(name: string, opts?: { force?: boolean; recursive?: boolean }): Promise<void>;
 
   createSnapshot(volume: string, name: string): Promise<SnapshotInfo>;
   listSnapshots(volume: string): SnapshotInfo[];
@@ -68,6 +91,7 @@ export interface VolumeControl {
   reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
   dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;
 
-  stats(): Stats;
+  /** With a scope, the volume counts and logical bytes cover only its volumes; store and cache figures are the daemon's. */
+  stats(scope?: VolumeScope): Stats;
   fsck(): Promise<FsckReport>;
 }

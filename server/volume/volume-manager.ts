@@ -15,7 +15,8 @@ import type { DedupIndex } from '../dedup/dedup-index.js';
 import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { checkDedupIndex } from '../dedup/dedup-check.js';
 import { CommitScheduler } from './commit-scheduler.js';
-import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from './control.js';
+import { volumeNotFound, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
+import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
 import { ReadPath } from './read-path.js';
@@ -110,7 +111,7 @@ export class VolumeManager implements VolumeControl {
 
   private state(name: string): VolumeState {
     const st = this.states.get(name);
-    if (!st) throw new ShoalError('volume_not_found', `volume ${JSON.stringify(name)} does not exist`);
+    if (!st) throw volumeNotFound(name);
     return st;
   }
 
@@ -137,6 +138,7 @@ export class VolumeManager implements VolumeControl {
       name: r.name,
       size: r.size,
       domain: r.domain,
+      tenant: r.tenant ?? null,
       chunkSize: this.meta.chunkSize,
       createdAt: r.createdAt,
       origin: r.origin,
@@ -149,13 +151,28 @@ export class VolumeManager implements VolumeControl {
     };
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
     this.checkOpen();
     const name = validName('volume', req.name);
     const size = validSize(req.size);
-    const domain = validName('domain', req.domain ?? 'default');
+    const tenant = req.tenant === undefined ? undefined : validName('tenant', req.tenant);
+    // A tenant named "default" would share chunks with every volume that has no tenant.
+    if (tenant === 'default') throw new ShoalError('invalid_name', 'tenant name "default" is reserved: it is the dedup domain of volumes without a tenant');
+    // A tenant's chunks are shared with no other tenant's unless an operator names a domain.
+    const domain = validName('domain', req.domain ?? tenant ?? 'default');
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
-    const rec: VolumeRecord = { name, size, domain, origin: null, snapshots: [], root: 0, levels: levelsFor(Math.ceil(size / this.meta.chunkSize)), mapped: 0, createdAt: new Date().toISOString() };
+    const rec: VolumeRecord = {
+      name,
+      size,
+      domain,
+      ...(tenant !== undefined ? { tenant } : {}),
+      origin: null,
+      snapshots: [],
+      root: 0,
+      levels: levelsFor(Math.ceil(size / this.meta.chunkSize)),
+      mapped: 0,
+      createdAt: new Date().toISOString(),
+    };
     this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
     await this.meta.commit();
@@ -173,6 +190,7 @@ export class VolumeManager implements VolumeControl {
       ...shareRoot(this.meta, from),
       name,
       domain: src.record.domain, // clones share chunks, so they stay in their origin's domain
+      ...(src.record.tenant !== undefined ? { tenant: src.record.tenant } : {}),
       origin: { volume: src.name, ...(req.from.snapshot !== undefined ? { snapshot: req.from.snapshot } : {}) },
       snapshots: [],
     };
@@ -190,10 +208,15 @@ export class VolumeManager implements VolumeControl {
     return this.info(this.state(name));
   }
 
-  async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
+  tenantOf(name: string): string | null {
+    return this.state(name).record.tenant ?? null;
+  }
+
+  async resizeVolume(name: string, size: number, opts: { shrink?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
     const st = this.state(name);
     size = validSize(size);
+    checkShrink(this.meta, st.record, size, opts.shrink);
     if (size < st.record.size) {
       if (st.conns.size > 0)
         throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} client(s) connected; shrinking it under them would cut off their data (disconnect them first)`);
@@ -212,11 +235,12 @@ export class VolumeManager implements VolumeControl {
     return this.info(st);
   }
 
-  async deleteVolume(name: string, opts: { force?: boolean } = {}): Promise<void> {
+  async deleteVolume(name: string, opts: { force?: boolean; recursive?: boolean } = {}): Promise<void> {
     this.checkOpen();
     const st = this.state(name);
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
+    checkRecursiveDelete(st.record, [...this.states.values()].filter((c) => c.record.origin?.volume === name).length, opts.recursive);
     st.deleted = true;
     st.revoke();
     const release = await st.lock.acquire(0, Infinity);
@@ -343,26 +367,30 @@ export class VolumeManager implements VolumeControl {
 
   // ------------------------------------------------------------------ stats, fsck
 
-  stats(): Stats {
+  /** Figures for the whole store, or (with a scope) for one tenant's volumes; physical bytes and the dedup ratio are the store's. */
+  stats(scope?: VolumeScope): Stats {
     const cs = this.meta.chunkSize;
-    let mapped = 0;
+    let mapped = 0; // in scope
+    let allMapped = 0; // the dedup ratio is the store's: physical bytes belong to no one volume
     let snapshots = 0;
+    let volumes = 0;
     for (const st of this.states.values()) {
-      mapped += st.record.mapped;
-      for (const s of st.record.snapshots) {
-        mapped += s.mapped;
-        snapshots++;
-      }
+      let m = st.record.mapped;
+      for (const s of st.record.snapshots) m += s.mapped;
+      allMapped += m;
+      if (scope && (st.record.tenant ?? null) !== scope.tenant) continue;
+      mapped += m;
+      volumes++;
+      snapshots += st.record.snapshots.length;
     }
     const physical = this.meta.liveChunks * cs;
-    const logical = mapped * cs;
     return {
-      logicalBytes: logical,
+      logicalBytes: mapped * cs,
       physicalBytes: physical,
-      dedupRatio: physical === 0 ? 1 : logical / physical,
+      dedupRatio: physical === 0 ? 1 : (allMapped * cs) / physical,
       chunkSize: cs,
       chunks: this.meta.liveChunks,
-      volumes: this.states.size,
+      volumes,
       snapshots,
       dedupHits: this.layers.dedup.hits,
       dedupLogEntries: this.layers.dedup.log.size,

@@ -119,6 +119,15 @@ test('usage errors: exit 2 with a sentence', async () => {
     [['reflink', 'a', 'b@c@d', '--source-offset', '0', '--offset', '0', '--length', '1'], /VOLUME or VOLUME@SNAPSHOT/],
     [['clone', 'a'], /needs VOLUME\[@SNAPSHOT\]/],
     [['fsck', 'a', 'b'], /takes \[DATA_DIR\]/],
+    [['volume', 'create', 'x', '1G', '--domain'], /--domain needs a value/],
+    [['volume', 'delete', 'x', '--force=yes'], /--force takes no value/],
+    [['volume', 'delete', 'x', '--shrink'], /--shrink does not apply to `shoal volume delete`/],
+    [['volume', 'resize', 'x', '1G', '--recursive'], /--recursive does not apply to `shoal volume resize`/],
+    [['volume', 'list', '-x'], /unknown option "-x"/],
+    [['reflink', 'a', 'b', '--source-offset', '-1', '--offset', '0', '--length', '1'], /--source-offset needs a value; to give one that starts with "-", write --source-offset=-1/],
+    [['volume', 'list', '--tokens-file', '/x'], /--tokens-file does not apply to `shoal volume list`/],
+    // `shoal token` edits a file and talks to no API: --api (which cli() adds) is refused.
+    [['token', 'list', '--tokens-file', '/x'], /--api does not apply to `shoal token list`/],
   ];
   for (const [args, re] of cases) {
     const r = await cli(args);
@@ -127,11 +136,51 @@ test('usage errors: exit 2 with a sentence', async () => {
     assert.match(r.stderr, re, args.join(' '));
     assert.equal(r.stdout, '');
   }
+  const tokenCases: [string[], RegExp][] = [
+    [['token'], /`shoal token` needs a subcommand/],
+    [['token', 'create', 'ci', '--tokens-file', '/nonexistent/x'], /needs --role/],
+    [['token', 'create', 'ci', '--role', 'root', '--tokens-file', '/nonexistent/x'], /--role "root" is not a role: use reader, operator, admin/],
+    [['token', 'create', 'ci', '--role', 'reader'], /needs --tokens-file FILE/],
+    [['token', 'revoke', '--tokens-file', '/x'], /needs NAME/],
+  ];
+  for (const [args, re] of tokenCases) {
+    let stderr = '';
+    const code = await runCli(args, { env: {}, stdout: () => {}, stderr: (t) => (stderr += t) });
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`);
+    assert.match(stderr, re, args.join(' '));
+  }
   const none = await runCli([], { stdout: () => {}, stderr: () => {} });
   assert.equal(none, 2);
   let out = '';
   assert.equal(await runCli(['help'], { stdout: (t) => (out += t) }), 0);
   assert.match(out, /shoal volume create NAME SIZE/);
+});
+
+test('--tenant, --shrink and --recursive reach the API', async () => {
+  let r = await cli(['volume', 'create', 'acme-vm', '1G', '--tenant', 'acme']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /created volume acme-vm \(1 GiB, tenant acme, domain acme\)/);
+  r = await cli(['volume', 'list']);
+  assert.match(r.stdout, /TENANT\n/);
+  assert.match(r.stdout, /acme-vm .* acme\n/);
+  r = await cli(['volume', 'show', 'acme-vm']);
+  assert.match(r.stdout, /tenant:\s+acme/);
+
+  r = await cli(['volume', 'resize', 'acme-vm', '1M']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /needs "shrink": true/);
+  r = await cli(['volume', 'resize', 'acme-vm', '1M', '--shrink']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(control.calls.filter((c) => c.method === 'resizeVolume').at(-1)!.args, ['acme-vm', 1 << 20, { shrink: true }]);
+
+  await cli(['snapshot', 'create', 'acme-vm', 's1']);
+  r = await cli(['volume', 'delete', 'acme-vm']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /recursive=true/);
+  r = await cli(['volume', 'delete', 'acme-vm', '--recursive', '--force']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /deleted volume acme-vm and its snapshots/);
+  assert.deepEqual(control.calls.filter((c) => c.method === 'deleteVolume').at(-1)!.args, ['acme-vm', { force: true, recursive: true }]);
 });
 
 test('fsck: online via the API, offline via the callback; exit 1 on problems', async () => {

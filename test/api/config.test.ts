@@ -102,8 +102,13 @@ test('environment variables', () => {
     SHOAL_CACHE_SIZE: '4G',
     SHOAL_CHUNK_SIZE: '64K',
     SHOAL_LOG_LEVEL: 'warn',
+    SHOAL_API_TOKENS: '/etc/shoal/api-tokens.json',
+    SHOAL_API_TLS_CERTIFICATES: '/etc/shoal/api-tls',
   });
   assert.equal(c.dataDir, '/var/lib/shoal');
+  assert.equal(c.apiTokens, '/etc/shoal/api-tokens.json');
+  assert.equal(c.apiTlsCertificates, '/etc/shoal/api-tls');
+  assert.equal(c.insecure, false);
   assert.deepEqual(c.nbd, { host: '0.0.0.0', port: 10809 });
   assert.equal(c.nbdSocket, '/run/shoal/nbd.sock');
   assert.deepEqual(c.api, { host: '0.0.0.0', port: 10880 });
@@ -168,4 +173,20 @@ test('bad flags and values are refused with a sentence naming them', () => {
   ];
   for (const [argv, re] of cases) assert.throws(() => loadConfig(argv, {}), invalid('invalid_request', re), argv.join(' '));
   assert.throws(() => loadConfig([], { SHOAL_CACHE_SIZE: 'huge' }), invalid('invalid_request', /SHOAL_CACHE_SIZE "huge"/));
+});
+
+test('an API reachable beyond this machine needs --api-tokens, or --insecure', () => {
+  for (const api of ['0.0.0.0:10880', '192.168.1.10:10880', '[::]:10880', '[2001:db8::1]:10880', 'shoal.example:10880']) {
+    assert.throws(() => loadConfig(['--api', api], {}), invalid('invalid_request', /not loopback, without authentication: give --api-tokens FILE .*or --insecure/), api);
+    assert.equal(loadConfig(['--api', api, '--api-tokens', '/etc/shoal/tokens.json'], {}).apiTokens, '/etc/shoal/tokens.json');
+    // --insecure takes no value; the flag after it is still a flag.
+    const open = loadConfig(['--api', api, '--insecure', '--log-level', 'warn'], {});
+    assert.equal(open.insecure, true);
+    assert.equal(open.logLevel, 'warn');
+    assert.equal(loadConfig(['--api', api], { SHOAL_INSECURE: '1' }).insecure, true);
+  }
+  assert.throws(() => loadConfig(['--api', '0.0.0.0:1', '--insecure=off'], {}), invalid('invalid_request', /not loopback/));
+  for (const api of ['127.0.0.1:10880', '127.1.2.3:1', '[::1]:10880', 'localhost:10880', '[::ffff:127.0.0.1]:1']) {
+    assert.equal(loadConfig(['--api', api], {}).insecure, false, api);
+  }
 });

@@ -1,7 +1,7 @@
 // An in-memory VolumeControl for testing the REST routing and validation layer only (no bytes are stored).
 // It follows the interface's error contract closely enough that routes can be checked end to end.
 import { ShoalError } from '../../server/errors.js';
-import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo } from '../../server/volume/control.js';
+import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo, VolumeScope } from '../../server/volume/control.js';
 
 export class FakeControl implements VolumeControl {
   volumes = new Map<string, VolumeInfo>();
@@ -25,12 +25,13 @@ export class FakeControl implements VolumeControl {
     return v;
   }
 
-  private make(name: string, size: number, domain: string, origin: VolumeInfo['origin']): VolumeInfo {
+  private make(name: string, size: number, domain: string, origin: VolumeInfo['origin'], tenant: string | null = null): VolumeInfo {
     if (this.volumes.has(name)) throw new ShoalError('volume_exists', `a volume named "${name}" already exists.`);
     const v: VolumeInfo = {
       name,
       size,
       domain,
+      tenant,
       chunkSize: 65536,
       createdAt: new Date(0).toISOString(),
       origin,
@@ -46,9 +47,9 @@ export class FakeControl implements VolumeControl {
     return v;
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
     this.check('createVolume', [req]);
-    return this.make(req.name, req.size, req.domain ?? 'default', null);
+    return this.make(req.name, req.size, req.domain ?? req.tenant ?? 'default', null, req.tenant ?? null);
   }
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
     this.check('cloneVolume', [req]);
@@ -59,7 +60,7 @@ export class FakeControl implements VolumeControl {
       if (!s) throw new ShoalError('snapshot_not_found', `volume "${src.name}" has no snapshot "${req.from.snapshot}".`);
       size = s.size;
     }
-    return this.make(req.name, size, src.domain, { ...req.from });
+    return this.make(req.name, size, src.domain, { ...req.from }, src.tenant);
   }
   listVolumes(): VolumeInfo[] {
     this.check('listVolumes', []);
@@ -69,17 +70,21 @@ export class FakeControl implements VolumeControl {
     this.check('getVolume', [name]);
     return this.vol(name);
   }
-  async resizeVolume(name: string, size: number): Promise<VolumeInfo> {
-    this.check('resizeVolume', [name, size]);
+  tenantOf(name: string): string | null {
+    return this.vol(name).tenant;
+  }
+  async resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo> {
+    this.check('resizeVolume', [name, size, opts]);
     const v = this.vol(name);
-    if (size < v.size) throw new ShoalError('shrink_not_allowed', `volume "${name}" cannot shrink.`);
+    if (size < v.size && !opts?.shrink) throw new ShoalError('shrink_not_allowed', `shrinking volume "${name}" needs "shrink": true.`);
     v.size = size;
     return v;
   }
-  async deleteVolume(name: string, opts?: { force?: boolean }): Promise<void> {
+  async deleteVolume(name: string, opts?: { force?: boolean; recursive?: boolean }): Promise<void> {
     this.check('deleteVolume', [name, opts]);
     const v = this.vol(name);
     if (v.connections > 0 && !opts?.force) throw new ShoalError('volume_busy', `volume "${name}" has ${v.connections} NBD client(s) connected; delete with force to disconnect them.`);
+    if (v.snapshots > 0 && !opts?.recursive) throw new ShoalError('volume_has_dependents', `volume "${name}" has ${v.snapshots} snapshot(s); delete with recursive=true.`);
     this.volumes.delete(name);
     this.snaps.delete(name);
   }
@@ -126,8 +131,8 @@ export class FakeControl implements VolumeControl {
     this.vol(req.source.split('@')[0]!);
     return { sharedBytes: 0, differentBytes: req.length };
   }
-  stats(): Stats {
-    this.check('stats', []);
+  stats(scope?: VolumeScope): Stats {
+    this.check('stats', scope ? [scope] : []);
     return {
       logicalBytes: 3 * 65536,
       physicalBytes: 65536,

@@ -132,7 +132,7 @@ test('delete refuses a busy volume (409) unless force=true', async () => {
   assertError(await call('DELETE', '/v1/volumes/busy?force=false'), 409, 'volume_busy');
   assertError(await call('DELETE', '/v1/volumes/busy?force=maybe'), 400, 'invalid_request', /"force" in the query string must be one of true, false/);
   assert.equal((await call('DELETE', '/v1/volumes/busy?force=true')).status, 204);
-  assert.deepEqual(lastCall('deleteVolume')!.args, ['busy', { force: true }]);
+  assert.deepEqual(lastCall('deleteVolume')!.args, ['busy', { force: true, recursive: false }]);
 });
 
 test('409 when the volume exists, 404 when it does not', async () => {
@@ -275,7 +275,7 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
   }
   const create = r.body.paths['/v1/volumes'].post;
   const schema = create.requestBody.content['application/json'].schema;
-  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'name', 'size']);
+  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'name', 'size', 'tenant']);
   assert.equal(schema.properties.name.pattern, '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$');
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   assert.ok([200, 302].includes(ui.statusCode), String(ui.statusCode));

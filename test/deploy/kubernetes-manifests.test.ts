@@ -73,6 +73,14 @@ function flagArgs(): Map<string, string | undefined> {
   return out;
 }
 
+/** The StatefulSet's flags as an argv for loadConfig (leaving out those this build does not know yet). */
+async function knownArgv(): Promise<string[]> {
+  const known = await serveFlags();
+  const out: string[] = [];
+  for (const [f, v] of flagArgs()) if (known.has(f)) out.push(v === undefined ? f : `${f}=${v}`);
+  return out;
+}
+
 test('every manifest parses into objects with a kind and a name', () => {
   const all = manifests();
   assert.deepEqual([...new Set(all.map((m) => m.doc.kind))].sort(), ['Kustomization', 'Secret', 'Service', 'ServiceMonitor', 'StatefulSet']);
@@ -94,8 +102,8 @@ test('each SHOAL_* variable is a setting of server/config.ts, with a value it ac
   const known = new Map([...(await serveFlags())].map((f) => [envName(f.slice(2) as Parameters<typeof envName>[0]), f]));
   const vars = env();
   for (const name of Object.keys(vars).filter((n) => n.startsWith('SHOAL_'))) assert.ok(known.has(name), `${name} is not a Shoal setting`);
-  // The config loader reads the same variables the daemon in the pod would, and refuses bad values.
-  const config = loadConfig([], vars);
+  // The config loader reads the same flags and variables the daemon in the pod would, and refuses bad values.
+  const config = loadConfig(await knownArgv(), vars);
   assert.equal(config.dataDir, '/var/lib/shoal');
   assert.deepEqual(config.nbd, { host: '0.0.0.0', port: 10809 });
   assert.deepEqual(config.api, { host: '0.0.0.0', port: 10880 });
@@ -112,10 +120,10 @@ test('memory request = cache size + the stated overhead; the limit leaves room a
   assert.ok(quantity(limits.memory) >= quantity(requests.memory));
 });
 
-test('probes ask /healthz on the API port, over HTTPS when the API has TLS', () => {
+test('probes ask /healthz on the API port, over HTTPS when the API has TLS', async () => {
   const c = container();
   const apiPort = (c.ports as Obj[]).find((p) => p.name === 'api');
-  assert.equal(apiPort?.containerPort, loadConfig([], env()).api.port, 'the api port is the one SHOAL_API listens on');
+  assert.equal(apiPort?.containerPort, loadConfig(await knownArgv(), env()).api.port, 'the api port is the one SHOAL_API listens on');
   const https = flagArgs().has('--api-tls-certificates');
   for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
     assert.deepEqual(c[probe]?.httpGet, { path: '/healthz', port: 'api', scheme: https ? 'HTTPS' : 'HTTP' }, probe);

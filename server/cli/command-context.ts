@@ -1,0 +1,30 @@
+// What every CLI command gets: the command line, the environment, where to print, and the options
+// main.ts passes in. One place, so the API commands (cli.ts) and `shoal token` share it.
+import type { FsckReport } from '../volume/control.js';
+
+export interface CliOptions {
+  /** Checks a data directory with the daemon stopped (`shoal fsck DATA_DIR`); main.ts provides it. */
+  offlineFsck?: (dir: string) => Promise<FsckReport> | FsckReport;
+  env?: NodeJS.ProcessEnv;
+  stdout?: (text: string) => void;
+  stderr?: (text: string) => void;
+}
+
+export interface Ctx {
+  argv: string[];
+  /** The positionals: the command's words, then its arguments. */
+  positionals: string[];
+  env: NodeJS.ProcessEnv;
+  json: boolean;
+  out: (text: string) => void;
+  err: (text: string) => void;
+  opts: CliOptions;
+}
+
+/** --json prints the body as JSON; otherwise the human text. */
+export function print(ctx: Ctx, body: unknown, human: () => string): number {
+  if (ctx.json) {
+    if (body !== undefined) ctx.out(JSON.stringify(body, null, 2) + '\n');
+  } else ctx.out(human());
+  return 0;
+}
