@@ -1,13 +1,14 @@
 // The REST control plane: JSON under /v1, /metrics, /healthz and the OpenAPI document at /docs.
 // buildApi only assembles the fastify instance; the daemon decides where it listens.
 import { readFileSync } from 'node:fs';
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { VolumeControl } from '../server/volume/control.js';
 import type { Metrics } from './metrics.js';
-import { ApiError, errorHandler, frameworkErrors, notFoundHandler } from './error-reply.js';
+import { errorHandler, frameworkErrors, notFoundHandler } from './error-reply.js';
+import { ShoalError } from '../server/errors.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { rangeRoutes } from './routes/ranges.js';
@@ -18,8 +19,8 @@ import type { TokenStore } from './auth/token-store.js';
 export interface ApiOptions {
   control: VolumeControl;
   metrics: Metrics;
-  /** A pino logger (used as is), a fastify logger config, or nothing (silent). */
-  logger?: any;
+  /** A pino logger (used as is), or nothing (silent). */
+  logger?: FastifyBaseLogger;
   /** Largest accepted request body in bytes (every body Shoal takes is tiny). Default 64 KiB. */
   bodyLimit?: number;
   /** The API tokens (--api-tokens); without them the API is open to whoever reaches it. */
@@ -29,9 +30,8 @@ export interface ApiOptions {
 }
 
 export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
-  const isInstance = opts.logger && typeof opts.logger.info === 'function' && typeof opts.logger.child === 'function';
   const app = Fastify({
-    ...(isInstance ? { loggerInstance: opts.logger } : { logger: opts.logger ?? false }),
+    ...(opts.logger ? { loggerInstance: opts.logger } : { logger: false }),
     // fastify types an HTTPS instance apart from an HTTP one; the routes never touch the raw server, so both are typed as HTTP.
     ...((opts.https ? { https: opts.https } : {}) as object),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
@@ -63,7 +63,7 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
     try {
       done(null, JSON.parse(text));
     } catch (e) {
-      done(new ApiError(400, 'invalid_json', `the request body is not valid JSON: ${(e as Error).message}.`), undefined);
+      done(new ShoalError('invalid_json', `the request body is not valid JSON: ${(e as Error).message}.`), undefined);
     }
   });
 

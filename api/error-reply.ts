@@ -2,36 +2,26 @@
 // ShoalError keeps its code, schema failures become sentences, transport problems get their own codes,
 // and only the unexpected is a 500 (and logged, since it is a bug).
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { isShoalError } from '../server/errors.js';
+import { ErrorCodes, isShoalError, type ErrorCode } from '../server/errors.js';
 import { NAME_RULE } from '../server/volume/names.js';
 
-/** An HTTP-level error that is not a volume-layer error (so not in server/errors.ts). */
-export class ApiError extends Error {
-  constructor(
-    readonly statusCode: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string };
 }
 
-export interface ErrorBody {
-  error: { code: string; message: string };
-}
+const e = (code: ErrorCode, message: string): ErrorBody => ({ error: { code, message } });
 
 interface AjvError {
   keyword: string;
   instancePath: string;
   message?: string;
-  params: Record<string, any>;
+  params: Record<string, unknown>;
   parentSchema?: { title?: string };
   data?: unknown;
 }
 
 // fastify's own errors that carry a 4xx status, mapped to stable codes.
-const FASTIFY_CODES: Record<string, string> = {
+const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_CTP_INVALID_JSON_BODY: 'invalid_json',
   FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_json',
   FST_ERR_CTP_BODY_TOO_LARGE: 'body_too_large',
@@ -48,7 +38,6 @@ export function errorHandler(err: FastifyError, request: FastifyRequest, reply: 
 
 /** Errors the router raises before any route runs (malformed URL, over-long path segment). */
 export function frameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  const e = (code: string, message: string) => ({ error: { code, message } });
   if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') {
     reply.code(400).send(e('invalid_name', 'a name in the URL is too long: names are at most 128 characters.'));
   } else if (err.code === 'FST_ERR_BAD_URL') {
@@ -64,33 +53,31 @@ export function notFoundHandler(request: FastifyRequest, reply: FastifyReply): v
 
 function reply404(method: string, url: string): ErrorBody {
   const path = url.split('?')[0];
-  return { error: { code: 'not_found', message: `there is no route ${method} ${path}; see /docs for the API.` } };
+  return e('not_found', `there is no route ${method} ${path}; see /docs for the API.`);
 }
 
 export function describe(err: FastifyError, request: FastifyRequest): { status: number; body: ErrorBody } {
-  const e = (code: string, message: string) => ({ error: { code, message } });
   if (isShoalError(err)) return { status: err.status, body: e(err.code, err.message) };
-  if (err instanceof ApiError) return { status: err.statusCode, body: e(err.code, err.message) };
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const [code, message] = validationSentence(err.validation[0] as AjvError, err.validationContext ?? 'body', request);
     return { status: 400, body: e(code, message) };
   }
   const mapped = err.code ? FASTIFY_CODES[err.code] : undefined;
-  if (mapped === 'body_too_large') return { status: 413, body: e(mapped, 'the request body is too large.') };
-  if (mapped === 'invalid_json') return { status: 400, body: e(mapped, `the request body is not valid JSON${err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? ' (it is empty)' : ''}.`) };
-  if (mapped === 'unsupported_media_type') return { status: 415, body: e(mapped, `request bodies must be JSON (content-type: application/json), not ${request.headers['content-type']}.`) };
+  if (mapped === 'body_too_large') return { status: ErrorCodes[mapped].status, body: e(mapped, 'the request body is too large.') };
+  if (mapped === 'invalid_json') return { status: ErrorCodes[mapped].status, body: e(mapped, `the request body is not valid JSON${err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ? ' (it is empty)' : ''}.`) };
+  if (mapped === 'unsupported_media_type') return { status: ErrorCodes[mapped].status, body: e(mapped, `request bodies must be JSON (content-type: application/json), not ${request.headers['content-type']}.`) };
   const status = typeof err.statusCode === 'number' ? err.statusCode : 500;
   if (status >= 400 && status < 500) return { status, body: e(mapped ?? 'invalid_request', `${sentence(err.message)}.`) };
   return { status: 500, body: e('internal', `internal error: ${sentence(err.message || 'unknown')} (details are in the daemon log).`) };
 }
 
 /** [code, sentence] for the first schema failure; names and sizes get codes of their own. */
-function validationSentence(v: AjvError, context: string, request: FastifyRequest): [string, string] {
+function validationSentence(v: AjvError, context: string, request: FastifyRequest): [ErrorCode, string] {
   const segments = v.instancePath.split('/').slice(1);
   const field = segments.join('.');
   const last = segments[segments.length - 1] ?? '';
   const where = context === 'body' ? 'the request body' : context === 'params' ? 'the URL' : context === 'querystring' ? 'the query string' : context;
-  const value = v.data !== undefined ? v.data : lookup((request as any)[context], segments);
+  const value = v.data !== undefined ? v.data : lookup((request as unknown as Record<string, unknown>)[context], segments);
   const shown = typeof value === 'string' ? `"${value}"` : JSON.stringify(value);
   const title = v.parentSchema?.title;
 
@@ -112,10 +99,10 @@ function validationSentence(v: AjvError, context: string, request: FastifyReques
 const prefix = (field: string) => (field ? field + '.' : '');
 
 function lookup(root: unknown, path: string[]): unknown {
-  let cur: any = root;
+  let cur: unknown = root;
   for (const p of path) {
     if (cur === null || typeof cur !== 'object') return undefined;
-    cur = cur[p];
+    cur = (cur as Record<string, unknown>)[p];
   }
   return cur;
 }

@@ -66,7 +66,7 @@ export class Metrics implements NbdObserver {
     const totals = (m: Map<string, number>, label: 'op' | 'volume') =>
       function (this: Counter<'op' | 'volume'>) {
         this.reset();
-        for (const [k, v] of m) this.inc({ [label]: k } as any, v);
+        for (const [k, v] of m) this.inc({ [label]: k } as Partial<Record<'op' | 'volume', string>>, v);
       };
     this.requests = new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers, collect: totals(this.reqCount, 'op') });
     this.requestErrors = new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers, collect: totals(this.errCount, 'op') });
@@ -152,7 +152,7 @@ export class Metrics implements NbdObserver {
   }
 
   private defineScrapeMetrics(registers: Registry[]): void {
-    const self = this;
+    const snapshot = () => this.snapshot();
     // Counters whose running total lives in the volume layer: reset and set at scrape time, so the
     // exposition still says TYPE counter.
     const counter = (name: string, help: string, read: (s: Stats) => number) =>
@@ -161,7 +161,7 @@ export class Metrics implements NbdObserver {
         help,
         registers,
         collect() {
-          const snap = self.snapshot();
+          const snap = snapshot();
           this.reset();
           if (snap) this.inc(Math.max(0, read(snap.stats) || 0));
         },
@@ -172,7 +172,7 @@ export class Metrics implements NbdObserver {
         help,
         registers,
         collect() {
-          const snap = self.snapshot();
+          const snap = snapshot();
           this.reset();
           if (snap) this.set(read(snap.stats) || 0);
         },
@@ -181,7 +181,7 @@ export class Metrics implements NbdObserver {
     // by the volume layer) are set by inc() from zero, so the exposition still says TYPE counter.
     const perVolumeSeries = (kind: 'gauge' | 'counter', name: string, help: string, read: (v: VolumeInfo) => number) => {
       const collect = function (this: Gauge<'volume'> | Counter<'volume'>) {
-        const snap = self.snapshot();
+        const snap = snapshot();
         this.reset();
         if (!snap) return;
         for (const v of snap.volumes) {

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { open as lmdbOpen } from 'lmdb';
 import { Daemon } from '../test/helpers/daemon.js';
-import { FP_LOG_MAX } from '../server/volume/garbage-collector.js';
+import { LOG_MAX as FP_LOG_MAX } from '../server/dedup/dedup-indexer.js';
 import { native } from '../server/native.js';
 import { fix, fmtBytes, median, numEnv, waitDedupIndexed, onCleanup, parseSizeEnv, randomFile, ROOT, runMain, runOk, systemHeader, tempDir } from './lib.js';
 

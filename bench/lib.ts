@@ -190,7 +190,7 @@ export async function startNbdServer(cmd: string, args: string[], socket: string
   try {
     await waitForFile(socket, 20_000, proc, cmd);
   } catch (e) {
-    throw new Error(`${(e as Error).message}\n${log}`);
+    throw new Error(`${(e as Error).message}\n${log}`, { cause: e });
   }
   const stop = async () => {
     if (proc.exitCode !== null || proc.signalCode !== null) return;

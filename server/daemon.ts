@@ -61,9 +61,9 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
 
-  let nbdAddr: string | null = null;
-  let nbdSocket: string | null = null;
-  let apiAddr: string | null = null;
+  let nbdAddr: string | null;
+  let nbdSocket: string | null;
+  let apiAddr: string | null;
   try {
     // Sockets passed by systemd replace the listeners of their kind that the config names.
     ({ nbd: nbdAddr, nbdSocket, api: apiAddr } = await serveInherited(inherited, nbd, api));

@@ -6,6 +6,10 @@ export type NbdErrno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVER
 
 export const ErrorCodes = {
   invalid_request: { status: 400, nbd: 'EINVAL' },
+  invalid_json: { status: 400, nbd: 'EINVAL' }, // a REST body that is not JSON
+  body_too_large: { status: 413, nbd: 'EINVAL' }, // a REST body over the limit
+  unsupported_media_type: { status: 415, nbd: 'EINVAL' }, // a REST body that is not application/json
+  not_found: { status: 404, nbd: 'EINVAL' }, // no such REST route
   invalid_name: { status: 400, nbd: 'EINVAL' },
   invalid_size: { status: 400, nbd: 'EINVAL' },
   invalid_range: { status: 400, nbd: 'EINVAL' },
@@ -27,6 +31,8 @@ export const ErrorCodes = {
   shutting_down: { status: 503, nbd: 'ESHUTDOWN' },
   io_error: { status: 500, nbd: 'EIO' },
   corrupt_metadata: { status: 500, nbd: 'EIO' },
+  data_dir_unusable: { status: 500, nbd: 'EIO' }, // at start: the data directory cannot be created or opened
+  address_in_use: { status: 500, nbd: 'EIO' }, // at start: a listen address or socket path is taken
   internal: { status: 500, nbd: 'EIO' },
 } as const satisfies Record<string, { status: number; nbd: NbdErrno }>;
 

@@ -10,6 +10,8 @@ import { TenantScopedControl } from './tenant-scope.js';
 import type { TokenStore } from './token-store.js';
 
 declare module 'fastify' {
+  // Routes declare who may call them in their config: fastify's context config takes our fields.
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- interface merging needs an interface
   interface FastifyContextConfig extends RouteAccess {}
   // Set before every route that is not public; a public route (/healthz, /docs) reads neither.
   interface FastifyRequest {

@@ -74,7 +74,7 @@ export class ApiClient {
     return this.transport;
   }
 
-  async request<T = any>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number | null } = {}): Promise<{ status: number; body: T }> {
+  async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number | null } = {}): Promise<{ status: number; body: T }> {
     const timeout = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
     const headers: Record<string, string> = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
@@ -93,14 +93,14 @@ export class ApiClient {
       throw this.transportError(e);
     }
     const text = await res.text();
-    let parsed: any;
+    let parsed: unknown;
     try {
       parsed = text === '' ? undefined : JSON.parse(text);
     } catch {
       throw new CliError(`the API at ${this.baseUrl} answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON: is it really Shoal?`);
     }
     if (!res.ok) {
-      const err = parsed?.error;
+      const err = (parsed as { error?: { code?: string; message?: unknown } } | undefined)?.error;
       if (err && typeof err.message === 'string') throw new CliError(err.message.replace(/\.$/, ''), err.code);
       throw new CliError(`the API answered ${method} ${path} with HTTP ${res.status}`);
     }
@@ -108,7 +108,7 @@ export class ApiClient {
   }
 
   private transportError(e: unknown): CliError {
-    const err = e as Error & { cause?: any };
+    const err = e as Error & { cause?: { code?: string; message?: string; errors?: Array<{ code?: string }> } };
     if (err?.name === 'TimeoutError' || err?.name === 'AbortError') {
       return new CliError(`the Shoal API at ${this.baseUrl} did not answer within ${Math.round(this.timeoutMs / 1000)} s`);
     }

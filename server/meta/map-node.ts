@@ -6,6 +6,8 @@
 // An entry of 0 is a hole. ZERO_CHUNK (1) in a leaf is "allocated, reads as zeroes"
 // (WRITE_ZEROES with NO_HOLE) and is never stored. Stored chunk ids start at FIRST_SLOT.
 
+import { ShoalError } from '../errors.js';
+
 export const FANOUT = 256;
 export const FANOUT_BITS = 8;
 export const HOLE = 0;
@@ -45,11 +47,11 @@ export function encodeNode(node: MapNode): Buffer {
 
 export function decodeNode(id: number, buf: Uint8Array): MapNode {
   const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (b.length < 4) throw new Error(`map node ${id} is truncated (${b.length} bytes)`);
+  if (b.length < 4) throw new ShoalError('corrupt_metadata', `map node ${id} is truncated (${b.length} bytes)`);
   const level = b[0];
   const count = b.readUInt16LE(2);
   if (b.length !== 4 + count * ENTRY_BYTES || count > FANOUT)
-    throw new Error(`map node ${id} has a bad length (${b.length} bytes for ${count} entries)`);
+    throw new ShoalError('corrupt_metadata', `map node ${id} has a bad length (${b.length} bytes for ${count} entries)`);
   const entries = new Float64Array(FANOUT);
   let p = 4;
   for (let k = 0; k < count; k++) {

@@ -267,7 +267,7 @@ function shareIn(meta: MetaStore, dst: RootRecord, src: RootRecord, node: MapNod
       }
       continue;
     }
-    let childId = node.entries[i];
+    const childId = node.entries[i];
     let child: MapNode;
     if (childId === 0) {
       child = meta.nodes.create(node.level - 1);

@@ -162,10 +162,10 @@ export class ReadPath {
   private maybeReadAhead(r: RootRecord, reader: number, offset: number, length: number): void {
     if (reader < 0) return;
     const end = offset + length;
-    let st = this.streams.get(reader);
+    const st = this.streams.get(reader);
     if (!st) {
       if (this.streams.size > 4096) this.streams.clear();
-      this.streams.set(reader, (st = { end, ahead: end }));
+      this.streams.set(reader, { end, ahead: end });
       return;
     }
     const sequential = st.end === offset;

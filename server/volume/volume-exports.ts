@@ -18,7 +18,7 @@ export interface ExportContext {
   /** Makes every completed write durable (FLUSH, FUA). */
   flush(): Promise<void>;
   /** False once the daemon is shutting down: no new export is opened. */
-  readonly open: boolean;
+  isOpen(): boolean;
 }
 
 function checkRange(size: number, offset: number, length: number): void {
@@ -47,7 +47,7 @@ export class VolumeExports implements ExportProvider {
   }
 
   openExport(name: string, onRevoke: () => void): BlockExport | null {
-    if (!this.ctx.open) return null;
+    if (!this.ctx.isOpen()) return null;
     const at = name.indexOf('@');
     const st = this.ctx.states.get(volumeOfExport(name));
     if (!st) return null;

@@ -72,16 +72,13 @@ export class VolumeManager implements VolumeControl {
     this.reads = new ReadPath(meta, cache);
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs);
-    const self = this;
     this.exports = new VolumeExports({
       states: this.states,
       reads: this.reads,
       writes: this.writes,
       cache,
       flush: () => this.commits.flush(),
-      get open() {
-        return !self.closing;
-      },
+      isOpen: () => !this.closing,
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });

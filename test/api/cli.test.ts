@@ -68,6 +68,7 @@ test('snapshots, clone, rollback, reflink, dedupe', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(control.volumes.get('vm1')!.origin, { volume: 'golden', snapshot: 'v1' });
   r = await cli(['clone', 'vm2', 'golden']);
+  assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(control.volumes.get('vm2')!.origin, { volume: 'golden' });
   r = await cli(['rollback', 'vm1', 'v1']);
   assert.equal(r.code, 1); // vm1 has no snapshot v1 of its own

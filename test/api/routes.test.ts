@@ -115,6 +115,7 @@ test('snapshots: create, list, show, delete, rollback', async () => {
   assert.equal(r.status, 200);
   assert.deepEqual(lastCall('rollback')!.args, ['sv', 's1', { force: false }]);
   r = await call('POST', '/v1/volumes/sv/rollback', { snapshot: 's1', force: true });
+  assert.equal(r.status, 200);
   assert.deepEqual(lastCall('rollback')!.args, ['sv', 's1', { force: true }]);
   assertError(await call('POST', '/v1/volumes/sv/rollback', {}), 400, 'invalid_request', /missing "snapshot"/);
   assertError(await call('POST', '/v1/volumes/sv/rollback', { snapshot: 's1', force: 'yes' }), 400, 'invalid_request', /force/);

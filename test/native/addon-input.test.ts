@@ -27,7 +27,7 @@ function refuses(name: string, fn: (...a: unknown[]) => unknown, args: unknown[]
 
 const wrongArrays = (len: number) => [new Float64Array(len), new Int32Array(len), new Uint32Array(len), new Uint16Array(len), new Uint8Array(len), [1, 2, 3], 'x', undefined];
 /** The arrays of `wrongArrays` except the right type. */
-const notA = (ctor: Function, len = 64) => wrongArrays(len).filter((a) => !(a instanceof ctor) || (ctor === Uint8Array && !(a instanceof Uint8Array)));
+const notA = (ctor: abstract new (...args: never[]) => object, len = 64) => wrongArrays(len).filter((a) => !(a instanceof ctor) || (ctor === Uint8Array && !(a instanceof Uint8Array)));
 
 test('fingerprint functions check the data, the chunk size and the domain', async () => {
   const a = native();

@@ -5,7 +5,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { open } from 'lmdb';
 import { join } from 'node:path';
-import { writeFileSync } from 'node:fs';
 import { startDaemon, MAIN, Daemon } from '../helpers/daemon.js';
 import { needTools, run } from '../helpers/tools.js';
 import { withHandle, MiB } from '../helpers/volume-io.js';
