@@ -113,7 +113,8 @@ bool HashArgs(const Napi::CallbackInfo& info, size_t* chunk, int64_t* domain) {
   return true;
 }
 
-// fingerprintSync(data: Uint8Array, chunkSize: number): Buffer of 32 bytes per chunk.
+// fingerprintSync(data: Uint8Array, chunkSize, domain?): Buffer of 32 bytes per chunk, or with a domain
+// 36 (the domain, big-endian, then the digest: a dedup key).
 // For small batches the thread-pool hop (~20-50 us) costs more than hashing (~1 us per 4 KiB).
 Napi::Value FingerprintSync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -151,7 +152,7 @@ class FingerprintWorker : public Napi::AsyncWorker {
   std::vector<uint8_t> out_;
 };
 
-// fingerprint(data, chunkSize): Promise<Buffer>, hashed on the thread pool.
+// fingerprint(data, chunkSize, domain?): the same, hashed on the thread pool.
 Napi::Value Fingerprint(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t chunk;
@@ -168,7 +169,7 @@ Napi::Value Fingerprint(const Napi::CallbackInfo& info) {
 // Why: the data path's concurrent writes each queued a job of their own. In the daemon a
 // fingerprint() call held the event loop ~58 us (8 us alone in a test process): waking a pool
 // thread on a 2-core machine with the writer, the pool and LMDB's commits all runnable preempts the
-// caller. The batcher (server/volume/fingerprint-batcher.ts) gathers the writes that arrive while
+// caller. The Fingerprinter (server/dedup/fingerprinter.ts) gathers the writes that arrive while
 // a job runs into the next one.
 // Runs a hash job in SCHED_BATCH: a batch thread that wakes up does not preempt the thread
 // running (often the event loop, on 2 cores). Measured in the daemon's CPU profile of a 1 GiB
