@@ -51,6 +51,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
         logger,
         dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
+        pauseAfterIntentMs: testMs('SHOAL_TEST_INTENT_PAUSE_MS'),
       },
     );
   } catch (e) {
@@ -133,7 +134,8 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
- * test can crash the daemon with half-released leaves committed.
+ * test can crash the daemon with half-released leaves committed; SHOAL_TEST_INTENT_PAUSE_MS holds a
+ * reflink, dedupe or shrink that long after its intent is committed, so a test can crash it there.
  */
 function testMs(name: string): number | undefined {
   const v = process.env[name];

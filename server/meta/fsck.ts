@@ -116,9 +116,11 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
   let checkedChunks = 0;
   let live = 0;
   const free = new Set<number>(meta.slots.allFree());
+  let recordMax = -1;
   for (const [slot, rec] of meta.chunks.all()) {
     checkedChunks++;
     live++;
+    if (slot > recordMax) recordMax = slot;
     const expected = chunkRefs.get(slot) ?? 0;
     if (expected === 0) err(`chunk ${slot} is leaked: its record says ${rec.refs} reference(s) but no map references it`);
     else if (rec.refs !== expected) err(`chunk ${slot}: refcount is ${rec.refs}, but ${expected} map entr${expected === 1 ? 'y references' : 'ies reference'} it`);
@@ -129,9 +131,11 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
   if (live !== meta.liveChunks) err(`the superblock counts ${meta.liveChunks} live chunks, but ${live} chunk records exist`);
   for (const slot of free) if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
 
+  // The store must serve every chunk the metadata records (and every one a map references).
   let maxSlot = -1;
   for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
-  for (const e of await store.check({ count: chunkRefs.size, maxSlot })) err(e);
+  if (recordMax > maxSlot) maxSlot = recordMax;
+  for (const e of await store.check({ count: Math.max(live, chunkRefs.size), maxSlot })) err(e);
 
   return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks, errors: errors.list };
 }

@@ -53,6 +53,8 @@ export interface RangeContext {
   state(name: string): VolumeState | undefined;
   /** Released map nodes are waiting: let space reclaim run. */
   reclaim(): void;
+  /** Test-only: how long to wait once an intent is committed, before its work (a window to crash in). */
+  readonly pauseAfterIntentMs?: number;
 }
 
 export class RangeOperations {
@@ -75,6 +77,7 @@ export class RangeOperations {
     const state: RangeState = { dst: dst.name, source: req.source, sourceOffset: req.sourceOffset, offset: req.offset, length: req.length, phase: kind === 'reflink' ? 'head' : 'middle', next: 0, sharedBytes: 0, copiedBytes: 0, differentBytes: 0 };
     const intent = this.ctx.meta.intents.create(kind, [shareRoot(this.ctx.meta, src)], state);
     await this.ctx.meta.commit();
+    await this.testPause();
     return intent;
   }
 
@@ -233,7 +236,10 @@ export class RangeOperations {
       const intent = size < end ? this.ctx.meta.intents.create('shrink', [], { volume: st.name, from: size, to: end } satisfies ShrinkState) : null;
       st.touched();
       await this.ctx.meta.commit();
-      if (intent) await this.zeroTail(intent, st);
+      if (intent) {
+        await this.testPause();
+        await this.zeroTail(intent, st);
+      }
     } finally {
       release();
     }
@@ -246,6 +252,10 @@ export class RangeOperations {
     this.ctx.meta.intents.finish(intent);
     st.touched();
     await this.ctx.meta.commit();
+  }
+
+  private async testPause(): Promise<void> {
+    if (this.ctx.pauseAfterIntentMs) await new Promise((r) => setTimeout(r, this.ctx.pauseAfterIntentMs));
   }
 
   // ------------------------------------------------------------------ after a crash

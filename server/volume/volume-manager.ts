@@ -43,6 +43,8 @@ export interface VolumeManagerOptions {
   dedupLogIdleMs?: number;
   /** Longest slice of space reclaim on the event loop (ms); tests set 0 to split every map leaf. */
   reclaimSliceMs?: number;
+  /** Test-only: a pause after a multi-step operation commits its intent, so a test can crash there. */
+  pauseAfterIntentMs?: number;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -82,7 +84,7 @@ export class VolumeManager implements VolumeControl {
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
-    this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick() });
+    this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick(), pauseAfterIntentMs: opts.pauseAfterIntentMs });
     for (const rec of meta.volumes.values()) this.addState(rec);
   }
 

@@ -125,3 +125,26 @@ test('kill -9 at random points of a dedupe: after the restart, nothing or all of
     await d.dispose();
   }
 });
+
+test('kill -9 between a shrink and the zeroing of its last chunk: the restart finishes it', async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  // The test hook holds the shrink for 5 s after its intent (the new size) is committed.
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_INTENT_PAUSE_MS: '5000' } });
+  try {
+    await d.createVolume('sh', 16 * MiB);
+    await fill(d, 'sh', 3, 0, 16 * MiB);
+    const cut = 10 * MiB + 1000; // inside a chunk: its tail must read as zeroes once the volume grows
+    const keep = await sha(d, 'sh', 0, cut);
+    const answered = await killDuring(d, () => d.api('PATCH', '/v1/volumes/sh', { size: cut + 24, shrink: true }), 1500);
+    assert.equal(answered, false, 'killed inside the pause');
+    const v = (await d.api('GET', '/v1/volumes/sh')).body;
+    assert.equal(v.size, cut + 24, 'the new size was committed with the intent');
+    assert.equal((await d.api('PATCH', '/v1/volumes/sh', { size: 16 * MiB })).status, 200);
+    assert.equal(await sha(d, 'sh', 0, cut), keep, 'the bytes before the cut are intact');
+    const tail = await withHandle(d, 'sh', `print(h.pread(${16 * MiB - cut - 24}, ${cut + 24}) == bytes(${16 * MiB - cut - 24}))`);
+    assert.match(tail, /True/, 'past the old end, the grown volume reads zeroes: the roll-forward zeroed the rest of the chunk');
+    await expectFsckClean(d);
+  } finally {
+    await d.dispose();
+  }
+});

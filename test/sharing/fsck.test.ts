@@ -3,6 +3,7 @@
 // stops the daemon at start with a sentence, not a crash (invariant 7).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, renameSync, truncateSync, unlinkSync } from 'node:fs';
 import { open } from 'lmdb';
 import { join } from 'node:path';
 import { startDaemon, MAIN, Daemon } from '../helpers/daemon.js';
@@ -33,6 +34,23 @@ test('fsck finds wrong counts, missing chunks, leaks and missing nodes, and exit
     await d.stop();
     const clean = await fsck(d.dataDir);
     assert.equal(clean.status, 0, clean.stdout + clean.stderr);
+
+    // The chunk store checks itself: a chunk file cut short, then gone, are reported.
+    const chunkFile = join(d.dataDir, 'chunks.dat');
+    copyFileSync(chunkFile, chunkFile + '.saved');
+    truncateSync(chunkFile, 4096);
+    const short = await fsck(d.dataDir);
+    assert.equal(short.status, 1);
+    assert.match(short.stdout + short.stderr, /the chunk file is 4096 bytes, too short for chunk \d+/);
+    unlinkSync(chunkFile);
+    const gone = await fsck(d.dataDir);
+    assert.equal(gone.status, 1);
+    assert.match(gone.stdout + gone.stderr, /the chunk file .*chunks\.dat is missing/);
+    assert.equal(existsSync(chunkFile), false, 'an offline fsck creates nothing');
+    renameSync(chunkFile + '.saved', chunkFile);
+    assert.equal((await fsck(d.dataDir)).status, 0, 'clean again with the file back');
+
+
 
     // A wrong refcount on one chunk, a chunk record deleted, a leaked record added.
     let slots: number[] = [];
