@@ -3,6 +3,8 @@
 import pino from 'pino';
 import { mkdirSync } from 'node:fs';
 import type { Config } from './config.js';
+import { ShoalError } from './errors.js';
+import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
@@ -15,6 +17,11 @@ export interface RunningDaemon {
 }
 
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
+  // The flags parse (config.ts) so configs can be written now; the daemon serves from S3 once the pack
+  // store is wired behind the chunk-store boundary. Until then it says so rather than pretend.
+  if (config.store.kind === 's3') {
+    throw new ShoalError('not_supported', `the S3 store is not available yet: --store ${formatStoreUrl(config.store)} cannot be served by this version; run without --store to use the local data directory.`);
+  }
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   mkdirSync(config.dataDir, { recursive: true });
   const manager = await VolumeManager.open({
