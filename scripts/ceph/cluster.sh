@@ -151,6 +151,10 @@ auth_service_required = none
 auth_client_required = none
 ; radosgw asks for an encrypted monitor session by default, which a cluster without cephx cannot give
 ms_mon_client_mode = crc
+; Every gateway (tests start their own next to the shared one) watches the others' metadata changes
+; when its cache is on: a gateway a test killed or froze then stalls every bucket creation for ~20 s
+; until its watch times out. Without the cache there is no watch; each request reads bucket metadata.
+rgw_cache_enabled = false
 run_dir = $dir/run
 pid_file = $dir/run/\$name.pid
 admin_socket = $dir/run/\$name.asok
