@@ -33,6 +33,7 @@ export const ErrorCodes = {
   s3_error: { status: 502, nbd: 'EIO' }, // S3 refused the request (access denied, no such bucket…)
   store_lease_held: { status: 409, nbd: 'EIO' }, // another daemon holds the prefix's lease
   store_fenced: { status: 503, nbd: 'ESHUTDOWN' }, // another daemon took the prefix over: no more writes
+  corrupt_pack: { status: 500, nbd: 'EIO' }, // a pack object whose bytes do not check out
 } as const satisfies Record<string, { status: number; nbd: NbdErrno }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;
