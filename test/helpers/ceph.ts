@@ -59,12 +59,12 @@ export function uniqueBucketName(label: string): string {
 
 /** An S3Bucket on the test cluster (or on `endpoint`, another gateway of it), its bucket created. */
 export async function openTestBucket(ceph: CephS3, bucket: string, opts: Partial<S3BucketOptions> & { endpoint?: string } = {}): Promise<S3Bucket> {
-  const { client, region } = await createS3Client({
+  const { client } = await createS3Client({
     endpoint: opts.endpoint ?? ceph.endpoint,
     region: ceph.region,
     credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey },
   });
-  const b = new S3Bucket({ client, bucket, region, aws: false, timeoutMs: 30_000, ...opts });
+  const b = new S3Bucket({ client, bucket, timeoutMs: 30_000, ...opts });
   await b.ensureBucket();
   return b;
 }

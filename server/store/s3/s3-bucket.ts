@@ -14,21 +14,16 @@ import {
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  type BucketLocationConstraint,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { ShoalError, type ErrorCode } from '../../errors.js';
 import { backoffDelay, classifyS3Failure, type S3Failure } from './s3-failure.js';
 import { S3Stats, type S3Observer, type S3Op } from './s3-stats.js';
-import { DEFAULT_REGION, serverDateOf } from './s3-client.js';
+import { serverDateOf } from './s3-client.js';
 
 export interface S3BucketOptions {
   client: S3Client;
   bucket: string;
-  /** The client's region: outside us-east-1, AWS wants it repeated when a bucket is created. */
-  region: string;
-  /** Whether the store is AWS itself (no --s3-endpoint): gateways reject a LocationConstraint they do not know. */
-  aws: boolean;
   /** The deadline of one operation, all attempts included (--s3-timeout). */
   timeoutMs: number;
   observer?: S3Observer;
@@ -78,8 +73,6 @@ export class S3Bucket {
   readonly bucket: string;
   readonly stats = new S3Stats();
   private readonly client: S3Client;
-  private readonly region: string;
-  private readonly aws: boolean;
   private readonly timeoutMs: number;
   private readonly attemptTimeoutMs: number;
   private readonly observer: S3Observer | undefined;
@@ -89,8 +82,6 @@ export class S3Bucket {
   constructor(opts: S3BucketOptions) {
     this.client = opts.client;
     this.bucket = opts.bucket;
-    this.region = opts.region;
-    this.aws = opts.aws;
     this.timeoutMs = opts.timeoutMs;
     this.attemptTimeoutMs = Math.max(1000, Math.floor(opts.timeoutMs / 3));
     this.observer = opts.observer;
@@ -113,10 +104,9 @@ export class S3Bucket {
     } catch (e) {
       if (!(e instanceof S3RequestError && e.s3Status === 404)) throw e;
     }
-    const constraint = this.aws && this.region !== DEFAULT_REGION ? { CreateBucketConfiguration: { LocationConstraint: this.region as BucketLocationConstraint } } : {};
     try {
       await this.request('create_bucket', '', async (signal) => {
-        await this.client.send(new CreateBucketCommand({ Bucket: this.bucket, ...constraint }), { abortSignal: signal });
+        await this.client.send(new CreateBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
         return { value: undefined, bytesDown: 0 };
       });
     } catch (e) {

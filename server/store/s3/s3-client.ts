@@ -38,12 +38,26 @@ export async function createS3Client(settings: S3ClientSettings): Promise<{ clie
       const out = await next(args);
       const header = (out.response as { headers?: Record<string, string | undefined> }).headers?.date;
       const date = header ? new Date(header) : null;
-      // Keyed by $metadata: later middleware copies the output object, but not its $metadata.
+      // Keyed by $metadata, which reaches the caller as it is (the output object may be copied on the way).
       if (date && !Number.isNaN(date.getTime()) && out.output?.$metadata) serverDates.set(out.output.$metadata, date);
       return out;
     },
     { step: 'finalizeRequest', name: 'shoalServerDate' },
   );
+  if (settings.endpoint) {
+    // The SDK names the client's region as the LocationConstraint of every bucket it creates outside
+    // us-east-1. A gateway's buckets live in its own zonegroup: RGW refuses an AWS region name there
+    // (400 InvalidLocationConstraint), so --s3-region would make bucket creation fail.
+    // Runs after the SDK's (priority low, same step) and takes back what it added.
+    client.middlewareStack.add(
+      (next) => async (args) => {
+        const input = args.input as { CreateBucketConfiguration?: { LocationConstraint?: string } };
+        if (input.CreateBucketConfiguration?.LocationConstraint === region) delete input.CreateBucketConfiguration;
+        return next(args);
+      },
+      { step: 'initialize', priority: 'low', name: 'shoalNoLocationConstraint' },
+    );
+  }
   return { client, region };
 }
 
