@@ -13,7 +13,7 @@ export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache
 export const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 /** An S3 request takes milliseconds on a LAN gateway, seconds for a 16 MiB pack over a WAN, 10 s when cut off. */
-export const S3_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const S3_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export interface MetricsOptions {
   control?: VolumeControl;

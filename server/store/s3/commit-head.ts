@@ -18,7 +18,7 @@ interface HeadRecord<T> {
 }
 
 const FORMAT = 'shoal-head/1';
-export const HEAD_KEY = 'head';
+const HEAD_KEY = 'head';
 const MAX_RACES = 5;
 
 export class CommitHead<T> {

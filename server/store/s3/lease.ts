@@ -48,7 +48,7 @@ export interface LeaseOptions {
 }
 
 const FORMAT = 'shoal-lease/1';
-export const LEASE_KEY = 'lease';
+const LEASE_KEY = 'lease';
 // Last-Modified and Date have one-second resolution: a lease is lapsed only a whole second past its end.
 const CLOCK_RESOLUTION_MS = 1000;
 // Takeover races are short (one conditional write each): give up after this many lost in a row.
@@ -67,6 +67,7 @@ export class PrefixLease {
   private renewing: Promise<void> | null = null;
   private fencedBy: ShoalError | null = null;
   private ended: 'released' | 'stopped' | null = null;
+  private readonly log: LeaseLogger;
 
   private constructor(
     private readonly opts: LeaseOptions,
@@ -77,6 +78,7 @@ export class PrefixLease {
   ) {
     this.holder = holder;
     this.key = opts.prefix + LEASE_KEY;
+    this.log = opts.logger ?? silent;
     this.record = record;
     this.etag = etag;
     this.heldUntil = sentAt + record.seconds * 1000;
@@ -168,8 +170,8 @@ export class PrefixLease {
     await this.renewing?.catch(() => {});
     const record = { ...this.record, renewal: this.record.renewal + 1, released: true };
     const etag = await writeOrLose(this.opts.bucket, this.key, encode(record), { ifMatch: this.etag });
-    if (etag === null) (this.opts.logger ?? silent).warn({ epoch: this.epoch }, `releasing ${this.url}: another daemon had taken it over already`);
-    else (this.opts.logger ?? silent).info({ epoch: this.epoch }, `released ${this.url}`);
+    if (etag === null) this.log.warn({ epoch: this.epoch }, `releasing ${this.url}: another daemon had taken it over already`);
+    else this.log.info({ epoch: this.epoch }, `released ${this.url}`);
   }
 
   /** Stops renewing without releasing: the lease lapses after its length, as if this process had died. */
@@ -185,7 +187,7 @@ export class PrefixLease {
     const err = new ShoalError('store_fenced', `${this.url} was taken over by ${who} (epoch ${by.epoch}): this daemon (epoch ${this.epoch}) no longer writes to it.`);
     this.fencedBy = err;
     this.clearTimer();
-    (this.opts.logger ?? silent).error({ epoch: this.epoch, newEpoch: by.epoch, by: by.holder }, `fenced: ${err.message}`);
+    this.log.error({ epoch: this.epoch, newEpoch: by.epoch, by: by.holder }, `fenced: ${err.message}`);
     this.opts.onFenced?.(err);
     return err;
   }
@@ -200,7 +202,7 @@ export class PrefixLease {
     } catch (e) {
       // S3 did not answer within --s3-timeout: not fenced, but not renewed either. ensureHeld() makes
       // writes wait for a renewal once the lease may have lapsed.
-      (this.opts.logger ?? silent).warn({ err: e, epoch: this.epoch, lapsesIn: Math.round(this.heldUntil - performance.now()) }, `renewing the lease on ${this.url} failed; retrying`);
+      this.log.warn({ err: e, epoch: this.epoch, lapsesIn: Math.round(this.heldUntil - performance.now()) }, `renewing the lease on ${this.url} failed; retrying`);
       this.schedule();
       throw e;
     }

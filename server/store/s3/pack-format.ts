@@ -13,14 +13,14 @@
 import { crc32 } from 'node:zlib';
 import { ShoalError } from '../../errors.js';
 
-export const PACK_VERSION = 1;
+const PACK_VERSION = 1;
 export const HEADER_BYTES = 32;
 export const TRAILER_BYTES = 32;
 export const INDEX_ENTRY_BYTES = 24;
 const HEAD_MAGIC = Buffer.from('SHOALPAK');
 const TAIL_MAGIC = Buffer.from('SHOALEND');
 // Offsets and lengths are u32: far above the 16 MiB packs are made of, and refused above.
-export const MAX_PACK_BYTES = 2 ** 32 - 1;
+const MAX_PACK_BYTES = 2 ** 32 - 1;
 
 export interface PackChunk {
   id: number;

@@ -11,7 +11,7 @@ export interface S3ClientSettings {
   credentials?: { accessKeyId: string; secretAccessKey: string };
 }
 
-export const DEFAULT_REGION = 'us-east-1';
+const DEFAULT_REGION = 'us-east-1';
 
 export async function createS3Client(settings: S3ClientSettings): Promise<{ client: S3Client; region: string }> {
   const region = settings.region ?? (await defaultRegion());
