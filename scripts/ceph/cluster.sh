@@ -197,7 +197,8 @@ bluestore_block_create = true
 bluestore_block_size = 10737418240
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
-; a fixed 64 MiB cache instead of a 4 GiB memory target
+; a fixed 64 MiB cache instead of tuning the caches to a 4 GiB memory target (lowered to its minimum,
+; 896 MiB, too); the OSD stays near 50 MiB idle and 250 MiB after the S3 tests
 bluestore_cache_autotune = false
 bluestore_cache_size = 67108864
 osd_memory_target = 939524096
