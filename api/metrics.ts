@@ -8,11 +8,15 @@ import { OpHistogram } from './op-histogram.js';
 import type { NbdObserver } from '../server/nbd/observer.js';
 import { volumeOfExport } from '../server/volume/names.js';
 import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
+import type { S3Observer, S3Op, S3Result } from '../server/store/s3/s3-stats.js';
 
 export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
 
 /** Sub-millisecond buckets: a cached 4 KiB read answers in tens of microseconds. */
 export const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+/** An S3 request takes milliseconds on a LAN gateway, seconds for a 16 MiB pack over a WAN, 10 s when cut off. */
+const S3_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export interface MetricsOptions {
   control?: VolumeControl;
@@ -34,7 +38,7 @@ interface Snapshot {
   volumes: VolumeInfo[];
 }
 
-export class Metrics implements NbdObserver {
+export class Metrics implements NbdObserver, S3Observer {
   readonly registry = new Registry();
   private control: VolumeControl | undefined;
   private readonly onError: (err: unknown) => void;
@@ -51,6 +55,10 @@ export class Metrics implements NbdObserver {
   private readonly readTotals = new Map<string, number>();
   private readonly writtenTotals = new Map<string, number>();
   private readonly volumeNames = new Map<string, string>();
+  private readonly s3Count = new Map<string, { op: S3Op; result: S3Result; n: number }>();
+  private readonly s3Duration: OpHistogram;
+  private s3Up = 0;
+  private s3Down = 0;
 
   private pending: Snapshot | null | undefined; // undefined: not read in this scrape yet
 
@@ -74,6 +82,31 @@ export class Metrics implements NbdObserver {
     this.readBytes = new Counter({ name: 'shoal_volume_read_bytes_total', help: 'Bytes read over NBD, by volume (reads of its snapshots included).', labelNames: ['volume'], registers, collect: totals(this.readTotals, 'volume') });
     this.writtenBytes = new Counter({ name: 'shoal_volume_written_bytes_total', help: 'Bytes written over NBD with WRITE, by volume.', labelNames: ['volume'], registers, collect: totals(this.writtenTotals, 'volume') });
     for (const op of NBD_OPS) this.opChildren(op);
+
+    const s3Count = this.s3Count;
+    new Counter({
+      name: 'shoal_s3_requests_total',
+      help: 'HTTP requests to the object store, each retry counted, by operation and outcome (ok, not_found, precondition_failed, client_error, server_error, throttled, network_error, timeout).',
+      labelNames: ['op', 'result'],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of s3Count.values()) this.inc({ op: c.op, result: c.result }, c.n);
+      },
+    });
+    this.s3Duration = new OpHistogram('shoal_s3_request_duration_seconds', 'Time of one HTTP request to the object store, by operation.', S3_DURATION_BUCKETS, this.registry);
+    const bytes = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    bytes('shoal_s3_uploaded_bytes_total', 'Bytes of object bodies uploaded by successful requests.', () => this.s3Up);
+    bytes('shoal_s3_downloaded_bytes_total', 'Bytes of object bodies downloaded by successful requests.', () => this.s3Down);
 
     this.defineScrapeMetrics(registers);
     if (opts.dataDir) this.defineDiskMetrics(opts.dataDir, registers);
@@ -105,6 +138,18 @@ export class Metrics implements NbdObserver {
       if (op === 'read') add(this.readTotals, this.volumeOf(exportName), bytes);
       else if (op === 'write') add(this.writtenTotals, this.volumeOf(exportName), bytes);
     }
+  }
+
+  // --- S3Observer ---------------------------------------------------------------------------------
+
+  s3Request(op: S3Op, result: S3Result, seconds: number, bytesUp: number, bytesDown: number): void {
+    const k = `${op} ${result}`;
+    const c = this.s3Count.get(k);
+    if (c) c.n++;
+    else this.s3Count.set(k, { op, result, n: 1 });
+    this.s3Duration.observe(op, seconds);
+    this.s3Up += bytesUp;
+    this.s3Down += bytesDown;
   }
 
   /** A snapshot export "vol@snap" counts toward its volume. */

@@ -3,6 +3,8 @@
 import pino from 'pino';
 import { mkdirSync } from 'node:fs';
 import type { Config } from './config.js';
+import { ShoalError } from './errors.js';
+import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { MetaStore } from './meta/meta-store.js';
 import { DedupIndex } from './dedup/dedup-index.js';
@@ -26,6 +28,11 @@ export interface RunningDaemon {
 }
 
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
+  // The flags parse (config.ts) so configs can be written now; the daemon serves from S3 once the pack
+  // store is wired behind the chunk-store boundary. Until then it says so rather than pretend.
+  if (config.store.kind === 's3') {
+    throw new ShoalError('not_supported', `the S3 store is not available yet: --store ${formatStoreUrl(config.store)} cannot be served by this version; run without --store to use the local data directory.`);
+  }
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   // Read before anything is opened: bad LISTEN_* variables change nothing.
   const inherited = inheritedSockets();

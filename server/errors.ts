@@ -34,6 +34,14 @@ export const ErrorCodes = {
   data_dir_unusable: { status: 500, nbd: 'EIO' }, // at start: the data directory cannot be created or opened
   address_in_use: { status: 500, nbd: 'EIO' }, // at start: a listen address or socket path is taken
   internal: { status: 500, nbd: 'EIO' },
+  // Object storage (server/store/s3/). A conditional write lost its race: callers of the lease and the
+  // commit head turn it into store_fenced or a retry; it reaches a client only as EIO.
+  s3_precondition_failed: { status: 409, nbd: 'EIO' },
+  s3_timeout: { status: 504, nbd: 'EIO' }, // no answer within --s3-timeout, retries included
+  s3_error: { status: 502, nbd: 'EIO' }, // S3 refused the request (access denied, no such bucket…)
+  store_lease_held: { status: 409, nbd: 'EIO' }, // another daemon holds the prefix's lease
+  store_fenced: { status: 503, nbd: 'ESHUTDOWN' }, // another daemon took the prefix over: no more writes
+  corrupt_pack: { status: 500, nbd: 'EIO' }, // a pack object whose bytes do not check out
 } as const satisfies Record<string, { status: number; nbd: NbdErrno }>;
 
 export type ErrorCode = keyof typeof ErrorCodes;

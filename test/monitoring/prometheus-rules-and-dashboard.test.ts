@@ -5,8 +5,9 @@
 // ShoalDown must go pending once the daemon stops.
 //
 // S3 tier: the dashboard's "S3 tier" row and the rule group "shoal-s3" query shoal_s3_* metrics,
-// which exist only while an S3 store runs; their data checks are skipped until the daemon exports
-// any shoal_s3_ metric (they are still parsed, checked by promtool, and unit-tested).
+// whose upload figures exist only while an S3 store runs; their data checks are skipped until the
+// daemon exports shoal_s3_upload_lag_seconds (they are still parsed, checked by promtool, and
+// unit-tested).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -125,7 +126,7 @@ scrape_configs:
 
     const exposition = (await d.api('GET', '/metrics')).body as string;
     const exported = new Set([...exposition.matchAll(/^(shoal_[a-z0-9_]+)[{ ]/gm)].map((m) => m[1]!));
-    const s3Running = [...exported].some((n) => n.startsWith('shoal_s3_'));
+    const s3Running = exported.has('shoal_s3_upload_lag_seconds');
     const checked = (q: Query) => !q.s3 || s3Running;
 
     // The dashboard's instance variable finds the daemon.
