@@ -9,7 +9,7 @@
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { ChunkRecords } from '../meta/chunk-records.js';
-import type { CommitPart, CommitPipeline } from '../meta/commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from '../meta/commit-pipeline.js';
 import type { Superblock } from '../meta/superblock.js';
 import { native, type FingerprintTableHandle } from '../native.js';
 import { KEY_BYTES } from './fingerprinter.js';
@@ -157,11 +157,9 @@ export class DedupLog implements CommitPart<Taken> {
     return t;
   }
 
-  write(t: Taken): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
-    if (t.record) last = this.db.put(t.record.seq, t.record.blob);
-    for (const seq of t.deletes) last = this.db.remove(seq);
-    return last;
+  write(t: Taken, w: TxnWriter): void {
+    if (t.record) w.put('fingerprint-log', this.db, t.record.seq, t.record.blob);
+    for (const seq of t.deletes) w.remove('fingerprint-log', this.db, seq);
   }
 
   settle(t: Taken, ok: boolean): void {

@@ -3,7 +3,7 @@
 // (dedup-log.ts), never at write time. A Bloom filter in front of it answers "not stored" for
 // new data without a disk read; it is filled from the index in the background at start.
 import type { Database } from 'lmdb';
-import type { CommitPart, CommitPipeline } from '../meta/commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from '../meta/commit-pipeline.js';
 import { FingerprintFilter } from './fingerprint-filter.js';
 import { KEY_BYTES } from './fingerprinter.js';
 
@@ -103,13 +103,12 @@ export class FingerprintIndex implements CommitPart<Taken> {
     return t;
   }
 
-  write(t: Taken): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
+  write(t: Taken, w: TxnWriter): void {
     for (const [k, slot] of t) {
       const key = Buffer.from(k, 'latin1');
-      last = slot === null ? this.db.remove(key) : this.db.put(key, slot);
+      if (slot === null) w.remove('fingerprints', this.db, key);
+      else w.put('fingerprints', this.db, key, slot);
     }
-    return last;
   }
 
   settle(): void {

@@ -4,7 +4,7 @@
 // forget it (invariants 1 and 3).
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
-import type { CommitPart, CommitPipeline } from './commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
 import type { Superblock } from './superblock.js';
 
 export interface ChunkRecord {
@@ -171,10 +171,11 @@ export class ChunkRecords implements CommitPart<Taken> {
     return t;
   }
 
-  write(t: Taken): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
-    for (const [slot, c] of t) last = c === null ? this.db.remove(slot) : this.db.put(slot, encode(c));
-    return last;
+  write(t: Taken, w: TxnWriter): void {
+    for (const [slot, c] of t) {
+      if (c === null) w.remove('chunks', this.db, slot);
+      else w.put('chunks', this.db, slot, encode(c));
+    }
   }
 
   settle(): void {

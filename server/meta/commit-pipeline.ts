@@ -7,9 +7,47 @@
 // CommitPart: it hands over its overlay synchronously when a commit starts, queues its records
 // into the transaction, and learns when the transaction is durable. Nothing ever holds commits
 // back: a multi-step operation makes itself crash-atomic with an intent record instead.
-import type { Database } from 'lmdb';
+import type { Database, Key } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { Superblock } from './superblock.js';
+
+/** One write of a commit as a journal sees it: the database's name, the key, the value (undefined: removed). */
+export interface CommitOp {
+  db: string;
+  key: Key;
+  value: unknown;
+}
+
+/**
+ * Where each commit's writes go once LMDB holds them durably, e.g. an object store that keeps a
+ * copy of the metadata (server/meta/bucket-replica.ts). A commit, and every FLUSH waiting on it,
+ * completes when committed() resolves; if it rejects, the commit is durable locally and the journal
+ * keeps it to retry, and the caller sees the error.
+ */
+export interface CommitJournal {
+  committed(ops: CommitOp[], gen: number): Promise<void>;
+}
+
+/** Queues a commit's writes into its LMDB transaction, and records them when a journal is attached. */
+export class TxnWriter {
+  /** The promise of the last write queued: it settles when the whole transaction is durable. */
+  last: Promise<boolean> | undefined;
+  readonly ops: CommitOp[] | null;
+
+  constructor(journaled: boolean) {
+    this.ops = journaled ? [] : null;
+  }
+
+  put<K extends Key, V>(name: string, db: Database<V, K>, key: K, value: V): void {
+    this.last = db.put(key, value);
+    this.ops?.push({ db: name, key, value });
+  }
+
+  remove<K extends Key>(name: string, db: Database<unknown, K>, key: K): void {
+    this.last = db.remove(key);
+    this.ops?.push({ db: name, key, value: undefined });
+  }
+}
 
 export interface CommitPart<T> {
   /**
@@ -19,14 +57,16 @@ export interface CommitPart<T> {
    */
   take(gen: number): T | null;
   /**
-   * Queues the taken records into the transaction and returns the last write's promise. lmdb-js
-   * puts every asynchronous write issued in one synchronous stretch into one transaction, and runs
-   * its b-tree work on its own write thread. (A transaction() callback runs that work on the event
-   * loop: the profile showed ~10 us per record there, a 1 s stall per 256 MiB of new chunks.)
+   * Queues the taken records into the transaction through `w`. lmdb-js puts every asynchronous
+   * write issued in one synchronous stretch into one transaction, and runs its b-tree work on its
+   * own write thread. (A transaction() callback runs that work on the event loop: the profile
+   * showed ~10 us per record there, a 1 s stall per 256 MiB of new chunks.)
    */
-  write(taken: T): Promise<boolean> | undefined;
+  write(taken: T, w: TxnWriter): void;
   /** The transaction is durable (ok) or failed (then the store is closed: memory is ahead of disk). */
   settle(taken: T, ok: boolean): void;
+  /** Optional: the commit is complete, its journal included (called in commit order). */
+  published?(taken: T): void;
 }
 
 export class CommitPipeline {
@@ -40,6 +80,8 @@ export class CommitPipeline {
   syncData: () => Promise<void> = () => Promise.resolve();
   /** Called after each durable commit. */
   committed: () => void = () => {};
+  /** Where commits go once durable in LMDB (none for a purely local store). */
+  journal: CommitJournal | null = null;
 
   constructor(
     private readonly main: Database,
@@ -92,15 +134,16 @@ export class CommitPipeline {
     const taken = this.parts.map((p) => p.take(gen));
     const sb = structuredClone(this.sb());
     this.changes = 0;
+    const w = new TxnWriter(this.journal !== null);
     try {
       // 2. Chunk data first: committed metadata must never point at bytes not on disk.
       await this.syncData();
       // 3. All metadata in one transaction, resolved once it is fsynced. The superblock goes
       // first and again last: the batch's promise settles when the whole batch is durable.
-      let last = this.main.put('superblock', sb);
-      for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) last = this.parts[i].write(taken[i]) ?? last;
-      last = this.main.put('superblock', sb);
-      await last;
+      w.put('main', this.main, 'superblock', sb);
+      for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].write(taken[i], w);
+      w.put('main', this.main, 'superblock', sb);
+      await w.last;
     } catch (e) {
       // The in-memory state is ahead of the disk and cannot be reconciled: stop accepting work.
       this.closed = true;
@@ -109,6 +152,9 @@ export class CommitPipeline {
     }
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], true);
     this.committed();
+    // 4. The journal (an object store's copy of the metadata), if any: a FLUSH completes with it.
+    if (this.journal) await this.journal.committed(w.ops!, gen);
+    for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].published?.(taken[i]);
   }
 
   /** Refuses further commits (after a final one, at close). */

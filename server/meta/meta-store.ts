@@ -14,6 +14,7 @@ import { CommitPipeline } from './commit-pipeline.js';
 import { IntentRecords } from './intent-records.js';
 import { NodeStore } from './node-store.js';
 import { SlotAllocator } from './slot-allocator.js';
+import { StoreRecords } from './store-records.js';
 import { loadSuperblock, type Superblock } from './superblock.js';
 import { VolumeRecords } from './volume-records.js';
 
@@ -27,6 +28,8 @@ export class MetaStore {
   readonly slots: SlotAllocator;
   readonly volumes: VolumeRecords;
   readonly intents: IntentRecords;
+  /** The chunk store's own records (an object store's chunk places); unused by the local store. */
+  readonly storeRecords: StoreRecords;
   private readonly slotReusedListeners: Array<(slot: number) => void> = [];
 
   private constructor(
@@ -44,11 +47,13 @@ export class MetaStore {
     });
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
+    this.storeRecords = new StoreRecords(env.openDB<Buffer, number>({ name: 'store-records', encoding: 'binary' }));
     this.pipeline.add(this.nodes);
     this.pipeline.add(this.chunks);
     this.pipeline.add(this.slots);
     this.pipeline.add(this.volumes);
     this.pipeline.add(this.intents);
+    this.pipeline.add(this.storeRecords);
     this.chunks.onFreed((slot) => this.slots.free(slot));
   }
 

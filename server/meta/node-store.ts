@@ -5,7 +5,7 @@
 // superblock, and is released by space reclaim a slice at a time.
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
-import type { CommitPart, CommitPipeline } from './commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
 import { decodeNode, encodeNode, FANOUT, type MapNode } from './map-node.js';
 import type { Superblock } from './superblock.js';
 
@@ -176,12 +176,13 @@ export class NodeStore implements CommitPart<Taken> {
     return t;
   }
 
-  write(t: Taken): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
-    for (const [id, buf] of t.bufs) last = this.nodesDb.put(id, buf);
-    for (const id of t.deleted) last = this.nodesDb.remove(id);
-    for (const [id, n] of t.refs) last = n === 0 ? this.refsDb.remove(id) : this.refsDb.put(id, n);
-    return last;
+  write(t: Taken, w: TxnWriter): void {
+    for (const [id, buf] of t.bufs) w.put('nodes', this.nodesDb, id, buf);
+    for (const id of t.deleted) w.remove('nodes', this.nodesDb, id);
+    for (const [id, n] of t.refs) {
+      if (n === 0) w.remove('node-refs', this.refsDb, id);
+      else w.put('node-refs', this.refsDb, id, n);
+    }
   }
 
   settle(): void {

@@ -2,7 +2,7 @@
 // memory and committed with everything else. Values are copied when a commit takes them: the
 // records go on changing while the transaction is written.
 import type { Database } from 'lmdb';
-import type { CommitPart, CommitPipeline } from './commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
 
 interface Taken<T> {
   puts: Array<[string, T]>;
@@ -61,11 +61,9 @@ export class RecordSet<K extends string | number, T> implements CommitPart<Taken
     return t;
   }
 
-  write(t: Taken<T>): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
-    for (const [k, v] of t.puts) last = this.main.put(k, v);
-    for (const k of t.deletes) last = this.main.remove(k);
-    return last;
+  write(t: Taken<T>, w: TxnWriter): void {
+    for (const [k, v] of t.puts) w.put('main', this.main, k, v);
+    for (const k of t.deletes) w.remove('main', this.main, k);
   }
 
   settle(): void {}

@@ -4,7 +4,7 @@
 // ended. Reads hold a generation (the commit pipeline's); a slot freed at generation g is reused
 // once no read holding a generation <= g is running.
 import type { Database } from 'lmdb';
-import type { CommitPart, CommitPipeline } from './commit-pipeline.js';
+import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
 import type { Superblock } from './superblock.js';
 
 interface Taken {
@@ -33,6 +33,8 @@ export class SlotAllocator implements CommitPart<Taken> {
   private deletes = new Set<number>(); // free-list entries to remove (reused)
   // Reads running, by the generation they hold.
   private readonly active = new Map<number, number>();
+  /** False for a store that never writes a slot twice (see ChunkStore.reusesSlots): slots only grow. */
+  private reuse = true;
 
   constructor(
     private readonly db: Database<number, number>,
@@ -42,6 +44,12 @@ export class SlotAllocator implements CommitPart<Taken> {
     private readonly reused: (slot: number) => void,
   ) {
     for (const key of db.getKeys()) this.reusable.push(key as number);
+  }
+
+  /** Stops handing freed slots out again (a store that places each chunk once); before any alloc(). */
+  neverReuse(): void {
+    this.reuse = false;
+    this.reusable.length = 0;
   }
 
   /** A slot for new chunk data: a free one whose free is durable, or a new one. */
@@ -57,6 +65,7 @@ export class SlotAllocator implements CommitPart<Taken> {
 
   /** Returns a slot from alloc() that ended up unused (e.g. the write failed). */
   releaseUnused(slot: number): void {
+    if (!this.reuse) return; // never written: nothing to keep of it
     if (this.deletes.delete(slot)) {
       // It came from the durable free list and nothing references it: reusable at once.
       this.reusable.push(slot);
@@ -67,6 +76,7 @@ export class SlotAllocator implements CommitPart<Taken> {
 
   /** A chunk's slot was freed: reusable once this is committed and older readers are done. */
   free(slot: number): void {
+    if (!this.reuse) return;
     this.freed.push(slot);
     this.adds.add(slot);
     this.pipeline.changed();
@@ -117,11 +127,9 @@ export class SlotAllocator implements CommitPart<Taken> {
     return t;
   }
 
-  write(t: Taken): Promise<boolean> | undefined {
-    let last: Promise<boolean> | undefined;
-    for (const s of t.adds) last = this.db.put(s, 1);
-    for (const s of t.deletes) last = this.db.remove(s);
-    return last;
+  write(t: Taken, w: TxnWriter): void {
+    for (const s of t.adds) w.put('free-slots', this.db, s, 1);
+    for (const s of t.deletes) w.remove('free-slots', this.db, s);
   }
 
   settle(t: Taken, ok: boolean): void {

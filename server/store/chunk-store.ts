@@ -30,8 +30,38 @@ export interface StoreStats {
   direct: boolean;
 }
 
+/**
+ * For a store whose chunks' places are metadata of their own (an object store: which pack holds a
+ * chunk): records it keeps in the metadata database, committed in the same transaction as the
+ * chunk records that name those chunks (server/meta/store-records.ts). Keys are numbers (a store
+ * picks its scheme, e.g. the first slot of a run), values bytes.
+ */
+export interface StoreRecordLog {
+  /** The records changed since the last call (a value, or null to remove it), or null if none. */
+  takeRecords(): Map<number, Buffer | null> | null;
+  /** The records last taken are committed (and published, when the metadata has a journal). */
+  recordsCommitted(ok: boolean): void;
+}
+
+/** The store's committed records, read from the metadata database. */
+export interface StoreRecordsView {
+  get(key: number): Buffer | undefined;
+  /** The record with the greatest key ≤ `key`, if any. */
+  floor(key: number): [number, Buffer] | undefined;
+  entries(): Iterable<[number, Buffer]>;
+}
+
 export interface ChunkStore {
   readonly chunkSize: number;
+  /**
+   * Whether a freed slot may be handed out again. A store that writes each chunk once into a
+   * larger object (a pack) says no: slots then only grow, and space comes back by compaction.
+   */
+  readonly reusesSlots: boolean;
+  /** For a store with records of its own (see StoreRecordLog); called once, at open. */
+  attachRecords?(view: StoreRecordsView): StoreRecordLog;
+  /** A chunk is no longer referenced: its space may be reclaimed once that is committed. */
+  freed?(slot: number): void;
   /** Reads whole chunks: slot slots[i] into target i, for i < targets.count. */
   readChunks(slots: ArrayLike<number>, targets: ChunkTargets): Promise<void>;
   /** Writes consecutive chunks starting at `slot` (data.length is a multiple of chunkSize). */

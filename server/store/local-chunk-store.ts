@@ -14,6 +14,8 @@ import { native } from '../native.js';
 export const CHUNK_FILE = 'chunks.dat';
 
 export class LocalChunkStore implements ChunkStore {
+  /** A freed slot's place in the file is simply written again. */
+  readonly reusesSlots = true;
   private reads = 0;
   private readBytes = 0;
   // Reads in flight on readFd, and whether close() ran meanwhile: a pool thread may still pread

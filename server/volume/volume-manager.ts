@@ -71,6 +71,11 @@ export class VolumeManager implements VolumeControl {
     meta.pipeline.syncData = () => store.sync();
     meta.chunks.onFreed((slot) => cache.drop(slot));
     meta.onSlotReused((slot) => cache.drop(slot));
+    // A store that places each chunk once keeps records of where, committed with the metadata,
+    // and learns of frees so it can reclaim their space.
+    if (!store.reusesSlots) meta.slots.neverReuse();
+    if (store.attachRecords) meta.storeRecords.attach(store.attachRecords(meta.storeRecords));
+    if (store.freed) meta.chunks.onFreed((slot) => store.freed!(slot));
     this.reads = new ReadPath(meta, cache);
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs);

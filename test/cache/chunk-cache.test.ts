@@ -66,6 +66,7 @@ after(async () => {
 /** A store with no bytes: for tests that only insert. */
 const noStore: ChunkStore = {
   chunkSize: CS,
+  reusesSlots: true,
   readChunks: () => Promise.reject(new Error('this test reads nothing from a store')),
   write: () => Promise.reject(new Error('unused')),
   sync: async () => {},
@@ -173,6 +174,7 @@ test('scan resistance: a sequential scan of 5× the cache leaves a re-read worki
 /** A store that fetches bytes asynchronously and copies them into the targets' views (as a remote one does). */
 class FetchingStore implements ChunkStore {
   readonly chunkSize = CS;
+  readonly reusesSlots = true;
   calls: number[][] = [];
   version = new Map<number, number>();
   constructor(private readonly delayMs = 10) {}
