@@ -2,9 +2,11 @@
 // variable SHOAL_<NAME>, a JSON config file (--config / SHOAL_CONFIG), then the default.
 // Every bad value is refused here with a sentence, before the daemon touches the data directory.
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { ShoalError } from './errors.js';
 import { parseSize } from './size.js';
+import type { TlsMode } from './nbd/handshake.js';
 
 export interface ListenAddress {
   host: string; // as given, without brackets ("::1", "0.0.0.0")
@@ -12,6 +14,15 @@ export interface ListenAddress {
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+/** NBD over TLS (nbdkit's flags): with mode on/require exactly one of certificates/psk is set. */
+export interface TlsConfig {
+  mode: TlsMode;
+  certificates: string | null; // absolute directory with ca-cert.pem, server-cert.pem, server-key.pem
+  psk: string | null; // absolute path of a psktool file
+  verifyPeer: boolean; // X.509: require a client certificate signed by ca-cert.pem
+  admins: string[]; // TLS identities (PSK identity or certificate CN) that see every tenant's volumes
+}
 
 export interface Config {
   dataDir: string; // absolute
@@ -23,6 +34,10 @@ export interface Config {
   logLevel: LogLevel;
   dedup: boolean; // inline deduplication of written chunks (on by default)
   dedupVerify: boolean; // compare bytes on a fingerprint match (BLAKE3-256 alone is cryptographic)
+  tls: TlsConfig;
+  insecure: boolean; // allow listening beyond loopback without protection
+  maxConnections: number; // NBD connections served at once
+  nbdSocketMode: number; // permission bits of the NBD Unix socket
   configFile: string | null; // absolute path of the config file read, if any
 }
 
@@ -48,10 +63,21 @@ const SETTINGS = {
   'log-level': 'logLevel',
   dedup: 'dedup',
   'dedup-verify': 'dedupVerify',
+  tls: 'tls',
+  'tls-certificates': 'tlsCertificates',
+  'tls-psk': 'tlsPsk',
+  'tls-verify-peer': 'tlsVerifyPeer',
+  'tls-admins': 'tlsAdmins',
+  insecure: 'insecure',
+  'max-connections': 'maxConnections',
+  'nbd-socket-mode': 'nbdSocketMode',
   config: 'config',
 } as const;
 type Flag = keyof typeof SETTINGS;
 type Key = (typeof SETTINGS)[Flag];
+/** Switches that mean "on" when given alone (`--insecure`); `--insecure=off` still works. */
+const SWITCHES: ReadonlySet<Flag> = new Set(['tls-verify-peer', 'insecure']);
+const BOOLEAN_KEYS: ReadonlySet<Key> = new Set(['dedup', 'dedupVerify', 'tlsVerifyPeer', 'insecure']);
 
 /** Where a raw value came from: sentences name it, and relative paths resolve against its base. */
 interface Raw {
@@ -91,6 +117,7 @@ function parseArgv(argv: string[]): Partial<Record<Key, Raw>> {
     if (!isFlag(name)) bad(`unknown flag "--${name}" for \`shoal serve\`; known flags: ${Object.keys(SETTINGS).map((f) => '--' + f).join(', ')}.`);
     let value: string;
     if (eq >= 0) value = arg.slice(eq + 1);
+    else if (SWITCHES.has(name)) value = 'on';
     else {
       if (i + 1 >= argv.length) bad(`flag --${name} needs a value.`);
       value = argv[++i]!;
@@ -134,7 +161,7 @@ function readConfigFile(path: string): Partial<Record<Key, Raw>> {
   for (const [k, v] of Object.entries(json as Record<string, unknown>)) {
     const key = isFlag(k) ? SETTINGS[k] : keys.has(k) ? (k as Key) : null;
     if (!key || key === 'config') bad(`unknown setting "${k}" in ${source}; known settings: ${[...keys].filter((x) => x !== 'config').join(', ')}.`);
-    if (typeof v === 'boolean' && (key === 'dedup' || key === 'dedupVerify')) {
+    if (typeof v === 'boolean' && BOOLEAN_KEYS.has(key)) {
       out[key] = { value: v ? 'on' : 'off', source, base };
       continue;
     }
@@ -210,7 +237,71 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
   const dedup = onOff(pick('dedup'), true);
   const dedupVerify = onOff(pick('dedupVerify'), false);
-  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, configFile };
+  const tls = tlsConfig(pick);
+  const insecure = onOff(pick('insecure'), false);
+  if (nbd && !isLoopback(nbd.host) && tls.mode !== 'require' && !insecure) {
+    bad(
+      `NBD would listen on ${formatListenAddress(nbd)}, which is not a loopback address, without --tls require: anyone who can reach it could read and write every volume, so add --tls require (with --tls-certificates or --tls-psk), or --insecure to accept that.`,
+    );
+  }
+
+  const maxRaw = pick('maxConnections');
+  const maxConnections = maxRaw ? Number(maxRaw.value) : 1024;
+  if (maxRaw && (!/^\d+$/.test(maxRaw.value.trim()) || maxConnections < 1 || maxConnections > 1_000_000)) {
+    bad(`${maxRaw.source} "${maxRaw.value}" must be a whole number of connections from 1 to 1000000.`);
+  }
+
+  const modeRaw = pick('nbdSocketMode');
+  const nbdSocketMode = modeRaw ? parseMode(modeRaw) : 0o660;
+
+  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, tls, insecure, maxConnections, nbdSocketMode, configFile };
+}
+
+function tlsConfig(pick: (k: Key) => Raw | undefined): TlsConfig {
+  const modeRaw = pick('tls');
+  let mode: TlsMode = 'off';
+  if (modeRaw) {
+    // nbdkit's values: off, on, require (booleans spelled any usual way for the first two).
+    const v = modeRaw.value.toLowerCase();
+    if (v === 'require') mode = 'require';
+    else if (['on', 'true', 'yes', '1'].includes(v)) mode = 'on';
+    else if (!['off', 'false', 'no', '0'].includes(v)) bad(`${modeRaw.source} "${modeRaw.value}" must be off, on or require.`);
+  }
+  const certRaw = pick('tlsCertificates');
+  const pskRaw = pick('tlsPsk');
+  const verifyRaw = pick('tlsVerifyPeer');
+  const adminsRaw = pick('tlsAdmins');
+  const certificates = certRaw ? resolve(certRaw.base, certRaw.value) : null;
+  const psk = pskRaw ? resolve(pskRaw.base, pskRaw.value) : null;
+  const verifyPeer = onOff(verifyRaw, false);
+  const admins = adminsRaw ? adminsRaw.value.split(',').map((a) => a.trim()) : [];
+  if (certRaw?.value === '' || pskRaw?.value === '') bad(`${(certRaw?.value === '' ? certRaw : pskRaw)!.source} must not be empty.`);
+  if (admins.some((a) => a === '')) bad(`${adminsRaw!.source} "${adminsRaw!.value}" must be a comma-separated list of TLS identities, none empty.`);
+  if (mode === 'off') {
+    const given = [certRaw, pskRaw, verifyPeer ? verifyRaw : undefined, adminsRaw].find((r) => r !== undefined);
+    if (given) bad(`${given.source} has no effect while --tls is off: add --tls on or --tls require.`);
+  } else {
+    if (!certificates && !psk) bad(`--tls ${mode} needs credentials: --tls-certificates DIR (ca-cert.pem, server-cert.pem, server-key.pem) or --tls-psk FILE (psktool's format).`);
+    if (certificates && psk) bad(`${certRaw!.source} and ${pskRaw!.source} are both set: choose X.509 certificates or pre-shared keys.`);
+  }
+  return { mode, certificates, psk, verifyPeer, admins };
+}
+
+/** Octal permission bits, as chmod takes them ("0660", "660", "0o660"). */
+function parseMode(raw: Raw): number {
+  const m = /^(?:0o?)?([0-7]{3})$/i.exec(raw.value.trim());
+  if (!m) bad(`${raw.source} "${raw.value}" must be octal permission bits such as 0660.`);
+  return parseInt(m[1]!, 8);
+}
+
+/** Only addresses this machine alone can reach; a host name other than localhost is not trusted to be one. */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) !== 6) return false;
+  // The URL parser writes IPv6 in canonical form: ::1, and IPv4-mapped 127/8 as ::ffff:7fXX:XXXX.
+  const canonical = new URL(`http://[${host}]/`).hostname;
+  return canonical === '[::1]' || canonical.startsWith('[::ffff:7f');
 }
 
 function sizeOf(value: string, source: string): number {

@@ -5,6 +5,7 @@ import { mkdirSync } from 'node:fs';
 import type { Config } from './config.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { NbdServer } from './nbd/server.js';
+import { loadTlsCredentials } from './nbd/tls-credentials.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
 
@@ -16,6 +17,9 @@ export interface RunningDaemon {
 
 export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  const nbdLogger = logger.child({ c: 'nbd' });
+  // Bad certificates or keys stop the daemon before it touches the data directory.
+  const tlsCredentials = config.tls.mode === 'off' ? null : loadTlsCredentials(config.tls, nbdLogger);
   mkdirSync(config.dataDir, { recursive: true });
   const manager = await VolumeManager.open({
     dataDir: config.dataDir,
@@ -29,7 +33,14 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     gcSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
   });
   const metrics = new Metrics({ control: manager, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
-  const nbd = new NbdServer({ provider: manager, observer: metrics, logger: logger.child({ c: 'nbd' }) });
+  const nbd = new NbdServer({
+    provider: manager,
+    observer: metrics,
+    logger: nbdLogger,
+    tls: { mode: config.tls.mode, credentials: tlsCredentials },
+    maxConnections: config.maxConnections,
+    handshakeTimeoutMs: testMs('SHOAL_TEST_HANDSHAKE_TIMEOUT_MS'),
+  });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }) });
 
   let nbdAddr: string | null = null;
@@ -39,7 +50,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
       const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
-    if (config.nbdSocket) await nbd.listenUnix(config.nbdSocket);
+    if (config.nbdSocket) await nbd.listenUnix(config.nbdSocket, config.nbdSocketMode);
     apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
   } catch (e) {
     await nbd.close().catch(() => {});
@@ -48,7 +59,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   logger.info(
-    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: manager.meta.chunkSize, cacheSize: config.cacheSize },
+    { nbd: nbdAddr, nbdSocket: config.nbdSocket, api: apiAddr, dataDir: config.dataDir, chunkSize: manager.meta.chunkSize, cacheSize: config.cacheSize, tls: config.tls.mode, tlsAuth: tlsCredentials?.kind ?? null },
     'shoal ready',
   );
   let closed: Promise<void> | null = null;
@@ -87,7 +98,8 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
- * test can crash the daemon with half-released leaves committed.
+ * test can crash the daemon with half-released leaves committed; SHOAL_TEST_HANDSHAKE_TIMEOUT_MS
+ * shortens the NBD handshake timeout (30 s) so a test can watch a stalled client be dropped.
  */
 function testMs(name: string): number | undefined {
   const v = process.env[name];

@@ -6,8 +6,19 @@ Daemon:
   shoal serve [--data-dir DIR] [--nbd HOST:PORT|none] [--nbd-socket PATH|none]
               [--api HOST:PORT] [--cache-size SIZE] [--chunk-size SIZE]
               [--dedup on|off] [--dedup-verify on|off] [--log-level LEVEL] [--config FILE]
+              [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
+              [--tls-verify-peer] [--tls-admins ID,...] [--insecure]
+              [--max-connections N] [--nbd-socket-mode MODE]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
+      --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
+      --tls-certificates DIR     X.509: DIR/ca-cert.pem, server-cert.pem, server-key.pem
+      --tls-psk FILE             pre-shared keys, psktool's identity:hexkey lines
+      --tls-verify-peer          X.509: require a client certificate signed by ca-cert.pem
+      --tls-admins ID,...        TLS identities (PSK identity, certificate CN) that see all volumes
+      --insecure                 allow NBD on a non-loopback address without --tls require
+      --max-connections N        NBD connections at once (default 1024); more are refused
+      --nbd-socket-mode MODE     permission bits of the NBD Unix socket (default 0660)
 
 Volumes:
   shoal volume create NAME SIZE [--domain DOMAIN]   SIZE in bytes or with K/M/G/T (binary)

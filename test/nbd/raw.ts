@@ -1,11 +1,12 @@
 // A deliberately dumb NBD client over a raw socket, for sending what real clients never would.
 import net from 'node:net';
+import tls from 'node:tls';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
 export const REPLY_MAGIC = 0x3e889045565a9n;
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META: 9, SET_META: 10 };
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 };
+export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 };
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 };
 export const EPERM = 1;
 export const EINVAL = 22;
@@ -16,12 +17,13 @@ export class Raw {
   private size = 0;
   private waiters: (() => void)[] = [];
   closed = false;
-  private constructor(readonly sock: net.Socket) {
-    sock.on('data', (b) => {
-      this.chunks.push(b);
-      this.size += b.length;
-      this.wake();
-    });
+  private readonly onData = (b: Buffer) => {
+    this.chunks.push(b);
+    this.size += b.length;
+    this.wake();
+  };
+  private constructor(public sock: net.Socket) {
+    sock.on('data', this.onData);
     sock.on('close', () => {
       this.closed = true;
       this.wake();
@@ -34,6 +36,35 @@ export class Raw {
       const s = net.connect({ port, host }, () => resolve(new Raw(s)));
       s.once('error', reject);
     });
+  }
+
+  static connectUnix(path: string): Promise<Raw> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ path }, () => resolve(new Raw(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /**
+   * After the server ACKed NBD_OPT_STARTTLS: runs the client side of the TLS handshake on the
+   * same socket (rejects if it fails); later reads and writes are encrypted.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<void> {
+    if (this.size > 0) throw new Error(`${this.size} plaintext bytes arrived after the STARTTLS ACK`);
+    this.sock.off('data', this.onData);
+    const t = tls.connect({ ...options, socket: this.sock });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', resolve);
+      t.once('error', reject);
+      t.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    this.sock = t;
+    t.on('data', this.onData);
+    t.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    t.on('error', () => {});
   }
 
   private wake() {
@@ -121,9 +152,9 @@ export class Raw {
     }
   }
 
-  /** Full fixed-newstyle handshake with NBD_OPT_GO. Returns size and transmission flags. */
-  async handshake(name: string, opts: { structured?: boolean; meta?: boolean } = {}): Promise<{ size: number; flags: number }> {
-    await this.greet(3);
+  /** Fixed-newstyle handshake with NBD_OPT_GO (after the greeting, unless `greeted`). Returns size and transmission flags. */
+  async handshake(name: string, opts: { structured?: boolean; meta?: boolean; greeted?: boolean } = {}): Promise<{ size: number; flags: number }> {
+    if (!opts.greeted) await this.greet(3);
     if (opts.structured) {
       this.sendOption(OPT.STRUCTURED_REPLY);
       const r = await this.optionReply();
