@@ -44,7 +44,7 @@ export function upgradeToTls(raw: Socket, creds: TlsCredentials): TlsUpgrade {
   const ready = new Promise<NbdSession>((resolve, reject) => {
     const onError = (e: Error) => {
       // OpenSSL errors carry a short `reason` ("no shared cipher"); the message is a long code path.
-      const why = refusedIdentity !== null ? `unknown PSK identity ${JSON.stringify(refusedIdentity)}` : ((e as { reason?: string }).reason ?? e.message);
+      const why = refusedIdentity !== null ? `no key for PSK identity ${JSON.stringify(refusedIdentity)}` : ((e as { reason?: string }).reason ?? e.message);
       reject(new TlsHandshakeError(`TLS handshake failed: ${why}`));
     };
     const onClose = () => reject(new TlsHandshakeError('the client closed the connection during the TLS handshake'));

@@ -11,7 +11,7 @@ export interface TlsKeys {
   serverDir: string;
   /** libnbd tls-certificates= / QEMU tls-creds-x509 dir: ca-cert.pem, client-cert.pem (CN "alice"), client-key.pem. */
   clientDir: string;
-  /** Trusts the server's CA, but its client certificate (CN "mallory") is signed by another CA. */
+  /** Trusts the server's CA, but its client certificate (CN "mallory") is signed by another CA of the same name. */
   strangerDir: string;
   /** Trusts the server's CA, holds no client certificate. */
   anonymousDir: string;
@@ -88,7 +88,8 @@ export async function makeTlsKeys(): Promise<TlsKeys> {
   const ca = d('ca');
   const otherCa = d('other-ca');
   await makeCa(ca, 'Shoal test CA');
-  await makeCa(otherCa, 'Some other CA');
+  // An impostor CA with the same name: clients offer its certificates, so the signature check is what refuses them.
+  await makeCa(otherCa, 'Shoal test CA');
 
   const serverDir = d('server');
   await issue(ca, serverDir, 'server', 'organization = Shoal tests\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n');

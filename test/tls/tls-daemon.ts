@@ -2,7 +2,7 @@
 // STARTTLS itself (Node's tls.connect over the same socket) for what real clients never send.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import type { TlsKeys } from '../helpers/tls-keys.js';
 import { Raw, OPT, REP, CMD } from '../nbd/raw.js';
@@ -75,3 +75,19 @@ export async function patternIntact(d: Daemon, creds: Credentials): Promise<void
 }
 
 export type { TlsKeys };
+
+/** An nbds:// (TCP) or nbds+unix:// URI for libnbd tools, with the credentials as query parameters. */
+export function libnbdUri(d: Daemon, exportName: string, creds: Credentials, via: 'tcp' | 'unix' = 'tcp'): string {
+  const params = 'psk' in creds ? `tls-psk-file=${creds.psk.file}` : `tls-certificates=${creds.x509.dir}`;
+  const user = 'psk' in creds ? `${creds.psk.identity}@` : '';
+  const name = encodeURIComponent(exportName);
+  return via === 'tcp' ? `nbds://${user}127.0.0.1:${d.nbdPort}/${name}?${params}` : `nbds+unix://${user}/${name}?socket=${d.nbdSocket}&${params}`;
+}
+
+/** qemu-img/qemu-io arguments opening an export over TLS: --object tls-creds-* and --image-opts. */
+export function qemuTlsArgs(d: Daemon, exportName: string, creds: Credentials, via: 'tcp' | 'unix' = 'tcp'): string[] {
+  const object = 'psk' in creds ? `tls-creds-psk,id=tls0,endpoint=client,dir=${dirname(creds.psk.file)},username=${creds.psk.identity}` : `tls-creds-x509,id=tls0,endpoint=client,dir=${creds.x509.dir}`;
+  // Over a Unix socket there is no host name to check the server certificate against: name it.
+  const server = via === 'tcp' ? `host=127.0.0.1,port=${d.nbdPort}` : `server.type=unix,server.path=${d.nbdSocket},tls-hostname=localhost`;
+  return ['--object', object, '--image-opts', `driver=nbd,${server},export=${exportName},tls-creds=tls0`];
+}
