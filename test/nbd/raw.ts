@@ -113,6 +113,16 @@ export class Raw {
     this.sock.write(b);
   }
 
+  /** From now on incoming bytes are only counted, not kept (for clients that ignore big replies). */
+  discardIncoming(): () => number {
+    let n = this.size;
+    this.chunks = [];
+    this.size = 0;
+    this.sock.off('data', this.onData);
+    this.sock.on('data', (b: Buffer) => (n += b.length));
+    return () => n;
+  }
+
   destroy(): void {
     this.sock.destroy();
   }
