@@ -132,7 +132,7 @@ class PskCredentials implements TlsCredentials {
   }
 
   private reloadIfChanged(): void {
-    let st: Stats | null = null;
+    let st: Stats;
     try {
       st = statSync(this.path);
     } catch (e) {

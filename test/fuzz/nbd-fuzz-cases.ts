@@ -3,8 +3,8 @@
 // greeting phase (sometimes garbage before or instead of the client flags), optionally STARTTLS
 // and a TLS handshake (sometimes garbage in place of the ClientHello), then either malformed
 // handshake options or, after a valid NBD_OPT_GO, malformed transmission requests.
+import { optionMessage } from '../nbd/raw.js';
 
-const IHAVEOPT = 0x49484156454f5054n;
 const REQUEST_MAGIC = 0x25609513;
 const MAX_PAYLOAD = 32 * 1024 * 1024;
 /** Real payload bytes a case sends at most (bigger claimed lengths are sent truncated). */
@@ -80,14 +80,6 @@ const u16 = (v: number) => {
 };
 const str = (s: string) => Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
 
-function option(opt: number, data: Buffer, length = data.length): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeBigUInt64BE(IHAVEOPT, 0);
-  h.writeUInt32BE(opt >>> 0, 8);
-  h.writeUInt32BE(length >>> 0, 12);
-  return Buffer.concat([h, data]);
-}
-
 const INTERESTING_U32 = [0, 1, 2, 3, 4, 6, 7, 8, 16, 255, 256, 4095, 4096, 4097, 65535, 65536, 65537, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff, MAX_PAYLOAD, MAX_PAYLOAD + 1];
 const NAMES = (t: Target) => [t.writable, t.readOnly, '', 'nope', 'a'.repeat(4097), '\u00e9t\u00e9', 'x\u0000y'];
 
@@ -101,23 +93,23 @@ function validOption(r: Rng, t: Target): Buffer {
   const opt = r.chance(0.9) ? 1 + r.int(11) : r.pick([0, 12, 99, 0x7fffffff, 0xffffffff, r.int(2 ** 32)]);
   switch (opt) {
     case 1: // EXPORT_NAME
-      return option(opt, name(r, t));
+      return optionMessage(opt, name(r, t));
     case 6: // INFO
     case 7: {
       // GO
       const n = name(r, t);
       const infos = Array.from({ length: r.int(5) }, () => u16(r.chance(0.8) ? r.int(4) : r.int(65536)));
-      return option(opt, Buffer.concat([u32(n.length), n, u16(infos.length), ...infos]));
+      return optionMessage(opt, Buffer.concat([u32(n.length), n, u16(infos.length), ...infos]));
     }
     case 9: // LIST_META_CONTEXT
     case 10: {
       // SET_META_CONTEXT
       const queries = Array.from({ length: r.int(4) }, () => str(r.pick(['base:allocation', 'base:', 'qemu:dirty-bitmap:x', '', 'nope:nope'])));
       const n = name(r, t);
-      return option(opt, Buffer.concat([u32(n.length), n, u32(queries.length), ...queries]));
+      return optionMessage(opt, Buffer.concat([u32(n.length), n, u32(queries.length), ...queries]));
     }
     default: // ABORT, LIST, STARTTLS, STRUCTURED_REPLY, EXTENDED_HEADERS and unknown ones take no data
-      return option(opt, r.chance(0.85) ? Buffer.alloc(0) : r.bytes(r.int(16)));
+      return optionMessage(opt, r.chance(0.85) ? Buffer.alloc(0) : r.bytes(r.int(16)));
   }
 }
 
@@ -221,7 +213,7 @@ export function makeCase(seed: number, index: number, t: Target): FuzzCase {
       const roll = r.next();
       if (roll < 0.6) messages.push(validOption(r, t));
       else if (roll < 0.9) messages.push(mutate(r, validOption(r, t), [12, 16, 20]));
-      else if (roll < 0.95) messages.push(option(r.int(12), Buffer.alloc(0), r.pick(INTERESTING_U32))); // a huge claimed length
+      else if (roll < 0.95) messages.push(optionMessage(r.int(12), Buffer.alloc(0), r.pick(INTERESTING_U32))); // a huge claimed length
       else messages.push(r.bytes(1 + r.int(256)));
     }
   } else {

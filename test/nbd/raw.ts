@@ -138,11 +138,7 @@ export class Raw {
   }
 
   sendOption(opt: number, data: Buffer = Buffer.alloc(0), lengthOverride?: number): void {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(IHAVEOPT, 0);
-    h.writeUInt32BE(opt, 8);
-    h.writeUInt32BE(lengthOverride ?? data.length, 12);
-    this.write(Buffer.concat([h, data]));
+    this.write(optionMessage(opt, data, lengthOverride));
   }
 
   async optionReply(): Promise<{ opt: number; type: number; data: Buffer }> {
@@ -220,6 +216,15 @@ export class Raw {
     const type = r.readUInt16BE(2);
     return { structured: true, error: type & 0x8000 ? payload.readUInt32BE(0) : 0, handle: r.readBigUInt64BE(4), type, flags: r.readUInt16BE(0), payload };
   }
+}
+
+/** An option request: IHAVEOPT, the option, its length (or a lie about it), its data. */
+export function optionMessage(opt: number, data: Buffer = Buffer.alloc(0), length = data.length): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeBigUInt64BE(IHAVEOPT, 0);
+  h.writeUInt32BE(opt >>> 0, 8);
+  h.writeUInt32BE(length >>> 0, 12);
+  return Buffer.concat([h, data]);
 }
 
 export function goData(name: string, infos: number[] = []): Buffer {

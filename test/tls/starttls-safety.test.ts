@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import type { Daemon } from '../helpers/daemon.js';
 import { needTools, run } from '../helpers/tools.js';
 import { haveGnutlsTools, makeTlsKeys, type TlsKeys } from '../helpers/tls-keys.js';
-import { Raw, OPT, REP, CMD, EINVAL, goData, metaQuery } from '../nbd/raw.js';
+import { Raw, OPT, REP, CMD, EINVAL, goData, metaQuery, optionMessage } from '../nbd/raw.js';
 import { startTlsDaemon, rawTls, patternIntact, tlsOptions, type Credentials, PATTERN } from './tls-daemon.js';
 
 const NBD_FLAG_SEND_DF = 1 << 7;
@@ -116,15 +116,8 @@ describe('STARTTLS safety', () => {
     for (const d of [on, req]) {
       const c = await Raw.connect(d.nbdPort);
       await c.greet(3);
-      const opt = (o: number, data = Buffer.alloc(0)) => {
-        const h = Buffer.alloc(16);
-        h.writeBigUInt64BE(0x49484156454f5054n, 0);
-        h.writeUInt32BE(o, 8);
-        h.writeUInt32BE(data.length, 12);
-        return Buffer.concat([h, data]);
-      };
       // One write: STARTTLS, then plaintext options a meddler appends (structured replies, LIST, GO).
-      c.write(Buffer.concat([opt(OPT.STARTTLS), opt(OPT.STRUCTURED_REPLY), opt(OPT.LIST), opt(OPT.GO, goData('v'))]));
+      c.write(Buffer.concat([optionMessage(OPT.STARTTLS), optionMessage(OPT.STRUCTURED_REPLY), optionMessage(OPT.LIST), optionMessage(OPT.GO, goData('v'))]));
       assert.equal((await c.optionReply()).type, REP.ACK);
       // startTls fails if any plaintext reply to the injected options arrived after the ACK.
       await c.startTls(tlsOptions(alice));
