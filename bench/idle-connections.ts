@@ -11,14 +11,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Raw, CMD } from '../test/nbd/raw.js';
-import { fio, fix, fmtBytes, median, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startShoal, systemHeader, tempDir, waitDedupIndexed, type FioResult } from './lib.js';
+import { cpuSeconds, fio, fix, fmtBytes, median, numEnv, parseSizeEnv, randomFile, ROOT, runMain, runOk, startShoal, systemHeader, tempDir, waitDedupIndexed, type FioResult } from './lib.js';
 
 const GOAL = 0.9;
-
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks (USER_HZ = 100)
-}
 
 function rssBytes(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
