@@ -3,6 +3,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Daemon, MAIN, ROOT } from '../test/helpers/daemon.js';
@@ -121,6 +122,8 @@ async function waitForFile(path: string, ms: number, proc?: ChildProcess, what =
 export interface Shoal {
   dataDir: string;
   nbdSocket: string;
+  /** NBD over TCP on 127.0.0.1. */
+  nbdPort: number;
   apiUrl: string;
   pid: number;
   unixUri(exportName: string): string;
@@ -150,6 +153,7 @@ export async function startShoal(cacheSize = '1G', extraArgs: string[] = []): Pr
   const shoal: Shoal = {
     dataDir: d.dataDir,
     nbdSocket: d.nbdSocket,
+    nbdPort: d.nbdPort,
     apiUrl: d.apiUrl,
     pid: d.proc.pid!,
     unixUri: (e) => d.unixUri(e),
@@ -174,21 +178,24 @@ export async function apiOk<T = any>(s: Shoal, method: string, path: string, bod
 // ------------------------------------------------------------------ nbdkit
 
 export interface NbdServer {
-  socket: string;
   uri: string;
   proc: ChildProcess;
   stop(): Promise<void>;
 }
 
-/** Another NBD server (nbdkit, qemu-nbd) in the foreground, listening on `socket`; stopped at cleanup. */
-export async function startNbdServer(cmd: string, args: string[], socket: string): Promise<NbdServer> {
-  rmSync(socket, { force: true });
+/**
+ * Another NBD server (nbdkit, qemu-nbd) in the foreground, listening on the Unix socket `socket` or on
+ * TCP 127.0.0.1:port; stopped at cleanup.
+ */
+export async function startNbdServer(cmd: string, args: string[], socket: string | { port: number }): Promise<NbdServer> {
+  if (typeof socket === 'string') rmSync(socket, { force: true });
   const proc = spawnTracked(cmd, args);
   let log = '';
   proc.stdout!.on('data', (d) => (log += d.toString()));
   proc.stderr!.on('data', (d) => (log += d.toString()));
   try {
-    await waitForFile(socket, 20_000, proc, cmd);
+    if (typeof socket === 'string') await waitForFile(socket, 20_000, proc, cmd);
+    else await waitForPort(socket.port, 20_000, proc, cmd);
   } catch (e) {
     throw new Error(`${(e as Error).message}\n${log}`, { cause: e });
   }
@@ -199,7 +206,25 @@ export async function startNbdServer(cmd: string, args: string[], socket: string
     await exited;
   };
   onCleanup(stop);
-  return { socket, uri: `nbd+unix:///?socket=${socket}`, proc, stop };
+  const uri = typeof socket === 'string' ? `nbd+unix:///?socket=${socket}` : `nbd://127.0.0.1:${socket.port}/`;
+  return { uri, proc, stop };
+}
+
+async function waitForPort(port: number, ms: number, proc: ChildProcess, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const c = connect({ port, host: '127.0.0.1' }, () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once('error', () => resolve(false));
+    });
+    if (up) return;
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${what} exited before listening on port ${port}`);
+    if (Date.now() > end) throw new Error(`${what}: port ${port} not listening within ${ms} ms`);
+    await sleep(20);
+  }
 }
 
 /** nbdkit on a Unix socket, e.g. startNbdkit(dir, 'memory', ['1G']). */
@@ -231,12 +256,21 @@ export interface FioJob {
   runtimeSec?: number; // time_based when given
   rampSec?: number;
   extra?: string[];
+  /**
+   * Run fio with this HOME (as user nobody when we are root): libnbd then takes TLS certificates from
+   * HOME/.pki/libnbd, since fio's uri may not name local files (tls-certificates=). The directory
+   * must be writable by that user; fio's report goes there.
+   */
+  tlsHome?: string;
 }
 
 /** Runs one fio job with the nbd engine; the JSON report goes to a file (fio prints chatter on stdout). */
 export async function fio(job: FioJob, outDir: string): Promise<FioResult> {
   const { args, out } = fioArgs(job, outDir);
-  const r = await run('fio', args);
+  // TLS through libnbd's default certificate directory: libnbd refuses tls-certificates= in a URI
+  // from fio, but reads $HOME/.pki/libnbd; as root it would not, so fio runs as nobody then.
+  const asNobody = job.tlsHome && process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] : [];
+  const r = job.tlsHome ? await run(asNobody[0] ?? 'env', [...asNobody.slice(1), 'env', `HOME=${job.tlsHome}`, 'fio', ...args]) : await run('fio', args);
   if (r.status !== 0 || !existsSync(out)) throw new Error(`fio ${args.join(' ')} exited ${r.status}:\n${r.stderr}\n${r.stdout}`);
   return parseFio(readFileSync(out, 'utf8'));
 }
@@ -259,7 +293,7 @@ export function fioUntilStopped(job: Omit<FioJob, 'runtimeSec'>, outDir: string)
 }
 
 function fioArgs(job: FioJob, outDir: string): { args: string[]; out: string } {
-  const out = join(outDir, `fio-${process.hrtime.bigint()}.json`);
+  const out = join(job.tlsHome ?? outDir, `fio-${process.hrtime.bigint()}.json`);
   const args = [
     '--name=bench',
     '--ioengine=nbd',
@@ -298,6 +332,21 @@ export function parseFio(text: string): FioResult {
 }
 
 // ------------------------------------------------------------------ misc
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot report an ephemeral one). */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+export function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime in clock ticks (USER_HZ = 100)
+}
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -13,6 +13,7 @@ import { ChunkCache } from './cache/chunk-cache.js';
 import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
 import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
+import { loadTlsCredentials } from './nbd/tls-credentials.js';
 import { buildApi } from '../api/app.js';
 import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
@@ -34,9 +35,12 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw new ShoalError('not_supported', `the S3 store is not available yet: --store ${formatStoreUrl(config.store)} cannot be served by this version; run without --store to use the local data directory.`);
   }
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
+  const nbdLogger = logger.child({ c: 'nbd' });
   // Read before anything is opened: bad LISTEN_* variables change nothing.
   const inherited = inheritedSockets();
-  // The API's tokens and certificates are checked before the data directory is touched: a bad file stops the start with a sentence.
+  // Certificates, keys and the API's tokens are checked before the data directory is touched: a bad
+  // file stops the start with a sentence.
+  const tlsCredentials = config.tls.mode === 'off' ? null : loadTlsCredentials(config.tls, nbdLogger);
   const tokens = config.apiTokens ? TokenStore.open(config.apiTokens, logger.child({ c: 'api-tokens' })) : null;
   const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
   mkdirSync(config.dataDir, { recursive: true });
@@ -66,7 +70,14 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     throw e;
   }
   const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
-  const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
+  const nbd = new NbdServer({
+    provider: manager.exports,
+    observer: metrics,
+    logger: nbdLogger,
+    tls: { mode: config.tls.mode, credentials: tlsCredentials },
+    maxConnections: config.maxConnections,
+    handshakeTimeoutMs: testMs('SHOAL_TEST_HANDSHAKE_TIMEOUT_MS'),
+  });
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
 
   let nbdAddr: string | null;
@@ -79,7 +90,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
       const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
-    if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket);
+    if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket, config.nbdSocketMode);
     if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
     tokens?.watch();
   } catch (e) {
@@ -97,6 +108,8 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
       dataDir: config.dataDir,
       chunkSize: meta.chunkSize,
       cacheSize: config.cacheSize,
+      tls: config.tls.mode,
+      tlsAuth: tlsCredentials?.kind ?? null,
     },
     'shoal ready',
   );
@@ -141,8 +154,6 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
- * test can crash the daemon with half-released leaves committed; SHOAL_TEST_INTENT_PAUSE_MS holds a
- * reflink, dedupe or shrink that long after its intent is committed, so a test can crash it there.
  */
 function testMs(name: string): number | undefined {
   const v = process.env[name];

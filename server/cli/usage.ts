@@ -6,11 +6,23 @@ Daemon:
   shoal serve [--data-dir DIR] [--nbd HOST:PORT|none] [--nbd-socket PATH|none]
               [--api HOST:PORT] [--cache-size SIZE] [--chunk-size SIZE]
               [--dedup on|off] [--dedup-verify on|off] [--log-level LEVEL] [--config FILE]
-              [--api-tokens FILE] [--api-tls-certificates DIR] [--insecure]
+              [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
+              [--tls-verify-peer] [--tls-admins ID,...] [--insecure]
+              [--max-connections N] [--nbd-socket-mode MODE]
+              [--api-tokens FILE] [--api-tls-certificates DIR]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
-      or in a JSON config file. --api-tokens: clients need a bearer token (see
-      \`shoal token\`); an API on a non-loopback address without it needs --insecure.
-      --api-tls-certificates DIR: serve HTTPS (DIR/server-cert.pem, DIR/server-key.pem).
+      or in a JSON config file.
+      --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
+      --tls-certificates DIR     X.509: DIR/ca-cert.pem, server-cert.pem, server-key.pem
+      --tls-psk FILE             pre-shared keys, psktool's identity:hexkey lines
+      --tls-verify-peer          X.509: require a client certificate signed by ca-cert.pem
+      --tls-admins ID,...        TLS identities (PSK identity, certificate CN) that see all volumes
+      --insecure                 allow NBD without --tls require, or the API without
+                                 --api-tokens, on a non-loopback address
+      --max-connections N        NBD connections at once (default 1024); more are refused
+      --nbd-socket-mode MODE     permission bits of the NBD Unix socket (default 0660)
+      --api-tokens FILE          API clients need a bearer token (see \`shoal token\`)
+      --api-tls-certificates DIR serve the API over HTTPS (DIR/server-cert.pem, server-key.pem)
 
 Volumes:
   shoal volume create NAME SIZE [--tenant T] [--domain DOMAIN]

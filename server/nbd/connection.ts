@@ -1,11 +1,15 @@
 // One client connection: socket framing, the handshake → transmission state machine, backpressure,
 // revoke, and cleanup (export.close(), observer.connectionClosed()), each exactly once.
+// After NBD_OPT_STARTTLS the plain socket is replaced by a TLSSocket on the same descriptor;
+// everything below (handshake reads, framing, replies, teardown) then uses that.
 
 import type { Socket } from 'node:net';
-import type { ExportProvider } from '../volume/export-port.js';
+import type { ExportProvider, NbdSession } from '../volume/export-port.js';
 import type { NbdObserver } from './observer.js';
-import { negotiate, ProtocolError, type Logger, type Negotiated } from './handshake.js';
+import { negotiate, ProtocolError, type Logger, type Negotiated, type TlsMode } from './handshake.js';
 import { Request, Transmission } from './transmission.js';
+import type { TlsCredentials } from './tls-credentials.js';
+import { TlsHandshakeError, upgradeToTls } from './tls-session.js';
 import * as C from './constants.js';
 
 /** Stop reading requests while this many reply bytes wait for the socket (bounds pinned cache frames). */
@@ -21,6 +25,10 @@ export interface ConnectionOptions {
   maxInFlightBytes: number;
   /** Reading pauses while this many requests are in flight. */
   maxInFlightRequests: number;
+  /** NBD_OPT_STARTTLS: off, or on/require with the credentials to use. */
+  tls?: { mode: Exclude<TlsMode, 'off'>; credentials: TlsCredentials };
+  /** Over the connection limit: refuse every option with this message (see HandshakeOptions.refuse). */
+  refuse?: string;
 }
 
 const enum Phase {
@@ -106,7 +114,10 @@ class ByteQueue {
 const closedError = () => Object.assign(new Error('connection closed'), { code: 'ECONNCLOSED' });
 
 export class NbdConnection {
-  readonly sock: Socket;
+  /** The client's stream: the accepted socket, or the TLSSocket over it after STARTTLS. */
+  private sock: Socket;
+  /** The accepted socket (same as sock until STARTTLS). */
+  private readonly raw: Socket;
   private readonly opts: ConnectionOptions;
   private readonly log: Logger;
   private phase = Phase.Handshake;
@@ -117,6 +128,7 @@ export class NbdConnection {
   private exportClosed = false;
   private closedNotified = false;
   private revokedEarly = false;
+  private closeHandled = false;
   /** Resolves when the socket has closed and the export is released. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;
@@ -142,33 +154,68 @@ export class NbdConnection {
   private disconnecting = false;
 
   constructor(sock: Socket, opts: ConnectionOptions) {
-    this.sock = sock;
+    this.sock = this.raw = sock;
     this.opts = opts;
     this.log = opts.log;
     this.peer = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'unix';
     this.done = new Promise((r) => (this.resolveDone = r));
-    try {
-      opts.observer?.connectionOpened();
-    } catch (e) {
-      this.log.error({ err: e }, 'nbd: observer failed');
+    if (!opts.refuse) {
+      try {
+        opts.observer?.connectionOpened();
+      } catch (e) {
+        this.log.error({ err: e }, 'nbd: observer failed');
+      }
     }
 
-    sock.on('data', (b: Buffer) => this.onData(b));
-    sock.on('error', (e) => this.log.debug({ err: e, peer: this.peer }, 'nbd: socket error'));
-    sock.on('close', () => this.onClose());
-    sock.on('drain', () => {
-      try {
-        this.maybeResume();
-      } catch (e) {
-        this.fatal(e);
-      }
-    });
+    this.listen(sock);
     this.handshakeTimer = setTimeout(() => {
-      this.log.warn({ peer: this.peer }, 'nbd: handshake timed out');
-      this.sock.destroy();
+      this.log.warn({ peer: this.peer, tls: this.sock !== this.raw }, 'nbd: handshake timed out');
+      this.destroy();
     }, opts.handshakeTimeoutMs);
     this.handshakeTimer.unref?.();
     void this.runHandshake();
+  }
+
+  private readonly onDataFn = (b: Buffer) => this.onData(b);
+  private readonly onDrainFn = () => {
+    try {
+      this.maybeResume();
+    } catch (e) {
+      this.fatal(e);
+    }
+  };
+  private readonly onCloseFn = () => this.onClose();
+
+  private listen(sock: Socket): void {
+    sock.on('data', this.onDataFn);
+    sock.on('error', (e) => this.log.debug({ err: e, peer: this.peer }, 'nbd: socket error'));
+    sock.on('close', this.onCloseFn);
+    sock.on('drain', this.onDrainFn);
+  }
+
+  /** Closes both layers at once (destroying a TLSSocket alone may leave its descriptor open). */
+  private destroy(): void {
+    this.sock.destroy();
+    if (this.sock !== this.raw) this.raw.destroy();
+  }
+
+  /**
+   * STARTTLS was acknowledged: drop what the client sent after it in plaintext (never parsed),
+   * then run the TLS handshake on the same descriptor. Called synchronously after the ACK is
+   * queued, in the same tick as the STARTTLS option was read, so no later plaintext is delivered.
+   */
+  private startTls(): Promise<NbdSession> {
+    const creds = this.opts.tls!.credentials;
+    const injected = this.hq.drain().reduce((n, b) => n + b.length, 0);
+    if (injected > 0) this.log.info({ peer: this.peer, bytes: injected }, 'nbd: discarded plaintext sent after STARTTLS');
+    // Stop delivering plaintext; what the socket still buffers goes to the TLS layer.
+    this.raw.off('data', this.onDataFn);
+    this.raw.off('drain', this.onDrainFn);
+    this.raw.pause();
+    const up = upgradeToTls(this.raw, creds);
+    this.sock = up.sock;
+    this.listen(up.sock);
+    return up.ready;
   }
 
   private async runHandshake(): Promise<void> {
@@ -180,15 +227,24 @@ export class NbdConnection {
           write: (b) => {
             if (!this.sock.destroyed) this.sock.write(b);
           },
+          startTls: this.opts.tls ? () => this.startTls() : undefined,
         },
-        { provider: this.opts.provider, onRevoke: () => this.revoke(), log: this.log },
+        {
+          provider: this.opts.provider,
+          onRevoke: () => this.revoke(),
+          log: this.log,
+          peer: this.peer,
+          tls: this.opts.tls?.mode ?? 'off',
+          refuse: this.opts.refuse,
+          maxOptions: this.opts.refuse ? 16 : undefined,
+        },
       );
     } catch (e) {
       if ((e as { code?: string }).code !== 'ECONNCLOSED') {
-        if (e instanceof ProtocolError) this.log.info({ peer: this.peer, reason: e.message }, 'nbd: handshake failed, closing');
+        if (e instanceof ProtocolError || e instanceof TlsHandshakeError) this.log.info({ peer: this.peer, reason: e.message }, 'nbd: handshake failed, closing');
         else this.log.error({ err: e, peer: this.peer }, 'nbd: handshake error');
       }
-      this.sock.destroy();
+      this.destroy();
       return;
     }
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
@@ -207,7 +263,7 @@ export class NbdConnection {
     }
     this.phase = Phase.Transmission;
     this.tx = new Transmission({ sock: this.sock, neg, observer: this.opts.observer, log: this.log, onSettled: () => this.onSettled() });
-    this.log.debug({ peer: this.peer, export: neg.exportName, structured: neg.structured }, 'nbd: transmission');
+    this.log.debug({ peer: this.peer, export: neg.exportName, structured: neg.structured, tls: neg.session.tls, identity: neg.session.identity }, 'nbd: transmission');
     if (this.revokedEarly) this.revoke();
     for (const b of this.hq.drain()) this.onData(b);
   }
@@ -220,7 +276,7 @@ export class NbdConnection {
       // A well-behaved client never has more than one option (≤ 64 KiB) outstanding.
       if (this.hq.size > 4 * C.MAX_OPTION_LENGTH) {
         this.log.info({ peer: this.peer }, 'nbd: client flooded the handshake, closing');
-        this.sock.destroy();
+        this.destroy();
       }
       return;
     }
@@ -240,7 +296,7 @@ export class NbdConnection {
   private fatal(e: unknown): void {
     this.log.error({ err: e, peer: this.peer }, 'nbd: internal error, closing connection');
     this.phase = Phase.Closing;
-    this.sock.destroy();
+    this.destroy();
   }
 
   /** True when reading must stop until in-flight work (or unsent replies) drains. */
@@ -427,7 +483,7 @@ export class NbdConnection {
     // anything that still arrives.
     this.sock.end();
     this.sock.resume();
-    setTimeout(() => this.sock.destroy(), 5000).unref();
+    setTimeout(() => this.destroy(), 5000).unref();
   }
 
   private onSettled(): void {
@@ -466,7 +522,7 @@ export class NbdConnection {
    */
   shutdown(graceMs = 5000): Promise<void> {
     if (this.phase === Phase.Handshake || !this.tx) {
-      this.sock.destroy();
+      this.destroy();
       return this.done;
     }
     if (this.phase === Phase.Transmission) {
@@ -481,11 +537,15 @@ export class NbdConnection {
       t.unref();
       void this.done.then(() => clearTimeout(t));
     }
-    setTimeout(() => this.sock.destroy(), graceMs + 1000).unref();
+    setTimeout(() => this.destroy(), graceMs + 1000).unref();
     return this.done;
   }
 
   private onClose(): void {
+    // After STARTTLS both layers report their close.
+    if (this.closeHandled) return;
+    this.closeHandled = true;
+    this.destroy();
     this.phase = Phase.Closed;
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
@@ -496,7 +556,7 @@ export class NbdConnection {
       this.tx.closed = true;
       if (this.tx.inFlight === 0) this.releaseExport();
     } else if (this.neg) this.releaseExport();
-    if (!this.closedNotified) {
+    if (!this.closedNotified && !this.opts.refuse) {
       this.closedNotified = true;
       try {
         this.opts.observer?.connectionClosed();

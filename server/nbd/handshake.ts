@@ -2,17 +2,29 @@
 // until NBD_OPT_GO / NBD_OPT_EXPORT_NAME selects an export, the client aborts, or it misbehaves.
 //
 // The handshake is not a hot path, so it is written as straightforward async code over a
-// `read(n)` primitive supplied by the connection. TLS (NBD_OPT_STARTTLS) is refused with
-// NBD_REP_ERR_POLICY for now; adding it means: reply ACK, let the connection swap its transport
-// for a TLSSocket (HandshakeIO.startTls), and continue the same option loop over it.
+// `read(n)` primitive supplied by the connection.
+//
+// TLS (NBD_OPT_STARTTLS, nbdkit's semantics): after the ACK the connection swaps its transport for
+// a TLSSocket (HandshakeIO.startTls) and the same option loop goes on over it, with everything
+// negotiated in plaintext forgotten (structured replies, meta contexts: CVE-2021-3716). With
+// `require`, only STARTTLS and ABORT are served before TLS: other options get
+// NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME (which cannot be refused) closes the connection.
 
-import type { BlockExport, ExportProvider } from '../volume/export-port.js';
+import type { BlockExport, ExportProvider, NbdSession } from '../volume/export-port.js';
 import * as C from './constants.js';
+
+export type TlsMode = 'off' | 'on' | 'require';
 
 export interface HandshakeIO {
   /** Resolves with exactly n bytes; rejects when the connection goes away. */
   read(n: number): Promise<Buffer>;
   write(buf: Buffer): void;
+  /**
+   * Called right after the STARTTLS ACK is written: from now on input is TLS. Anything the client
+   * sent after STARTTLS in plaintext must be dropped. Resolves once the client is authenticated;
+   * rejects if the TLS handshake fails (the connection is then closed).
+   */
+  startTls?(): Promise<NbdSession>;
 }
 
 export interface Logger {
@@ -27,8 +39,17 @@ export interface HandshakeOptions {
   /** Passed to ExportProvider.openExport for the export chosen with GO / EXPORT_NAME. */
   onRevoke: () => void;
   log?: Logger;
+  /** The client's address, for log lines. */
+  peer?: string;
   /** Options accepted before we give up on the client (DoS guard). */
   maxOptions?: number;
+  /** NBD_OPT_STARTTLS policy (default off); on/require need HandshakeIO.startTls. */
+  tls?: TlsMode;
+  /**
+   * Serve nothing: every option but ABORT gets NBD_REP_ERR_SHUTDOWN with this message (the
+   * server is over its connection limit). EXPORT_NAME, which cannot be refused, closes.
+   */
+  refuse?: string;
 }
 
 export interface Negotiated {
@@ -44,6 +65,7 @@ export interface Negotiated {
   /** Largest READ/WRITE payload accepted. */
   maxPayload: number;
   minBlock: number;
+  session: NbdSession;
 }
 
 /** A violation that ends the connection (logged by the caller at debug/warn level). */
@@ -122,6 +144,7 @@ function u32String(s: string, extra?: string): Buffer {
 export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promise<Negotiated | null> {
   const { provider } = opts;
   const maxOptions = opts.maxOptions ?? 10_000;
+  const tlsMode = opts.tls ?? 'off';
 
   const greeting = Buffer.allocUnsafe(18);
   greeting.writeBigUInt64BE(C.NBDMAGIC, 0);
@@ -134,6 +157,8 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
   const fixed = (clientFlags & C.NBD_FLAG_C_FIXED_NEWSTYLE) !== 0;
   const noZeroes = (clientFlags & C.NBD_FLAG_C_NO_ZEROES) !== 0;
 
+  let session: NbdSession = { tls: false, identity: null };
+  let tlsRequiredLogged = false;
   let structured = false;
   // Meta contexts selected with SET_META_CONTEXT, and the export name they were selected for:
   // a later GO for a different export discards them (as nbdkit does).
@@ -159,14 +184,28 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
       throw new ProtocolError(`option ${option} from a non-fixed-newstyle client`);
     }
 
+    if (option !== C.NBD_OPT_ABORT && (opts.refuse !== undefined || (tlsMode === 'require' && !session.tls && option !== C.NBD_OPT_STARTTLS))) {
+      // EXPORT_NAME has no error reply: the spec says to terminate the session.
+      if (option === C.NBD_OPT_EXPORT_NAME) {
+        throw new ProtocolError(opts.refuse !== undefined ? `EXPORT_NAME refused: ${opts.refuse}` : 'EXPORT_NAME in plaintext while TLS is required');
+      }
+      if (opts.refuse !== undefined) error(option, C.NBD_REP_ERR_SHUTDOWN, opts.refuse);
+      else {
+        if (!tlsRequiredLogged) opts.log?.info({ peer: opts.peer, option }, 'nbd: plaintext client refused: TLS is required');
+        tlsRequiredLogged = true;
+        error(option, C.NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+      }
+      continue;
+    }
+
     switch (option) {
       case C.NBD_OPT_EXPORT_NAME: {
         const raw = decodeString(data);
         const name = raw === null ? null : resolveName(raw);
-        const exp = name === null ? null : provider.openExport(name, opts.onRevoke);
+        const exp = name === null ? null : provider.openExport(name, opts.onRevoke, session);
         // EXPORT_NAME cannot return an error: the spec says to terminate the session.
         if (!exp) throw new ProtocolError(`EXPORT_NAME: unknown export ${JSON.stringify(raw)}`);
-        const neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw);
+        const neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw, session);
         const b = Buffer.alloc(noZeroes ? 10 : 10 + 124);
         b.writeBigUInt64BE(BigInt(neg.size), 0);
         b.writeUInt16BE(neg.flags, 8);
@@ -183,13 +222,31 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
           error(option, C.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data');
           break;
         }
-        for (const e of provider.listExports()) reply(option, C.NBD_REP_SERVER, u32String(e.name, e.description));
+        for (const e of provider.listExports(session)) reply(option, C.NBD_REP_SERVER, u32String(e.name, e.description));
         reply(option, C.NBD_REP_ACK);
         break;
       }
 
       case C.NBD_OPT_STARTTLS:
-        error(option, C.NBD_REP_ERR_POLICY, 'TLS is not configured on this server');
+        if (length !== 0) {
+          error(option, C.NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+          break;
+        }
+        if (tlsMode === 'off' || !io.startTls) {
+          error(option, C.NBD_REP_ERR_POLICY, 'TLS is not configured on this server');
+          break;
+        }
+        if (session.tls) {
+          // One TLS session per connection: a second handshake is not offered.
+          error(option, C.NBD_REP_ERR_INVALID, 'TLS is already active on this connection');
+          break;
+        }
+        reply(option, C.NBD_REP_ACK);
+        session = await io.startTls();
+        // Nothing negotiated in plaintext survives (a meddler may have sent it).
+        structured = false;
+        metaExport = null;
+        baseAllocation = false;
         break;
 
       case C.NBD_OPT_STRUCTURED_REPLY:
@@ -230,7 +287,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         let exp: BlockExport | null = null;
         if (name !== null) {
           try {
-            exp = provider.openExport(name, option === C.NBD_OPT_GO ? opts.onRevoke : noop);
+            exp = provider.openExport(name, option === C.NBD_OPT_GO ? opts.onRevoke : noop, session);
           } catch (e) {
             opts.log?.warn({ err: e, export: name }, 'nbd: opening export failed');
             error(option, C.NBD_REP_ERR_UNKNOWN, `cannot open export ${JSON.stringify(name)}: ${(e as Error)?.message ?? e}`);
@@ -243,7 +300,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         }
         let neg: Negotiated;
         try {
-          neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw);
+          neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw, session);
           sendInfo(reply, option, neg, exp, requests);
         } catch (e) {
           exp.close();
@@ -294,7 +351,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
 
 function noop() {}
 
-function negotiated(exp: BlockExport, name: string, structured: boolean, baseAllocation: boolean): Negotiated {
+function negotiated(exp: BlockExport, name: string, structured: boolean, baseAllocation: boolean, session: NbdSession): Negotiated {
   const bs = blockSizeOf(exp);
   return {
     export: exp,
@@ -305,6 +362,7 @@ function negotiated(exp: BlockExport, name: string, structured: boolean, baseAll
     baseAllocation: structured && baseAllocation,
     maxPayload: bs.maximum,
     minBlock: bs.minimum,
+    session,
   };
 }
 

@@ -58,15 +58,26 @@ export interface ExportListing {
   description: string;
 }
 
+/**
+ * Who is on the other end of a connection, as far as the transport knows, so the provider can
+ * decide what this client may list and open. Fixed once TLS is up (nothing before STARTTLS counts).
+ */
+export interface NbdSession {
+  /** The connection is encrypted (NBD_OPT_STARTTLS completed). */
+  tls: boolean;
+  /** The PSK identity, or the client certificate's CN with --tls-verify-peer; null otherwise. */
+  identity: string | null;
+}
+
 /** What the NBD engine asks of the rest of the daemon. */
 export interface ExportProvider {
-  listExports(): ExportListing[];
+  listExports(session: NbdSession): ExportListing[];
   /**
-   * Opens the named export for one connection, or returns null if there is none.
-   * `onRevoke` is called if the export goes away (volume deleted with force): the
-   * connection should then fail in-flight and later requests with ESHUTDOWN and close.
+   * Opens the named export for one connection, or returns null if there is none (or this
+   * session may not see it). `onRevoke` is called if the export goes away (volume deleted with
+   * force): the connection should then fail in-flight and later requests with ESHUTDOWN and close.
    */
-  openExport(name: string, onRevoke: () => void): BlockExport | null;
+  openExport(name: string, onRevoke: () => void, session: NbdSession): BlockExport | null;
   /** The export a client gets when it asks for the empty name "", if any. */
   defaultExportName(): string | null;
 }

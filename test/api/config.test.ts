@@ -72,10 +72,14 @@ test('defaults', () => {
   assert.equal(c.chunkSize, undefined);
   assert.equal(c.logLevel, 'info');
   assert.equal(c.configFile, null);
+  assert.deepEqual(c.tls, { mode: 'off', certificates: null, psk: null, verifyPeer: false, admins: [] });
+  assert.equal(c.insecure, false);
+  assert.equal(c.maxConnections, 1024);
+  assert.equal(c.nbdSocketMode, 0o660);
 });
 
 test('flags, both spellings; the socket follows the data directory', () => {
-  const c = loadConfig(['--data-dir', '/srv/shoal', '--nbd=0.0.0.0:0', '--api', '[::1]:9000', '--cache-size', '256M', '--chunk-size=128K', '--log-level', 'debug'], {});
+  const c = loadConfig(['--data-dir', '/srv/shoal', '--nbd=0.0.0.0:0', '--insecure', '--api', '[::1]:9000', '--cache-size', '256M', '--chunk-size=128K', '--log-level', 'debug'], {});
   assert.equal(c.dataDir, '/srv/shoal');
   assert.equal(c.nbdSocket, '/srv/shoal/nbd.sock');
   assert.deepEqual(c.nbd, { host: '0.0.0.0', port: 0 });
@@ -104,11 +108,12 @@ test('environment variables', () => {
     SHOAL_LOG_LEVEL: 'warn',
     SHOAL_API_TOKENS: '/etc/shoal/api-tokens.json',
     SHOAL_API_TLS_CERTIFICATES: '/etc/shoal/api-tls',
+    SHOAL_INSECURE: 'on',
   });
   assert.equal(c.dataDir, '/var/lib/shoal');
   assert.equal(c.apiTokens, '/etc/shoal/api-tokens.json');
   assert.equal(c.apiTlsCertificates, '/etc/shoal/api-tls');
-  assert.equal(c.insecure, false);
+  assert.equal(c.insecure, true);
   assert.deepEqual(c.nbd, { host: '0.0.0.0', port: 10809 });
   assert.equal(c.nbdSocket, '/run/shoal/nbd.sock');
   assert.deepEqual(c.api, { host: '0.0.0.0', port: 10880 });
@@ -151,7 +156,7 @@ test('config file errors are sentences', (t) => {
   assert.throws(() => loadConfig(['--config', write('bad.json', '{nope')], {}), invalid('invalid_request', /not valid JSON/));
   assert.throws(() => loadConfig(['--config', write('arr.json', '[]')], {}), invalid('invalid_request', /JSON object/));
   assert.throws(() => loadConfig(['--config', write('unk.json', '{"colour":"blue"}')], {}), invalid('invalid_request', /unknown setting "colour"/));
-  assert.throws(() => loadConfig(['--config', write('obj.json', '{"api":{"host":"x"}}')], {}), invalid('invalid_request', /string or a number/));
+  assert.throws(() => loadConfig(['--config', write('obj.json', '{"api":{"host":"x"}}')], {}), invalid('invalid_request', /must be a string, a number, a boolean or null/));
   assert.throws(() => loadConfig(['--config', write('size.json', '{"cacheSize":"big"}')], {}), invalid('invalid_request', /config file .* "big" is not a size/));
 });
 
@@ -189,4 +194,56 @@ test('an API reachable beyond this machine needs --api-tokens, or --insecure', (
   for (const api of ['127.0.0.1:10880', '127.1.2.3:1', '[::1]:10880', 'localhost:10880', '[::ffff:127.0.0.1]:1']) {
     assert.equal(loadConfig(['--api', api], {}).insecure, false, api);
   }
+});
+
+test('TLS settings: nbdkit\'s flags, switches without a value, paths resolved', () => {
+  const x = loadConfig(['--tls', 'require', '--tls-certificates', 'pki', '--tls-verify-peer', '--tls-admins', 'ops, root'], {});
+  assert.deepEqual(x.tls, { mode: 'require', certificates: resolve('pki'), psk: null, verifyPeer: true, admins: ['ops', 'root'] });
+  const p = loadConfig([], { SHOAL_TLS: 'on', SHOAL_TLS_PSK: '/etc/shoal/keys.psk', SHOAL_TLS_VERIFY_PEER: 'off' });
+  assert.deepEqual(p.tls, { mode: 'on', certificates: null, psk: '/etc/shoal/keys.psk', verifyPeer: false, admins: [] });
+  assert.equal(loadConfig(['--tls=yes', '--tls-psk=k'], {}).tls.mode, 'on');
+  assert.equal(loadConfig(['--tls', 'false'], {}).tls.mode, 'off');
+  // A switch never swallows the next argument.
+  const s = loadConfig(['--insecure', '--nbd', '0.0.0.0:0', '--tls-verify-peer=false', '--tls=on', '--tls-certificates=/pki'], {});
+  assert.equal(s.insecure, true);
+  assert.equal(s.tls.verifyPeer, false);
+});
+
+test('NBD beyond loopback needs --tls require or --insecure', () => {
+  for (const nbd of ['0.0.0.0:10809', '[::]:10809', '10.1.2.3:10809', 'nbd.example.com:10809']) {
+    assert.throws(() => loadConfig(['--nbd', nbd], {}), invalid('invalid_request', /not a loopback address, without --tls require.*--insecure/), nbd);
+    assert.throws(() => loadConfig(['--nbd', nbd, '--tls', 'on', '--tls-psk', 'k'], {}), invalid('invalid_request', /without --tls require/), nbd);
+    assert.ok(loadConfig(['--nbd', nbd, '--tls', 'require', '--tls-psk', 'k'], {}).nbd);
+    assert.ok(loadConfig(['--nbd', nbd, '--insecure'], {}).nbd);
+  }
+  for (const nbd of ['127.0.0.1:0', '127.9.9.9:1', '[::1]:0', 'localhost:0', '[::ffff:127.0.0.1]:0']) assert.ok(loadConfig(['--nbd', nbd], {}).nbd, nbd);
+});
+
+test('connection limit and socket mode', () => {
+  assert.equal(loadConfig(['--max-connections', '5'], {}).maxConnections, 5);
+  assert.equal(loadConfig(['--nbd-socket-mode', '0600'], {}).nbdSocketMode, 0o600);
+  assert.equal(loadConfig([], { SHOAL_NBD_SOCKET_MODE: '666' }).nbdSocketMode, 0o666);
+  assert.equal(loadConfig(['--nbd-socket-mode=0o640'], {}).nbdSocketMode, 0o640);
+});
+
+test('bad TLS, limit and mode settings are refused with a sentence', () => {
+  const cases: [string[], RegExp][] = [
+    [['--tls', 'maybe'], /--tls "maybe" must be off, on or require/],
+    [['--tls', 'on'], /--tls on needs credentials: --tls-certificates DIR .* or --tls-psk FILE/],
+    [['--tls', 'require', '--tls-psk', 'a', '--tls-certificates', 'b'], /--tls-certificates and --tls-psk are both set/],
+    [['--tls-psk', 'keys'], /--tls-psk has no effect while --tls is off/],
+    [['--tls-certificates', '/pki'], /--tls-certificates has no effect while --tls is off/],
+    [['--tls-verify-peer'], /--tls-verify-peer has no effect while --tls is off/],
+    [['--tls-admins', 'root'], /--tls-admins has no effect while --tls is off/],
+    [['--tls', 'on', '--tls-psk', 'k', '--tls-admins', 'a,,b'], /--tls-admins "a,,b" must be a comma-separated list/],
+    [['--tls', 'on', '--tls-psk', ''], /--tls-psk must not be empty/],
+    [['--tls-verify-peer=perhaps'], /--tls-verify-peer "perhaps" must be on or off/],
+    [['--max-connections', '0'], /--max-connections "0" must be a whole number of connections from 1/],
+    [['--max-connections', 'many'], /--max-connections "many"/],
+    [['--max-connections', '1.5'], /--max-connections "1.5"/],
+    [['--nbd-socket-mode', '999'], /--nbd-socket-mode "999" must be octal permission bits/],
+    [['--nbd-socket-mode', 'rw-rw----'], /--nbd-socket-mode/],
+    [['--nbd-socket-mode', '07777'], /--nbd-socket-mode/],
+  ];
+  for (const [argv, re] of cases) assert.throws(() => loadConfig(argv, {}), invalid('invalid_request', re), argv.join(' '));
 });

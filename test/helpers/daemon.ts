@@ -95,6 +95,15 @@ export class Daemon {
     if (r.status !== 201) throw new Error(`create ${name}: ${r.status} ${JSON.stringify(r.body)}`);
   }
 
+  /** Waits until the daemon's output matches (lines reach this process through a pipe, a little after the fact). */
+  async waitForLog(what: RegExp | ((log: string) => boolean), timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(typeof what === 'function' ? what(this.log) : what.test(this.log))) {
+      if (Date.now() > deadline) throw new Error(`no log line for ${what} in:\n${this.log.slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   /** Graceful stop (SIGTERM), waits for exit. */
   async stop(): Promise<void> {
     if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;

@@ -1,7 +1,7 @@
 // A small in-memory ExportProvider for protocol tests of the NBD engine (not the real volume store).
 // Sparse: only written 64 KiB pages hold memory, so multi-TiB exports cost nothing.
 import { ShoalError } from '../../server/errors.js';
-import type { BlockExport, ExportListing, ExportProvider, Extent, ZeroOptions } from '../../server/volume/export-port.js';
+import type { BlockExport, ExportListing, ExportProvider, Extent, NbdSession, ZeroOptions } from '../../server/volume/export-port.js';
 import { EXTENT_HOLE, EXTENT_ZERO, MAX_REQUEST_BYTES } from '../../server/volume/export-port.js';
 
 const PAGE = 65536;
@@ -109,7 +109,7 @@ export class MemoryProvider implements ExportProvider {
     for (const cb of this.open.get(name) ?? []) cb();
   }
 
-  listExports(): ExportListing[] {
+  listExports(_session?: NbdSession): ExportListing[] {
     return [...this.volumes.values()].map((v) => ({ name: v.name, description: describe(v) }));
   }
 
@@ -117,7 +117,7 @@ export class MemoryProvider implements ExportProvider {
     return this.volumes.keys().next().value ?? null;
   }
 
-  openExport(name: string, onRevoke: () => void): BlockExport | null {
+  openExport(name: string, onRevoke: () => void, _session?: NbdSession): BlockExport | null {
     const v = this.volumes.get(name);
     if (!v) return null;
     let set = this.open.get(name);

@@ -14,6 +14,7 @@ def connect(uri=URI, structured=True, meta=True, strict=True):
         h.add_meta_context('base:allocation')
     if not strict:
         h.set_strict_mode(0)
+    h.set_uri_allow_local_file(True)  # tls-certificates= / tls-psk-file= in nbds:// URIs
     h.connect_uri(uri)
     return h
 def expect_errno(code, fn, *args, **kw):

@@ -1,11 +1,12 @@
 // A deliberately dumb NBD client over a raw socket, for sending what real clients never would.
 import net from 'node:net';
+import tls from 'node:tls';
 
 export const NBDMAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;
 export const REPLY_MAGIC = 0x3e889045565a9n;
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7, STRUCTURED_REPLY: 8, LIST_META: 9, SET_META: 10 };
-export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006 };
+export const REP = { ACK: 1, SERVER: 2, INFO: 3, META_CONTEXT: 4, ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_TLS_REQD: 0x80000005, ERR_UNKNOWN: 0x80000006, ERR_SHUTDOWN: 0x80000007 };
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 };
 export const EPERM = 1;
 export const EINVAL = 22;
@@ -16,12 +17,13 @@ export class Raw {
   private size = 0;
   private waiters: (() => void)[] = [];
   closed = false;
-  private constructor(readonly sock: net.Socket) {
-    sock.on('data', (b) => {
-      this.chunks.push(b);
-      this.size += b.length;
-      this.wake();
-    });
+  private readonly onData = (b: Buffer) => {
+    this.chunks.push(b);
+    this.size += b.length;
+    this.wake();
+  };
+  private constructor(public sock: net.Socket) {
+    sock.on('data', this.onData);
     sock.on('close', () => {
       this.closed = true;
       this.wake();
@@ -34,6 +36,35 @@ export class Raw {
       const s = net.connect({ port, host }, () => resolve(new Raw(s)));
       s.once('error', reject);
     });
+  }
+
+  static connectUnix(path: string): Promise<Raw> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ path }, () => resolve(new Raw(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /**
+   * After the server ACKed NBD_OPT_STARTTLS: runs the client side of the TLS handshake on the
+   * same socket (rejects if it fails); later reads and writes are encrypted.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<void> {
+    if (this.size > 0) throw new Error(`${this.size} plaintext bytes arrived after the STARTTLS ACK`);
+    this.sock.off('data', this.onData);
+    const t = tls.connect({ ...options, socket: this.sock });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', resolve);
+      t.once('error', reject);
+      t.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    this.sock = t;
+    t.on('data', this.onData);
+    t.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    t.on('error', () => {});
   }
 
   private wake() {
@@ -82,6 +113,16 @@ export class Raw {
     this.sock.write(b);
   }
 
+  /** From now on incoming bytes are only counted, not kept (for clients that ignore big replies). */
+  discardIncoming(): () => number {
+    let n = this.size;
+    this.chunks = [];
+    this.size = 0;
+    this.sock.off('data', this.onData);
+    this.sock.on('data', (b: Buffer) => (n += b.length));
+    return () => n;
+  }
+
   destroy(): void {
     this.sock.destroy();
   }
@@ -97,11 +138,7 @@ export class Raw {
   }
 
   sendOption(opt: number, data: Buffer = Buffer.alloc(0), lengthOverride?: number): void {
-    const h = Buffer.alloc(16);
-    h.writeBigUInt64BE(IHAVEOPT, 0);
-    h.writeUInt32BE(opt, 8);
-    h.writeUInt32BE(lengthOverride ?? data.length, 12);
-    this.write(Buffer.concat([h, data]));
+    this.write(optionMessage(opt, data, lengthOverride));
   }
 
   async optionReply(): Promise<{ opt: number; type: number; data: Buffer }> {
@@ -121,9 +158,9 @@ export class Raw {
     }
   }
 
-  /** Full fixed-newstyle handshake with NBD_OPT_GO. Returns size and transmission flags. */
-  async handshake(name: string, opts: { structured?: boolean; meta?: boolean } = {}): Promise<{ size: number; flags: number }> {
-    await this.greet(3);
+  /** Fixed-newstyle handshake with NBD_OPT_GO (after the greeting, unless `greeted`). Returns size and transmission flags. */
+  async handshake(name: string, opts: { structured?: boolean; meta?: boolean; greeted?: boolean } = {}): Promise<{ size: number; flags: number }> {
+    if (!opts.greeted) await this.greet(3);
     if (opts.structured) {
       this.sendOption(OPT.STRUCTURED_REPLY);
       const r = await this.optionReply();
@@ -179,6 +216,15 @@ export class Raw {
     const type = r.readUInt16BE(2);
     return { structured: true, error: type & 0x8000 ? payload.readUInt32BE(0) : 0, handle: r.readBigUInt64BE(4), type, flags: r.readUInt16BE(0), payload };
   }
+}
+
+/** An option request: IHAVEOPT, the option, its length (or a lie about it), its data. */
+export function optionMessage(opt: number, data: Buffer = Buffer.alloc(0), length = data.length): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeBigUInt64BE(IHAVEOPT, 0);
+  h.writeUInt32BE(opt >>> 0, 8);
+  h.writeUInt32BE(length >>> 0, 12);
+  return Buffer.concat([h, data]);
 }
 
 export function goData(name: string, infos: number[] = []): Buffer {
