@@ -63,6 +63,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
         dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
         pauseAfterIntentMs: testMs('SHOAL_TEST_INTENT_PAUSE_MS'),
+        tlsAdmins: config.tls.admins,
       },
     );
   } catch (e) {

@@ -3,7 +3,7 @@
 import { ShoalError } from '../errors.js';
 import type { RootRecord, SnapshotRecord } from '../meta/volume-records.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
-import { MAX_REQUEST_BYTES, type BlockExport, type ExportListing, type ExportProvider, type Extent, type ReadResult, type ZeroOptions } from './export-port.js';
+import { MAX_REQUEST_BYTES, type BlockExport, type ExportListing, type ExportProvider, type Extent, type NbdSession, type ReadResult, type ZeroOptions } from './export-port.js';
 import { volumeOfExport } from './names.js';
 import type { ReadPath } from './read-path.js';
 import type { WritePath } from './write-path.js';
@@ -19,6 +19,8 @@ export interface ExportContext {
   flush(): Promise<void>;
   /** False once the daemon is shutting down: no new export is opened. */
   isOpen(): boolean;
+  /** TLS identities that see every tenant's volumes (--tls-admins). */
+  readonly admins: ReadonlySet<string>;
 }
 
 function checkRange(size: number, offset: number, length: number): void {
@@ -33,9 +35,22 @@ export class VolumeExports implements ExportProvider {
 
   constructor(private readonly ctx: ExportContext) {}
 
-  listExports(): ExportListing[] {
+  /**
+   * Whether a client may see a volume. Over TLS its identity (PSK identity, or certificate CN with
+   * --tls-verify-peer) is a tenant: it sees that tenant's volumes only, and a client without an
+   * identity those without a tenant; --tls-admins see all. Without TLS (loopback, the Unix socket,
+   * protected by where they listen) every volume is visible.
+   */
+  private visible(st: VolumeState, session: NbdSession | undefined): boolean {
+    if (!session?.tls) return true;
+    if (session.identity !== null && this.ctx.admins.has(session.identity)) return true;
+    return (st.record.tenant ?? null) === session.identity;
+  }
+
+  listExports(session?: NbdSession): ExportListing[] {
     const out: ExportListing[] = [];
     for (const st of this.ctx.states.values()) {
+      if (!this.visible(st, session)) continue;
       out.push({ name: st.name, description: `Shoal volume ${st.name} (${st.record.size} bytes, domain ${st.record.domain})` });
       for (const s of st.record.snapshots) out.push({ name: `${st.name}@${s.name}`, description: `Shoal snapshot ${s.name} of ${st.name} (read-only)` });
     }
@@ -46,11 +61,12 @@ export class VolumeExports implements ExportProvider {
     return this.ctx.states.size === 1 ? [...this.ctx.states.keys()][0] : null;
   }
 
-  openExport(name: string, onRevoke: () => void): BlockExport | null {
+  /** The named export, or null: another tenant's volume is answered exactly as one that does not exist. */
+  openExport(name: string, onRevoke: () => void, session?: NbdSession): BlockExport | null {
     if (!this.ctx.isOpen()) return null;
     const at = name.indexOf('@');
     const st = this.ctx.states.get(volumeOfExport(name));
-    if (!st) return null;
+    if (!st || !this.visible(st, session)) return null;
     const snapName = at < 0 ? undefined : name.slice(at + 1);
     const snap = snapName === undefined ? undefined : st.record.snapshots.find((s) => s.name === snapName);
     if (snapName !== undefined && !snap) return null;

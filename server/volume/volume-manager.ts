@@ -45,6 +45,8 @@ export interface VolumeManagerOptions {
   reclaimSliceMs?: number;
   /** Test-only: a pause after a multi-step operation commits its intent, so a test can crash there. */
   pauseAfterIntentMs?: number;
+  /** TLS identities that see every tenant's volumes over NBD (--tls-admins). */
+  tlsAdmins?: string[];
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -86,6 +88,7 @@ export class VolumeManager implements VolumeControl {
       cache,
       flush: () => this.commits.flush(),
       isOpen: () => !this.closing,
+      admins: new Set(opts.tlsAdmins ?? []),
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });

@@ -50,7 +50,7 @@ describe('NBD protocol fuzzer', { timeout: (SECONDS + 300) * 1000 }, () => {
       keys = await makeTlsKeys();
       creds = { psk: { file: keys.psk, identity: 'alice' } };
     }
-    const tlsArgs = keys ? ['--tls', 'on', '--tls-psk', keys.psk] : [];
+    const tlsArgs = keys ? ['--tls', 'on', '--tls-psk', keys.psk, '--tls-admins', 'alice'] : []; // alice sees every volume
     d = await startDaemon({ args: ['--cache-size', '64M', ...tlsArgs], env: { NODE_ENV: 'test', SHOAL_TEST_HANDSHAKE_TIMEOUT_MS: '5000' } });
     await d.createVolume('fuzz', TARGET.size);
     await d.createVolume('pattern', TARGET.size);

@@ -7,9 +7,13 @@ import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import type { TlsKeys } from '../helpers/tls-keys.js';
 import { Raw, OPT, REP, CMD } from '../nbd/raw.js';
 
-/** The daemon with these extra flags, a 2 s handshake timeout, and volume `v` holding PATTERN. */
+/**
+ * The daemon with these extra flags, a 2 s handshake timeout, and volume `v` holding PATTERN. The
+ * test identities alice, bob and carol are --tls-admins (they test the transport, and see every volume);
+ * test/tls/tenant-exports.test.ts is where identities are tenants.
+ */
 export async function startTlsDaemon(args: string[], client: (d: Daemon) => Promise<Raw>): Promise<Daemon> {
-  const d = await startDaemon({ args, env: { NODE_ENV: 'test', SHOAL_TEST_HANDSHAKE_TIMEOUT_MS: '2000' } });
+  const d = await startDaemon({ args: [...args, '--tls-admins', 'alice,bob,carol'], env: { NODE_ENV: 'test', SHOAL_TEST_HANDSHAKE_TIMEOUT_MS: '2000' } });
   await d.createVolume('v', VOLUME_SIZE);
   const c = await client(d);
   await c.handshake('v', { greeted: true });
