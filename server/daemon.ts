@@ -1,8 +1,8 @@
 // `shoal serve`: wires the layers together — volume store, NBD listeners, REST API — and runs
 // until SIGTERM/SIGINT, then flushes everything and exits.
 import pino from 'pino';
-import { mkdirSync } from 'node:fs';
-import type { Config } from './config.js';
+import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
+import { formatListenAddress, type Config } from './config.js';
 import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
@@ -43,7 +43,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const tlsCredentials = config.tls.mode === 'off' ? null : loadTlsCredentials(config.tls, nbdLogger);
   const tokens = config.apiTokens ? TokenStore.open(config.apiTokens, logger.child({ c: 'api-tokens' })) : null;
   const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
-  mkdirSync(config.dataDir, { recursive: true });
+  prepareDataDir(config.dataDir);
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
   // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
   const meta = MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE });
@@ -88,11 +88,11 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     // Sockets passed by systemd replace the listeners of their kind that the config names.
     ({ nbd: nbdAddr, nbdSocket, api: apiAddr } = await serveInherited(inherited, nbd, api));
     if (config.nbd && !nbdAddr) {
-      const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
+      const a = await listening('NBD', formatListenAddress(config.nbd), () => nbd.listenTcp(config.nbd!.host, config.nbd!.port));
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
-    if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket, config.nbdSocketMode);
-    if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+    if (config.nbdSocket && !nbdSocket) nbdSocket = await listening('NBD', config.nbdSocket, () => nbd.listenUnix(config.nbdSocket!, config.nbdSocketMode));
+    if (!apiAddr) apiAddr = await listening('the REST API', formatListenAddress(config.api), () => api.listen({ host: config.api.host, port: config.api.port }));
     tokens?.watch();
   } catch (e) {
     await nbd.close().catch(() => {});
@@ -135,6 +135,39 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   };
 }
 
+/** Creates the data directory if needed; one sentence if it cannot be used (start-up errors print no stack). */
+function prepareDataDir(dir: string): void {
+  const unusable = (why: string, cause?: unknown) => new ShoalError('data_dir_unusable', `cannot use the data directory ${dir}: ${why}`, { cause });
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOTDIR') throw unusable('it, or a part of its path, exists and is not a directory', e);
+    if (code === 'EACCES' || code === 'EPERM') throw unusable('permission denied (the daemon runs as a user that may not create it)', e);
+    if (code === 'EROFS') throw unusable('the filesystem is read-only', e);
+    throw unusable((e as Error).message, e);
+  }
+  if (!statSync(dir).isDirectory()) throw unusable('it exists and is not a directory');
+  try {
+    accessSync(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+  } catch (e) {
+    throw unusable('permission denied (the daemon must be able to read and write it)', e);
+  }
+}
+
+/** Starts a listener; a taken or forbidden address is one sentence naming what wanted it. */
+async function listening<T>(what: string, where: string, listen: () => Promise<T>): Promise<T> {
+  try {
+    return await listen();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: the address is already in use (another Shoal or NBD server?)`, { cause: e });
+    if (code === 'EACCES') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: permission denied`, { cause: e });
+    if (code === 'EADDRNOTAVAIL') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: no interface of this machine has that address`, { cause: e });
+    throw e;
+  }
+}
+
 /**
  * SHOAL_TEST_WEAK_FINGERPRINT=1 replaces BLAKE3 by a deliberately colliding fingerprint
  * (first 4 bytes of the chunk) so a test can prove that a fingerprint match alone never maps
@@ -142,7 +175,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
  */
 function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
   if (process.env.SHOAL_TEST_WEAK_FINGERPRINT !== '1') return undefined;
-  if (process.env.NODE_ENV !== 'test') throw new Error('SHOAL_TEST_WEAK_FINGERPRINT is a test-only hook and needs NODE_ENV=test');
+  if (process.env.NODE_ENV !== 'test') throw new ShoalError('invalid_request', 'SHOAL_TEST_WEAK_FINGERPRINT is a test-only hook and needs NODE_ENV=test');
   return (chunk) => {
     const fp = Buffer.alloc(32);
     chunk.copy(fp, 0, 0, 4);
@@ -159,9 +192,9 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
 function testMs(name: string): number | undefined {
   const v = process.env[name];
   if (v === undefined) return undefined;
-  if (process.env.NODE_ENV !== 'test') throw new Error(`${name} is a test-only hook and needs NODE_ENV=test`);
+  if (process.env.NODE_ENV !== 'test') throw new ShoalError('invalid_request', `${name} is a test-only hook and needs NODE_ENV=test`);
   const ms = Number(v);
-  if (!Number.isInteger(ms) || ms < 0) throw new Error(`${name} must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(ms) || ms < 0) throw new ShoalError('invalid_request', `${name} must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
   return ms;
 }
 
