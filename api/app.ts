@@ -11,6 +11,7 @@ import { ApiError, errorHandler, frameworkErrors, notFoundHandler } from './erro
 import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { rangeRoutes } from './routes/ranges.js';
+import { changeRoutes } from './routes/changes.js';
 import { systemRoutes } from './routes/system.js';
 
 export interface ApiOptions {
@@ -88,6 +89,7 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   await app.register(volumeRoutes, { control: opts.control });
   await app.register(snapshotRoutes, { control: opts.control });
   await app.register(rangeRoutes, { control: opts.control });
+  await app.register(changeRoutes, { control: opts.control });
   await app.register(systemRoutes, { control: opts.control, metrics: opts.metrics });
   return app;
 }

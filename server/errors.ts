@@ -10,6 +10,7 @@ export const ErrorCodes = {
   invalid_size: { status: 400, nbd: 'EINVAL' },
   invalid_range: { status: 400, nbd: 'EINVAL' },
   out_of_range: { status: 400, nbd: 'EINVAL' },
+  invalid_snapshot_range: { status: 400, nbd: 'EINVAL' },
   volume_not_found: { status: 404, nbd: 'EINVAL' },
   snapshot_not_found: { status: 404, nbd: 'EINVAL' },
   volume_exists: { status: 409, nbd: 'EINVAL' },
