@@ -9,7 +9,7 @@ export class UsageError extends Error {
 }
 
 const BOOLEAN_FLAGS = new Set(['json', 'force', 'help']);
-const VALUE_FLAGS = new Set(['api', 'domain', 'source-offset', 'offset', 'length']);
+const VALUE_FLAGS = new Set(['api', 'domain', 'source-offset', 'offset', 'length', 'since']);
 export const GLOBAL_FLAGS = ['api', 'json', 'help'];
 
 export interface ParsedArgs {

@@ -3,10 +3,10 @@
 // 2 the command line is wrong.
 import { isShoalError } from '../errors.js';
 import { formatSize, parsePositiveSize, parseSize } from '../size.js';
-import type { FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
+import type { ChangeList, FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
 import { ApiClient, CliError, apiBaseUrl } from './api-client.js';
 import { UsageError, allowFlags, expectPositionals, parseArgs, type ParsedArgs } from './args.js';
-import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from './render.js';
+import { fsckText, snapshotTable, statsText, table, volumeDetails, volumeTable } from './render.js';
 import { USAGE } from './usage.js';
 
 export interface CliOptions {
@@ -88,6 +88,8 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return snapshotCommand(ctx, rest);
     case 'rollback':
       return rollback(ctx, rest);
+    case 'changes':
+      return changes(ctx, rest);
     case 'clone':
       return clone(ctx, rest);
     case 'reflink':
@@ -197,6 +199,28 @@ async function rollback(ctx: Ctx, args: string[]): Promise<number> {
   if (ctx.args.flags.has('force')) body.force = true;
   const r = await ctx.api().request<VolumeInfo>('POST', `/v1/volumes/${enc(volume!)}/rollback`, body);
   return print(ctx, r.body, () => `rolled volume ${volume} back to snapshot ${snap}\n`);
+}
+
+/** `shoal changes VOLUME[@SNAPSHOT] --since SNAPSHOT`: every page of GET /v1/volumes/{name}/changes. */
+async function changes(ctx: Ctx, args: string[]): Promise<number> {
+  allowFlags(ctx.args, 'changes', ['since']);
+  const [ref] = expectPositionals(args, 'changes', ['VOLUME[@SNAPSHOT]']);
+  const { volume, snapshot } = splitRef(ref!, 'VOLUME[@SNAPSHOT]');
+  const since = ctx.args.flags.get('since');
+  if (typeof since !== 'string' || since === '') throw new UsageError('`shoal changes` needs --since SNAPSHOT, the older snapshot to compare with');
+  const extents: ChangeList['extents'] = [];
+  let offset: number | undefined = 0;
+  while (offset !== undefined) {
+    const q = new URLSearchParams({ since, ...(snapshot === undefined ? {} : { until: snapshot }), offset: String(offset), limit: '65536' });
+    const page: ChangeList = (await ctx.api().request<ChangeList>('GET', `/v1/volumes/${enc(volume)}/changes?${q}`)).body;
+    for (const e of page.extents) extents.push(e);
+    offset = page.next;
+  }
+  return print(ctx, { extents }, () => {
+    const bytes = extents.reduce((n, e) => n + e.length, 0);
+    const rows = extents.map((e) => [String(e.offset), String(e.length)]);
+    return `${rows.length > 0 ? table(['OFFSET', 'LENGTH'], rows, [true, true]) : ''}${extents.length} extent(s), ${formatSize(bytes)} may differ from ${since}\n`;
+  });
 }
 
 /** "vol" or "vol@snap". */
