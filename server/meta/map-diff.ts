@@ -4,6 +4,10 @@
 // diff walks both trees together and skips any subtree whose node id is the same on both sides:
 // its cost grows with the nodes written since, not with the volume's size.
 //
+// Nodes are compared by their non-zero entries (NodeStore.entriesOf: as stored, ascending index),
+// merged like two sorted lists: a changed leaf of a big, sparsely written volume holds a few
+// entries, and scanning 256 of them per leaf would cost more than the change itself.
+//
 // Within a leaf, equal entries are equal bytes (a slot is immutable while referenced); a hole and
 // ZERO_CHUNK both read as zeroes. Different slots may still hold equal bytes (dedup gave them
 // different domains, or a write put the same bytes back): those are reported, as "may differ".
@@ -16,7 +20,12 @@ import type { RootRecord } from './volume-records.js';
 const POW: number[] = [];
 for (let l = 0; l <= 8; l++) POW.push(FANOUT ** l);
 
-const NO_ENTRIES = new Float64Array(FANOUT);
+/** One node's non-zero entries: idx[k], val[k] for k < n. */
+interface Entries {
+  idx: Uint8Array;
+  val: Float64Array;
+  n: number;
+}
 
 /**
  * Calls `fn(first, end)` for each maximal run of chunk indices in [from, to) whose entries differ
@@ -27,22 +36,33 @@ export function diffMaps(meta: MetaStore, a: RootRecord, b: RootRecord, from: nu
   const levels = Math.max(a.levels, b.levels);
   to = Math.min(to, POW[levels]);
   if (from >= to || a.root === b.root) return;
-  const d = new MapDiff(meta, from, to, fn);
+  const d = new MapDiff(meta, from, to, fn, levels);
   d.node(a.root, a.levels - 1, b.root, b.levels - 1, levels - 1, 0);
   d.flush();
 }
 
+const entries = (): Entries => ({ idx: new Uint8Array(FANOUT), val: new Float64Array(FANOUT), n: 0 });
+
 class MapDiff {
   private runStart = -1;
   private runEnd = -1;
-  stopped = false;
+  private stopped = false;
+  // Per level, each side's entries: a parent's stay intact while its children are compared.
+  private readonly sideA: Entries[] = [];
+  private readonly sideB: Entries[] = [];
 
   constructor(
     private readonly meta: MetaStore,
     private readonly from: number,
     private readonly to: number,
     private readonly fn: (first: number, end: number) => boolean | void,
-  ) {}
+    levels: number,
+  ) {
+    for (let l = 0; l < levels; l++) {
+      this.sideA.push(entries());
+      this.sideB.push(entries());
+    }
+  }
 
   /**
    * Compares the subtrees `aId` (a node of level `aLevel`) and `bId` at `level`, covering chunks
@@ -50,36 +70,41 @@ class MapDiff {
    * levels the taller tree added above it (growLevels puts it there).
    */
   node(aId: number, aLevel: number, bId: number, bLevel: number, level: number, base: number): void {
-    const ea = this.entries(aId, aLevel, level);
-    const eb = this.entries(bId, bLevel, level);
-    const childSpan = POW[level];
-    const first = Math.max(0, Math.floor((this.from - base) / childSpan));
-    const last = Math.min(FANOUT - 1, Math.floor((this.to - 1 - base) / childSpan));
-    if (level === 0) {
-      for (let i = first; i <= last && !this.stopped; i++) {
-        const x = ea[i];
-        const y = eb[i];
-        if (x !== y && (x > ZERO_CHUNK || y > ZERO_CHUNK)) this.mark(base + i);
-      }
-      return;
-    }
+    const A = this.load(this.sideA[level], aId, aLevel, level);
+    const B = this.load(this.sideB[level], bId, bLevel, level);
+    const span = POW[level];
+    const first = Math.max(0, Math.floor((this.from - base) / span));
+    const last = Math.min(FANOUT - 1, Math.floor((this.to - 1 - base) / span));
     const aChild = aLevel < level ? aLevel : level - 1;
     const bChild = bLevel < level ? bLevel : level - 1;
-    for (let i = first; i <= last && !this.stopped; i++) {
-      const x = ea[i];
-      const y = eb[i];
+    let i = 0;
+    let j = 0;
+    while (i < A.n && A.idx[i] < first) i++;
+    while (j < B.n && B.idx[j] < first) j++;
+    while (!this.stopped) {
+      const ia = i < A.n ? A.idx[i] : FANOUT;
+      const ib = j < B.n ? B.idx[j] : FANOUT;
+      const k = ia < ib ? ia : ib;
+      if (k > last) return;
+      const x = ia === k ? A.val[i++] : 0;
+      const y = ib === k ? B.val[j++] : 0;
       // Node ids are never reused while referenced, so one id is one subtree on both sides.
-      if (x !== y) this.node(x, aChild, y, bChild, level - 1, base + i * childSpan);
+      if (x === y) continue;
+      if (level === 0) {
+        if (x > ZERO_CHUNK || y > ZERO_CHUNK) this.mark(base + k);
+      } else this.node(x, aChild, y, bChild, level - 1, base + k * span);
     }
   }
 
-  /** The entries of `id` seen at `level`: its own, none for a hole, or itself at child 0 when lower. */
-  private entries(id: number, idLevel: number, level: number): Float64Array {
-    if (id === 0) return NO_ENTRIES;
-    if (idLevel === level) return this.meta.nodes.get(id).entries;
-    const lifted = new Float64Array(FANOUT);
-    lifted[0] = id;
-    return lifted;
+  /** The entries of `id` seen at `level`: none for a hole, itself at child 0 when it is lower. */
+  private load(e: Entries, id: number, idLevel: number, level: number): Entries {
+    if (id === 0) e.n = 0;
+    else if (idLevel < level) {
+      e.idx[0] = 0;
+      e.val[0] = id;
+      e.n = 1;
+    } else e.n = this.meta.nodes.entriesOf(id, e.idx, e.val);
+    return e;
   }
 
   /** Chunk `ci` differs: extends the current run or starts a new one. */

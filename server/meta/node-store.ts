@@ -6,11 +6,11 @@
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { CommitPart, CommitPipeline } from './commit-pipeline.js';
-import { decodeNode, encodeNode, FANOUT, type MapNode } from './map-node.js';
+import { decodeEntries, decodeNode, encodeNode, FANOUT, sparseEntries, type MapNode } from './map-node.js';
 import type { Superblock } from './superblock.js';
 
 interface Taken {
-  bufs: Array<[number, Buffer]>;
+  bufs: Map<number, Buffer>;
   refs: Map<number, number>; // 0: removed
   deleted: Set<number>;
 }
@@ -41,6 +41,22 @@ export class NodeStore implements CommitPart<Taken> {
     n = decodeNode(id, buf);
     this.cache.set(id, n);
     return n;
+  }
+
+  /**
+   * The non-zero entries of node `id` into idx/val (see decodeEntries), returning how many. A node
+   * with no uncommitted change is read from its record as stored: nothing decoded to 256 entries,
+   * nothing kept in memory. For walks that visit many nodes once (a diff of two maps), where that
+   * costs a third of a cached node's 256-entry scan and keeps the hot nodes in memory.
+   */
+  entriesOf(id: number, idx: Uint8Array, val: Float64Array): number {
+    if (this.dirty.has(id)) return sparseEntries(this.cache.get(id)!.entries, idx, val);
+    const pending = this.committing?.bufs.get(id);
+    if (pending) return decodeEntries(id, pending, idx, val);
+    if (this.deleted.has(id) || this.committing?.deleted.has(id)) throw new ShoalError('corrupt_metadata', `map node ${id} was used after it was freed`);
+    const buf = this.nodesDb.getBinaryFast(id); // valid until the next read: decoded at once
+    if (!buf) throw new ShoalError('corrupt_metadata', `map node ${id} is missing from the metadata`);
+    return decodeEntries(id, buf, idx, val);
   }
 
   /** Whether a node record exists (for fsck). */
@@ -163,10 +179,10 @@ export class NodeStore implements CommitPart<Taken> {
 
   take(): Taken | null {
     if (this.dirty.size === 0 && this.refs.size === 0 && this.deleted.size === 0) return null;
-    const bufs: Array<[number, Buffer]> = [];
+    const bufs = new Map<number, Buffer>();
     for (const id of this.dirty) {
       const n = this.cache.get(id);
-      if (n) bufs.push([id, encodeNode(n)]);
+      if (n) bufs.set(id, encodeNode(n));
     }
     const t: Taken = { bufs, refs: this.refs, deleted: this.deleted };
     this.committing = t;
