@@ -31,14 +31,27 @@ interface Entries {
  * Calls `fn(first, end)` for each maximal run of chunk indices in [from, to) whose entries differ
  * between maps `a` and `b`, in ascending order. `fn` returns false to stop. Maps of different
  * heights (one was grown since) are compared as if the lower one had the taller one's height.
+ *
+ * After reading about `budget` nodes the walk pauses at the next subtree boundary past `from`, so
+ * a caller can yield the event loop; it returns where it paused (a run reported just before may
+ * go on from there), or `to` when it went through.
  */
-export function diffMaps(meta: MetaStore, a: RootRecord, b: RootRecord, from: number, to: number, fn: (first: number, end: number) => boolean | void): void {
+export function diffMaps(
+  meta: MetaStore,
+  a: RootRecord,
+  b: RootRecord,
+  from: number,
+  to: number,
+  fn: (first: number, end: number) => boolean | void,
+  budget = Infinity,
+): number {
   const levels = Math.max(a.levels, b.levels);
   to = Math.min(to, POW[levels]);
-  if (from >= to || a.root === b.root) return;
-  const d = new MapDiff(meta, from, to, fn, levels);
+  if (from >= to || a.root === b.root) return to;
+  const d = new MapDiff(meta, from, to, fn, levels, budget);
   d.node(a.root, a.levels - 1, b.root, b.levels - 1, levels - 1, 0);
   d.flush();
+  return d.pausedAt ?? to;
 }
 
 const entries = (): Entries => ({ idx: new Uint8Array(FANOUT), val: new Float64Array(FANOUT), n: 0 });
@@ -46,7 +59,10 @@ const entries = (): Entries => ({ idx: new Uint8Array(FANOUT), val: new Float64A
 class MapDiff {
   private runStart = -1;
   private runEnd = -1;
+  /** fn asked to stop, or the budget ran out (then pausedAt is set). */
   private stopped = false;
+  pausedAt: number | undefined;
+  private reads = 0;
   // Per level, each side's entries: a parent's stay intact while its children are compared.
   private readonly sideA: Entries[] = [];
   private readonly sideB: Entries[] = [];
@@ -57,6 +73,7 @@ class MapDiff {
     private readonly to: number,
     private readonly fn: (first: number, end: number) => boolean | void,
     levels: number,
+    private readonly budget: number,
   ) {
     for (let l = 0; l < levels; l++) {
       this.sideA.push(entries());
@@ -92,7 +109,16 @@ class MapDiff {
       if (x === y) continue;
       if (level === 0) {
         if (x > ZERO_CHUNK || y > ZERO_CHUNK) this.mark(base + k);
-      } else this.node(x, aChild, y, bChild, level - 1, base + k * span);
+        continue;
+      }
+      const at = base + k * span;
+      if (this.reads >= this.budget && at > this.from) {
+        this.flush(); // every chunk before `at` is compared: its last run is whole so far
+        this.pausedAt = at;
+        this.stopped = true;
+        return;
+      }
+      this.node(x, aChild, y, bChild, level - 1, at);
     }
   }
 
@@ -103,7 +129,10 @@ class MapDiff {
       e.idx[0] = 0;
       e.val[0] = id;
       e.n = 1;
-    } else e.n = this.meta.nodes.entriesOf(id, e.idx, e.val);
+    } else {
+      e.n = this.meta.nodes.entriesOf(id, e.idx, e.val);
+      this.reads++;
+    }
     return e;
   }
 

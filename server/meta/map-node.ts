@@ -53,18 +53,24 @@ const scratchIdx = new Uint8Array(FANOUT);
 const scratchVal = new Float64Array(FANOUT);
 
 /**
- * The non-zero entries of an encoded node, in ascending index order: idx[k] and val[k] for k below
- * the returned count. Reads the record as stored, without a 256-entry array (map-diff.ts).
+ * The non-zero entries of an encoded node (the record in b[off, end)), in ascending index order:
+ * idx[k] and val[k] for k below the returned count. Reads the record as stored, without a
+ * 256-entry array (map-diff.ts).
  */
-export function decodeEntries(id: number, b: Uint8Array, idx: Uint8Array, val: Float64Array): number {
-  if (b.length < 4) throw new Error(`map node ${id} is truncated (${b.length} bytes)`);
-  const count = b[2] | (b[3] << 8);
-  if (b.length !== 4 + count * ENTRY_BYTES || count > FANOUT) throw new Error(`map node ${id} has a bad length (${b.length} bytes for ${count} entries)`);
-  for (let k = 0, p = 4; k < count; k++, p += ENTRY_BYTES) {
+export function decodeEntries(id: number, b: Uint8Array, idx: Uint8Array, val: Float64Array, off = 0, end = b.length): number {
+  if (end - off < 4) throw new Error(`map node ${id} is truncated (${end - off} bytes)`);
+  const count = b[off + 2] | (b[off + 3] << 8);
+  if (end - off !== 4 + count * ENTRY_BYTES || count > FANOUT) throw new Error(`map node ${id} has a bad length (${end - off} bytes for ${count} entries)`);
+  for (let k = 0, p = off + 4; k < count; k++, p += ENTRY_BYTES) {
     idx[k] = b[p];
     val[k] = b[p + 1] + b[p + 2] * 0x100 + b[p + 3] * 0x10000 + b[p + 4] * 0x1000000 + b[p + 5] * 0x100000000 + b[p + 6] * 0x10000000000;
   }
   return count;
+}
+
+/** Bytes of the record that starts at b[off] (its header says how many entries follow). */
+export function recordLength(b: Uint8Array, off: number): number {
+  return 4 + ENTRY_BYTES * (b[off + 2] | (b[off + 3] << 8));
 }
 
 /** The non-zero entries of a node in memory, as decodeEntries returns them. */

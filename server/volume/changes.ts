@@ -6,6 +6,7 @@
 // ORIGIN@SNAPSHOT for a snapshot of the volume it was cloned from (or that one's origin, and so
 // on) taken no later than the clone. The comparison is a diff of the two map trees
 // (meta/map-diff.ts), whose cost grows with what changed, not with the volume's size.
+import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { ShoalError } from '../errors.js';
 import { diffMaps } from '../meta/map-diff.js';
 import type { MetaStore } from '../meta/meta-store.js';
@@ -18,6 +19,8 @@ export const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
 
 /** At most this many extents per block-status reply (as read-path.ts for base:allocation). */
 const MAX_EXTENTS = 4096;
+/** Map nodes a diff reads between two turns of the event loop (~1-2 ms here): NBD clients go on. */
+const SLICE_NODES = 2048;
 /** Extents per page of a change list, unless the caller asks for fewer or more (up to the maximum). */
 export const DEFAULT_CHANGES_LIMIT = 4096;
 export const MAX_CHANGES_LIMIT = 65536;
@@ -33,8 +36,10 @@ export interface ChangeList {
   next?: number;
 }
 
-interface Base {
+/** A snapshot a map can be compared with, and the volume that holds it. */
+export interface Base {
   name: string;
+  owner: VolumeState;
   record: SnapshotRecord;
 }
 
@@ -49,8 +54,8 @@ export class ChangeTracker {
     const own = st.record.snapshots;
     const out: Base[] = [];
     const upTo = at === undefined ? own.length : own.indexOf(at);
-    for (let i = 0; i < upTo; i++) out.push({ name: own[i].name, record: own[i] });
-    for (const o of this.origins(st)) for (const s of o.older) out.push({ name: `${o.st.name}@${s.name}`, record: s });
+    for (let i = 0; i < upTo; i++) out.push({ name: own[i].name, owner: st, record: own[i] });
+    for (const o of this.origins(st)) for (const s of o.older) out.push({ name: `${o.st.name}@${s.name}`, owner: o.st, record: s });
     return out;
   }
 
@@ -58,7 +63,7 @@ export class ChangeTracker {
    * The base named `name` for the map of `st` (its snapshot `at`, or the live volume). Throws
    * snapshot_not_found when there is no such snapshot, invalid_snapshot_range when it is not older.
    */
-  base(st: VolumeState, at: SnapshotRecord | undefined, name: string): SnapshotRecord {
+  base(st: VolumeState, at: SnapshotRecord | undefined, name: string): Base {
     const compared = at === undefined ? st.name : `${st.name}@${at.name}`;
     const slash = name.indexOf('@');
     const volume = slash < 0 ? st.name : name.slice(0, slash);
@@ -69,7 +74,7 @@ export class ChangeTracker {
       if (i < 0) throw new ShoalError('snapshot_not_found', `volume ${st.name} has no snapshot ${JSON.stringify(snap)}`);
       if (own[i] === at) throw new ShoalError('invalid_snapshot_range', `since and until are the same snapshot (${snap}): there is nothing to compare`);
       if (at !== undefined && i > own.indexOf(at)) throw new ShoalError('invalid_snapshot_range', `since (${snap}) is newer than until (${at.name}): name the older snapshot in since`);
-      return own[i];
+      return { name, owner: st, record: own[i] };
     }
     const origin = this.origins(st).find((o) => o.st.name === volume);
     if (!origin) throw new ShoalError('snapshot_not_found', `${JSON.stringify(name)} is not a snapshot of ${st.name} or of a volume it was cloned from`);
@@ -77,7 +82,7 @@ export class ChangeTracker {
     if (!s) throw new ShoalError('snapshot_not_found', `volume ${volume} has no snapshot ${JSON.stringify(snap)}`);
     if (!origin.older.includes(s))
       throw new ShoalError('invalid_snapshot_range', `${name} was taken after the clone of ${volume} that ${compared} descends from, so it is not older than ${compared}`);
-    return s;
+    return { name, owner: origin.st, record: s };
   }
 
   /**
@@ -100,11 +105,11 @@ export class ChangeTracker {
     return out;
   }
 
-  /** Up to `limit` extents of `newer` that may differ from `older`, from byte `offset` on. */
-  list(older: RootRecord, newer: RootRecord, offset: number, limit: number): ChangeList {
+  /** Up to `limit` extents of the map of `st` (its snapshot `at`, or the live volume) that may differ from `base`, from byte `offset` on. */
+  async list(base: Base, st: VolumeState, at: SnapshotRecord | undefined, offset: number, limit: number): Promise<ChangeList> {
     const extents: ChangedExtent[] = [];
     let next: number | undefined;
-    this.forEachChange(older, newer, offset, newer.size, (s, e) => {
+    await this.forEachChange(base, st, at, offset, Infinity, (s, e) => {
       if (extents.length === limit) {
         next = s;
         return false;
@@ -115,13 +120,12 @@ export class ChangeTracker {
     return next === undefined ? { extents } : { extents, next };
   }
 
-  /** Block status of [offset, offset+length) of `newer` against `older`: EXTENT_DIRTY where it may differ. */
-  status(older: RootRecord, newer: RootRecord, offset: number, length: number): Extent[] {
-    const end = Math.min(offset + length, newer.size);
+  /** Block status of [offset, offset+length) of the map of `st` (or `at`) against `base`: EXTENT_DIRTY where it may differ. */
+  async status(base: Base, st: VolumeState, at: SnapshotRecord | undefined, offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
     let pos = offset;
     let full = false;
-    this.forEachChange(older, newer, offset, end, (s, e) => {
+    const end = await this.forEachChange(base, st, at, offset, offset + length, (s, e) => {
       if (s > pos) out.push({ length: s - pos, flags: 0 });
       out.push({ length: e - s, flags: EXTENT_DIRTY });
       pos = e;
@@ -133,13 +137,15 @@ export class ChangeTracker {
   }
 
   /**
-   * Calls `fn(start, end)` for each maximal byte range in [from, to) of `newer` that may differ
-   * from `older`, in order; `fn` returns false to stop. Bytes past the end of `older` differ.
+   * Calls `fn(start, end)` for each maximal byte range in [from, to) of the compared map that may
+   * differ from `base`, in order; `fn` returns false to stop. Bytes past the end of the base differ.
+   * The walk yields the event loop every SLICE_NODES nodes and goes on from where it was; both
+   * maps must still be there then. Returns where the compared range ended.
    */
-  private forEachChange(older: RootRecord, newer: RootRecord, from: number, to: number, fn: (start: number, end: number) => boolean): void {
+  private async forEachChange(base: Base, st: VolumeState, at: SnapshotRecord | undefined, from: number, to: number, fn: (start: number, end: number) => boolean): Promise<number> {
     const cs = this.meta.chunkSize;
-    to = Math.min(to, newer.size);
-    if (from >= to) return;
+    const older = base.record;
+    const newer = at ?? st.record;
     let curStart = -1;
     let curEnd = -1;
     let stopped = false;
@@ -154,9 +160,29 @@ export class ChangeTracker {
       curEnd = e;
       return true;
     };
-    const common = Math.min(to, older.size);
-    if (from < common) diffMaps(this.meta, older, newer, Math.floor(from / cs), Math.ceil(common / cs), (f, e) => add(Math.max(f * cs, from), Math.min(e * cs, to)));
-    if (!stopped && common < to) add(Math.max(common, from), to);
+    for (let ci = Math.floor(from / cs); ; ) {
+      // Sizes are read again after each pause: the live volume may have been resized meanwhile.
+      to = Math.min(to, newer.size);
+      const common = Math.min(to, older.size);
+      const end = Math.ceil(common / cs);
+      if (ci < end) ci = diffMaps(this.meta, older, newer, ci, end, (f, e) => add(Math.max(f * cs, from), Math.min(e * cs, to)), SLICE_NODES);
+      if (stopped) return to;
+      if (ci >= end) {
+        if (common < to) add(Math.max(common, from), to);
+        break;
+      }
+      await yieldLoop();
+      present(base.owner, base.record);
+      present(st, at);
+    }
     if (!stopped && curStart >= 0) fn(curStart, curEnd);
+    return to;
   }
+}
+
+/** Throws if the volume, or its snapshot, was deleted while a walk over its map paused. */
+function present(st: VolumeState, snap: SnapshotRecord | undefined): void {
+  if (snap !== undefined && (st.deleted || !st.record.snapshots.includes(snap)))
+    throw new ShoalError('snapshot_not_found', `snapshot ${st.name}@${snap.name} was deleted while its changes were being compared`);
+  if (st.deleted) throw new ShoalError('volume_deleted', `volume ${st.name} was deleted while its changes were being compared`);
 }

@@ -73,7 +73,7 @@ export interface VolumeControl {
   deleteSnapshot(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<void>;
   rollback(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<VolumeInfo>;
   /** Byte ranges of the volume (or its snapshot `until`) that may differ from the snapshot `since`, a page at a time. */
-  changes(volume: string, query: ChangesQuery): ChangeList;
+  changes(volume: string, query: ChangesQuery): Promise<ChangeList>;
 
   reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
   dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;

@@ -187,7 +187,7 @@ class VolumeExport implements BlockExport, ExportConnection {
     checkRange(r.size, offset, length);
     if (!context.startsWith(DIRTY_BITMAP_PREFIX)) throw new ShoalError('not_supported', `export ${this.name} has no meta context ${context}`);
     const base = this.ctx.changes.base(this.st, this.snap, context.slice(DIRTY_BITMAP_PREFIX.length));
-    return this.ctx.changes.status(base, r, offset, length);
+    return this.ctx.changes.status(base, this.st, this.snap, offset, length);
   }
 
   close(): void {

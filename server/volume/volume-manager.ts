@@ -299,7 +299,7 @@ export class VolumeManager implements VolumeControl {
     return this.info(st);
   }
 
-  changes(volume: string, q: ChangesQuery): ChangeList {
+  async changes(volume: string, q: ChangesQuery): Promise<ChangeList> {
     const st = this.state(volume);
     if (typeof q.since !== 'string' || q.since === '') throw new ShoalError('invalid_request', 'since must name the snapshot to compare with');
     const until = q.until === undefined ? undefined : this.snapshot(st, q.until);
@@ -310,7 +310,7 @@ export class VolumeManager implements VolumeControl {
     if (!Number.isSafeInteger(offset) || offset < 0 || offset > newer.size)
       throw new ShoalError('invalid_range', `offset ${offset} is not a byte offset within ${until ? `${volume}@${until.name}` : volume} (size ${newer.size})`);
     if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CHANGES_LIMIT) throw new ShoalError('invalid_request', `limit ${limit} is not a number of extents from 1 to ${MAX_CHANGES_LIMIT}`);
-    return this.changeTracker.list(since, newer, offset, limit);
+    return this.changeTracker.list(since, st, until, offset, limit);
   }
 
   // ------------------------------------------------------------------ reflink / dedupe

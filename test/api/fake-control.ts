@@ -114,7 +114,7 @@ export class FakeControl implements VolumeControl {
     v.size = s.size;
     return v;
   }
-  changes(volume: string, query: ChangesQuery): ChangeList {
+  async changes(volume: string, query: ChangesQuery): Promise<ChangeList> {
     this.check('changes', [volume, query]);
     this.vol(volume);
     return { extents: [{ offset: 0, length: 4096 }], next: 8192 };

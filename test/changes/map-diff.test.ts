@@ -11,7 +11,9 @@ import { MetaStore } from '../../server/meta/meta-store.js';
 import { growLevels, lookup, releaseRange, setEntry, shareRoot } from '../../server/meta/map-tree.js';
 import { levelsFor, ZERO_CHUNK } from '../../server/meta/map-node.js';
 import { diffMaps } from '../../server/meta/map-diff.js';
-import type { RootRecord } from '../../server/meta/volume-records.js';
+import type { RootRecord, VolumeRecord } from '../../server/meta/volume-records.js';
+import { ChangeTracker } from '../../server/volume/changes.js';
+import { VolumeState } from '../../server/volume/volume-state.js';
 
 function withMeta(fn: (meta: MetaStore) => Promise<void>): () => Promise<void> {
   return async () => {
@@ -116,6 +118,12 @@ test(
       await committing;
       await meta.commit();
       assert.deepEqual(diff(meta, s1, v, 0, size), bruteForce(meta, s1, v, 0, size), `seed ${seed} committed`);
+      // Nodes read by that diff are kept; changed in place now (they are private to v), the next
+      // diff must see them as they are.
+      scribble(meta, v, Math.min(size, chunks), 300, rand, reuse);
+      assert.deepEqual(diff(meta, s1, v, 0, size), bruteForce(meta, s1, v, 0, size), `seed ${seed} changed after a diff`);
+      await meta.commit();
+      assert.deepEqual(diff(meta, s1, v, 0, size), bruteForce(meta, s1, v, 0, size), `seed ${seed} changed after a diff, committed`);
       assert.deepEqual(diff(meta, s1, shareRoot(meta, s1), 0, size), [], 'a map and its snapshot: no difference');
     }
   }),
@@ -136,6 +144,51 @@ test(
       [5, 8],
       [100, 101],
     ]);
+  }),
+);
+
+test(
+  'a diff that pauses after a budget of nodes and goes on from there finds the same runs',
+  withMeta(async (meta) => {
+    const rand = lcg(11);
+    const chunks = 300_000;
+    const v = newMap(chunks);
+    scribble(meta, v, chunks, 2000, rand, []);
+    const s = shareRoot(meta, v);
+    scribble(meta, v, chunks, 500, rand, []);
+    const whole = diff(meta, s, v, 0, chunks);
+    for (const budget of [1, 3, 50]) {
+      const runs: Array<[number, number]> = [];
+      let pauses = 0;
+      for (let ci = 0; ci < chunks; pauses++) {
+        ci = diffMaps(meta, s, v, ci, chunks, (f, e) => {
+          const last = runs[runs.length - 1];
+          if (last && last[1] === f) last[1] = e; // a run may go on after a pause
+          else runs.push([f, e]);
+        }, budget);
+      }
+      assert.deepEqual(runs, whole, `budget ${budget}`);
+      assert.ok(pauses > 1, `budget ${budget} paused (${pauses} slices)`);
+    }
+  }),
+);
+
+test(
+  'a change list whose snapshot is deleted while the walk yields the event loop fails, rather than reading freed nodes',
+  withMeta(async (meta) => {
+    const chunks = 2 ** 24;
+    const rec: VolumeRecord = { ...newMap(chunks), name: 'v', domain: 'default', origin: null, snapshots: [] };
+    const st = new VolumeState(rec, 0, () => {});
+    rec.snapshots.push({ ...shareRoot(meta, rec), name: 's1' });
+    for (let k = 0; k < 5000; k++) setEntry(meta, rec, k * 3000, newSlot(meta)); // 5,000 leaves: more than a slice
+    rec.snapshots.push({ ...shareRoot(meta, rec), name: 's2' });
+    await meta.commit();
+    const tracker = new ChangeTracker(meta, new Map([['v', st]]));
+    const whole = await tracker.list(tracker.base(st, rec.snapshots[1], 's1'), st, rec.snapshots[1], 0, 65536);
+    assert.equal(whole.extents.length, 5000);
+    const listing = tracker.list(tracker.base(st, rec.snapshots[1], 's1'), st, rec.snapshots[1], 0, 65536);
+    rec.snapshots.shift(); // what DELETE .../snapshots/s1 does to the record, while the walk waits
+    await assert.rejects(listing, (e: any) => e.code === 'snapshot_not_found' && /s1 was deleted/.test(e.message));
   }),
 );
 
