@@ -53,11 +53,13 @@ export class NodeStore implements CommitPart<Taken> {
    * where that costs a third of a cached node's 256-entry scan and keeps the hot nodes in memory.
    */
   entriesOf(id: number, idx: Uint8Array, val: Float64Array): number {
+    // First: a kept record is never of a dirty or committing node (markDirty forgets it, and only
+    // reads from LMDB are kept).
+    const kept = this.records.entriesOf(id, idx, val);
+    if (kept >= 0) return kept;
     if (this.dirty.has(id)) return sparseEntries(this.cache.get(id)!.entries, idx, val);
     const pending = this.committing?.bufs.get(id);
     if (pending) return decodeEntries(id, pending, idx, val);
-    const kept = this.records.entriesOf(id, idx, val);
-    if (kept >= 0) return kept;
     if (this.deleted.has(id) || this.committing?.deleted.has(id)) throw new ShoalError('corrupt_metadata', `map node ${id} was used after it was freed`);
     const buf = this.nodesDb.getBinaryFast(id); // valid until the next read: decoded at once
     if (!buf) throw new ShoalError('corrupt_metadata', `map node ${id} is missing from the metadata`);

@@ -10,7 +10,7 @@ import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { ShoalError } from '../errors.js';
 import { diffMaps } from '../meta/map-diff.js';
 import type { MetaStore } from '../meta/meta-store.js';
-import type { RootRecord, SnapshotRecord } from '../meta/volume-records.js';
+import type { SnapshotRecord } from '../meta/volume-records.js';
 import { EXTENT_DIRTY, type Extent } from './export-port.js';
 import type { VolumeState } from './volume-state.js';
 
@@ -65,9 +65,9 @@ export class ChangeTracker {
    */
   base(st: VolumeState, at: SnapshotRecord | undefined, name: string): Base {
     const compared = at === undefined ? st.name : `${st.name}@${at.name}`;
-    const slash = name.indexOf('@');
-    const volume = slash < 0 ? st.name : name.slice(0, slash);
-    const snap = slash < 0 ? name : name.slice(slash + 1);
+    const sep = name.indexOf('@');
+    const volume = sep < 0 ? st.name : name.slice(0, sep);
+    const snap = sep < 0 ? name : name.slice(sep + 1);
     if (volume === st.name) {
       const own = st.record.snapshots;
       const i = own.findIndex((s) => s.name === snap);
