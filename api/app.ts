@@ -12,6 +12,7 @@ import { ShoalError } from '../server/errors.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { rangeRoutes } from './routes/ranges.js';
+import { changeRoutes } from './routes/changes.js';
 import { systemRoutes } from './routes/system.js';
 import { installAuthorization } from './auth/authorize.js';
 import type { TokenStore } from './auth/token-store.js';
@@ -101,6 +102,7 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   await app.register(volumeRoutes);
   await app.register(snapshotRoutes);
   await app.register(rangeRoutes);
+  await app.register(changeRoutes);
   await app.register(systemRoutes, { metrics: opts.metrics });
   return app;
 }

@@ -4,6 +4,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { SIZE_PATTERN } from '../server/size.js';
 import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
+import { DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from '../server/volume/changes.js';
 
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
 export const VolumeName = name('volume name');
@@ -42,6 +43,23 @@ export const DeleteVolumeQuery = Type.Object({
   force: Type.Optional(Force),
   recursive: Type.Optional(QueryFlag("Delete the volume's snapshots with it; without it, a volume that has snapshots is refused with 409 volume_has_dependents.")),
 });
+
+// Query strings arrive as text (no type coercion, see app.ts): numbers are digit strings here.
+const Digits = (description: string) => Type.String({ pattern: '^[0-9]{1,16}$', description });
+export const ChangesQuery = Type.Object(
+  {
+    since: Type.String({
+      pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
+      title: 'snapshot name',
+      description: 'The older snapshot: SNAPSHOT of this volume, or ORIGIN@SNAPSHOT of a volume it was cloned from (taken no later than the clone).',
+      examples: ['s1', 'golden@v1'],
+    }),
+    until: Type.Optional(name('snapshot name', 'A snapshot of this volume newer than `since` (without it, the volume as it is now)')),
+    offset: Type.Optional(Digits('Byte offset to list from: 0 (the default), or the `next` of the previous page.')),
+    limit: Type.Optional(Digits(`Extents per page, 1 to ${MAX_CHANGES_LIMIT} (default ${DEFAULT_CHANGES_LIMIT}).`)),
+  },
+  { additionalProperties: false },
+);
 
 // --- bodies ----------------------------------------------------------------------------------------
 
@@ -130,6 +148,17 @@ export const SnapshotInfo = Type.Object(
 
 export const VolumeList = Type.Object({ volumes: Type.Array(VolumeInfo) });
 export const SnapshotList = Type.Object({ snapshots: Type.Array(SnapshotInfo) });
+
+export const ChangeList = Type.Object(
+  {
+    extents: Type.Array(
+      Type.Object({ offset: Type.Integer({ description: 'Bytes.' }), length: Type.Integer({ description: 'Bytes.' }) }),
+      { description: 'Byte ranges that may differ from `since`, in order, not touching one another. Everything else is equal.' },
+    ),
+    next: Type.Optional(Type.Integer({ description: 'Present when more extents follow: pass it as `offset` for the next page.' })),
+  },
+  { additionalProperties: false },
+);
 
 export const ReflinkResult = Type.Object({ sharedBytes: Type.Integer(), copiedBytes: Type.Integer() }, { additionalProperties: true });
 export const DedupeResult = Type.Object(

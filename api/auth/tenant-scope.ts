@@ -7,6 +7,7 @@ import { ShoalError } from '../../server/errors.js';
 import { volumeOfExport } from '../../server/volume/names.js';
 import {
   volumeNotFound,
+  type ChangesQuery,
   type FsckReport,
   type RangeRequest,
   type SnapshotInfo,
@@ -14,6 +15,7 @@ import {
   type VolumeControl,
   type VolumeInfo,
 } from '../../server/volume/control.js';
+import type { ChangeList } from '../../server/volume/changes.js';
 
 export class TenantScopedControl implements VolumeControl {
   constructor(
@@ -95,6 +97,10 @@ export class TenantScopedControl implements VolumeControl {
     this.mine(volume);
     this.mine(volumeOfExport(req.source));
     return this.control.dedupe(volume, req);
+  }
+
+  changes(volume: string, query: ChangesQuery): Promise<ChangeList> {
+    return this.control.changes(this.mine(volume), query);
   }
 
   stats(): Stats {

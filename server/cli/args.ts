@@ -26,6 +26,7 @@ const OPTIONS = {
   offset: { type: 'string' },
   'source-offset': { type: 'string' },
   length: { type: 'string' },
+  since: { type: 'string' },
   role: { type: 'string' },
   'tokens-file': { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;

@@ -4,11 +4,11 @@
 // 2 the command line is wrong.
 import { isShoalError } from '../errors.js';
 import { formatSize, parsePositiveSize, parseSize } from '../size.js';
-import type { FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
+import type { ChangeList, FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
 import { ApiClient, CliError, apiBaseUrl } from './api-client.js';
 import { CLIENT_FLAGS, UsageError, commandFlags, expectPositionals, scanArgs, type Flag, type FlagValues } from './args.js';
 import { clientToken, readCaFile } from './client-credentials.js';
-import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from './render.js';
+import { fsckText, snapshotTable, statsText, table, volumeDetails, volumeTable } from './render.js';
 import { print, type CliOptions, type Ctx } from './command-context.js';
 import { tokenCommand } from './token-commands.js';
 import { USAGE } from './usage.js';
@@ -80,6 +80,8 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return snapshotCommand(ctx, rest);
     case 'rollback':
       return rollback(ctx, rest);
+    case 'changes':
+      return changes(ctx, rest);
     case 'clone':
       return clone(ctx, rest);
     case 'reflink':
@@ -190,6 +192,28 @@ async function rollback(ctx: Ctx, args: string[]): Promise<number> {
 function query(flags: Record<string, boolean | undefined>): string {
   const on = Object.keys(flags).filter((k) => flags[k]);
   return on.length === 0 ? '' : '?' + on.map((k) => `${k}=true`).join('&');
+}
+
+/** `shoal changes VOLUME[@SNAPSHOT] --since SNAPSHOT`: every page of GET /v1/volumes/{name}/changes. */
+async function changes(ctx: Ctx, args: string[]): Promise<number> {
+  const { flags, api } = apiCommand(ctx, 'changes', ['since']);
+  const [ref] = expectPositionals(args, 'changes', ['VOLUME[@SNAPSHOT]']);
+  const { volume, snapshot } = splitRef(ref!, 'VOLUME[@SNAPSHOT]');
+  const since = flags.since;
+  if (typeof since !== 'string' || since === '') throw new UsageError('`shoal changes` needs --since SNAPSHOT, the older snapshot to compare with');
+  const extents: ChangeList['extents'] = [];
+  let offset: number | undefined = 0;
+  while (offset !== undefined) {
+    const q = new URLSearchParams({ since, ...(snapshot === undefined ? {} : { until: snapshot }), offset: String(offset), limit: '65536' });
+    const page: ChangeList = (await api().request<ChangeList>('GET', `/v1/volumes/${enc(volume)}/changes?${q}`)).body;
+    for (const e of page.extents) extents.push(e);
+    offset = page.next;
+  }
+  return print(ctx, { extents }, () => {
+    const bytes = extents.reduce((n, e) => n + e.length, 0);
+    const rows = extents.map((e) => [String(e.offset), String(e.length)]);
+    return `${rows.length > 0 ? table(['OFFSET', 'LENGTH'], rows, [true, true]) : ''}${extents.length} extent(s), ${formatSize(bytes)} may differ from ${since}\n`;
+  });
 }
 
 /** "vol" or "vol@snap". */

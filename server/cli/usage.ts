@@ -40,6 +40,9 @@ Snapshots:
   shoal snapshot list VOLUME
   shoal snapshot delete VOLUME SNAPSHOT [--force]
   shoal rollback VOLUME SNAPSHOT [--force]
+  shoal changes VOLUME[@SNAPSHOT] --since SNAPSHOT  byte ranges that may differ from the older
+      snapshot (SNAPSHOT, or ORIGIN@SNAPSHOT of the volume it was cloned from): what an
+      incremental backup copies
 
 Ranges:
   shoal reflink DEST SOURCE[@SNAPSHOT] --offset N --source-offset N --length N

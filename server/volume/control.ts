@@ -4,8 +4,9 @@ import { ShoalError } from '../errors.js';
 import type { CacheStats } from '../cache/chunk-cache.js';
 import type { FsckReport } from '../meta/fsck.js';
 import type { StoreStats } from '../store/chunk-store.js';
+import type { ChangeList } from './changes.js';
 
-export type { FsckReport };
+export type { ChangeList, FsckReport };
 
 /** The error for a volume that does not exist, and for one outside a caller's tenant: the two must read alike. */
 export function volumeNotFound(name: string): ShoalError {
@@ -51,6 +52,13 @@ export interface RangeRequest {
   length: number;
 }
 
+export interface ChangesQuery {
+  since: string; // SNAPSHOT of the volume, or ORIGIN@SNAPSHOT of a volume it was cloned from
+  until?: string; // a snapshot of the volume newer than since; the live volume when absent
+  offset?: number; // byte offset to list from (a page's `next`); default 0
+  limit?: number; // extents per page; default DEFAULT_CHANGES_LIMIT
+}
+
 export interface Stats {
   logicalBytes: number; // bytes mapped by the live volumes and snapshots (in the scope, if one is given)
   physicalBytes: number; // bytes of stored chunks
@@ -87,6 +95,8 @@ export interface VolumeControl {
   listSnapshots(volume: string): SnapshotInfo[];
   deleteSnapshot(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<void>;
   rollback(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<VolumeInfo>;
+  /** Byte ranges of the volume (or its snapshot `until`) that may differ from the snapshot `since`, a page at a time. */
+  changes(volume: string, query: ChangesQuery): Promise<ChangeList>;
 
   reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
   dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;

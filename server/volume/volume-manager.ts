@@ -14,8 +14,9 @@ import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { DedupIndex } from '../dedup/dedup-index.js';
 import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { checkDedupIndex } from '../dedup/dedup-check.js';
+import { ChangeTracker, DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
-import { volumeNotFound, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
+import { volumeNotFound, type ChangeList, type ChangesQuery, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
 import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
@@ -56,6 +57,7 @@ export class VolumeManager implements VolumeControl {
   readonly reads: ReadPath;
   readonly writes: WritePath;
   readonly exports: VolumeExports;
+  private readonly changeTracker: ChangeTracker;
   private readonly ranges: RangeOperations;
   private readonly reclaim: SpaceReclaim;
   private readonly indexer: DedupIndexer;
@@ -81,11 +83,13 @@ export class VolumeManager implements VolumeControl {
     this.reads = new ReadPath(meta, cache);
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs);
+    this.changeTracker = new ChangeTracker(meta, this.states);
     this.exports = new VolumeExports({
       states: this.states,
       reads: this.reads,
       writes: this.writes,
       cache,
+      changes: this.changeTracker,
       flush: () => this.commits.flush(),
       isOpen: () => !this.closing,
       admins: new Set(opts.tlsAdmins ?? []),
@@ -324,6 +328,20 @@ export class VolumeManager implements VolumeControl {
     }
     await this.meta.commit();
     return this.info(st);
+  }
+
+  async changes(volume: string, q: ChangesQuery): Promise<ChangeList> {
+    const st = this.state(volume);
+    if (typeof q.since !== 'string' || q.since === '') throw new ShoalError('invalid_request', 'since must name the snapshot to compare with');
+    const until = q.until === undefined ? undefined : this.snapshot(st, q.until);
+    const since = this.changeTracker.base(st, until, q.since);
+    const newer = until ?? st.record;
+    const offset = q.offset ?? 0;
+    const limit = q.limit ?? DEFAULT_CHANGES_LIMIT;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > newer.size)
+      throw new ShoalError('invalid_range', `offset ${offset} is not a byte offset within ${until ? `${volume}@${until.name}` : volume} (size ${newer.size})`);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CHANGES_LIMIT) throw new ShoalError('invalid_request', `limit ${limit} is not a number of extents from 1 to ${MAX_CHANGES_LIMIT}`);
+    return this.changeTracker.list(since, st, until, offset, limit);
   }
 
   // ------------------------------------------------------------------ reflink / dedupe

@@ -1,7 +1,7 @@
 // An in-memory VolumeControl for testing the REST routing and validation layer only (no bytes are stored).
 // It follows the interface's error contract closely enough that routes can be checked end to end.
 import { ShoalError } from '../../server/errors.js';
-import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo, VolumeScope } from '../../server/volume/control.js';
+import type { ChangeList, ChangesQuery, FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo, VolumeScope } from '../../server/volume/control.js';
 
 export class FakeControl implements VolumeControl {
   volumes = new Map<string, VolumeInfo>();
@@ -118,6 +118,11 @@ export class FakeControl implements VolumeControl {
     const v = this.vol(volume);
     v.size = s.size;
     return v;
+  }
+  async changes(volume: string, query: ChangesQuery): Promise<ChangeList> {
+    this.check('changes', [volume, query]);
+    this.vol(volume);
+    return { extents: [{ offset: 0, length: 4096 }], next: 8192 };
   }
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.check('reflink', [volume, req]);

@@ -230,6 +230,26 @@ test('reflink and dedupe pass the range through', async () => {
   assert.deepEqual(lastCall('dedupe')!.args, ['dst', { ...body, source: 'golden@snap' }]);
 });
 
+test('changes: the query string reaches the volume layer as numbers; bad paging arguments are refused', async () => {
+  await call('POST', '/v1/volumes', { name: 'cbt', size: 1 << 20 });
+  let r = await call('GET', '/v1/volumes/cbt/changes?since=s1&until=s2&offset=8192&limit=10');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(r.body, { extents: [{ offset: 0, length: 4096 }], next: 8192 });
+  assert.deepEqual(lastCall('changes')!.args, ['cbt', { since: 's1', until: 's2', offset: 8192, limit: 10 }]);
+  r = await call('GET', '/v1/volumes/cbt/changes?since=golden@v1');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(lastCall('changes')!.args, ['cbt', { since: 'golden@v1', until: undefined, offset: undefined, limit: undefined }]);
+  const before = control.calls.length;
+  assertError(await call('GET', '/v1/volumes/cbt/changes'), 400, 'invalid_request', /since/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=a/b'), 400, 'invalid_name');
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&until=x@y'), 400, 'invalid_name');
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&offset=-4096'), 400, 'invalid_request', /offset/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&limit=ten'), 400, 'invalid_request', /limit/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&cursor=3'), 400, 'invalid_request', /cursor/);
+  assert.equal(control.calls.length, before, 'refused before reaching the volume layer');
+  assertError(await call('GET', '/v1/volumes/nope/changes?since=s1'), 404, 'volume_not_found');
+});
+
 test('stats, fsck, healthz', async () => {
   let r = await call('GET', '/v1/stats');
   assert.equal(r.status, 200);
@@ -260,6 +280,7 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
     '/v1/volumes/{name}/rollback': ['post'],
     '/v1/volumes/{name}/reflink': ['post'],
     '/v1/volumes/{name}/dedupe': ['post'],
+    '/v1/volumes/{name}/changes': ['get'],
     '/v1/stats': ['get'],
     '/v1/fsck': ['post'],
     '/healthz': ['get'],
@@ -278,6 +299,11 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
   const schema = create.requestBody.content['application/json'].schema;
   assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'name', 'size', 'tenant']);
   assert.equal(schema.properties.name.pattern, '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$');
+  // The change list documents its paging.
+  const changes = r.body.paths['/v1/volumes/{name}/changes'].get;
+  assert.deepEqual(changes.parameters.filter((p: any) => p.in === 'query').map((p: any) => p.name).sort(), ['limit', 'offset', 'since', 'until']);
+  assert.ok(changes.parameters.find((p: any) => p.name === 'since').required);
+  assert.deepEqual(Object.keys(changes.responses['200'].content['application/json'].schema.properties).sort(), ['extents', 'next']);
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   assert.ok([200, 302].includes(ui.statusCode), String(ui.statusCode));
 });
