@@ -12,6 +12,7 @@ import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
 import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { buildApi } from '../api/app.js';
+import type { NbdEndpoints } from '../api/routes/system.js';
 import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
@@ -51,6 +52,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
         logger,
         dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
+        fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
       },
     );
   } catch (e) {
@@ -59,7 +61,9 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   }
   const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   const nbd = new NbdServer({ provider: manager.exports, observer: metrics, logger: logger.child({ c: 'nbd' }) });
-  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
+  // Filled in once the listeners are open; NBD TLS is not offered yet.
+  let nbdEndpoints: NbdEndpoints = { tcp: null, unix: null, tls: 'off' };
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https, nbdEndpoints: () => nbdEndpoints });
 
   let nbdAddr: string | null;
   let nbdSocket: string | null;
@@ -72,6 +76,8 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
     if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket);
+    // Sockets passed by systemd may be several of a kind ("a, b"): a client needs one.
+    nbdEndpoints = { ...nbdEndpoints, tcp: nbdAddr?.split(', ')[0] ?? null, unix: nbdSocket?.split(', ')[0] ?? null };
     if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
     tokens?.watch();
   } catch (e) {
@@ -133,7 +139,8 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
- * test can crash the daemon with half-released leaves committed.
+ * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
+ * consistency check rest that long between its slices, so a test can watch its progress.
  */
 function testMs(name: string): number | undefined {
   const v = process.env[name];

@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { ShoalError } from '../../server/errors.js';
 import { parsePositiveSize } from '../../server/size.js';
-import { CreateVolumeBody, DeleteVolumeQuery, ResizeBody, VolumeInfo, VolumeList, VolumeParams, isYes, withErrors } from '../schemas.js';
+import { CreateVolumeBody, DeleteVolumeQuery, UpdateVolumeBody, VolumeInfo, VolumeList, VolumeParams, isYes, withErrors } from '../schemas.js';
 import { Type } from '@sinclair/typebox';
 
 const tags = ['volumes'];
@@ -24,11 +24,11 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
       },
     },
     async (req, reply) => {
-      const { name, size, domain, tenant, from } = req.body;
+      const { name, size, domain, tenant, incomplete, from } = req.body;
       let info;
       if (from) {
-        if (size !== undefined || domain !== undefined || tenant !== undefined) {
-          throw new ShoalError('invalid_request', 'a clone takes its size, domain and tenant from its origin: give either "size" (and "domain", "tenant") or "from", not both.');
+        if (size !== undefined || domain !== undefined || tenant !== undefined || incomplete !== undefined) {
+          throw new ShoalError('invalid_request', 'a clone takes its size, domain and tenant from its origin: give either "size" (and "domain", "tenant", "incomplete") or "from", not both.');
         }
         info = await req.control.cloneVolume({ name, from: from.snapshot === undefined ? { volume: from.volume } : { volume: from.volume, snapshot: from.snapshot } });
       } else {
@@ -38,6 +38,7 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
           size: parsePositiveSize(size),
           ...(domain !== undefined ? { domain } : {}),
           ...(tenant !== undefined ? { tenant } : {}),
+          ...(incomplete !== undefined ? { incomplete } : {}),
         });
       }
       reply.code(201).header('location', `/v1/volumes/${encodeURIComponent(info.name)}`);
@@ -63,16 +64,23 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
       config: { access: 'operator' },
       schema: {
         tags,
-        summary: 'Resize a volume',
+        summary: 'Resize a volume, or mark it complete',
         description:
-          'Connected clients see the new size when they next negotiate. Making a volume smaller discards what lies past the new end, so it needs `"shrink": true`; ' +
-          'without it the call is refused with 409 shrink_not_allowed, saying how much written data would be lost.',
+          '`{size}` resizes: connected clients see the new size when they next negotiate. Making a volume smaller discards what lies past the new end, so it needs `"shrink": true`; ' +
+          'without it the call is refused with 409 shrink_not_allowed, saying how much written data would be lost. `{"incomplete": false}` clears the mark of a volume created incomplete (an import finished).',
         params: VolumeParams,
-        body: ResizeBody,
+        body: UpdateVolumeBody,
         response: withErrors({ 200: VolumeInfo }),
       },
     },
-    async (req) => req.control.resizeVolume(req.params.name, parsePositiveSize(req.body.size), { shrink: req.body.shrink === true }),
+    async (req) => {
+      const { size, shrink, incomplete } = req.body;
+      if (size === undefined && shrink !== undefined) throw new ShoalError('invalid_request', '"shrink" goes with a new "size".');
+      if (size === undefined && incomplete === undefined) throw new ShoalError('invalid_request', 'the request body needs "size" (to resize) or "incomplete": false (to mark the volume complete).');
+      let info = size === undefined ? undefined : await req.control.resizeVolume(req.params.name, parsePositiveSize(size), { shrink: shrink === true });
+      if (incomplete === false) info = await req.control.markComplete(req.params.name);
+      return info;
+    },
   );
 
   app.delete(

@@ -5,6 +5,7 @@
 import type { ChunkRecords } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { restAfter } from '../meta/pacing.js';
+import { RateMeter } from '../rate-meter.js';
 import type { DedupIndex } from './dedup-index.js';
 
 /** Entries indexed per commit (a few ms of queueing on the event loop). */
@@ -25,6 +26,8 @@ export class DedupIndexer {
   private due = false;
   private readonly idleMs: number;
   private readonly chunks: ChunkRecords;
+  /** Log entries taken into the on-disk index. */
+  readonly indexed = new RateMeter();
 
   constructor(
     private readonly meta: MetaStore,
@@ -72,9 +75,10 @@ export class DedupIndexer {
       while (!this.stopped && log.backlog > 0 && (this.due || log.size > LOG_MAX)) {
         // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
         const n = this.chunks.writeActivity;
-        this.dedup.indexSlice(INDEX_BATCH);
+        const n0 = this.dedup.indexSlice(INDEX_BATCH);
         const t0 = performance.now();
         await this.meta.commit();
+        this.indexed.add(n0);
         if (log.backlog === 0 || this.chunks.writeActivity !== n) this.due = false;
         // Paced: idle for three times as long as the commit took, so a snapshot or a write's
         // FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).

@@ -168,7 +168,9 @@ test('missing fields, wrong types, unknown fields → 400 invalid_request', asyn
   assertError(await call('POST', '/v1/volumes', { size: 4096 }), 400, 'invalid_request', /missing "name"/);
   assertError(await call('POST', '/v1/volumes', { name: 'nosize' }), 400, 'invalid_request', /needs "size"/);
   assertError(await call('POST', '/v1/volumes', { name: 'x', size: 4096, colour: 'red' }), 400, 'invalid_request', /unknown field "colour"/);
-  assertError(await call('PATCH', '/v1/volumes/golden', {}), 400, 'invalid_request', /missing "size"/);
+  assertError(await call('PATCH', '/v1/volumes/golden', {}), 400, 'invalid_request', /needs "size" \(to resize\) or "incomplete": false/);
+  assertError(await call('PATCH', '/v1/volumes/golden', { incomplete: true }), 400, 'invalid_request', /"incomplete"/);
+  assertError(await call('PATCH', '/v1/volumes/golden', { shrink: true }), 400, 'invalid_request', /"shrink" goes with a new "size"/);
   assertError(await call('POST', '/v1/volumes/golden/snapshots', {}), 400, 'invalid_request', /missing "name"/);
   assertError(await call('POST', '/v1/volumes/golden/reflink', { source: 'golden', offset: 0, length: 1 }), 400, 'invalid_request', /missing "sourceOffset"/);
   assertError(await call('POST', '/v1/volumes/golden/reflink', { source: 'golden', sourceOffset: -1, offset: 0, length: 1 }), 400, 'invalid_request', /"sourceOffset".*>= 0/);
@@ -262,6 +264,8 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
     '/v1/volumes/{name}/dedupe': ['post'],
     '/v1/stats': ['get'],
     '/v1/fsck': ['post'],
+    '/v1/activity': ['get'],
+    '/v1/endpoints': ['get'],
     '/healthz': ['get'],
     '/metrics': ['get'],
   };
@@ -276,7 +280,7 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
   }
   const create = r.body.paths['/v1/volumes'].post;
   const schema = create.requestBody.content['application/json'].schema;
-  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'name', 'size', 'tenant']);
+  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'incomplete', 'name', 'size', 'tenant']);
   assert.equal(schema.properties.name.pattern, '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$');
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   assert.ok([200, 302].includes(ui.statusCode), String(ui.statusCode));
@@ -318,6 +322,14 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
     shoal_volume_cache_loads_total: 'counter',
     shoal_dedup_log_entries: 'gauge',
     shoal_reclaim_pending_nodes: 'gauge',
+    shoal_reclaim_pending_bytes: 'gauge',
+    shoal_reclaim_released_bytes_total: 'counter',
+    shoal_dedup_log_indexed_total: 'counter',
+    shoal_fsck_running: 'gauge',
+    shoal_fsck_checked_items: 'gauge',
+    shoal_fsck_items: 'gauge',
+    shoal_volume_read_requests_total: 'counter',
+    shoal_volume_write_requests_total: 'counter',
   };
   for (const [name, type] of Object.entries(expected)) assert.equal(types.get(name), type, name);
   for (const name of types.keys()) assert.match(name, /^shoal_/);
@@ -330,8 +342,13 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
   line(/^shoal_nbd_request_errors_total\{op="write"\} 1$/m);
   line(/^shoal_nbd_request_duration_seconds_bucket\{le="0\.0001",op="read"\} 1$/m);
   line(/^shoal_nbd_request_duration_seconds_bucket\{le="0.00005",op="read"\} 0$/m);
-  line(/^shoal_volume_read_bytes_total\{volume="golden"\} 4096$/m);
-  line(/^shoal_volume_written_bytes_total\{volume="golden"\} 8192$/m);
+  // Per-volume traffic is the volume layer's count (the fake reports 5 reads and 3 writes of 4 KiB).
+  line(/^shoal_volume_read_bytes_total\{volume="golden"\} 20480$/m);
+  line(/^shoal_volume_written_bytes_total\{volume="golden"\} 12288$/m);
+  line(/^shoal_volume_read_requests_total\{volume="golden"\} 5$/m);
+  line(/^shoal_volume_write_requests_total\{volume="golden"\} 3$/m);
+  line(/^shoal_reclaim_pending_bytes 117440512$/m);
+  line(/^shoal_fsck_checked_items\{kind="nodes"\} 0$/m);
   line(/^shoal_cache_hits_total 10$/m);
   line(/^shoal_dedup_ratio 3$/m);
   line(/^shoal_cache_capacity_bytes 1073741824$/m);
