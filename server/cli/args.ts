@@ -28,6 +28,9 @@ const OPTIONS = {
   length: { type: 'string' },
   role: { type: 'string' },
   'tokens-file': { type: 'string' },
+  size: { type: 'string' },
+  format: { type: 'string' },
+  'tls-psk': { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
 export type Flag = keyof typeof OPTIONS;
