@@ -12,6 +12,8 @@ import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from '
 import { print, type CliOptions, type Ctx } from './command-context.js';
 import { tokenCommand } from './token-commands.js';
 import { EXIT_INTERRUPTED, exportCommand, importCommand } from './image-commands.js';
+import { topCommand } from './top-command.js';
+import { FsckProgressLine } from './fsck-progress.js';
 import { USAGE } from './usage.js';
 
 export type { CliOptions } from './command-context.js';
@@ -67,6 +69,8 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return range(ctx, group, rest);
     case 'stats':
       return stats(ctx, rest);
+    case 'top':
+      return topCommand(ctx, rest);
     case 'import':
       return importCommand(ctx, rest);
     case 'export':
@@ -219,14 +223,33 @@ async function stats(ctx: Ctx, args: string[]): Promise<number> {
 async function fsck(ctx: Ctx, args: string[]): Promise<number> {
   const { flags, api } = apiCommand(ctx, 'fsck');
   const [dir] = expectPositionals(args, 'fsck', ['[DATA_DIR]'], 1);
+  const line = new FsckProgressLine(ctx.opts.terminal ?? process.stderr);
   let report: FsckReport;
   if (dir !== undefined) {
     if (flags.api !== undefined) throw new UsageError('give either DATA_DIR (offline check) or --api (check the running daemon), not both');
     if (!ctx.opts.offlineFsck) throw new CliError('offline fsck of a data directory is not available in this build');
-    report = await ctx.opts.offlineFsck(dir);
+    try {
+      report = await ctx.opts.offlineFsck(dir, line.enabled ? (p) => line.draw(p) : undefined);
+    } finally {
+      line.clear();
+    }
   } else {
-    // A full check can take a while on a big store: no client-side timeout.
-    report = (await api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null })).body;
+    // A full check can take a while on a big store: no client-side timeout. Its progress is in /v1/stats.
+    const check = api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null });
+    const poll = line.enabled
+      ? setInterval(() => {
+          api()
+            .request<Stats>('GET', '/v1/stats')
+            .then((r) => r.body.fsck?.running && line.draw(r.body.fsck))
+            .catch(() => {}); // the check's own answer says what went wrong
+        }, 300)
+      : null;
+    try {
+      report = (await check).body;
+    } finally {
+      if (poll) clearInterval(poll);
+      line.clear();
+    }
   }
   print(ctx, report, () => fsckText(report));
   return report.ok ? 0 : 1;
