@@ -52,7 +52,7 @@ export const CreateVolumeBody = Type.Object(
     domain: Type.Optional(DomainName),
     tenant: Type.Optional(TenantName),
     incomplete: Type.Optional(
-      Type.Boolean({ description: 'Mark the new volume incomplete until `PATCH {"incomplete": false}`: `shoal import` does, so an import that never finished shows as one.' }),
+      Type.Boolean({ description: 'Mark the new volume incomplete until `POST /v1/volumes/{name}/complete`: `shoal import` does, so an import that never finished shows as one.' }),
     ),
     from: Type.Optional(
       Type.Object(
@@ -65,13 +65,12 @@ export const CreateVolumeBody = Type.Object(
 );
 export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
 
-export const UpdateVolumeBody = Type.Object(
+export const ResizeBody = Type.Object(
   {
-    size: Type.Optional(Size),
+    size: Size,
     shrink: Type.Optional(Type.Boolean({ description: 'Required to make the volume smaller (data past the new end is discarded); without it a shrink is refused with 409 shrink_not_allowed.' })),
-    incomplete: Type.Optional(Type.Literal(false, { description: 'Clear the incomplete mark of a volume created with `incomplete: true` (its import finished).' })),
   },
-  { additionalProperties: false, description: 'At least one of `size` (resize) and `incomplete: false`.' },
+  { additionalProperties: false },
 );
 export const CreateSnapshotBody = Type.Object({ name: SnapshotName }, { additionalProperties: false });
 export const RollbackBody = Type.Object(

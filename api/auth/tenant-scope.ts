@@ -67,7 +67,7 @@ export class TenantScopedControl implements VolumeControl {
     return this.control.tenantOf(this.mine(name));
   }
 
-  markComplete(name: string): Promise<VolumeInfo> {
+  markComplete(name: string): Promise<void> {
     return this.control.markComplete(this.mine(name));
   }
 

@@ -2,7 +2,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { ShoalError } from '../../server/errors.js';
 import { parsePositiveSize } from '../../server/size.js';
-import { CreateVolumeBody, DeleteVolumeQuery, UpdateVolumeBody, VolumeInfo, VolumeList, VolumeParams, isYes, withErrors } from '../schemas.js';
+import { CreateVolumeBody, DeleteVolumeQuery, ResizeBody, VolumeInfo, VolumeList, VolumeParams, isYes, withErrors } from '../schemas.js';
 import { Type } from '@sinclair/typebox';
 
 const tags = ['volumes'];
@@ -64,22 +64,34 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
       config: { access: 'operator' },
       schema: {
         tags,
-        summary: 'Resize a volume, or mark it complete',
+        summary: 'Resize a volume',
         description:
-          '`{size}` resizes: connected clients see the new size when they next negotiate. Making a volume smaller discards what lies past the new end, so it needs `"shrink": true`; ' +
-          'without it the call is refused with 409 shrink_not_allowed, saying how much written data would be lost. `{"incomplete": false}` clears the mark of a volume created incomplete (an import finished).',
+          'Connected clients see the new size when they next negotiate. Making a volume smaller discards what lies past the new end, so it needs `"shrink": true`; ' +
+          'without it the call is refused with 409 shrink_not_allowed, saying how much written data would be lost.',
         params: VolumeParams,
-        body: UpdateVolumeBody,
+        body: ResizeBody,
         response: withErrors({ 200: VolumeInfo }),
       },
     },
-    async (req) => {
-      const { size, shrink, incomplete } = req.body;
-      if (size === undefined && shrink !== undefined) throw new ShoalError('invalid_request', '"shrink" goes with a new "size".');
-      if (size === undefined && incomplete === undefined) throw new ShoalError('invalid_request', 'the request body needs "size" (to resize) or "incomplete": false (to mark the volume complete).');
-      let info = size === undefined ? undefined : await req.control.resizeVolume(req.params.name, parsePositiveSize(size), { shrink: shrink === true });
-      if (incomplete === false) info = await req.control.markComplete(req.params.name);
-      return info;
+    async (req) => req.control.resizeVolume(req.params.name, parsePositiveSize(req.body.size), { shrink: req.body.shrink === true }),
+  );
+
+  app.post(
+    '/v1/volumes/:name/complete',
+    {
+      config: { access: 'operator' },
+      schema: {
+        tags,
+        summary: 'Mark a volume complete',
+        description:
+          'Clears the mark of a volume created with `incomplete: true`, once whatever filled it (`shoal import`) has finished and flushed. Answers without the volume, whose figures take a walk of its map to compute.',
+        params: VolumeParams,
+        response: withErrors({ 204: Type.Null({ description: 'Marked complete (or it was already).' }) }),
+      },
+    },
+    async (req, reply) => {
+      await req.control.markComplete(req.params.name);
+      reply.code(204).send(null);
     },
   );
 

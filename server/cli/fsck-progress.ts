@@ -13,7 +13,7 @@ const PHASES: Record<FsckProgress['phase'], (p: Counts) => string> = {
   store: () => 'chunk store',
 };
 
-export function fsckLine(p: Counts, cols: number): string {
+function fsckLine(p: Counts, cols: number): string {
   const done = p.checkedIndexEntries + p.checkedNodes + p.checkedChunks;
   const all = p.totalIndexEntries + p.totalNodes + p.totalChunks;
   const fraction = p.phase === 'store' ? 1 : all > 0 ? Math.min(1, done / all) : 0;

@@ -90,11 +90,18 @@ export async function importCommand(ctx: Ctx, args: string[]): Promise<number> {
   const size = requested ?? Math.ceil(imageSize / 512) * 512;
   if (size < imageSize) throw new UsageError(`--size ${flags.size} is smaller than the image (${imageSize} bytes)`);
 
-  const target = await nbdTarget(api(), flags, name!);
   const body: Record<string, unknown> = { name, size, incomplete: true, ...(flags.tenant !== undefined ? { tenant: flags.tenant } : {}) };
+  // Both at once: the command's fixed cost counts against the copy's speed on small images.
+  const [endpoint, created] = await Promise.allSettled([nbdTarget(api(), flags, name!), api().request<VolumeInfo>('POST', '/v1/volumes', body)]);
+  if (endpoint.status === 'rejected') {
+    if (created.status === 'fulfilled') await api().request('DELETE', `/v1/volumes/${enc(name!)}`).catch(() => {});
+    throw endpoint.reason;
+  }
+  const target = endpoint.value;
   let volume: VolumeInfo;
   try {
-    volume = (await api().request<VolumeInfo>('POST', '/v1/volumes', body)).body;
+    if (created.status === 'rejected') throw created.reason;
+    volume = created.value.body;
   } catch (e) {
     if (e instanceof CliError && e.code === 'volume_exists') {
       const old = await api()
@@ -131,9 +138,9 @@ export async function importCommand(ctx: Ctx, args: string[]): Promise<number> {
     },
     undo,
   );
-  const done = (await api().request<VolumeInfo>('PATCH', `/v1/volumes/${enc(name!)}`, { incomplete: false })).body;
+  await api().request('POST', `/v1/volumes/${enc(name!)}/complete`);
   const r = run.result;
-  return print(ctx, { volume: done, file, format, imageBytes: imageSize, ...(r ?? {}), seconds: Math.round(run.seconds * 1000) / 1000 }, () =>
+  return print(ctx, { volume: name, file, format, imageBytes: imageSize, ...(r ?? {}), seconds: Math.round(run.seconds * 1000) / 1000 }, () =>
     `imported ${file} (${format}, ${formatSize(imageSize)}) into volume ${name}${summary(r, run.seconds, imageSize)}\n`,
   );
 }
@@ -145,7 +152,8 @@ async function copyWithPool<T>(target: NbdTarget, signal: AbortSignal, copy: (po
   signal.addEventListener('abort', stop, { once: true });
   try {
     const r = await copy(pool);
-    await pool.close();
+    // Everything is flushed: the sessions end politely while the command goes on (their sockets keep the process alive until then).
+    void pool.close();
     return r;
   } catch (e) {
     pool.destroy();

@@ -11,7 +11,7 @@ export interface TopSample {
   volumes: VolumeActivity[];
 }
 
-export interface VolumeRates {
+interface VolumeRates {
   name: string;
   connections: number;
   readIops: number;
@@ -21,7 +21,7 @@ export interface VolumeRates {
 }
 
 /** Per-volume rates between two samples (a volume new in `now` counts from zero); busiest first. */
-export function volumeRates(prev: TopSample | null, now: TopSample): VolumeRates[] {
+function volumeRates(prev: TopSample | null, now: TopSample): VolumeRates[] {
   const dt = prev ? (now.at - prev.at) / 1000 : 0;
   const before = new Map(prev?.volumes.map((v) => [v.name, v]));
   const rate = (a: number, b: number | undefined) => (dt > 0 ? Math.max(0, a - (b ?? 0)) / dt : 0);

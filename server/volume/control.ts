@@ -108,7 +108,7 @@ export interface VolumeControl {
   /** A volume's tenant (null: none), without the cost of getVolume; volume_not_found if there is no such volume. */
   tenantOf(name: string): string | null;
   /** Clears the incomplete mark (an import finished). */
-  markComplete(name: string): Promise<VolumeInfo>;
+  markComplete(name: string): Promise<void>;
   /** Shrinking is refused (shrink_not_allowed, saying what would be lost) unless `shrink`. */
   resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo>;
   /**

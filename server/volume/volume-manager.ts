@@ -242,7 +242,7 @@ export class VolumeManager implements VolumeControl {
     return this.state(name).record.tenant ?? null;
   }
 
-  async markComplete(name: string): Promise<VolumeInfo> {
+  async markComplete(name: string): Promise<void> {
     this.checkOpen();
     if (this.fsckRun) await this.afterFsck();
     const st = this.state(name);
@@ -251,7 +251,6 @@ export class VolumeManager implements VolumeControl {
       st.touched();
       await this.meta.commit();
     }
-    return this.info(st);
   }
 
   activity(): VolumeActivity[] {

@@ -54,11 +54,9 @@ export class FakeControl implements VolumeControl {
     v.incomplete = req.incomplete === true;
     return v;
   }
-  async markComplete(name: string): Promise<VolumeInfo> {
+  async markComplete(name: string): Promise<void> {
     this.check('markComplete', [name]);
-    const v = this.vol(name);
-    v.incomplete = false;
-    return v;
+    this.vol(name).incomplete = false;
   }
   activity(): VolumeActivity[] {
     this.check('activity', []);

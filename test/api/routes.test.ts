@@ -168,9 +168,7 @@ test('missing fields, wrong types, unknown fields → 400 invalid_request', asyn
   assertError(await call('POST', '/v1/volumes', { size: 4096 }), 400, 'invalid_request', /missing "name"/);
   assertError(await call('POST', '/v1/volumes', { name: 'nosize' }), 400, 'invalid_request', /needs "size"/);
   assertError(await call('POST', '/v1/volumes', { name: 'x', size: 4096, colour: 'red' }), 400, 'invalid_request', /unknown field "colour"/);
-  assertError(await call('PATCH', '/v1/volumes/golden', {}), 400, 'invalid_request', /needs "size" \(to resize\) or "incomplete": false/);
-  assertError(await call('PATCH', '/v1/volumes/golden', { incomplete: true }), 400, 'invalid_request', /"incomplete"/);
-  assertError(await call('PATCH', '/v1/volumes/golden', { shrink: true }), 400, 'invalid_request', /"shrink" goes with a new "size"/);
+  assertError(await call('PATCH', '/v1/volumes/golden', {}), 400, 'invalid_request', /missing "size"/);
   assertError(await call('POST', '/v1/volumes/golden/snapshots', {}), 400, 'invalid_request', /missing "name"/);
   assertError(await call('POST', '/v1/volumes/golden/reflink', { source: 'golden', offset: 0, length: 1 }), 400, 'invalid_request', /missing "sourceOffset"/);
   assertError(await call('POST', '/v1/volumes/golden/reflink', { source: 'golden', sourceOffset: -1, offset: 0, length: 1 }), 400, 'invalid_request', /"sourceOffset".*>= 0/);
@@ -265,6 +263,7 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
     '/v1/stats': ['get'],
     '/v1/fsck': ['post'],
     '/v1/activity': ['get'],
+    '/v1/volumes/{name}/complete': ['post'],
     '/v1/endpoints': ['get'],
     '/healthz': ['get'],
     '/metrics': ['get'],
@@ -386,4 +385,27 @@ test('default process metrics carry the shoal_ prefix', async () => {
   assert.match(text, /^# TYPE shoal_process_cpu_user_seconds_total counter$/m);
   assert.match(text, /^# TYPE shoal_nodejs_heap_size_used_bytes gauge$/m);
   for (const [, name] of text.matchAll(/^# TYPE (\S+)/gm)) assert.match(name!, /^shoal_/);
+});
+
+test('a volume created incomplete stays so until POST .../complete; a clone cannot be', async () => {
+  let r = await call('POST', '/v1/volumes', { name: 'importing', size: 4096, incomplete: true });
+  assert.equal(r.status, 201);
+  assert.equal(r.body.incomplete, true);
+  assert.equal((await call('GET', '/v1/volumes/importing')).body.incomplete, true);
+  r = await call('POST', '/v1/volumes/importing/complete');
+  assert.equal(r.status, 204);
+  assert.equal((await call('GET', '/v1/volumes/importing')).body.incomplete, false);
+  assertError(await call('POST', '/v1/volumes/nosuch/complete'), 404, 'volume_not_found', /nosuch/);
+  assertError(await call('POST', '/v1/volumes', { name: 'c2', from: { volume: 'importing' }, incomplete: true }), 400, 'invalid_request', /give either "size"/);
+  assertError(await call('POST', '/v1/volumes', { name: 'c3', size: 4096, incomplete: 'yes' }), 400, 'invalid_request', /"incomplete"/);
+  await call('DELETE', '/v1/volumes/importing');
+});
+
+test('GET /v1/endpoints and /v1/activity', async () => {
+  const e = await call('GET', '/v1/endpoints');
+  assert.equal(e.status, 200);
+  assert.deepEqual(e.body, { nbd: { tcp: null, unix: null, tls: 'off' } });
+  const a = await call('GET', '/v1/activity');
+  assert.equal(a.status, 200);
+  assert.ok(a.body.volumes.some((v: any) => v.name === 'golden' && v.reads === 5 && v.writtenBytes === 12288));
 });

@@ -238,3 +238,35 @@ test('Ctrl-C stops an import: exit 130 and the half volume is deleted; a dead da
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('GET /v1/endpoints says where NBD is; without a Unix socket the CLI goes over TCP', async (t) => {
+  if (!needTools(t, 'nbdinfo')) return;
+  const d = await startDaemon({ args: ['--nbd-socket', 'none'] });
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-import-tcp-'));
+  try {
+    const ep = await d.api('GET', '/v1/endpoints');
+    assert.equal(ep.status, 200);
+    assert.deepEqual(ep.body, { nbd: { tcp: `127.0.0.1:${d.nbdPort}`, unix: null, tls: 'off' } });
+    const img = join(dir, 'img.raw');
+    const bytes = makeImage(img, 4, (i) => i !== 1);
+    const r = await shoalIn(d)('import', 'overtcp', img, '--tenant', 'acme', '--size', '8M', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    assert.equal(out.volume, 'overtcp');
+    assert.equal(out.dataBytes, 3 * MiB);
+    assert.equal(out.zeroBytes, 1 * MiB);
+    const v = (await d.api('GET', '/v1/volumes/overtcp')).body;
+    assert.equal(v.tenant, 'acme');
+    assert.equal(v.size, 8 * MiB);
+    assert.deepEqual(dataRanges(await map([d.uri('overtcp')])), [
+      [0, 1 * MiB],
+      [2 * MiB, 4 * MiB],
+    ]);
+    const back = join(dir, 'back.raw');
+    assert.equal((await shoalIn(d)('export', 'overtcp', back)).status, 0);
+    assert.ok(readFileSync(back).subarray(0, bytes.length).equals(bytes));
+  } finally {
+    await d.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -6,7 +6,7 @@ import { extname } from 'node:path';
 import { UsageError } from '../args.js';
 import { CliError } from '../api-client.js';
 
-export const FORMATS = ['raw', 'qcow2', 'vmdk', 'vhdx'] as const;
+const FORMATS = ['raw', 'qcow2', 'vmdk', 'vhdx'] as const;
 export type ImageFormat = (typeof FORMATS)[number];
 
 export function formatArg(value: string | undefined): ImageFormat | undefined {

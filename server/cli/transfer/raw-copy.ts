@@ -10,10 +10,19 @@ import type { NbdPool } from '../nbd/nbd-pool.js';
 import type { NbdClient } from '../nbd/nbd-client.js';
 import type { Progress } from './progress.js';
 
-/** Bytes per request. Shoal takes up to 64 MiB; 2 MiB requests keep its write path busy with few round trips. */
-const REQUEST_BYTES = 2 * 1024 * 1024;
-/** Requests in flight per connection. */
-const DEPTH = 4;
+/**
+ * Import: bytes per WRITE, and WRITEs in flight per connection. Many smaller writes keep Shoal's
+ * write path busier than a few big ones (it fingerprints concurrent writes in one job and stores
+ * them in parallel): 256 KiB x 64 per connection, nbdcopy's own choice, beat 2 MiB x 4 by 20-30%.
+ * The file is read in pieces of 4 MiB (16 writes each): a read per write cost the CLI's thread
+ * twice the CPU (the daemon shares the machine's cores with it).
+ */
+const WRITE_BYTES = 256 * 1024;
+const WRITE_DEPTH = 64;
+const PIECE_BYTES = 4 * 1024 * 1024;
+/** Export: bytes per READ and READs in flight per connection (reads are served from the cache or one disk read). */
+const READ_BYTES = 2 * 1024 * 1024;
+const READ_DEPTH = 4;
 /** Block status is asked for this much at a time. */
 const MAP_BYTES = 1024 * 1024 * 1024;
 
@@ -50,7 +59,8 @@ function dataRuns(buf: Buffer, len: number, block: number, zero: Buffer): Array<
   let start = -1;
   for (let i = 0; i < len; i += block) {
     const end = Math.min(i + block, len);
-    const isZero = buf.compare(zero, 0, end - i, i, end) === 0;
+    // Most data blocks differ from zero in their first or last byte: no call into compare for them.
+    const isZero = buf[i] === 0 && buf[end - 1] === 0 && buf.compare(zero, 0, end - i, i, end) === 0;
     if (!isZero && start < 0) start = i;
     else if (isZero && start >= 0) {
       runs.push([start, i]);
@@ -61,9 +71,9 @@ function dataRuns(buf: Buffer, len: number, block: number, zero: Buffer): Array<
   return runs;
 }
 
-/** Several workers per connection; each takes the next piece of [0, size) until none is left. */
-async function workers(pool: NbdPool, fn: (conn: NbdClient, buf: Buffer) => Promise<void>, bufBytes: number): Promise<void> {
-  const all = pool.conns.flatMap((c) => Array.from({ length: DEPTH }, () => c));
+/** `depth` workers per connection; each takes the next piece of work until none is left. */
+async function workers(pool: NbdPool, depth: number, fn: (conn: NbdClient, buf: Buffer) => Promise<void>, bufBytes: number): Promise<void> {
+  const all = pool.conns.flatMap((c) => Array.from({ length: depth }, () => c));
   await Promise.all(all.map((c) => fn(c, Buffer.allocUnsafe(bufBytes))));
 }
 
@@ -72,29 +82,35 @@ export async function importRaw(path: string, pool: NbdPool, blockSize: number, 
   try {
     const size = (await fh.stat()).size;
     if (size > pool.size) throw new CliError(`${path} (${size} bytes) does not fit in the volume (${pool.size} bytes)`);
-    const req = Math.min(REQUEST_BYTES, pool.first.maxPayload) - (Math.min(REQUEST_BYTES, pool.first.maxPayload) % blockSize);
+    const write = Math.min(WRITE_BYTES, pool.first.maxPayload) - (Math.min(WRITE_BYTES, pool.first.maxPayload) % blockSize);
+    const piece = Math.max(write, PIECE_BYTES - (PIECE_BYTES % write));
     const zero = Buffer.alloc(blockSize);
     let next = 0;
     const result: CopyResult = { dataBytes: 0, zeroBytes: 0 };
     await workers(
       pool,
+      Math.max(1, Math.round((WRITE_DEPTH * write) / piece)),
       async (conn, buf) => {
         for (;;) {
           stopped(o.signal);
           const off = next;
           if (off >= size) return;
-          next += req;
-          const len = Math.min(req, size - off);
+          next += piece;
+          const len = Math.min(piece, size - off);
           await readFull(fh, buf, len, off);
-          const runs = dataRuns(buf, len, blockSize, zero);
-          await Promise.all(runs.map(([a, b]) => conn.write(off + a, buf.subarray(a, b))));
-          const sent = runs.reduce((n, [a, b]) => n + b - a, 0);
+          const writes: Array<Promise<void>> = [];
+          let sent = 0;
+          for (const [a, b] of dataRuns(buf, len, blockSize, zero)) {
+            for (let p = a; p < b; p += write) writes.push(conn.write(off + p, buf.subarray(p, Math.min(b, p + write))));
+            sent += b - a;
+          }
+          await Promise.all(writes);
           result.dataBytes += sent;
           result.zeroBytes += len - sent;
           o.progress.add(len);
         }
       },
-      req,
+      piece,
     );
     stopped(o.signal);
     await pool.flush();
@@ -144,7 +160,7 @@ export async function exportRaw(path: string, pool: NbdPool, overwrite: boolean,
   try {
     const size = pool.size;
     await fh.truncate(size);
-    const req = Math.min(REQUEST_BYTES, pool.first.maxPayload);
+    const req = Math.min(READ_BYTES, pool.first.maxPayload);
     const result: CopyResult = { dataBytes: 0, zeroBytes: 0 };
     const skip = (n: number) => {
       result.zeroBytes += n;
@@ -155,6 +171,7 @@ export async function exportRaw(path: string, pool: NbdPool, overwrite: boolean,
     const zero = Buffer.alloc(4096);
     await workers(
       pool,
+      READ_DEPTH,
       async (conn) => {
         for (;;) {
           stopped(o.signal);
