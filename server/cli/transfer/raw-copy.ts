@@ -53,8 +53,18 @@ async function readFull(fh: FileHandle, buf: Buffer, len: number, pos: number): 
   if (got < len) buf.fill(0, got, len);
 }
 
+let zeroes = Buffer.alloc(0);
+/** A buffer of at least n zero bytes (one, grown as needed: compare() only reads it). */
+function zeroBuffer(n: number): Buffer {
+  if (zeroes.length < n) zeroes = Buffer.alloc(n);
+  return zeroes;
+}
+
 /** The runs [from, to) of buf[0, len) made of blocks that are not all zeroes. */
-function dataRuns(buf: Buffer, len: number, block: number, zero: Buffer): Array<[number, number]> {
+function dataRuns(buf: Buffer, len: number, block: number): Array<[number, number]> {
+  const zero = zeroBuffer(len);
+  // A piece of nothing but zeroes (common in disk images) in one compare.
+  if (len === 0 || (buf[0] === 0 && buf[len - 1] === 0 && buf.compare(zero, 0, len, 0, len) === 0)) return [];
   const runs: Array<[number, number]> = [];
   let start = -1;
   for (let i = 0; i < len; i += block) {
@@ -84,7 +94,6 @@ export async function importRaw(path: string, pool: NbdPool, blockSize: number, 
     if (size > pool.size) throw new CliError(`${path} (${size} bytes) does not fit in the volume (${pool.size} bytes)`);
     const write = Math.min(WRITE_BYTES, pool.first.maxPayload) - (Math.min(WRITE_BYTES, pool.first.maxPayload) % blockSize);
     const piece = Math.max(write, PIECE_BYTES - (PIECE_BYTES % write));
-    const zero = Buffer.alloc(blockSize);
     let next = 0;
     const result: CopyResult = { dataBytes: 0, zeroBytes: 0 };
     await workers(
@@ -100,7 +109,7 @@ export async function importRaw(path: string, pool: NbdPool, blockSize: number, 
           await readFull(fh, buf, len, off);
           const writes: Array<Promise<void>> = [];
           let sent = 0;
-          for (const [a, b] of dataRuns(buf, len, blockSize, zero)) {
+          for (const [a, b] of dataRuns(buf, len, blockSize)) {
             for (let p = a; p < b; p += write) writes.push(conn.write(off + p, buf.subarray(p, Math.min(b, p + write))));
             sent += b - a;
           }
@@ -167,8 +176,6 @@ export async function exportRaw(path: string, pool: NbdPool, overwrite: boolean,
       o.progress.add(n);
     };
     const pieces = dataPieces(pool.first, size, req, skip, o.signal);
-    // Zero test per 4 KiB: data that reads as zeroes stays a hole in the file.
-    const zero = Buffer.alloc(4096);
     await workers(
       pool,
       READ_DEPTH,
@@ -179,7 +186,8 @@ export async function exportRaw(path: string, pool: NbdPool, overwrite: boolean,
           if (done) return;
           const data = await conn.read(piece.offset, piece.length);
           let written = 0;
-          for (const [a, b] of dataRuns(data, data.length, zero.length, zero)) {
+          // Zero test per 4 KiB: data that reads as zeroes stays a hole in the file.
+          for (const [a, b] of dataRuns(data, data.length, 4096)) {
             await fh.write(data, a, b - a, piece.offset + a);
             written += b - a;
           }
