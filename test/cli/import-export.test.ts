@@ -144,6 +144,15 @@ test('qcow2 round trip through qemu-img: import, compare, export, compare', asyn
     r = await shoal('import', 'v1', vmdk);
     assert.equal(r.status, 0, r.stderr);
     await runOk('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', src, d.uri('v1')]);
+    // vhdx, by its extension, and back.
+    const vhdx = join(dir, 'back.vhdx');
+    r = await shoal('export', 'v1', vhdx);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(await runOk('qemu-img', ['info', '--output=json', vhdx])).format, 'vhdx');
+    r = await shoal('import', 'x1', vhdx);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /\(vhdx, 32 MiB\)/);
+    await runOk('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', src, d.uri('x1')]);
   } finally {
     await d.dispose();
     rmSync(dir, { recursive: true, force: true });
