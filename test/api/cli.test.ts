@@ -162,7 +162,7 @@ test('--tenant, --shrink and --recursive reach the API', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /created volume acme-vm \(1 GiB, tenant acme, domain acme\)/);
   r = await cli(['volume', 'list']);
-  assert.match(r.stdout, /TENANT  STATE\n/);
+  assert.match(r.stdout, /TENANT {2}STATE\n/);
   assert.match(r.stdout, /acme-vm .* acme\s+ready\n/);
   r = await cli(['volume', 'show', 'acme-vm']);
   assert.match(r.stdout, /tenant:\s+acme/);
