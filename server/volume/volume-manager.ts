@@ -7,7 +7,8 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord, SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
 import { dropRoot, growLevels, shareRoot } from '../meta/map-tree.js';
 import { levelsFor } from '../meta/map-node.js';
-import { checkMetadata, FsckErrors } from '../meta/fsck.js';
+import { checkMetadata, FSCK_SLICE_MS, FsckErrors, newFsckProgress, type FsckProgress } from '../meta/fsck.js';
+import { Slicer } from '../meta/pacing.js';
 import { SpaceReclaim } from '../meta/space-reclaim.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
@@ -16,7 +17,20 @@ import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { checkDedupIndex } from '../dedup/dedup-check.js';
 import { ChangeTracker, DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
-import { volumeNotFound, type ChangeList, type ChangesQuery, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
+import {
+  volumeNotFound,
+  type ChangeList,
+  type ChangesQuery,
+  type FsckReport,
+  type FsckStatus,
+  type RangeRequest,
+  type SnapshotInfo,
+  type Stats,
+  type VolumeActivity,
+  type VolumeControl,
+  type VolumeInfo,
+  type VolumeScope,
+} from './control.js';
 import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
@@ -48,6 +62,8 @@ export interface VolumeManagerOptions {
   pauseAfterIntentMs?: number;
   /** TLS identities that see every tenant's volumes over NBD (--tls-admins). */
   tlsAdmins?: string[];
+  /** How long a consistency check rests between its slices (ms; default 0): tests slow it down to watch its progress. */
+  fsckPauseMs?: number;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -63,6 +79,11 @@ export class VolumeManager implements VolumeControl {
   private readonly indexer: DedupIndexer;
   private readonly commits: CommitScheduler;
   private closing = false;
+  /** The consistency check running, if any: changes to maps wait for it. */
+  private fsckRun: Promise<FsckReport> | null = null;
+  private fsckProgress: (FsckProgress & { startedAt: string }) | null = null;
+  private lastFsckOk: boolean | null = null;
+  private readonly fsckPauseMs: number;
 
   private constructor(
     private readonly layers: StorageLayers,
@@ -70,6 +91,7 @@ export class VolumeManager implements VolumeControl {
   ) {
     const { meta, store, cache, dedup } = layers;
     this.meta = meta;
+    this.fsckPauseMs = opts.fsckPauseMs ?? 0;
     // Chunk data reaches the disk before any commit that references it; a freed or reused slot's
     // cached bytes are never served again (invariant 1).
     meta.pipeline.syncData = () => store.sync();
@@ -136,6 +158,15 @@ export class VolumeManager implements VolumeControl {
     if (this.closing || this.meta.isClosed) throw new ShoalError('shutting_down', 'the daemon is shutting down');
   }
 
+  /**
+   * A change to maps or refcounts waits while a consistency check runs (it must see them still).
+   * Callers await it only while one runs, so otherwise their checks stay in the tick of the call.
+   */
+  private async afterFsck(): Promise<void> {
+    while (this.fsckRun) await this.fsckRun.catch(() => {});
+    this.checkOpen();
+  }
+
   // ------------------------------------------------------------------ volumes
 
   /**
@@ -159,11 +190,13 @@ export class VolumeManager implements VolumeControl {
       exclusiveBytes: sh.exclusive,
       sharedBytes: sh.shared,
       cacheLoads: this.exports.cacheLoadsOf(r.name),
+      incomplete: r.incomplete === true,
     };
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const name = validName('volume', req.name);
     const size = validSize(req.size);
     const tenant = req.tenant === undefined ? undefined : validName('tenant', req.tenant);
@@ -183,6 +216,7 @@ export class VolumeManager implements VolumeControl {
       levels: levelsFor(Math.ceil(size / this.meta.chunkSize)),
       mapped: 0,
       createdAt: new Date().toISOString(),
+      ...(req.incomplete === true ? { incomplete: true as const } : {}),
     };
     this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
@@ -192,6 +226,7 @@ export class VolumeManager implements VolumeControl {
 
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const name = validName('volume', req.name);
     if (!req.from || typeof req.from.volume !== 'string') throw new ShoalError('invalid_request', 'from.volume is required to clone');
     const src = this.state(req.from.volume);
@@ -223,8 +258,24 @@ export class VolumeManager implements VolumeControl {
     return this.state(name).record.tenant ?? null;
   }
 
+  async markComplete(name: string): Promise<void> {
+    this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
+    const st = this.state(name);
+    if (st.record.incomplete) {
+      delete st.record.incomplete;
+      st.touched();
+      await this.meta.commit();
+    }
+  }
+
+  activity(): VolumeActivity[] {
+    return [...this.states.values()].map((st) => ({ name: st.name, tenant: st.record.tenant ?? null, connections: st.conns.size, ...st.io }));
+  }
+
   async resizeVolume(name: string, size: number, opts: { shrink?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(name);
     size = validSize(size);
     checkShrink(this.meta, st.record, size, opts.shrink);
@@ -248,6 +299,7 @@ export class VolumeManager implements VolumeControl {
 
   async deleteVolume(name: string, opts: { force?: boolean; recursive?: boolean } = {}): Promise<void> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(name);
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
@@ -275,6 +327,7 @@ export class VolumeManager implements VolumeControl {
 
   async createSnapshot(volume: string, name: string): Promise<SnapshotInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     validName('snapshot', name);
     if (st.record.snapshots.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume ${volume} already has a snapshot named ${name}`);
@@ -293,6 +346,7 @@ export class VolumeManager implements VolumeControl {
 
   async deleteSnapshot(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<void> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
     const readers = st.readersOf(snapshot);
@@ -307,6 +361,7 @@ export class VolumeManager implements VolumeControl {
 
   async rollback(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
     const writers = st.writers().length;
@@ -375,6 +430,7 @@ export class VolumeManager implements VolumeControl {
 
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const { dst, src } = this.rangeArgs(volume, req);
     if (src === dst.record && req.offset < req.sourceOffset + req.length && req.sourceOffset < req.offset + req.length)
       throw new ShoalError('invalid_range', 'source and destination ranges overlap within one volume');
@@ -383,6 +439,7 @@ export class VolumeManager implements VolumeControl {
 
   async dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const { dst, src } = this.rangeArgs(volume, req);
     const cs = this.meta.chunkSize;
     if (req.sourceOffset % cs !== 0 || req.offset % cs !== 0)
@@ -420,19 +477,61 @@ export class VolumeManager implements VolumeControl {
       dedupHits: this.layers.dedup.hits,
       dedupLogEntries: this.layers.dedup.log.size,
       reclaimPendingNodes: this.meta.nodes.reclaimBacklog,
+      reclaim: {
+        pendingNodes: this.meta.nodes.reclaimBacklog,
+        pendingBytes: this.meta.nodes.reclaimPendingChunks * cs,
+        releasedBytes: this.reclaim.released.total * cs,
+        bytesPerSecond: Math.round(this.reclaim.released.perSecond() * cs),
+      },
+      dedupIndexing: {
+        logEntries: this.layers.dedup.log.size,
+        indexedEntries: this.indexer.indexed.total,
+        entriesPerSecond: Math.round(this.indexer.indexed.perSecond()),
+      },
+      fsck: this.fsckStatus(),
       cache: this.layers.cache.stats(),
       store: this.layers.store.stats(),
     };
   }
 
-  async fsck(): Promise<FsckReport> {
+  private fsckStatus(): FsckStatus {
+    const p = this.fsckProgress;
+    const zero = { checkedIndexEntries: 0, totalIndexEntries: 0, checkedNodes: 0, totalNodes: 0, checkedChunks: 0, totalChunks: 0 };
+    if (!p) return { running: false, phase: null, ...zero, startedAt: null, lastOk: this.lastFsckOk };
+    const { phase, startedAt, ...counts } = p;
+    const running = this.fsckRun !== null;
+    return { running, phase: running ? phase : null, ...counts, startedAt, lastOk: this.lastFsckOk };
+  }
+
+  /** A check already running is joined rather than run twice. */
+  fsck(): Promise<FsckReport> {
     this.checkOpen();
-    // Let reclaim finish and commit, so the check sees a quiescent, committed state.
-    await this.reclaim.drain();
-    await this.meta.commit();
-    const errors = new FsckErrors();
-    checkDedupIndex(this.layers.dedup, this.meta.chunks, errors);
-    return checkMetadata(this.meta, this.layers.store, errors);
+    this.fsckRun ??= this.runFsck().finally(() => (this.fsckRun = null));
+    return this.fsckRun;
+  }
+
+  /**
+   * Checks a quiescent, committed state while the daemon goes on serving reads: changes to maps
+   * wait (control calls at afterFsck, NBD writes, trims and zeroes at each volume's range
+   * lock, held whole), reclaim finishes first, and the walk runs in slices so the API can report
+   * its progress (GET /v1/stats fsck).
+   */
+  private async runFsck(): Promise<FsckReport> {
+    const releases: Array<() => void> = [];
+    try {
+      for (const st of [...this.states.values()]) releases.push(await st.lock.acquire(0, Infinity));
+      await this.reclaim.drain();
+      await this.meta.commit();
+      const progress = (this.fsckProgress = { ...newFsckProgress(this.meta, this.layers.dedup.index.storedCount()), startedAt: new Date().toISOString() });
+      const errors = new FsckErrors();
+      const slicer = new Slicer(FSCK_SLICE_MS, this.fsckPauseMs);
+      await checkDedupIndex(this.layers.dedup, this.meta.chunks, errors, progress, slicer);
+      const report = await checkMetadata(this.meta, this.layers.store, { errors, progress, slicer });
+      this.lastFsckOk = report.ok;
+      return report;
+    } finally {
+      for (const release of releases) release();
+    }
   }
 
   async close(): Promise<void> {
