@@ -21,7 +21,7 @@ import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
 import { readApiCertificates } from '../api/https-certificates.js';
 
-export interface RunningDaemon {
+interface RunningDaemon {
   manager: VolumeManager;
   nbd: NbdServer;
   /** Re-reads what can change while the daemon runs (the API tokens file); SIGHUP calls it. */
@@ -29,7 +29,7 @@ export interface RunningDaemon {
   close(): Promise<void>;
 }
 
-export async function startDaemon(config: Config): Promise<RunningDaemon> {
+async function startDaemon(config: Config): Promise<RunningDaemon> {
   // The flags parse (config.ts) so configs can be written now; the daemon serves from S3 once the pack
   // store is wired behind the chunk-store boundary. Until then it says so rather than pretend.
   if (config.store.kind === 's3') {
