@@ -7,7 +7,7 @@ import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { MetaStore } from './meta/meta-store.js';
-import { DedupIndex } from './dedup/dedup-index.js';
+import { DEDUP_DATABASES, DedupIndex } from './dedup/dedup-index.js';
 import { LocalChunkStore } from './store/local-chunk-store.js';
 import { ChunkCache } from './cache/chunk-cache.js';
 import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
@@ -47,7 +47,7 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
   prepareDataDir(config.dataDir);
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
   // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
-  const meta = MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE });
+  const meta = MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE, databases: [...DEDUP_DATABASES] });
   if (config.chunkSize && config.chunkSize !== meta.chunkSize)
     logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
   let manager: VolumeManager;

@@ -5,7 +5,7 @@
 //
 // It knows no bytes of data: chunk data is written by the chunk store, and made durable by the
 // pipeline's syncData hook before any commit that references it.
-import { open, type Database, type DatabaseOptions, type RootDatabase } from 'lmdb';
+import { open, type Database, type DatabaseOptions, type Key, type RootDatabase } from 'lmdb';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
@@ -20,6 +20,16 @@ import { VolumeRecords } from './volume-records.js';
 
 /** The LMDB environment's file in a data directory. */
 export const META_FILE = 'meta.lmdb';
+
+/** The metadata's own named databases. */
+const META_DATABASES: Array<DatabaseOptions & { name: string }> = [
+  { name: 'main', encoding: 'msgpack' },
+  { name: 'chunks', encoding: 'binary' },
+  { name: 'nodes', encoding: 'binary' },
+  { name: 'node-refs', encoding: 'msgpack' },
+  { name: 'free-slots', encoding: 'msgpack' },
+  { name: 'store-records', encoding: 'binary' },
+];
 
 export class MetaStore {
   readonly pipeline: CommitPipeline;
@@ -36,18 +46,19 @@ export class MetaStore {
     readonly dir: string,
     private readonly env: RootDatabase,
     private readonly sb: Superblock,
-    main: Database,
-    chunksDb: Database<Buffer, number>,
+    private readonly dbs: Map<string, Database>,
   ) {
+    const db = <V, K extends Key>(name: string) => dbs.get(name) as unknown as Database<V, K>; // opened by open(), by name
+    const main = db<unknown, Key>('main');
     this.pipeline = new CommitPipeline(main, () => sb);
-    this.nodes = new NodeStore(env.openDB({ name: 'nodes', encoding: 'binary' }), env.openDB({ name: 'node-refs', encoding: 'msgpack' }), sb, this.pipeline);
-    this.chunks = new ChunkRecords(chunksDb, sb, this.pipeline);
-    this.slots = new SlotAllocator(env.openDB({ name: 'free-slots', encoding: 'msgpack' }), sb, this.pipeline, (s) => {
+    this.nodes = new NodeStore(db('nodes'), db('node-refs'), sb, this.pipeline);
+    this.chunks = new ChunkRecords(db('chunks'), sb, this.pipeline);
+    this.slots = new SlotAllocator(db('free-slots'), sb, this.pipeline, (s) => {
       for (const fn of this.slotReusedListeners) fn(s);
     });
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
-    this.storeRecords = new StoreRecords(env.openDB<Buffer, number>({ name: 'store-records', encoding: 'binary' }));
+    this.storeRecords = new StoreRecords(db('store-records'));
     this.pipeline.add(this.nodes);
     this.pipeline.add(this.chunks);
     this.pipeline.add(this.slots);
@@ -58,7 +69,13 @@ export class MetaStore {
   }
 
   /** Opens (or creates, with `chunkSize`) the metadata in `dir`. */
-  static open(dir: string, opts: { chunkSize: number; create?: boolean }): MetaStore {
+  /**
+   * `databases`: the named databases of the layers above (dedup's), opened here with the
+   * metadata's own before anything is read. lmdb-js ends its read snapshot whenever a database is
+   * opened, so a reader that opened one after loading the superblock would see that superblock
+   * beside the records of a later commit (the offline fsck beside a committing daemon did).
+   */
+  static open(dir: string, opts: { chunkSize: number; create?: boolean; databases?: Array<DatabaseOptions & { name: string }> }): MetaStore {
     const create = opts.create ?? true;
     if (create) mkdirSync(dir, { recursive: true });
     let env: RootDatabase;
@@ -75,12 +92,14 @@ export class MetaStore {
     } catch (e) {
       throw new ShoalError('corrupt_metadata', `cannot open the metadata in ${dir}: ${(e as Error).message}`, { cause: e });
     }
-    const main = env.openDB({ name: 'main', encoding: 'msgpack' });
-    const chunks = env.openDB<Buffer, number>({ name: 'chunks', encoding: 'binary' });
+    const dbs = new Map<string, Database>();
+    for (const o of [...META_DATABASES, ...(opts.databases ?? [])]) dbs.set(o.name, env.openDB(o));
+    const main = dbs.get('main')!;
+    const chunks = dbs.get('chunks')!;
     const hasRecords = () => [...main.getKeys({ limit: 1 })].length > 0 || [...chunks.getKeys({ limit: 1 })].length > 0;
     try {
       const sb = loadSuperblock(main, dir, opts.chunkSize, create, hasRecords);
-      return new MetaStore(dir, env, sb, main, chunks);
+      return new MetaStore(dir, env, sb, dbs);
     } catch (e) {
       void env.close();
       throw e;
@@ -89,7 +108,11 @@ export class MetaStore {
 
   /** A named database in the same environment, for a layer that keeps records of its own (dedup). */
   openDb<V, K extends string | number | Buffer>(options: DatabaseOptions & { name: string }): Database<V, K> {
-    return this.env.openDB<V, K>(options);
+    const opened = this.dbs.get(options.name);
+    if (opened) return opened as unknown as Database<V, K>;
+    const d = this.env.openDB<V, K>(options);
+    this.dbs.set(options.name, d as unknown as Database);
+    return d;
   }
 
   /**
