@@ -7,18 +7,18 @@ import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
 import { DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from '../server/volume/changes.js';
 
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
-export const VolumeName = name('volume name');
-export const SnapshotName = name('snapshot name');
-export const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default: the tenant, or "default")');
-export const TenantName = name('tenant name', 'The tenant that owns the volume (a tenant-bound token sees only its own)');
-export const SourceRef = Type.String({
+const VolumeName = name('volume name');
+const SnapshotName = name('snapshot name');
+const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default: the tenant, or "default")');
+const TenantName = name('tenant name', 'The tenant that owns the volume (a tenant-bound token sees only its own)');
+const SourceRef = Type.String({
   pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
   title: 'source',
   description: 'The volume to read from, or VOLUME@SNAPSHOT for one of its snapshots.',
   examples: ['golden@v1'],
 });
 
-export const Size = Type.Union(
+const Size = Type.Union(
   [
     Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Bytes.' }),
     Type.String({ pattern: SIZE_PATTERN, description: 'Bytes, or a number with a K, M, G, T or P suffix (binary multiples).' }),
@@ -32,7 +32,7 @@ const Offset = (description: string) => Type.Integer({ minimum: 0, maximum: Numb
 const QueryFlag = (description: string) => Type.Unsafe<'true' | 'false' | '1' | '0'>({ type: 'string', enum: ['true', 'false', '1', '0'], description });
 export const isYes = (v: string | undefined) => v === 'true' || v === '1';
 
-export const Force = QueryFlag('Disconnect NBD clients of the volume instead of refusing while they are connected.');
+const Force = QueryFlag('Disconnect NBD clients of the volume instead of refusing while they are connected.');
 
 // --- parameters and querystrings --------------------------------------------------------------------
 
@@ -69,6 +69,9 @@ export const CreateVolumeBody = Type.Object(
     size: Type.Optional(Size),
     domain: Type.Optional(DomainName),
     tenant: Type.Optional(TenantName),
+    incomplete: Type.Optional(
+      Type.Boolean({ description: 'Mark the new volume incomplete until `POST /v1/volumes/{name}/complete`: `shoal import` does, so an import that never finished shows as one.' }),
+    ),
     from: Type.Optional(
       Type.Object(
         { volume: VolumeName, snapshot: Type.Optional(SnapshotName) },
@@ -76,7 +79,7 @@ export const CreateVolumeBody = Type.Object(
       ),
     ),
   },
-  { additionalProperties: false, description: 'Either {name, size, domain?, tenant?} for an empty volume, or {name, from} for a clone (which takes its origin\'s tenant and domain).' },
+  { additionalProperties: false, description: 'Either {name, size, domain?, tenant?, incomplete?} for an empty volume, or {name, from} for a clone (which takes its origin\'s tenant and domain).' },
 );
 export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
 
@@ -131,6 +134,7 @@ export const VolumeInfo = Type.Object(
     exclusiveBytes: Type.Integer({ description: 'Mapped bytes whose chunk nothing else references.' }),
     sharedBytes: Type.Integer({ description: 'Mapped bytes whose chunk is shared with another map or by dedup.' }),
     cacheLoads: Type.Integer({ description: 'Chunks its reads (its snapshots\' included, and their readahead) loaded from the chunk store: its cache misses.' }),
+    incomplete: Type.Boolean({ description: 'Created by an import that has not finished (or was interrupted where it could not clean up).' }),
   },
   { additionalProperties: true },
 );
@@ -180,6 +184,43 @@ export const Stats = Type.Object(
     reclaimPendingNodes: Type.Integer({
       description: 'Map nodes (each up to 256 chunk references) of deleted volumes and snapshots and of replaced map subtrees that background reclaim has not released yet.',
     }),
+    reclaim: Type.Object(
+      {
+        pendingNodes: Type.Integer({ description: 'As reclaimPendingNodes.' }),
+        pendingBytes: Type.Number({
+          description:
+            'Estimate, an upper bound: the chunk references under the queued nodes (counted when a map or subtree is let go, less those released since) times the chunk size. Subtrees still shared elsewhere are found only as reclaim reaches them; 0 once the queue is empty.',
+        }),
+        releasedBytes: Type.Number({ description: 'Chunk references released since the daemon started, times the chunk size (a reference to a chunk still shared frees no space).' }),
+        bytesPerSecond: Type.Number({ description: 'releasedBytes per second over the last 10 s.' }),
+      },
+      { additionalProperties: true, description: 'Background reclaim of deleted volumes, snapshots and replaced subtrees.' },
+    ),
+    dedupIndexing: Type.Object(
+      {
+        logEntries: Type.Integer({ description: 'As dedupLogEntries.' }),
+        indexedEntries: Type.Number({ description: 'Log entries taken into the on-disk index since the daemon started.' }),
+        entriesPerSecond: Type.Number({ description: 'indexedEntries per second over the last 10 s.' }),
+      },
+      { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
+    ),
+    fsck: Type.Object(
+      {
+        running: Type.Boolean(),
+        phase: Type.Union([Type.Literal('index'), Type.Literal('maps'), Type.Literal('chunks'), Type.Literal('store'), Type.Null()], {
+          description: 'What the running check is at: the dedup index, the maps (nodes), the chunk records, the chunk store; null when none runs.',
+        }),
+        checkedIndexEntries: Type.Number(),
+        totalIndexEntries: Type.Number(),
+        checkedNodes: Type.Number(),
+        totalNodes: Type.Number({ description: 'Map nodes stored when the check began.' }),
+        checkedChunks: Type.Number(),
+        totalChunks: Type.Number({ description: 'Live chunks when the check began.' }),
+        startedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+        lastOk: Type.Union([Type.Boolean(), Type.Null()], { description: 'The last finished check found no problem; null: none has run.' }),
+      },
+      { additionalProperties: true, description: 'The consistency check running (POST /v1/fsck), or the figures of the last one.' },
+    ),
     cache: Type.Object(
       {
         capacityBytes: Type.Number(),
@@ -220,6 +261,34 @@ export const FsckReport = Type.Object(
 );
 
 export const Health = Type.Object({ status: Type.Literal('ok') });
+
+export const ActivityList = Type.Object({
+  volumes: Type.Array(
+    Type.Object(
+      {
+        name: Type.String(),
+        tenant: Type.Union([Type.String(), Type.Null()]),
+        connections: Type.Integer({ description: 'Open NBD connections, including to its snapshots.' }),
+        reads: Type.Number({ description: 'NBD READ requests accepted since the daemon started (its snapshots included).' }),
+        writes: Type.Number({ description: 'NBD WRITE requests accepted since the daemon started.' }),
+        readBytes: Type.Number(),
+        writtenBytes: Type.Number(),
+      },
+      { additionalProperties: true },
+    ),
+  ),
+});
+
+export const Endpoints = Type.Object({
+  nbd: Type.Object(
+    {
+      tcp: Type.Union([Type.String(), Type.Null()], { description: 'HOST:PORT the daemon serves NBD on (null: none); a wildcard host means the API\'s host.' }),
+      unix: Type.Union([Type.String(), Type.Null()], { description: 'The Unix socket it serves NBD on (null: none).' }),
+      tls: Type.Union([Type.Literal('off'), Type.Literal('on'), Type.Literal('require')], { description: 'NBD over TLS (STARTTLS): off, offered (on), or required.' }),
+    },
+    { additionalProperties: true },
+  ),
+});
 
 /** Every route documents the error shape for 4xx and 5xx. */
 export function withErrors<T extends Record<number, TSchema>>(ok: T): T & { '4xx': typeof ErrorReply; '5xx': typeof ErrorReply } {

@@ -15,12 +15,13 @@ import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { loadTlsCredentials } from './nbd/tls-credentials.js';
 import { buildApi } from '../api/app.js';
+import type { NbdEndpoints } from '../api/routes/system.js';
 import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
 import { readApiCertificates } from '../api/https-certificates.js';
 
-export interface RunningDaemon {
+interface RunningDaemon {
   manager: VolumeManager;
   nbd: NbdServer;
   /** Re-reads what can change while the daemon runs (the API tokens file); SIGHUP calls it. */
@@ -28,7 +29,7 @@ export interface RunningDaemon {
   close(): Promise<void>;
 }
 
-export async function startDaemon(config: Config): Promise<RunningDaemon> {
+async function startDaemon(config: Config): Promise<RunningDaemon> {
   // The flags parse (config.ts) so configs can be written now; the daemon serves from S3 once the pack
   // store is wired behind the chunk-store boundary. Until then it says so rather than pretend.
   if (config.store.kind === 's3') {
@@ -64,6 +65,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
         pauseAfterIntentMs: testMs('SHOAL_TEST_INTENT_PAUSE_MS'),
         tlsAdmins: config.tls.admins,
+        fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
       },
     );
   } catch (e) {
@@ -79,7 +81,9 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     maxConnections: config.maxConnections,
     handshakeTimeoutMs: testMs('SHOAL_TEST_HANDSHAKE_TIMEOUT_MS'),
   });
-  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
+  // Filled in once the listeners are open.
+  let nbdEndpoints: NbdEndpoints = { tcp: null, unix: null, tls: config.tls.mode };
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https, nbdEndpoints: () => nbdEndpoints });
 
   let nbdAddr: string | null;
   let nbdSocket: string | null;
@@ -92,6 +96,8 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
     if (config.nbdSocket && !nbdSocket) nbdSocket = await listening('NBD', config.nbdSocket, () => nbd.listenUnix(config.nbdSocket!, config.nbdSocketMode));
+    // Sockets passed by systemd may be several of a kind ("a, b"): a client needs one.
+    nbdEndpoints = { ...nbdEndpoints, tcp: nbdAddr?.split(', ')[0] ?? null, unix: nbdSocket?.split(', ')[0] ?? null };
     if (!apiAddr) apiAddr = await listening('the REST API', formatListenAddress(config.api), () => api.listen({ host: config.api.host, port: config.api.port }));
     tokens?.watch();
   } catch (e) {
@@ -188,6 +194,8 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
+ * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
+ * consistency check rest that long between its slices, so a test can watch its progress.
  */
 function testMs(name: string): number | undefined {
   const v = process.env[name];

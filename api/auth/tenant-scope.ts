@@ -12,6 +12,7 @@ import {
   type RangeRequest,
   type SnapshotInfo,
   type Stats,
+  type VolumeActivity,
   type VolumeControl,
   type VolumeInfo,
 } from '../../server/volume/control.js';
@@ -34,7 +35,7 @@ export class TenantScopedControl implements VolumeControl {
     return name;
   }
 
-  createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
+  createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     if (req.tenant !== undefined && req.tenant !== this.tenant) {
       throw new ShoalError('forbidden', `${this.whose} creates volumes ${this.tenant === null ? 'without a tenant' : `only for tenant ${this.tenant}`}; only an admin token without a tenant chooses another.`);
     }
@@ -43,7 +44,12 @@ export class TenantScopedControl implements VolumeControl {
     if (req.domain !== undefined && req.domain !== ownDomain) {
       throw new ShoalError('forbidden', `${this.whose} keeps its volumes in dedup domain ${ownDomain}; only an admin token without a tenant puts a volume in another domain (domain "${req.domain}").`);
     }
-    return this.control.createVolume({ name: req.name, size: req.size, ...(this.tenant !== null ? { tenant: this.tenant } : {}) });
+    return this.control.createVolume({
+      name: req.name,
+      size: req.size,
+      ...(this.tenant !== null ? { tenant: this.tenant } : {}),
+      ...(req.incomplete !== undefined ? { incomplete: req.incomplete } : {}),
+    });
   }
 
   cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
@@ -61,6 +67,14 @@ export class TenantScopedControl implements VolumeControl {
 
   tenantOf(name: string): string | null {
     return this.control.tenantOf(this.mine(name));
+  }
+
+  markComplete(name: string): Promise<void> {
+    return this.control.markComplete(this.mine(name));
+  }
+
+  activity(): VolumeActivity[] {
+    return this.control.activity().filter((v) => v.tenant === this.tenant);
   }
 
   resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo> {

@@ -29,6 +29,9 @@ const OPTIONS = {
   since: { type: 'string' },
   role: { type: 'string' },
   'tokens-file': { type: 'string' },
+  size: { type: 'string' },
+  format: { type: 'string' },
+  'tls-psk': { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
 export type Flag = keyof typeof OPTIONS;

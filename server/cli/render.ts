@@ -13,17 +13,20 @@ export function table(headers: string[], rows: string[][], numeric: boolean[] = 
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
 }
 
-export function keyValues(pairs: [string, string][]): string {
+function keyValues(pairs: [string, string][]): string {
   const w = Math.max(...pairs.map(([k]) => k.length)) + 1;
   return pairs.map(([k, v]) => `${(k + ':').padEnd(w)} ${v}`).join('\n') + '\n';
 }
 
-export const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.origin.volume}@${v.origin.snapshot}` : v.origin.volume) : '-');
+/** "incomplete": an import that did not finish created it. */
+const state = (v: VolumeInfo) => (v.incomplete ? 'incomplete' : 'ready');
+
+const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.origin.volume}@${v.origin.snapshot}` : v.origin.volume) : '-');
 
 export function volumeTable(volumes: VolumeInfo[]): string {
   if (volumes.length === 0) return 'no volumes\n';
   return table(
-    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN', 'TENANT'],
+    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN', 'TENANT', 'STATE'],
     volumes.map((v) => [
       v.name,
       formatSize(v.size),
@@ -34,14 +37,16 @@ export function volumeTable(volumes: VolumeInfo[]): string {
       String(v.connections),
       origin(v),
       v.tenant ?? '-',
+      state(v),
     ]),
-    [false, true, true, true, true, true, true, false, false],
+    [false, true, true, true, true, true, true, false, false, false],
   );
 }
 
 export function volumeDetails(v: VolumeInfo): string {
   return keyValues([
     ['name', v.name],
+    ['state', v.incomplete ? 'incomplete (an import did not finish: delete it, then import again)' : 'ready'],
     ['size', `${formatSize(v.size)} (${v.size} bytes)`],
     ['tenant', v.tenant ?? '-'],
     ['domain', v.domain],

@@ -5,10 +5,11 @@
 import type { ChunkRecords } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { restAfter } from '../meta/pacing.js';
+import { RateMeter } from '../rate-meter.js';
 import type { DedupIndex } from './dedup-index.js';
 
 /** Entries indexed per commit (a few ms of queueing on the event loop). */
-export const INDEX_BATCH = 1024;
+const INDEX_BATCH = 1024;
 /**
  * Logged fingerprints are indexed while writes go on only beyond this many; below it, only once
  * writes have paused for LOG_IDLE_MS. 512 Ki entries: 2 GiB of unique data at 4 KiB chunks; at
@@ -16,7 +17,7 @@ export const INDEX_BATCH = 1024;
  * record each).
  */
 export const LOG_MAX = 512 * 1024;
-export const LOG_IDLE_MS = 2000;
+const LOG_IDLE_MS = 2000;
 
 export class DedupIndexer {
   private running = false;
@@ -25,6 +26,8 @@ export class DedupIndexer {
   private due = false;
   private readonly idleMs: number;
   private readonly chunks: ChunkRecords;
+  /** Log entries taken into the on-disk index. */
+  readonly indexed = new RateMeter();
 
   constructor(
     private readonly meta: MetaStore,
@@ -72,7 +75,10 @@ export class DedupIndexer {
       while (!this.stopped && log.backlog > 0 && (this.due || log.size > LOG_MAX)) {
         // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
         const n = this.chunks.writeActivity;
-        this.dedup.indexSlice(INDEX_BATCH);
+        const n0 = this.dedup.indexSlice(INDEX_BATCH);
+        // Counted as the slice leaves the log, so /v1/stats never shows an empty log with entries
+        // missing from the count while the commit is under way.
+        this.indexed.add(n0);
         const t0 = performance.now();
         await this.meta.commit();
         if (log.backlog === 0 || this.chunks.writeActivity !== n) this.due = false;

@@ -113,12 +113,19 @@ export class NodeStore implements CommitPart<Taken> {
     this.pipeline.changed();
   }
 
-  /** Drops one reference; at zero the node joins the reclaim queue (its children are released later). */
-  dec(id: number): void {
+  /**
+   * Drops one reference; at zero the node joins the reclaim queue (its children are released
+   * later). `mapped`: the chunk references under it, when the caller knows them (a whole map or
+   * subtree let go), for the estimate of what reclaim has left.
+   */
+  dec(id: number, mapped = 0): void {
     const n = this.refCount(id) - 1;
     if (n < 0) throw new ShoalError('corrupt_metadata', `map node ${id} lost more references than it had`);
     this.setRefs(id, n);
-    if (n === 0) this.sb.gcQueue.push(id);
+    if (n === 0) {
+      this.sb.gcQueue.push(id);
+      this.sb.gcPendingChunks = (this.sb.gcPendingChunks ?? 0) + mapped;
+    }
     this.pipeline.changed();
   }
 
@@ -130,6 +137,8 @@ export class NodeStore implements CommitPart<Taken> {
     this.deleted.add(id);
     this.refs.set(id, 0);
     this.refsClean.delete(id);
+    // Whatever the estimate still counts was shared elsewhere and will not be released.
+    if (this.sb.gcQueue.length === 0) this.sb.gcPendingChunks = 0;
     this.pipeline.changed();
   }
 
@@ -138,6 +147,16 @@ export class NodeStore implements CommitPart<Taken> {
   /** Nodes whose refcount reached zero and whose children are still to be released. */
   get reclaimBacklog(): number {
     return this.sb.gcQueue.length;
+  }
+
+  /** Chunk references the queue may still release: an upper bound (see Superblock.gcPendingChunks). */
+  get reclaimPendingChunks(): number {
+    return this.sb.gcQueue.length === 0 ? 0 : Math.max(0, this.sb.gcPendingChunks ?? 0);
+  }
+
+  /** Reclaim released `n` chunk references. */
+  releasedChunks(n: number): void {
+    this.sb.gcPendingChunks = Math.max(0, (this.sb.gcPendingChunks ?? 0) - n);
   }
 
   /** The node to release next (the queue's last), or undefined. */
@@ -175,6 +194,11 @@ export class NodeStore implements CommitPart<Taken> {
       if (this.cache.size <= max * 0.8) break;
       if (!this.dirty.has(id)) this.cache.delete(id);
     }
+  }
+
+  /** How many nodes are stored (LMDB's own count: O(1); fsck's total). */
+  storedCount(): number {
+    return (this.nodesDb.getStats() as { entryCount: number }).entryCount;
   }
 
   /** Every stored node id (only meaningful with nothing uncommitted: fsck commits first). */

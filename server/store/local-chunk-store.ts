@@ -11,7 +11,7 @@ import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
 import { native } from '../native.js';
 
 /** The file that holds the chunks in a data directory. */
-export const CHUNK_FILE = 'chunks.dat';
+const CHUNK_FILE = 'chunks.dat';
 
 export class LocalChunkStore implements ChunkStore {
   /** A freed slot's place in the file is simply written again. */

@@ -157,11 +157,15 @@ class VolumeExport implements BlockExport, ExportConnection {
     this.live();
     const r = this.rec();
     checkRange(r.size, offset, length);
+    this.st.io.reads++;
+    this.st.io.readBytes += length;
     return this.ctx.reads.read(r, offset, length, this.readerId);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.writable(offset, data.length);
+    this.st.io.writes++;
+    this.st.io.writtenBytes += data.length;
     await this.ctx.writes.write(this.st, offset, data);
     if (fua) await this.ctx.flush();
   }

@@ -7,7 +7,7 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
 /** Where chunks and metadata live: the data directory alone (the default), or an S3 prefix with local caches. */
 export type StoreConfig = { kind: 'local' } | S3StoreConfig;
 
-export interface S3StoreConfig extends StoreLocation {
+interface S3StoreConfig extends StoreLocation {
   kind: 's3';
   endpoint: string | null; // null = AWS S3 itself (virtual-hosted style); a URL = path-style requests to it
   region: string | null; // null = the AWS SDK's default chain (AWS_REGION, shared config), else us-east-1
