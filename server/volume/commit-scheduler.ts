@@ -1,16 +1,22 @@
-// When the volume layer commits: at least every interval when anything changed, soon after a
-// burst of writes piles up changes (a big commit holds the event loop while its records are
-// queued, ~1 us each; a small one costs two fsyncs), and at once for FLUSH and FUA.
+// When the volume layer commits: when enough changes have piled up, at least every interval when
+// anything changed, and at once for FLUSH and FUA. A commit queues all its records in one
+// synchronous stretch (lmdb-js makes one transaction of it), ~1-3 us each, so its size bounds the
+// event loop's longest stall: a few thousand changes a commit keep it to a few ms, where two seconds
+// of sustained random writes (~50k records) held the loop 100-600 ms (bench:soak). A small commit
+// costs its fsyncs, but they wait on the disk, not on the loop.
 import type { MetaStore } from '../meta/meta-store.js';
 
-/** Changes after which the write path starts a commit. */
-const WRITE_COMMIT_BATCH = 32768;
+/** Changes after which a commit starts. */
+const WRITE_COMMIT_BATCH = 4096;
+/** How often the pile is looked at: writes that change no volume record do not call changed(). */
+const CHECK_MS = 100;
 /** Map nodes are 2 KiB in memory: keep at most 64k clean ones (128 MiB, maps for ~64 GiB of hot data). */
 const MAX_CACHED_NODES = 65_536;
 
 export class CommitScheduler {
   private timer: NodeJS.Timeout | null = null;
   private queued = false;
+  private lastCommit = performance.now();
 
   constructor(
     private readonly meta: MetaStore,
@@ -19,10 +25,16 @@ export class CommitScheduler {
   ) {}
 
   start(): void {
+    let trimAt = performance.now() + this.intervalMs;
     this.timer = setInterval(() => {
-      if (this.meta.pendingChanges > 0) this.commitSoon();
-      this.meta.nodes.trim(MAX_CACHED_NODES);
-    }, this.intervalMs);
+      const now = performance.now();
+      const pending = this.meta.pendingChanges;
+      if (pending >= WRITE_COMMIT_BATCH || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
+      if (now >= trimAt) {
+        trimAt = now + this.intervalMs;
+        this.meta.nodes.trim(MAX_CACHED_NODES);
+      }
+    }, Math.min(CHECK_MS, this.intervalMs));
     this.timer.unref();
   }
 
@@ -35,6 +47,7 @@ export class CommitScheduler {
   commitSoon(): void {
     if (this.queued) return;
     this.queued = true;
+    this.lastCommit = performance.now();
     this.meta
       .commit()
       .catch((e) => this.logger?.error({ err: e }, 'background commit failed'))
