@@ -21,6 +21,19 @@ import { VolumeRecords } from './volume-records.js';
 /** The LMDB environment's file in a data directory. */
 export const META_FILE = 'meta.lmdb';
 
+/** Opens an LMDB environment as the metadata uses it (also a restore's, before it becomes the metadata). */
+export function openMetaEnv(path: string): RootDatabase {
+  return open({
+    path,
+    maxDbs: 16,
+    // A commit resolves only once its transaction is fsynced: the FLUSH reply depends on it.
+    overlappingSync: false,
+    noSync: false,
+    mapSize: 2 ** 40,
+    pageSize: 4096,
+  });
+}
+
 export class MetaStore {
   readonly pipeline: CommitPipeline;
   readonly nodes: NodeStore;
@@ -31,23 +44,28 @@ export class MetaStore {
   /** The chunk store's own records (an object store's chunk places); unused by the local store. */
   readonly storeRecords: StoreRecords;
   private readonly slotReusedListeners: Array<(slot: number) => void> = [];
+  /** How each database is encoded, by name: a replica of the commits replays them the same way. */
+  readonly encodings = new Map<string, { encoding?: string; keyEncoding?: string }>();
 
   private constructor(
     readonly dir: string,
     private readonly env: RootDatabase,
     private readonly sb: Superblock,
-    main: Database,
+    /** The `main` database (superblock, volume and intent records, and small records of other parts). */
+    readonly main: Database,
     chunksDb: Database<Buffer, number>,
   ) {
+    this.encodings.set('main', { encoding: 'msgpack' });
+    this.encodings.set('chunks', { encoding: 'binary' });
     this.pipeline = new CommitPipeline(main, () => sb);
-    this.nodes = new NodeStore(env.openDB({ name: 'nodes', encoding: 'binary' }), env.openDB({ name: 'node-refs', encoding: 'msgpack' }), sb, this.pipeline);
+    this.nodes = new NodeStore(this.openDb({ name: 'nodes', encoding: 'binary' }), this.openDb({ name: 'node-refs', encoding: 'msgpack' }), sb, this.pipeline);
     this.chunks = new ChunkRecords(chunksDb, sb, this.pipeline);
-    this.slots = new SlotAllocator(env.openDB({ name: 'free-slots', encoding: 'msgpack' }), sb, this.pipeline, (s) => {
+    this.slots = new SlotAllocator(this.openDb({ name: 'free-slots', encoding: 'msgpack' }), sb, this.pipeline, (s) => {
       for (const fn of this.slotReusedListeners) fn(s);
     });
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
-    this.storeRecords = new StoreRecords(env.openDB<Buffer, number>({ name: 'store-records', encoding: 'binary' }));
+    this.storeRecords = new StoreRecords(this.openDb<Buffer, number>({ name: 'store-records', encoding: 'binary' }));
     this.pipeline.add(this.nodes);
     this.pipeline.add(this.chunks);
     this.pipeline.add(this.slots);
@@ -63,15 +81,7 @@ export class MetaStore {
     if (create) mkdirSync(dir, { recursive: true });
     let env: RootDatabase;
     try {
-      env = open({
-        path: join(dir, META_FILE),
-        maxDbs: 16,
-        // A commit resolves only once its transaction is fsynced: the FLUSH reply depends on it.
-        overlappingSync: false,
-        noSync: false,
-        mapSize: 2 ** 40,
-        pageSize: 4096,
-      });
+      env = openMetaEnv(join(dir, META_FILE));
     } catch (e) {
       throw new ShoalError('corrupt_metadata', `cannot open the metadata in ${dir}: ${(e as Error).message}`, { cause: e });
     }
@@ -89,7 +99,13 @@ export class MetaStore {
 
   /** A named database in the same environment, for a layer that keeps records of its own (dedup). */
   openDb<V, K extends string | number | Buffer>(options: DatabaseOptions & { name: string }): Database<V, K> {
+    this.encodings.set(options.name, { encoding: options.encoding, ...(options.keyEncoding ? { keyEncoding: options.keyEncoding } : {}) });
     return this.env.openDB<V, K>(options);
+  }
+
+  /** A consistent copy of the whole environment at `path` (LMDB's compacting copy, taken in a read transaction). */
+  backup(path: string): Promise<void> {
+    return this.env.backup(path, true);
   }
 
   /**
@@ -150,12 +166,13 @@ export class MetaStore {
     await this.env.close();
   }
 
-  /** Commits what is pending, then closes the environment. */
+  /** Commits what is pending (and lets the journal, if any, finish with it), then closes the environment. */
   async close(): Promise<void> {
     if (!this.pipeline.isClosed) {
       await this.commit().catch(() => {});
       this.pipeline.close();
     }
+    await this.pipeline.journal?.close?.();
     await this.env.close();
   }
 }

@@ -22,7 +22,7 @@ export interface ChunkTargets {
 
 /** What a store reports about itself (REST /v1/stats `store`). */
 export interface StoreStats {
-  kind: 'local';
+  kind: 'local' | 's3';
   /** Read requests made to the medium and bytes they returned. */
   reads: number;
   readBytes: number;
@@ -48,7 +48,8 @@ export interface StoreRecordsView {
   get(key: number): Buffer | undefined;
   /** The record with the greatest key ≤ `key`, if any. */
   floor(key: number): [number, Buffer] | undefined;
-  entries(): Iterable<[number, Buffer]>;
+  /** Records with keys in [start, end) (all of them without a range), in key order. */
+  entries(range?: { start: number; end: number }): Iterable<[number, Buffer]>;
 }
 
 export interface ChunkStore {

@@ -1,6 +1,7 @@
 // When the volume layer commits: at least every interval when anything changed, soon after a
 // burst of writes piles up changes (a big commit holds the event loop while its records are
 // queued, ~1 us each; a small one costs two fsyncs), and at once for FLUSH and FUA.
+import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
 
 /** Changes after which the write path starts a commit. */
@@ -16,6 +17,8 @@ export class CommitScheduler {
     private readonly meta: MetaStore,
     private readonly logger: { error(obj: unknown, msg?: string): void } | undefined,
     private readonly intervalMs = 2000,
+    /** A FLUSH that is not durable within this long fails (the commit goes on); none if undefined. */
+    private readonly flushTimeoutMs?: number,
   ) {}
 
   start(): void {
@@ -41,9 +44,23 @@ export class CommitScheduler {
       .finally(() => (this.queued = false));
   }
 
-  /** Makes every completed write durable (FLUSH, FUA). */
+  /**
+   * Makes every completed write durable (FLUSH, FUA). With a flush timeout (an S3 store in flush mode:
+   * --s3-timeout) a FLUSH the store cannot confirm in time fails with EIO; the commit carries on, and what
+   * was acknowledged before stays on the local disk until the store takes it.
+   */
   flush(): Promise<void> {
-    return this.meta.commit();
+    const commit = this.meta.commit();
+    const ms = this.flushTimeoutMs;
+    if (ms === undefined) return commit;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new ShoalError('io_error', `the object store did not confirm the flush within ${ms / 1000}s (--s3-timeout); the data stays on the local disk and is uploaded once the store answers`)),
+        ms,
+      );
+    });
+    return Promise.race([commit, timeout]).finally(() => clearTimeout(timer));
   }
 
   stop(): void {

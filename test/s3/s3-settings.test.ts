@@ -32,7 +32,7 @@ test('--store s3://BUCKET/PREFIX with its defaults', () => {
     endpoint: null,
     region: null,
     sync: 'flush',
-    localCacheSize: 10 * 2 ** 30,
+    localCacheSize: { percentOfFree: 10 },
     leaseSeconds: 30,
     timeoutMs: 30_000,
     compactBelow: 0.5,
@@ -52,7 +52,7 @@ test('every S3 flag, from flags, environment and a config file', () => {
     endpoint: 'http://127.0.0.1:7480',
     region: 'eu-west-1',
     sync: 'async',
-    localCacheSize: 64 * 2 ** 30,
+    localCacheSize: { bytes: 64 * 2 ** 30 },
     leaseSeconds: 10,
     timeoutMs: 120_000,
     compactBelow: 0.25,
@@ -62,7 +62,7 @@ test('every S3 flag, from flags, environment and a config file', () => {
     const file = join(dir, 'shoal.json');
     writeFileSync(file, JSON.stringify({ store: 's3://bk2/q', 's3-endpoint': 'https://s3.example.net', leaseSeconds: 12, s3Timeout: '45s' }));
     const fromFile = loadConfig(['--config', file], {}).store;
-    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: 10 * 2 ** 30, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5 });
+    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: { percentOfFree: 10 }, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5 });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -85,6 +85,9 @@ test('bad S3 settings are refused with a sentence naming the flag', () => {
     [[...s3, '--s3-region', 'eu west'], /--s3-region "eu west" is not a region name/],
     [[...s3, '--s3-sync', 'sometimes'], /--s3-sync "sometimes" must be flush or async/],
     [[...s3, '--local-cache-size', 'lots'], /--local-cache-size "lots" is not a size/],
+    [[...s3, '--local-cache-size', '1M'], /--local-cache-size "1M" is too small: the local tier needs at least 64M/],
+    [[...s3, '--local-cache-size', '0%'], /--local-cache-size "0%" must be a percentage above 0 and at most 100/],
+    [[...s3, '--local-cache-size', '150%'], /--local-cache-size "150%" must be a percentage/],
     [[...s3, '--lease-seconds', '2'], /--lease-seconds "2" must be a whole number of seconds from 3 to 3600/],
     [[...s3, '--lease-seconds', '1.5'], /--lease-seconds/],
     [[...s3, '--lease-seconds', 'forever'], /--lease-seconds/],
