@@ -59,6 +59,8 @@ export interface BucketReplicaOptions {
   checkpointDeltas?: number;
   /** Test-only: a pause after a checkpoint is uploaded, before the head names it. */
   pauseAfterCheckpointMs?: number;
+  /** At close, how long to wait for what is left to be published (--s3-timeout). */
+  closeTimeoutMs: number;
 }
 
 /** A commit in the local outbox, not yet named by the bucket's head. */
@@ -107,7 +109,8 @@ export class BucketReplica implements CommitJournal {
   private readonly outbox: string;
   /** The part that writes the `replica` record into every commit. */
   readonly part: CommitPart<ReplicaRecord>;
-  published_ = 0;
+  /** Set by close(): everything committed is in the bucket (the lease may be released). */
+  drainedAll = false;
 
   private constructor(
     private readonly opts: BucketReplicaOptions,
@@ -244,7 +247,6 @@ export class BucketReplica implements CommitJournal {
       rmSync(e.path, { force: true });
     }
     for (const e of batch) this.deltaBytesSinceCheckpoint += e.bytes;
-    this.published_ += batch.length;
     this.waiters = this.waiters.filter((w) => {
       if (w.seq > this.state.last.seq || this.gap) return true;
       w.resolve();
@@ -380,11 +382,8 @@ export class BucketReplica implements CommitJournal {
     this.fail(e);
   }
 
-  /**
-   * After the last commit: publishes what is left (for up to `timeoutMs`), then stops. Whether everything
-   * committed is in the bucket (the lease may then be released).
-   */
-  async drain(timeoutMs: number): Promise<boolean> {
+  /** Publishes what is left (for up to `timeoutMs`), then stops. Whether everything committed is in the bucket. */
+  private async drain(timeoutMs: number): Promise<boolean> {
     if (this.failure) return false;
     const done = this.published().then(
       () => true,
@@ -397,8 +396,9 @@ export class BucketReplica implements CommitJournal {
     return ok && this.queue.length === 0;
   }
 
+  /** After the last commit (MetaStore.close): publishes what is left, for up to closeTimeoutMs. */
   async close(): Promise<void> {
-    // The daemon drains explicitly (it needs the answer to decide whether to release the lease).
+    this.drainedAll = await this.drain(this.opts.closeTimeoutMs);
   }
 }
 
