@@ -55,10 +55,11 @@ export class CommitScheduler {
     if (ms === undefined) return commit;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new ShoalError('io_error', `the object store did not confirm the flush within ${ms / 1000}s (--s3-timeout); the data stays on the local disk and is uploaded once the store answers`)),
-        ms,
-      );
+      timer = setTimeout(() => {
+        const err = new ShoalError('io_error', `the object store did not confirm the flush within ${ms / 1000}s (--s3-timeout); the data stays on the local disk and is uploaded once the store answers`);
+        this.logger?.error({ err }, `a FLUSH failed: ${err.message}`);
+        reject(err);
+      }, ms);
     });
     return Promise.race([commit, timeout]).finally(() => clearTimeout(timer));
   }
