@@ -19,7 +19,7 @@ import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
 import { readApiCertificates } from '../api/https-certificates.js';
-import { openS3Layers } from './s3-layers.js';
+import { openS3Layers, type S3LayersOptions } from './s3-layers.js';
 import { claimDataDir } from './store/store-marker.js';
 
 export interface RunningDaemon {
@@ -190,11 +190,18 @@ function testMs(name: string, unit = 'milliseconds'): number | undefined {
 /**
  * Test-only S3 hooks, refused unless NODE_ENV=test: SHOAL_TEST_S3_PACK_BYTES seals packs smaller than 8 MiB
  * (a test fills several); SHOAL_TEST_S3_CHECKPOINT_DELTAS checkpoints the metadata after that many deltas;
- * SHOAL_TEST_S3_COMPACT_MS looks for packs to compact that often and deletes dropped ones that long after.
+ * SHOAL_TEST_S3_COMPACT_MS looks for packs to compact that often and deletes dropped ones that long after;
+ * SHOAL_TEST_S3_COMPACT_PAUSE_MS holds a compaction between its copies and its commit (a kill -9 there).
  */
-function testS3Hooks(): { packBytes?: number; checkpointDeltas?: number; compactIntervalMs?: number; compactGraceMs?: number } {
+function testS3Hooks(): S3LayersOptions['test'] {
   const compactMs = testMs('SHOAL_TEST_S3_COMPACT_MS');
-  return { packBytes: testMs('SHOAL_TEST_S3_PACK_BYTES', 'bytes'), checkpointDeltas: testMs('SHOAL_TEST_S3_CHECKPOINT_DELTAS', 'deltas'), compactIntervalMs: compactMs, compactGraceMs: compactMs };
+  return {
+    packBytes: testMs('SHOAL_TEST_S3_PACK_BYTES', 'bytes'),
+    checkpointDeltas: testMs('SHOAL_TEST_S3_CHECKPOINT_DELTAS', 'deltas'),
+    compactIntervalMs: compactMs,
+    compactGraceMs: compactMs,
+    compactPauseMs: testMs('SHOAL_TEST_S3_COMPACT_PAUSE_MS'),
+  };
 }
 
 export async function runDaemon(config: Config): Promise<void> {

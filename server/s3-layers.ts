@@ -33,7 +33,7 @@ export interface S3LayersOptions {
   /** Told once when another daemon has taken the prefix over (the volumes stop taking writes). */
   onFenced: (err: ShoalError) => void;
   /** Test-only hooks (NODE_ENV=test): small packs, frequent checkpoints. */
-  test?: { packBytes?: number; checkpointDeltas?: number; compactIntervalMs?: number; compactGraceMs?: number };
+  test?: { packBytes?: number; checkpointDeltas?: number; compactIntervalMs?: number; compactGraceMs?: number; compactPauseMs?: number };
 }
 
 export interface S3Layers {
@@ -106,6 +106,7 @@ export async function openS3Layers(cfg: S3StoreConfig, o: S3LayersOptions): Prom
       published: () => replica.published(),
       graceMs: o.test?.compactGraceMs ?? DROP_GRACE_MS,
       intervalMs: o.test?.compactIntervalMs,
+      pauseBeforeSwapMs: o.test?.compactPauseMs,
     }));
     compactor.start();
     if (resume.restored) log.info({ store: url }, `restored the volumes of ${url} into ${o.dataDir}`);

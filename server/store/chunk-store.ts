@@ -71,9 +71,9 @@ export interface ChunkStore {
   sync(): Promise<void>;
   /**
    * Consistency check (fsck): a sentence for each way the store cannot serve the live chunks,
-   * `count` of them with the highest slot `maxSlot` (-1 when there are none).
+   * `count` of them with the highest slot `maxSlot` (-1 when there are none), each of `slots`.
    */
-  check(live: { count: number; maxSlot: number }): Promise<string[]>;
+  check(live: { count: number; maxSlot: number; slots: Iterable<number> }): Promise<string[]>;
   /** Bytes the backend holds on its medium (for reports). */
   allocatedBytes(): Promise<number>;
   stats(): StoreStats;

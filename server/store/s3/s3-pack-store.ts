@@ -33,6 +33,7 @@ import {
   PACK_KEYS,
   packIdOfKey,
   packKey,
+  packObjectKey,
   RunOverlay,
   type PackRecord,
   type Run,
@@ -447,9 +448,43 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     if (this.closed) throw new ShoalError('shutting_down', 'the chunk store is closed');
   }
 
-  async check(live: { count: number; maxSlot: number }): Promise<string[]> {
-    void live;
-    return [];
+  /**
+   * Every live chunk has a place in a pack the metadata knows and has not freed; every pack holding one is
+   * in the bucket (listed), and its index there names the chunk at that place. Pack objects no metadata
+   * names are not errors (dropped packs wait out a grace period; a start sweeps what a crash left).
+   */
+  async check(live: { count: number; maxSlot: number; slots: Iterable<number> }): Promise<string[]> {
+    const errors: string[] = [];
+    const byPack = new Map<number, Array<{ slot: number; index: number }>>();
+    for (const slot of live.slots) {
+      const r = this.locate(slot);
+      const info = r && this.packs.get(r.pack);
+      if (!r) errors.push(`chunk ${slot} is live but no pack holds it`);
+      else if (!info || info.dropped) errors.push(`chunk ${slot} is live but its pack ${r.pack} is ${info ? 'dropped' : 'unknown to the metadata'}`);
+      else {
+        const index = r.index + slot - r.first;
+        if (isDead(info, index)) errors.push(`chunk ${slot} is live but pack ${r.pack} counts it freed`);
+        let l = byPack.get(r.pack);
+        if (!l) byPack.set(r.pack, (l = []));
+        l.push({ slot, index });
+      }
+    }
+    const { bucket, prefix } = this.opts.lease;
+    const inBucket = new Set<string>();
+    for await (const o of bucket.list(`${prefix}packs/`)) inBucket.add(o.key);
+    await Promise.all(
+      [...byPack].map(async ([id, chunks]) => {
+        const info = this.packs.get(id)!;
+        if (info.state !== 'uploaded') return; // staged on the local disk, read from there
+        const key = packObjectKey(prefix, info.epoch, id);
+        if (!inBucket.has(key)) return errors.push(`pack ${id} holds ${chunks.length} live chunk(s) but ${bucket.url(key)} is missing`);
+        const entries = await this.fetcher.index(info).catch((e: Error) => e);
+        if (entries instanceof Error) return errors.push(`pack ${id}: ${entries.message}`);
+        for (const c of chunks)
+          if (entries[c.index]?.id !== c.slot) errors.push(`chunk ${c.slot}: the metadata places it at ${c.index} of pack ${id}, but the pack's index there names ${entries[c.index]?.id ?? 'nothing'}`);
+      }),
+    );
+    return errors;
   }
 
   async allocatedBytes(): Promise<number> {
