@@ -4,7 +4,6 @@
 // the pack objects in the bucket and their indexes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
 import { needCeph, openTestBucket, uniqueBucketName } from '../helpers/ceph.js';
 import { needTools } from '../helpers/tools.js';
 import { expectBlocks, s3Daemon, startAfterLease, writeBlocks, type Blocks } from '../helpers/s3-daemon.js';
