@@ -191,7 +191,8 @@ function testMs(name: string, unit = 'milliseconds'): number | undefined {
  * Test-only S3 hooks, refused unless NODE_ENV=test: SHOAL_TEST_S3_PACK_BYTES seals packs smaller than 8 MiB
  * (a test fills several); SHOAL_TEST_S3_CHECKPOINT_DELTAS checkpoints the metadata after that many deltas;
  * SHOAL_TEST_S3_COMPACT_MS looks for packs to compact that often and deletes dropped ones that long after;
- * SHOAL_TEST_S3_COMPACT_PAUSE_MS holds a compaction between its copies and its commit (a kill -9 there).
+ * SHOAL_TEST_S3_COMPACT_PAUSE_MS holds a compaction between its copies and its commit, SHOAL_TEST_S3_UPLOAD_PAUSE_MS
+ * each pack after its upload, SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS a checkpoint before the head names it (a kill -9 there).
  */
 function testS3Hooks(): S3LayersOptions['test'] {
   const compactMs = testMs('SHOAL_TEST_S3_COMPACT_MS');
@@ -201,6 +202,8 @@ function testS3Hooks(): S3LayersOptions['test'] {
     compactIntervalMs: compactMs,
     compactGraceMs: compactMs,
     compactPauseMs: testMs('SHOAL_TEST_S3_COMPACT_PAUSE_MS'),
+    uploadPauseMs: testMs('SHOAL_TEST_S3_UPLOAD_PAUSE_MS'),
+    checkpointPauseMs: testMs('SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS'),
   };
 }
 

@@ -33,7 +33,7 @@ export interface S3LayersOptions {
   /** Told once when another daemon has taken the prefix over (the volumes stop taking writes). */
   onFenced: (err: ShoalError) => void;
   /** Test-only hooks (NODE_ENV=test): small packs, frequent checkpoints. */
-  test?: { packBytes?: number; checkpointDeltas?: number; compactIntervalMs?: number; compactGraceMs?: number; compactPauseMs?: number };
+  test?: { packBytes?: number; checkpointDeltas?: number; compactIntervalMs?: number; compactGraceMs?: number; compactPauseMs?: number; uploadPauseMs?: number; checkpointPauseMs?: number };
 }
 
 export interface S3Layers {
@@ -94,9 +94,10 @@ export async function openS3Layers(cfg: S3StoreConfig, o: S3LayersOptions): Prom
       localCacheBytes: await localCacheBytes(cfg, o.dataDir),
       logger: log,
       packBytes: o.test?.packBytes,
+      pauseAfterUploadMs: o.test?.uploadPauseMs,
     }));
     const replica = (parts.replica = BucketReplica.open(
-      { meta, head, lease, store, dir: s3Dir, sync: cfg.sync, logger: log, checkpointDeltas: o.test?.checkpointDeltas, closeTimeoutMs: cfg.timeoutMs },
+      { meta, head, lease, store, dir: s3Dir, sync: cfg.sync, logger: log, checkpointDeltas: o.test?.checkpointDeltas, pauseAfterCheckpointMs: o.test?.checkpointPauseMs, closeTimeoutMs: cfg.timeoutMs },
       resume,
     ));
     const compactor = (parts.compactor = new PackCompactor(store, {

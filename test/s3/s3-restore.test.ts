@@ -9,7 +9,7 @@ import { needCeph, uniqueBucketName } from '../helpers/ceph.js';
 import { needTools, run } from '../helpers/tools.js';
 import { MAIN } from '../helpers/daemon.js';
 import { expectBlocks, s3Daemon, startAfterLease, writeBlocks, type Blocks } from '../helpers/s3-daemon.js';
-import { MiB } from '../helpers/volume-io.js';
+import { expectFsckClean, MiB } from '../helpers/volume-io.js';
 
 // Small packs (several per volume) and a checkpoint every few commits, so a restore reads both.
 const HOOKS = { SHOAL_TEST_S3_PACK_BYTES: String(256 * 1024), SHOAL_TEST_S3_CHECKPOINT_DELTAS: '4' };
@@ -71,4 +71,44 @@ test('kill -9, data directory gone: a new daemon restores every volume, snapshot
   // The restored daemon writes on: its writes reach the bucket like the first one's.
   await writeBlocks(b, 'disk2', 'flush', [{ seed: 6, count: 10, size: 4096, stride: 1 * MiB }]);
   await expectBlocks(b, 'disk2', [fua, { seed: 6, count: 10, size: 4096, stride: 1 * MiB }]);
+});
+
+test('--s3-sync async: kill -9 during a pack upload and during a checkpoint; the same disk publishes the rest, a graceful stop releases the lease, a restore elsewhere finds every FLUSHed block', async (t) => {
+  const ceph = await needCeph(t);
+  if (!ceph || !needTools(t, 'nbdsh')) return;
+  const store = `s3://${uniqueBucketName('async')}/p`;
+  const args = ['--lease-seconds', '3', '--s3-sync', 'async'];
+  // Every pack upload and every checkpoint is held a while before it counts: the kill lands in one of each.
+  const slow = { ...HOOKS, SHOAL_TEST_S3_UPLOAD_PAUSE_MS: '3000', SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS: '60000' };
+  const a = s3Daemon(ceph, store, { args, env: slow });
+  const again = s3Daemon(ceph, store, { args, env: HOOKS, dataDir: a.dataDir });
+  const elsewhere = s3Daemon(ceph, store, { args });
+  t.after(async () => {
+    for (const d of [a, again, elsewhere]) await d.kill9();
+    await again.dispose();
+    await elsewhere.dispose();
+    rmSync(a.dataDir, { recursive: true, force: true });
+  });
+  await a.start();
+  await a.createVolume('db', 8 * MiB);
+  const sets: Blocks[] = [1, 2, 3, 4, 5, 6].map((k) => ({ seed: 60 + k, count: 16, size: 32 * 1024, stride: 64 * 1024, shift: (k % 2) * 32 * 1024 }));
+  // In async mode a FLUSH waits for the local disk only: these return while uploads crawl.
+  const started = Date.now();
+  for (const s of sets) await writeBlocks(a, 'db', 'flush', [s]);
+  assert.ok(Date.now() - started < 15_000, 'async FLUSHes do not wait for the held uploads');
+  await a.waitForLog(/test hook: pack uploaded, pausing/, 20_000);
+  await a.waitForLog(/test hook: checkpoint \d+ uploaded, pausing/, 20_000);
+  await a.kill9();
+
+  // The same data directory: its outbox and staged packs are published by the next start.
+  await startAfterLease(again);
+  await expectBlocks(again, 'db', sets);
+  await again.stop(); // SIGTERM: publishes what is left, then releases the lease
+  assert.match(again.log, /released s3:\/\//);
+
+  // A released lease is taken at once, no lapse to wait for; everything FLUSHed is in the bucket.
+  assert.equal(await startAfterLease(elsewhere), 0);
+  assert.match(elsewhere.log, /taking over s3:\/\/\S+ from a released lease/);
+  await expectBlocks(elsewhere, 'db', sets);
+  await expectFsckClean(elsewhere);
 });

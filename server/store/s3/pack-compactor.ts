@@ -62,9 +62,11 @@ export class PackCompactor {
 
   private async pass(): Promise<void> {
     const candidates: PackInfo[] = [];
-    for (const id of this.touched) {
+    // A copy: a Set's iteration visits ids added back during it (a pack to look at again) over and over.
+    const ids = [...this.touched];
+    this.touched.clear();
+    for (const id of ids) {
       const info = this.store.packs.get(id);
-      this.touched.delete(id);
       if (!info || info.dropped) continue;
       // Only packs in the bucket whose runs are all committed: a write still on its way to the metadata
       // keeps its pack as it is.
