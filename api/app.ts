@@ -12,7 +12,8 @@ import { ShoalError } from '../server/errors.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { rangeRoutes } from './routes/ranges.js';
-import { systemRoutes } from './routes/system.js';
+import { changeRoutes } from './routes/changes.js';
+import { systemRoutes, type NbdEndpoints } from './routes/system.js';
 import { installAuthorization } from './auth/authorize.js';
 import type { TokenStore } from './auth/token-store.js';
 
@@ -27,6 +28,8 @@ export interface ApiOptions {
   tokens?: TokenStore | null;
   /** Serve HTTPS with this certificate and key (PEM), from --api-tls-certificates. */
   https?: { cert: Buffer; key: Buffer } | null;
+  /** Where the daemon serves NBD (GET /v1/endpoints); read on each request, since listeners open after the API is built. */
+  nbdEndpoints?: () => NbdEndpoints;
 }
 
 export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
@@ -101,7 +104,8 @@ export async function buildApi(opts: ApiOptions): Promise<FastifyInstance> {
   await app.register(volumeRoutes);
   await app.register(snapshotRoutes);
   await app.register(rangeRoutes);
-  await app.register(systemRoutes, { metrics: opts.metrics });
+  await app.register(changeRoutes);
+  await app.register(systemRoutes, { metrics: opts.metrics, nbdEndpoints: opts.nbdEndpoints ?? (() => ({ tcp: null, unix: null, tls: 'off' })) });
   return app;
 }
 

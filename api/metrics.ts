@@ -1,13 +1,12 @@
-// Prometheus metrics: NBD traffic is counted as it happens (the NbdObserver hooks), everything the volume
-// layer already tracks (cache, dedup, space) is read from VolumeControl.stats() at scrape time, so the hot
-// path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
+// Prometheus metrics: NBD requests are counted by operation as they happen (the NbdObserver hooks);
+// everything the volume layer already tracks (per-volume traffic, cache, dedup, space, background
+// work) is read from VolumeControl at scrape time, so the hot path never pays for it. Names are the public contract in DESIGN.md: shoal_ prefix, base units, _total.
 import { statfs } from 'node:fs/promises';
 import type { StatsFs } from 'node:fs';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { OpHistogram } from './op-histogram.js';
 import type { NbdObserver } from '../server/nbd/observer.js';
-import { volumeOfExport } from '../server/volume/names.js';
-import type { Stats, VolumeControl, VolumeInfo } from '../server/volume/control.js';
+import type { Stats, VolumeActivity, VolumeControl, VolumeInfo } from '../server/volume/control.js';
 import type { S3Observer, S3Op, S3Result } from '../server/store/s3/s3-stats.js';
 
 export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
@@ -28,14 +27,11 @@ export interface MetricsOptions {
   onError?: (err: unknown) => void;
 }
 
-function add(m: Map<string, number>, k: string, v: number): void {
-  m.set(k, (m.get(k) ?? 0) + v);
-}
-
 /** One scrape's view of the volume layer, read once and shared by every collect() callback. */
 interface Snapshot {
   stats: Stats;
   volumes: VolumeInfo[];
+  activity: VolumeActivity[];
 }
 
 export class Metrics implements NbdObserver, S3Observer {
@@ -44,17 +40,10 @@ export class Metrics implements NbdObserver, S3Observer {
   private readonly onError: (err: unknown) => void;
 
   private readonly connections: Gauge;
-  private readonly requests: Counter<'op'>;
-  private readonly requestErrors: Counter<'op'>;
   private readonly duration: OpHistogram;
-  private readonly readBytes: Counter<'volume'>;
-  private readonly writtenBytes: Counter<'volume'>;
 
   private readonly reqCount = new Map<string, number>();
   private readonly errCount = new Map<string, number>();
-  private readonly readTotals = new Map<string, number>();
-  private readonly writtenTotals = new Map<string, number>();
-  private readonly volumeNames = new Map<string, string>();
   private readonly s3Count = new Map<string, { op: S3Op; result: S3Result; n: number }>();
   private readonly s3Duration: OpHistogram;
   private s3Up = 0;
@@ -71,16 +60,14 @@ export class Metrics implements NbdObserver, S3Observer {
     this.connections = new Gauge({ name: 'shoal_nbd_connections', help: 'Open NBD connections.', registers });
     // Counted in plain maps on the hot path; prom-client sees the totals at scrape time (its
     // labelled inc() hashes the label object on every call).
-    const totals = (m: Map<string, number>, label: 'op' | 'volume') =>
-      function (this: Counter<'op' | 'volume'>) {
+    const totals = (m: Map<string, number>) =>
+      function (this: Counter<'op'>) {
         this.reset();
-        for (const [k, v] of m) this.inc({ [label]: k } as Partial<Record<'op' | 'volume', string>>, v);
+        for (const [op, v] of m) this.inc({ op }, v);
       };
-    this.requests = new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers, collect: totals(this.reqCount, 'op') });
-    this.requestErrors = new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers, collect: totals(this.errCount, 'op') });
+    new Counter({ name: 'shoal_nbd_requests_total', help: 'NBD requests completed, by operation.', labelNames: ['op'], registers, collect: totals(this.reqCount) });
+    new Counter({ name: 'shoal_nbd_request_errors_total', help: 'NBD requests answered with an error, by operation.', labelNames: ['op'], registers, collect: totals(this.errCount) });
     this.duration = new OpHistogram('shoal_nbd_request_duration_seconds', 'Time from receiving an NBD request to sending its reply, by operation.', DURATION_BUCKETS, this.registry);
-    this.readBytes = new Counter({ name: 'shoal_volume_read_bytes_total', help: 'Bytes read over NBD, by volume (reads of its snapshots included).', labelNames: ['volume'], registers, collect: totals(this.readTotals, 'volume') });
-    this.writtenBytes = new Counter({ name: 'shoal_volume_written_bytes_total', help: 'Bytes written over NBD with WRITE, by volume.', labelNames: ['volume'], registers, collect: totals(this.writtenTotals, 'volume') });
     for (const op of NBD_OPS) this.opChildren(op);
 
     const s3Count = this.s3Count;
@@ -151,17 +138,10 @@ export class Metrics implements NbdObserver, S3Observer {
     this.connections.dec();
   }
 
-  request(op: string, exportName: string, bytes: number, seconds: number, ok: boolean): void {
+  request(op: string, _exportName: string, _bytes: number, seconds: number, ok: boolean): void {
     this.reqCount.set(op, (this.reqCount.get(op) ?? 0) + 1);
     this.duration.observe(op, seconds);
-    if (!ok) {
-      this.errCount.set(op, (this.errCount.get(op) ?? 0) + 1);
-      return;
-    }
-    if (bytes > 0) {
-      if (op === 'read') add(this.readTotals, this.volumeOf(exportName), bytes);
-      else if (op === 'write') add(this.writtenTotals, this.volumeOf(exportName), bytes);
-    }
+    if (!ok) this.errCount.set(op, (this.errCount.get(op) ?? 0) + 1);
   }
 
   // --- S3Observer ---------------------------------------------------------------------------------
@@ -174,17 +154,6 @@ export class Metrics implements NbdObserver, S3Observer {
     this.s3Duration.observe(op, seconds);
     this.s3Up += bytesUp;
     this.s3Down += bytesDown;
-  }
-
-  /** A snapshot export "vol@snap" counts toward its volume. */
-  private volumeOf(exportName: string): string {
-    let v = this.volumeNames.get(exportName);
-    if (v === undefined) {
-      v = volumeOfExport(exportName);
-      if (this.volumeNames.size > 100_000) this.volumeNames.clear();
-      this.volumeNames.set(exportName, v);
-    }
-    return v;
   }
 
   // --- exposition ----------------------------------------------------------------------------------
@@ -210,7 +179,7 @@ export class Metrics implements NbdObserver, S3Observer {
     if (this.pending !== undefined) return this.pending;
     if (!this.control) return (this.pending = null);
     try {
-      this.pending = { stats: this.control.stats(), volumes: this.control.listVolumes() };
+      this.pending = { stats: this.control.stats(), volumes: this.control.listVolumes(), activity: this.control.activity() };
     } catch (e) {
       this.onError(e);
       this.pending = null;
@@ -248,12 +217,12 @@ export class Metrics implements NbdObserver, S3Observer {
       });
     // Per-volume series; reset first, so deleted volumes disappear. Counters (running totals kept
     // by the volume layer) are set by inc() from zero, so the exposition still says TYPE counter.
-    const perVolumeSeries = (kind: 'gauge' | 'counter', name: string, help: string, read: (v: VolumeInfo) => number) => {
+    const perVolumeSeries = <V extends { name: string }>(kind: 'gauge' | 'counter', name: string, help: string, read: (v: V) => number, list: (s: Snapshot) => V[]) => {
       const collect = function (this: Gauge<'volume'> | Counter<'volume'>) {
         const snap = snapshot();
         this.reset();
         if (!snap) return;
-        for (const v of snap.volumes) {
+        for (const v of list(snap)) {
           const x = read(v) || 0;
           if (kind === 'gauge') (this as Gauge<'volume'>).labels(v.name).set(x);
           else (this as Counter<'volume'>).labels(v.name).inc(Math.max(0, x));
@@ -262,8 +231,10 @@ export class Metrics implements NbdObserver, S3Observer {
       const opts = { name, help, labelNames: ['volume'] as const, registers, collect };
       return kind === 'gauge' ? new Gauge(opts) : new Counter(opts);
     };
-    const perVolume = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('gauge', name, help, read);
-    const perVolumeCounter = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('counter', name, help, read);
+    const perVolume = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('gauge', name, help, read, (s) => s.volumes);
+    const perVolumeCounter = (name: string, help: string, read: (v: VolumeInfo) => number) => perVolumeSeries('counter', name, help, read, (s) => s.volumes);
+    // NBD traffic per volume: running counts the volume layer keeps (requests accepted on the volume and its snapshots).
+    const trafficCounter = (name: string, help: string, read: (v: VolumeActivity) => number) => perVolumeSeries('counter', name, help, read, (s) => s.activity);
 
     counter('shoal_cache_hits_total', 'Chunk cache lookups served from memory.', (s) => s.cache.hits);
     counter('shoal_cache_misses_total', 'Chunk cache lookups that read the chunk store.', (s) => s.cache.misses);
@@ -280,6 +251,28 @@ export class Metrics implements NbdObserver, S3Observer {
     counter('shoal_dedup_hits_total', 'Chunk writes that found identical data already stored.', (s) => s.dedupHits);
     gauge('shoal_dedup_log_entries', 'New fingerprints in the dedup log, not yet in the on-disk index.', (s) => s.dedupLogEntries);
     gauge('shoal_reclaim_pending_nodes', 'Map nodes (up to 256 chunk references each) of deleted volumes, snapshots and replaced subtrees not yet reclaimed.', (s) => s.reclaimPendingNodes);
+    gauge('shoal_reclaim_pending_bytes', 'Estimate (an upper bound) of what background reclaim has left: chunk references under its queued nodes times the chunk size.', (s) => s.reclaim.pendingBytes);
+    counter('shoal_reclaim_released_bytes_total', 'Chunk references released by background reclaim, times the chunk size.', (s) => s.reclaim.releasedBytes);
+    counter('shoal_dedup_log_indexed_total', 'Dedup log entries taken into the on-disk fingerprint index.', (s) => s.dedupIndexing.indexedEntries);
+    gauge('shoal_fsck_running', '1 while a consistency check runs.', (s) => (s.fsck.running ? 1 : 0));
+    const fsckItems = (name: string, help: string, read: (f: Stats['fsck']) => Record<'index_entries' | 'nodes' | 'chunks', number>) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['kind'],
+        registers,
+        collect() {
+          const snap = snapshot();
+          this.reset();
+          if (snap) for (const [kind, v] of Object.entries(read(snap.stats.fsck))) this.labels(kind).set(v);
+        },
+      });
+    fsckItems('shoal_fsck_checked_items', 'Items the running (or last) consistency check has checked, by kind: index_entries, nodes (map nodes), chunks.', (f) => ({
+      index_entries: f.checkedIndexEntries,
+      nodes: f.checkedNodes,
+      chunks: f.checkedChunks,
+    }));
+    fsckItems('shoal_fsck_items', 'Items the running (or last) consistency check has to check, by kind.', (f) => ({ index_entries: f.totalIndexEntries, nodes: f.totalNodes, chunks: f.totalChunks }));
     gauge('shoal_chunks', 'Stored chunks.', (s) => s.chunks);
     gauge('shoal_volumes', 'Volumes.', (s) => s.volumes);
     gauge('shoal_snapshots', 'Snapshots.', (s) => s.snapshots);
@@ -288,6 +281,10 @@ export class Metrics implements NbdObserver, S3Observer {
     perVolume('shoal_volume_shared_bytes', 'Mapped bytes whose chunk is shared with another volume, snapshot or duplicate.', (v) => v.sharedBytes);
     perVolumeCounter('shoal_volume_cache_loads_total', 'Chunks loaded from the chunk store for reads of the volume and its snapshots (misses and readahead): its share of the cache misses.', (v) => v.cacheLoads);
     perVolume('shoal_volume_connections', 'Open NBD connections to the volume and its snapshots.', (v) => v.connections);
+    trafficCounter('shoal_volume_read_bytes_total', 'Bytes read over NBD, by volume (reads of its snapshots included).', (v) => v.readBytes);
+    trafficCounter('shoal_volume_written_bytes_total', 'Bytes written over NBD with WRITE, by volume.', (v) => v.writtenBytes);
+    trafficCounter('shoal_volume_read_requests_total', 'NBD READ requests, by volume (its snapshots included).', (v) => v.reads);
+    trafficCounter('shoal_volume_write_requests_total', 'NBD WRITE requests, by volume.', (v) => v.writes);
   }
 
   /** A statfs per gauge and scrape (microseconds); a failure leaves the gauge out of that scrape. */

@@ -4,6 +4,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { SIZE_PATTERN } from '../server/size.js';
 import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
+import { DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from '../server/volume/changes.js';
 
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
 export const VolumeName = name('volume name');
@@ -43,6 +44,23 @@ export const DeleteVolumeQuery = Type.Object({
   recursive: Type.Optional(QueryFlag("Delete the volume's snapshots with it; without it, a volume that has snapshots is refused with 409 volume_has_dependents.")),
 });
 
+// Query strings arrive as text (no type coercion, see app.ts): numbers are digit strings here.
+const Digits = (description: string) => Type.String({ pattern: '^[0-9]{1,16}$', description });
+export const ChangesQuery = Type.Object(
+  {
+    since: Type.String({
+      pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
+      title: 'snapshot name',
+      description: 'The older snapshot: SNAPSHOT of this volume, or ORIGIN@SNAPSHOT of a volume it was cloned from (taken no later than the clone).',
+      examples: ['s1', 'golden@v1'],
+    }),
+    until: Type.Optional(name('snapshot name', 'A snapshot of this volume newer than `since` (without it, the volume as it is now)')),
+    offset: Type.Optional(Digits('Byte offset to list from: 0 (the default), or the `next` of the previous page.')),
+    limit: Type.Optional(Digits(`Extents per page, 1 to ${MAX_CHANGES_LIMIT} (default ${DEFAULT_CHANGES_LIMIT}).`)),
+  },
+  { additionalProperties: false },
+);
+
 // --- bodies ----------------------------------------------------------------------------------------
 
 export const CreateVolumeBody = Type.Object(
@@ -51,6 +69,9 @@ export const CreateVolumeBody = Type.Object(
     size: Type.Optional(Size),
     domain: Type.Optional(DomainName),
     tenant: Type.Optional(TenantName),
+    incomplete: Type.Optional(
+      Type.Boolean({ description: 'Mark the new volume incomplete until `POST /v1/volumes/{name}/complete`: `shoal import` does, so an import that never finished shows as one.' }),
+    ),
     from: Type.Optional(
       Type.Object(
         { volume: VolumeName, snapshot: Type.Optional(SnapshotName) },
@@ -58,7 +79,7 @@ export const CreateVolumeBody = Type.Object(
       ),
     ),
   },
-  { additionalProperties: false, description: 'Either {name, size, domain?, tenant?} for an empty volume, or {name, from} for a clone (which takes its origin\'s tenant and domain).' },
+  { additionalProperties: false, description: 'Either {name, size, domain?, tenant?, incomplete?} for an empty volume, or {name, from} for a clone (which takes its origin\'s tenant and domain).' },
 );
 export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
 
@@ -113,6 +134,7 @@ export const VolumeInfo = Type.Object(
     exclusiveBytes: Type.Integer({ description: 'Mapped bytes whose chunk nothing else references.' }),
     sharedBytes: Type.Integer({ description: 'Mapped bytes whose chunk is shared with another map or by dedup.' }),
     cacheLoads: Type.Integer({ description: 'Chunks its reads (its snapshots\' included, and their readahead) loaded from the chunk store: its cache misses.' }),
+    incomplete: Type.Boolean({ description: 'Created by an import that has not finished (or was interrupted where it could not clean up).' }),
   },
   { additionalProperties: true },
 );
@@ -130,6 +152,17 @@ export const SnapshotInfo = Type.Object(
 
 export const VolumeList = Type.Object({ volumes: Type.Array(VolumeInfo) });
 export const SnapshotList = Type.Object({ snapshots: Type.Array(SnapshotInfo) });
+
+export const ChangeList = Type.Object(
+  {
+    extents: Type.Array(
+      Type.Object({ offset: Type.Integer({ description: 'Bytes.' }), length: Type.Integer({ description: 'Bytes.' }) }),
+      { description: 'Byte ranges that may differ from `since`, in order, not touching one another. Everything else is equal.' },
+    ),
+    next: Type.Optional(Type.Integer({ description: 'Present when more extents follow: pass it as `offset` for the next page.' })),
+  },
+  { additionalProperties: false },
+);
 
 export const ReflinkResult = Type.Object({ sharedBytes: Type.Integer(), copiedBytes: Type.Integer() }, { additionalProperties: true });
 export const DedupeResult = Type.Object(
@@ -151,6 +184,43 @@ export const Stats = Type.Object(
     reclaimPendingNodes: Type.Integer({
       description: 'Map nodes (each up to 256 chunk references) of deleted volumes and snapshots and of replaced map subtrees that background reclaim has not released yet.',
     }),
+    reclaim: Type.Object(
+      {
+        pendingNodes: Type.Integer({ description: 'As reclaimPendingNodes.' }),
+        pendingBytes: Type.Number({
+          description:
+            'Estimate, an upper bound: the chunk references under the queued nodes (counted when a map or subtree is let go, less those released since) times the chunk size. Subtrees still shared elsewhere are found only as reclaim reaches them; 0 once the queue is empty.',
+        }),
+        releasedBytes: Type.Number({ description: 'Chunk references released since the daemon started, times the chunk size (a reference to a chunk still shared frees no space).' }),
+        bytesPerSecond: Type.Number({ description: 'releasedBytes per second over the last 10 s.' }),
+      },
+      { additionalProperties: true, description: 'Background reclaim of deleted volumes, snapshots and replaced subtrees.' },
+    ),
+    dedupIndexing: Type.Object(
+      {
+        logEntries: Type.Integer({ description: 'As dedupLogEntries.' }),
+        indexedEntries: Type.Number({ description: 'Log entries taken into the on-disk index since the daemon started.' }),
+        entriesPerSecond: Type.Number({ description: 'indexedEntries per second over the last 10 s.' }),
+      },
+      { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
+    ),
+    fsck: Type.Object(
+      {
+        running: Type.Boolean(),
+        phase: Type.Union([Type.Literal('index'), Type.Literal('maps'), Type.Literal('chunks'), Type.Literal('store'), Type.Null()], {
+          description: 'What the running check is at: the dedup index, the maps (nodes), the chunk records, the chunk store; null when none runs.',
+        }),
+        checkedIndexEntries: Type.Number(),
+        totalIndexEntries: Type.Number(),
+        checkedNodes: Type.Number(),
+        totalNodes: Type.Number({ description: 'Map nodes stored when the check began.' }),
+        checkedChunks: Type.Number(),
+        totalChunks: Type.Number({ description: 'Live chunks when the check began.' }),
+        startedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+        lastOk: Type.Union([Type.Boolean(), Type.Null()], { description: 'The last finished check found no problem; null: none has run.' }),
+      },
+      { additionalProperties: true, description: 'The consistency check running (POST /v1/fsck), or the figures of the last one.' },
+    ),
     cache: Type.Object(
       {
         capacityBytes: Type.Number(),
@@ -191,6 +261,34 @@ export const FsckReport = Type.Object(
 );
 
 export const Health = Type.Object({ status: Type.Literal('ok') });
+
+export const ActivityList = Type.Object({
+  volumes: Type.Array(
+    Type.Object(
+      {
+        name: Type.String(),
+        tenant: Type.Union([Type.String(), Type.Null()]),
+        connections: Type.Integer({ description: 'Open NBD connections, including to its snapshots.' }),
+        reads: Type.Number({ description: 'NBD READ requests accepted since the daemon started (its snapshots included).' }),
+        writes: Type.Number({ description: 'NBD WRITE requests accepted since the daemon started.' }),
+        readBytes: Type.Number(),
+        writtenBytes: Type.Number(),
+      },
+      { additionalProperties: true },
+    ),
+  ),
+});
+
+export const Endpoints = Type.Object({
+  nbd: Type.Object(
+    {
+      tcp: Type.Union([Type.String(), Type.Null()], { description: 'HOST:PORT the daemon serves NBD on (null: none); a wildcard host means the API\'s host.' }),
+      unix: Type.Union([Type.String(), Type.Null()], { description: 'The Unix socket it serves NBD on (null: none).' }),
+      tls: Type.Union([Type.Literal('off'), Type.Literal('on'), Type.Literal('require')], { description: 'NBD over TLS (STARTTLS): off, offered (on), or required.' }),
+    },
+    { additionalProperties: true },
+  ),
+});
 
 /** Every route documents the error shape for 4xx and 5xx. */
 export function withErrors<T extends Record<number, TSchema>>(ok: T): T & { '4xx': typeof ErrorReply; '5xx': typeof ErrorReply } {

@@ -1,8 +1,8 @@
 // `shoal serve`: wires the layers together — volume store, NBD listeners, REST API — and runs
 // until SIGTERM/SIGINT, then flushes everything and exits.
 import pino from 'pino';
-import { mkdirSync } from 'node:fs';
-import type { Config } from './config.js';
+import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
+import { formatListenAddress, type Config } from './config.js';
 import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
@@ -15,6 +15,7 @@ import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { loadTlsCredentials } from './nbd/tls-credentials.js';
 import { buildApi } from '../api/app.js';
+import type { NbdEndpoints } from '../api/routes/system.js';
 import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
@@ -40,7 +41,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   const tlsCredentials = config.tls.mode === 'off' ? null : loadTlsCredentials(config.tls, nbdLogger);
   const tokens = config.apiTokens ? TokenStore.open(config.apiTokens, logger.child({ c: 'api-tokens' })) : null;
   const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
-  mkdirSync(config.dataDir, { recursive: true });
+  prepareDataDir(config.dataDir);
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
   const metrics = new Metrics({ dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   // The layers, bottom up: metadata and chunk store (local, or an S3 bucket with the local disk as a cache
@@ -77,6 +78,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
         tlsAdmins: config.tls.admins,
         // In flush mode a FLUSH waits for the bucket, at most --s3-timeout.
         flushTimeoutMs: config.store.kind === 's3' && config.store.sync === 'flush' ? config.store.timeoutMs : undefined,
+        fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
       },
     );
     if (s3?.lease.fenced && config.store.kind === 's3') manager.fence(new ShoalError('store_fenced', `${formatStoreUrl(config.store)} was taken over while this daemon started.`));
@@ -96,7 +98,9 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     maxConnections: config.maxConnections,
     handshakeTimeoutMs: testMs('SHOAL_TEST_HANDSHAKE_TIMEOUT_MS'),
   });
-  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https });
+  // Filled in once the listeners are open.
+  let nbdEndpoints: NbdEndpoints = { tcp: null, unix: null, tls: config.tls.mode };
+  const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https, nbdEndpoints: () => nbdEndpoints });
 
   let nbdAddr: string | null;
   let nbdSocket: string | null;
@@ -105,11 +109,13 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
     // Sockets passed by systemd replace the listeners of their kind that the config names.
     ({ nbd: nbdAddr, nbdSocket, api: apiAddr } = await serveInherited(inherited, nbd, api));
     if (config.nbd && !nbdAddr) {
-      const a = await nbd.listenTcp(config.nbd.host, config.nbd.port);
+      const a = await listening('NBD', formatListenAddress(config.nbd), () => nbd.listenTcp(config.nbd!.host, config.nbd!.port));
       nbdAddr = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
     }
-    if (config.nbdSocket && !nbdSocket) nbdSocket = await nbd.listenUnix(config.nbdSocket, config.nbdSocketMode);
-    if (!apiAddr) apiAddr = await api.listen({ host: config.api.host, port: config.api.port });
+    if (config.nbdSocket && !nbdSocket) nbdSocket = await listening('NBD', config.nbdSocket, () => nbd.listenUnix(config.nbdSocket!, config.nbdSocketMode));
+    // Sockets passed by systemd may be several of a kind ("a, b"): a client needs one.
+    nbdEndpoints = { ...nbdEndpoints, tcp: nbdAddr?.split(', ')[0] ?? null, unix: nbdSocket?.split(', ')[0] ?? null };
+    if (!apiAddr) apiAddr = await listening('the REST API', formatListenAddress(config.api), () => api.listen({ host: config.api.host, port: config.api.port }));
     tokens?.watch();
   } catch (e) {
     await nbd.close().catch(() => {});
@@ -157,6 +163,39 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
   };
 }
 
+/** Creates the data directory if needed; one sentence if it cannot be used (start-up errors print no stack). */
+function prepareDataDir(dir: string): void {
+  const unusable = (why: string, cause?: unknown) => new ShoalError('data_dir_unusable', `cannot use the data directory ${dir}: ${why}`, { cause });
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOTDIR') throw unusable('it, or a part of its path, exists and is not a directory', e);
+    if (code === 'EACCES' || code === 'EPERM') throw unusable('permission denied (the daemon runs as a user that may not create it)', e);
+    if (code === 'EROFS') throw unusable('the filesystem is read-only', e);
+    throw unusable((e as Error).message, e);
+  }
+  if (!statSync(dir).isDirectory()) throw unusable('it exists and is not a directory');
+  try {
+    accessSync(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+  } catch (e) {
+    throw unusable('permission denied (the daemon must be able to read and write it)', e);
+  }
+}
+
+/** Starts a listener; a taken or forbidden address is one sentence naming what wanted it. */
+async function listening<T>(what: string, where: string, listen: () => Promise<T>): Promise<T> {
+  try {
+    return await listen();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: the address is already in use (another Shoal or NBD server?)`, { cause: e });
+    if (code === 'EACCES') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: permission denied`, { cause: e });
+    if (code === 'EADDRNOTAVAIL') throw new ShoalError('address_in_use', `cannot listen for ${what} on ${where}: no interface of this machine has that address`, { cause: e });
+    throw e;
+  }
+}
+
 /**
  * SHOAL_TEST_WEAK_FINGERPRINT=1 replaces BLAKE3 by a deliberately colliding fingerprint
  * (first 4 bytes of the chunk) so a test can prove that a fingerprint match alone never maps
@@ -164,7 +203,7 @@ export async function startDaemon(config: Config): Promise<RunningDaemon> {
  */
 function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
   if (process.env.SHOAL_TEST_WEAK_FINGERPRINT !== '1') return undefined;
-  if (process.env.NODE_ENV !== 'test') throw new Error('SHOAL_TEST_WEAK_FINGERPRINT is a test-only hook and needs NODE_ENV=test');
+  if (process.env.NODE_ENV !== 'test') throw new ShoalError('invalid_request', 'SHOAL_TEST_WEAK_FINGERPRINT is a test-only hook and needs NODE_ENV=test');
   return (chunk) => {
     const fp = Buffer.alloc(32);
     chunk.copy(fp, 0, 0, 4);
@@ -177,13 +216,15 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
+ * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
+ * consistency check rest that long between its slices, so a test can watch its progress.
  */
 function testMs(name: string, unit = 'milliseconds'): number | undefined {
   const v = process.env[name];
   if (v === undefined) return undefined;
-  if (process.env.NODE_ENV !== 'test') throw new Error(`${name} is a test-only hook and needs NODE_ENV=test`);
+  if (process.env.NODE_ENV !== 'test') throw new ShoalError('invalid_request', `${name} is a test-only hook and needs NODE_ENV=test`);
   const ms = Number(v);
-  if (!Number.isInteger(ms) || ms < 0) throw new Error(`${name} must be a whole number of ${unit}, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(ms) || ms < 0) throw new ShoalError('invalid_request', `${name} must be a whole number of ${unit}, not ${JSON.stringify(v)}`);
   return ms;
 }
 

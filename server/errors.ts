@@ -16,6 +16,7 @@ export const ErrorCodes = {
   out_of_range: { status: 400, nbd: 'EINVAL' },
   unauthorized: { status: 401, nbd: 'EPERM' }, // no credentials, or credentials that are not valid
   forbidden: { status: 403, nbd: 'EPERM' }, // valid credentials whose role or tenant may not do this
+  invalid_snapshot_range: { status: 400, nbd: 'EINVAL' },
   volume_not_found: { status: 404, nbd: 'EINVAL' },
   snapshot_not_found: { status: 404, nbd: 'EINVAL' },
   volume_exists: { status: 409, nbd: 'EINVAL' },

@@ -26,9 +26,9 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   return runCli(argv, {
-    offlineFsck: async (dir) => {
+    offlineFsck: async (dir, onProgress) => {
       const { fsckDataDir } = await import('./offline-fsck.js');
-      return fsckDataDir(dir);
+      return fsckDataDir(dir, onProgress);
     },
   });
 }

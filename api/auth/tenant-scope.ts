@@ -7,13 +7,16 @@ import { ShoalError } from '../../server/errors.js';
 import { volumeOfExport } from '../../server/volume/names.js';
 import {
   volumeNotFound,
+  type ChangesQuery,
   type FsckReport,
   type RangeRequest,
   type SnapshotInfo,
   type Stats,
+  type VolumeActivity,
   type VolumeControl,
   type VolumeInfo,
 } from '../../server/volume/control.js';
+import type { ChangeList } from '../../server/volume/changes.js';
 
 export class TenantScopedControl implements VolumeControl {
   constructor(
@@ -32,7 +35,7 @@ export class TenantScopedControl implements VolumeControl {
     return name;
   }
 
-  createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
+  createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     if (req.tenant !== undefined && req.tenant !== this.tenant) {
       throw new ShoalError('forbidden', `${this.whose} creates volumes ${this.tenant === null ? 'without a tenant' : `only for tenant ${this.tenant}`}; only an admin token without a tenant chooses another.`);
     }
@@ -41,7 +44,12 @@ export class TenantScopedControl implements VolumeControl {
     if (req.domain !== undefined && req.domain !== ownDomain) {
       throw new ShoalError('forbidden', `${this.whose} keeps its volumes in dedup domain ${ownDomain}; only an admin token without a tenant puts a volume in another domain (domain "${req.domain}").`);
     }
-    return this.control.createVolume({ name: req.name, size: req.size, ...(this.tenant !== null ? { tenant: this.tenant } : {}) });
+    return this.control.createVolume({
+      name: req.name,
+      size: req.size,
+      ...(this.tenant !== null ? { tenant: this.tenant } : {}),
+      ...(req.incomplete !== undefined ? { incomplete: req.incomplete } : {}),
+    });
   }
 
   cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
@@ -59,6 +67,14 @@ export class TenantScopedControl implements VolumeControl {
 
   tenantOf(name: string): string | null {
     return this.control.tenantOf(this.mine(name));
+  }
+
+  markComplete(name: string): Promise<void> {
+    return this.control.markComplete(this.mine(name));
+  }
+
+  activity(): VolumeActivity[] {
+    return this.control.activity().filter((v) => v.tenant === this.tenant);
   }
 
   resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo> {
@@ -95,6 +111,10 @@ export class TenantScopedControl implements VolumeControl {
     this.mine(volume);
     this.mine(volumeOfExport(req.source));
     return this.control.dedupe(volume, req);
+  }
+
+  changes(volume: string, query: ChangesQuery): Promise<ChangeList> {
+    return this.control.changes(this.mine(volume), query);
   }
 
   stats(): Stats {

@@ -1,10 +1,18 @@
-// Daemon-wide routes: stats, fsck, health, Prometheus metrics.
+// Daemon-wide routes: stats, activity, NBD endpoints, fsck, health, Prometheus metrics.
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import type { Metrics } from '../metrics.js';
-import { FsckReport, Health, Stats, withErrors } from '../schemas.js';
+import { ActivityList, Endpoints, FsckReport, Health, Stats, withErrors } from '../schemas.js';
 
-export const systemRoutes: FastifyPluginAsyncTypebox<{ metrics: Metrics }> = async (app, { metrics }) => {
+/** Where the daemon serves NBD, as it listens (known once its listeners are open). */
+export type NbdEndpoints = Static<typeof Endpoints>['nbd'];
+
+export interface SystemRouteOptions {
+  metrics: Metrics;
+  nbdEndpoints: () => NbdEndpoints;
+}
+
+export const systemRoutes: FastifyPluginAsyncTypebox<SystemRouteOptions> = async (app, { metrics, nbdEndpoints }) => {
   app.get(
     '/v1/stats',
     {
@@ -20,6 +28,35 @@ export const systemRoutes: FastifyPluginAsyncTypebox<{ metrics: Metrics }> = asy
     async (req) => req.control.stats(),
   );
 
+  app.get(
+    '/v1/activity',
+    {
+      config: { access: 'reader' },
+      schema: {
+        tags: ['system'],
+        summary: 'NBD requests per volume',
+        description:
+          'Running counts of NBD reads and writes accepted on each volume (and its snapshots) since the daemon started, and its open connections: cheap to read every second (`shoal top` computes rates from two reads). A token bound to a tenant sees its volumes only.',
+        response: withErrors({ 200: ActivityList }),
+      },
+    },
+    async (req) => ({ volumes: req.control.activity() }),
+  );
+
+  app.get(
+    '/v1/endpoints',
+    {
+      config: { access: 'reader' },
+      schema: {
+        tags: ['system'],
+        summary: 'Where the daemon serves NBD',
+        description: 'The NBD TCP address and Unix socket the daemon listens on, and whether NBD needs TLS: `shoal import` and `shoal export` find the export this way.',
+        response: withErrors({ 200: Endpoints }),
+      },
+    },
+    async () => ({ nbd: nbdEndpoints() }),
+  );
+
   app.post(
     '/v1/fsck',
     {
@@ -27,7 +64,8 @@ export const systemRoutes: FastifyPluginAsyncTypebox<{ metrics: Metrics }> = asy
       schema: {
         tags: ['system'],
         summary: 'Check metadata consistency',
-        description: 'Checks refcounts, maps and chunks of the running daemon. Answers 200 with `ok: false` and one sentence per problem if it finds any.',
+        description:
+          'Checks refcounts, maps and chunks of the running daemon. Answers 200 with `ok: false` and one sentence per problem if it finds any. Reads are served meanwhile; writes and changes to volumes wait until it ends. `GET /v1/stats` shows its progress (`fsck`); a second call while one runs joins it.',
         response: withErrors({ 200: FsckReport }),
       },
     },

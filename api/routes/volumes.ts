@@ -24,11 +24,11 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
       },
     },
     async (req, reply) => {
-      const { name, size, domain, tenant, from } = req.body;
+      const { name, size, domain, tenant, incomplete, from } = req.body;
       let info;
       if (from) {
-        if (size !== undefined || domain !== undefined || tenant !== undefined) {
-          throw new ShoalError('invalid_request', 'a clone takes its size, domain and tenant from its origin: give either "size" (and "domain", "tenant") or "from", not both.');
+        if (size !== undefined || domain !== undefined || tenant !== undefined || incomplete !== undefined) {
+          throw new ShoalError('invalid_request', 'a clone takes its size, domain and tenant from its origin: give either "size" (and "domain", "tenant", "incomplete") or "from", not both.');
         }
         info = await req.control.cloneVolume({ name, from: from.snapshot === undefined ? { volume: from.volume } : { volume: from.volume, snapshot: from.snapshot } });
       } else {
@@ -38,6 +38,7 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
           size: parsePositiveSize(size),
           ...(domain !== undefined ? { domain } : {}),
           ...(tenant !== undefined ? { tenant } : {}),
+          ...(incomplete !== undefined ? { incomplete } : {}),
         });
       }
       reply.code(201).header('location', `/v1/volumes/${encodeURIComponent(info.name)}`);
@@ -73,6 +74,25 @@ export const volumeRoutes: FastifyPluginAsyncTypebox = async (app) => {
       },
     },
     async (req) => req.control.resizeVolume(req.params.name, parsePositiveSize(req.body.size), { shrink: req.body.shrink === true }),
+  );
+
+  app.post(
+    '/v1/volumes/:name/complete',
+    {
+      config: { access: 'operator' },
+      schema: {
+        tags,
+        summary: 'Mark a volume complete',
+        description:
+          'Clears the mark of a volume created with `incomplete: true`, once whatever filled it (`shoal import`) has finished and flushed. Answers without the volume, whose figures take a walk of its map to compute.',
+        params: VolumeParams,
+        response: withErrors({ 204: Type.Null({ description: 'Marked complete (or it was already).' }) }),
+      },
+    },
+    async (req, reply) => {
+      await req.control.markComplete(req.params.name);
+      reply.code(204).send(null);
+    },
   );
 
   app.delete(

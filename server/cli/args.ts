@@ -26,8 +26,12 @@ const OPTIONS = {
   offset: { type: 'string' },
   'source-offset': { type: 'string' },
   length: { type: 'string' },
+  since: { type: 'string' },
   role: { type: 'string' },
   'tokens-file': { type: 'string' },
+  size: { type: 'string' },
+  format: { type: 'string' },
+  'tls-psk': { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
 export type Flag = keyof typeof OPTIONS;

@@ -1,31 +1,22 @@
 // `shoal <command>` for everything but `serve`: a thin client of the REST API (and `shoal token`,
 // which edits the daemon's tokens file).
 // Exit codes: 0 success, 1 the operation failed (API error, daemon unreachable, fsck found problems),
-// 2 the command line is wrong.
+// 2 the command line is wrong, 130 interrupted (Ctrl-C during an import or export).
 import { isShoalError } from '../errors.js';
-import { formatSize, parsePositiveSize, parseSize } from '../size.js';
-import type { FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
-import { ApiClient, CliError, apiBaseUrl } from './api-client.js';
-import { CLIENT_FLAGS, UsageError, commandFlags, expectPositionals, scanArgs, type Flag, type FlagValues } from './args.js';
-import { clientToken, readCaFile } from './client-credentials.js';
-import { fsckText, snapshotTable, statsText, volumeDetails, volumeTable } from './render.js';
+import { formatSize } from '../size.js';
+import type { ChangeList, FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
+import { CliError } from './api-client.js';
+import { UsageError, expectPositionals, scanArgs } from './args.js';
+import { apiCommand, sizeArg } from './api-command.js';
+import { fsckText, snapshotTable, statsText, table, volumeDetails, volumeTable } from './render.js';
 import { print, type CliOptions, type Ctx } from './command-context.js';
 import { tokenCommand } from './token-commands.js';
+import { EXIT_INTERRUPTED, exportCommand, importCommand } from './image-commands.js';
+import { topCommand } from './top-command.js';
+import { FsckProgressLine } from './fsck-progress.js';
 import { USAGE } from './usage.js';
 
 export type { CliOptions } from './command-context.js';
-/** A command that talks to the API: its flags (with --api, --token-file, --cacert) and a client built from them. */
-function apiCommand(ctx: Ctx, command: string, flags: Flag[] = []): { flags: FlagValues; api: () => ApiClient } {
-  const values = commandFlags(ctx.argv, command, [...CLIENT_FLAGS, ...flags]);
-  let client: ApiClient | undefined;
-  const api = () =>
-    (client ??= new ApiClient(apiBaseUrl(values.api, ctx.env), {
-      token: clientToken(values['token-file'], ctx.env),
-      ...(values.cacert !== undefined ? { ca: readCaFile(values.cacert) } : {}),
-    }));
-  return { flags: values, api };
-}
-
 const enc = encodeURIComponent;
 
 export async function runCli(argv: string[], opts: CliOptions = {}): Promise<number> {
@@ -51,7 +42,7 @@ export async function runCli(argv: string[], opts: CliOptions = {}): Promise<num
     }
     if (e instanceof CliError || isShoalError(e)) {
       err(`shoal: ${trim(e.message)}\n`);
-      return 1;
+      return e instanceof CliError && e.code === 'interrupted' ? EXIT_INTERRUPTED : 1;
     }
     err(`shoal: unexpected error: ${(e as Error)?.stack ?? String(e)}\n`);
     return 1;
@@ -59,15 +50,6 @@ export async function runCli(argv: string[], opts: CliOptions = {}): Promise<num
 }
 
 const trim = (s: string) => s.trim().replace(/\.$/, '');
-
-/** A size or offset typed on the command line; garbage is a usage error. */
-function sizeArg(text: string, what: string, positive: boolean): number {
-  try {
-    return positive ? parsePositiveSize(text, what) : parseSize(text, what);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-}
 
 async function dispatch(ctx: Ctx): Promise<number> {
   const [group, ...rest] = ctx.positionals;
@@ -80,6 +62,8 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return snapshotCommand(ctx, rest);
     case 'rollback':
       return rollback(ctx, rest);
+    case 'changes':
+      return changes(ctx, rest);
     case 'clone':
       return clone(ctx, rest);
     case 'reflink':
@@ -87,6 +71,12 @@ async function dispatch(ctx: Ctx): Promise<number> {
       return range(ctx, group, rest);
     case 'stats':
       return stats(ctx, rest);
+    case 'top':
+      return topCommand(ctx, rest);
+    case 'import':
+      return importCommand(ctx, rest);
+    case 'export':
+      return exportCommand(ctx, rest);
     case 'fsck':
       return fsck(ctx, rest);
     case 'token':
@@ -192,6 +182,28 @@ function query(flags: Record<string, boolean | undefined>): string {
   return on.length === 0 ? '' : '?' + on.map((k) => `${k}=true`).join('&');
 }
 
+/** `shoal changes VOLUME[@SNAPSHOT] --since SNAPSHOT`: every page of GET /v1/volumes/{name}/changes. */
+async function changes(ctx: Ctx, args: string[]): Promise<number> {
+  const { flags, api } = apiCommand(ctx, 'changes', ['since']);
+  const [ref] = expectPositionals(args, 'changes', ['VOLUME[@SNAPSHOT]']);
+  const { volume, snapshot } = splitRef(ref!, 'VOLUME[@SNAPSHOT]');
+  const since = flags.since;
+  if (typeof since !== 'string' || since === '') throw new UsageError('`shoal changes` needs --since SNAPSHOT, the older snapshot to compare with');
+  const extents: ChangeList['extents'] = [];
+  let offset: number | undefined = 0;
+  while (offset !== undefined) {
+    const q = new URLSearchParams({ since, ...(snapshot === undefined ? {} : { until: snapshot }), offset: String(offset), limit: '65536' });
+    const page: ChangeList = (await api().request<ChangeList>('GET', `/v1/volumes/${enc(volume)}/changes?${q}`)).body;
+    for (const e of page.extents) extents.push(e);
+    offset = page.next;
+  }
+  return print(ctx, { extents }, () => {
+    const bytes = extents.reduce((n, e) => n + e.length, 0);
+    const rows = extents.map((e) => [String(e.offset), String(e.length)]);
+    return `${rows.length > 0 ? table(['OFFSET', 'LENGTH'], rows, [true, true]) : ''}${extents.length} extent(s), ${formatSize(bytes)} may differ from ${since}\n`;
+  });
+}
+
 /** "vol" or "vol@snap". */
 function splitRef(ref: string, what: string): { volume: string; snapshot?: string } {
   const parts = ref.split('@');
@@ -235,14 +247,33 @@ async function stats(ctx: Ctx, args: string[]): Promise<number> {
 async function fsck(ctx: Ctx, args: string[]): Promise<number> {
   const { flags, api } = apiCommand(ctx, 'fsck');
   const [dir] = expectPositionals(args, 'fsck', ['[DATA_DIR]'], 1);
+  const line = new FsckProgressLine(ctx.opts.terminal ?? process.stderr);
   let report: FsckReport;
   if (dir !== undefined) {
     if (flags.api !== undefined) throw new UsageError('give either DATA_DIR (offline check) or --api (check the running daemon), not both');
     if (!ctx.opts.offlineFsck) throw new CliError('offline fsck of a data directory is not available in this build');
-    report = await ctx.opts.offlineFsck(dir);
+    try {
+      report = await ctx.opts.offlineFsck(dir, line.enabled ? (p) => line.draw(p) : undefined);
+    } finally {
+      line.clear();
+    }
   } else {
-    // A full check can take a while on a big store: no client-side timeout.
-    report = (await api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null })).body;
+    // A full check can take a while on a big store: no client-side timeout. Its progress is in /v1/stats.
+    const check = api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null });
+    const poll = line.enabled
+      ? setInterval(() => {
+          api()
+            .request<Stats>('GET', '/v1/stats')
+            .then((r) => r.body.fsck?.running && line.draw(r.body.fsck))
+            .catch(() => {}); // the check's own answer says what went wrong
+        }, 300)
+      : null;
+    try {
+      report = (await check).body;
+    } finally {
+      if (poll) clearInterval(poll);
+      line.clear();
+    }
   }
   print(ctx, report, () => fsckText(report));
   return report.ok ? 0 : 1;

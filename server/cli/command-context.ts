@@ -1,13 +1,16 @@
 // What every CLI command gets: the command line, the environment, where to print, and the options
 // main.ts passes in. One place, so the API commands (cli.ts) and `shoal token` share it.
-import type { FsckReport } from '../volume/control.js';
+import type { FsckProgress, FsckReport } from '../meta/fsck.js';
+import type { TermOut } from './terminal.js';
 
 export interface CliOptions {
   /** Checks a data directory with the daemon stopped (`shoal fsck DATA_DIR`); main.ts provides it. */
-  offlineFsck?: (dir: string) => Promise<FsckReport> | FsckReport;
+  offlineFsck?: (dir: string, onProgress?: (p: FsckProgress) => void) => Promise<FsckReport> | FsckReport;
   env?: NodeJS.ProcessEnv;
   stdout?: (text: string) => void;
   stderr?: (text: string) => void;
+  /** Where progress lines and live views draw (default process.stderr for progress, process.stdout for `shoal top`). */
+  terminal?: TermOut;
 }
 
 export interface Ctx {

@@ -18,12 +18,15 @@ export function keyValues(pairs: [string, string][]): string {
   return pairs.map(([k, v]) => `${(k + ':').padEnd(w)} ${v}`).join('\n') + '\n';
 }
 
+/** "incomplete": an import that did not finish created it. */
+const state = (v: VolumeInfo) => (v.incomplete ? 'incomplete' : 'ready');
+
 export const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.origin.volume}@${v.origin.snapshot}` : v.origin.volume) : '-');
 
 export function volumeTable(volumes: VolumeInfo[]): string {
   if (volumes.length === 0) return 'no volumes\n';
   return table(
-    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN', 'TENANT'],
+    ['NAME', 'SIZE', 'MAPPED', 'EXCLUSIVE', 'SHARED', 'SNAPSHOTS', 'CLIENTS', 'ORIGIN', 'TENANT', 'STATE'],
     volumes.map((v) => [
       v.name,
       formatSize(v.size),
@@ -34,14 +37,16 @@ export function volumeTable(volumes: VolumeInfo[]): string {
       String(v.connections),
       origin(v),
       v.tenant ?? '-',
+      state(v),
     ]),
-    [false, true, true, true, true, true, true, false, false],
+    [false, true, true, true, true, true, true, false, false, false],
   );
 }
 
 export function volumeDetails(v: VolumeInfo): string {
   return keyValues([
     ['name', v.name],
+    ['state', v.incomplete ? 'incomplete (an import did not finish: delete it, then import again)' : 'ready'],
     ['size', `${formatSize(v.size)} (${v.size} bytes)`],
     ['tenant', v.tenant ?? '-'],
     ['domain', v.domain],

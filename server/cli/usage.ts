@@ -40,6 +40,9 @@ Snapshots:
   shoal snapshot list VOLUME
   shoal snapshot delete VOLUME SNAPSHOT [--force]
   shoal rollback VOLUME SNAPSHOT [--force]
+  shoal changes VOLUME[@SNAPSHOT] --since SNAPSHOT  byte ranges that may differ from the older
+      snapshot (SNAPSHOT, or ORIGIN@SNAPSHOT of the volume it was cloned from): what an
+      incremental backup copies
 
 Ranges:
   shoal reflink DEST SOURCE[@SNAPSHOT] --offset N --source-offset N --length N
@@ -47,10 +50,27 @@ Ranges:
   shoal dedupe DEST SOURCE[@SNAPSHOT] --offset N --source-offset N --length N
       share it only where the bytes are already equal (like FIDEDUPERANGE)
 
+Images:
+  shoal import NAME FILE [--size SIZE] [--tenant T] [--format raw|qcow2|vmdk|vhdx]
+      create volume NAME holding a disk image: raw images directly (all-zero blocks
+      are neither sent nor stored), qcow2/vmdk/vhdx through qemu-img (qemu-utils);
+      the format is detected unless --format says it; --size: a bigger volume
+  shoal export VOLUME[@SNAPSHOT] FILE [--format raw|qcow2|vmdk|vhdx] [--force]
+      write a volume or snapshot to an image file (the format from --format, else
+      FILE's extension, else raw); holes stay holes; --force replaces FILE
+      Both find the daemon's NBD endpoint through the API and show progress (a bar on
+      a terminal, JSON lines elsewhere). NBD over TLS: --cacert FILE (X.509) or
+      --tls-psk FILE (psktool's file, its first identity). Ctrl-C deletes the half
+      imported volume (or leaves it marked incomplete if the daemon is gone) and
+      removes the half written file. Exit codes: 0 done, 1 failed, 130 interrupted.
+
 Status:
   shoal stats
+  shoal top                  a live view, refreshed every second: per-volume IOPS,
+                             MiB/s and connections, cache, dedup, reclaim (q quits)
   shoal fsck [DATA_DIR]      without DATA_DIR: check the running daemon;
-                             with it: check a data directory offline (daemon stopped)
+                             with it: check a data directory offline (daemon stopped);
+                             on a terminal, a progress line while it runs
   shoal help
 
 API tokens (edit the daemon's --api-tokens file; no daemon needed):
@@ -63,6 +83,7 @@ API tokens (edit the daemon's --api-tokens file; no daemon needed):
 Options for client commands:
   --api URL          the daemon's REST API (default http://127.0.0.1:10880, or SHOAL_API)
   --token-file FILE  send the token in FILE (mode 600); else SHOAL_API_TOKEN, if set
-  --cacert FILE      trust this CA for an https:// API (a private CA)
+  --cacert FILE      trust this CA for an https:// API (a private CA), and for NBD
+                     over TLS in import and export
   --json             print the API's JSON instead of text
 `;

@@ -6,10 +6,13 @@
 //     exists that nothing references (leak); no referenced slot is on the free list;
 //   - each volume's and snapshot's mapped-chunk count and the live-chunk total are right;
 //   - the chunk store can serve every live chunk (it checks itself).
-// Run with nothing uncommitted (the daemon commits first). Other layers add their own checks
-// (the dedup index: dedup/dedup-check.ts) to the same report.
-import { FANOUT, FIRST_SLOT } from './map-node.js';
+// Run with nothing uncommitted and nothing changing (the daemon commits first and holds changes
+// back). The walk yields to the event loop between slices and counts what it has checked, so the
+// API can show its progress. Other layers add their own checks (the dedup index:
+// dedup/dedup-check.ts) to the same report and progress.
+import { FANOUT, FIRST_SLOT, type MapNode } from './map-node.js';
 import type { MetaStore } from './meta-store.js';
+import { Slicer } from './pacing.js';
 import type { RootRecord } from './volume-records.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 
@@ -34,19 +37,65 @@ export class FsckErrors {
   }
 }
 
-export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors = new FsckErrors()): Promise<FsckReport> {
+/** What a check has covered so far: the dedup index, then the maps (nodes), then chunk records, then the store. */
+export interface FsckProgress {
+  phase: 'index' | 'maps' | 'chunks' | 'store';
+  checkedIndexEntries: number;
+  totalIndexEntries: number;
+  checkedNodes: number;
+  totalNodes: number;
+  checkedChunks: number;
+  totalChunks: number;
+}
+
+export function newFsckProgress(meta: MetaStore, totalIndexEntries = 0): FsckProgress {
+  return {
+    phase: 'index',
+    checkedIndexEntries: 0,
+    totalIndexEntries,
+    checkedNodes: 0,
+    totalNodes: meta.nodes.storedCount(),
+    checkedChunks: 0,
+    totalChunks: meta.liveChunks,
+  };
+}
+
+/** Slice length of a check inside the daemon: short enough that NBD reads on other volumes go on. */
+export const FSCK_SLICE_MS = 10;
+
+export interface FsckOptions {
+  errors?: FsckErrors;
+  progress?: FsckProgress;
+  slicer?: Slicer;
+}
+
+interface Frame {
+  id: number;
+  n: MapNode;
+  i: number;
+  mapped: number;
+}
+
+export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: FsckOptions = {}): Promise<FsckReport> {
+  const errors = opts.errors ?? new FsckErrors();
+  const progress = opts.progress ?? newFsckProgress(meta);
+  const slicer = opts.slicer ?? new Slicer(FSCK_SLICE_MS);
   const err = (s: string) => errors.add(s);
   const nodeRefs = new Map<number, number>(); // expected
   const chunkRefs = new Map<number, number>(); // expected
   const visited = new Set<number>();
+  const cachedMapped = new Map<number, number>();
   let volumes = 0;
   let snapshots = 0;
+  progress.phase = 'maps';
 
-  // Visits each distinct node once, adding one reference to each of its children.
-  const visit = (id: number, expectLevel: number, where: string): number => {
-    if (visited.has(id)) return -1;
+  // A node seen for the first time becomes a frame to walk; one seen before (or unreadable) is
+  // just its stored-chunk count. Each distinct node is walked once.
+  const enter = (id: number, expectLevel: number, where: string): Frame | number => {
+    if (visited.has(id)) return cachedMapped.get(id) ?? 0;
     visited.add(id);
-    let n;
+    progress.checkedNodes++;
+    let n: MapNode;
     try {
       if (!meta.nodes.has(id)) {
         err(`${where}: map node ${id} is referenced but missing`);
@@ -58,50 +107,71 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
       return 0;
     }
     if (expectLevel >= 0 && n.level !== expectLevel) err(`${where}: map node ${id} is at level ${n.level}, expected ${expectLevel}`);
-    let mapped = 0;
-    for (let i = 0; i < FANOUT; i++) {
-      const v = n.entries[i];
-      if (v === 0) continue;
-      if (n.level > 0) {
-        nodeRefs.set(v, (nodeRefs.get(v) ?? 0) + 1);
-        const m = visit(v, n.level - 1, where);
-        if (m >= 0) mapped += m;
-        else mapped += cachedMapped.get(v) ?? 0;
-      } else if (v >= FIRST_SLOT) {
-        chunkRefs.set(v, (chunkRefs.get(v) ?? 0) + 1);
-        mapped++;
-      }
-    }
-    cachedMapped.set(id, mapped);
-    return mapped;
+    return { id, n, i: 0, mapped: 0 };
   };
-  const cachedMapped = new Map<number, number>();
 
-  const checkRoot = (r: RootRecord, where: string) => {
+  // Depth first with an explicit stack (so it can pause between slices), adding one reference to
+  // each child of each node; returns the stored chunks under `id`.
+  const walk = async (id: number, expectLevel: number, where: string): Promise<number> => {
+    const first = enter(id, expectLevel, where);
+    if (typeof first === 'number') return first;
+    const stack: Frame[] = [first];
+    let mappedUnderRoot = 0;
+    while (stack.length > 0) {
+      const f = stack[stack.length - 1]!;
+      const e = f.n.entries;
+      let child: Frame | null = null;
+      while (f.i < FANOUT && child === null) {
+        const v = e[f.i++]!;
+        if (v === 0) continue;
+        if (f.n.level > 0) {
+          nodeRefs.set(v, (nodeRefs.get(v) ?? 0) + 1);
+          const c = enter(v, f.n.level - 1, where);
+          if (typeof c === 'number') f.mapped += c;
+          else child = c;
+        } else if (v >= FIRST_SLOT) {
+          chunkRefs.set(v, (chunkRefs.get(v) ?? 0) + 1);
+          f.mapped++;
+        }
+      }
+      if (child) {
+        stack.push(child);
+      } else {
+        stack.pop();
+        cachedMapped.set(f.id, f.mapped);
+        if (stack.length > 0) stack[stack.length - 1]!.mapped += f.mapped;
+        else mappedUnderRoot = f.mapped;
+      }
+      const pause = slicer.tick();
+      if (pause) await pause;
+    }
+    return mappedUnderRoot;
+  };
+
+  const checkRoot = async (r: RootRecord, where: string) => {
     if (r.root === 0) {
       if (r.mapped !== 0) err(`${where}: maps nothing but records ${r.mapped} mapped chunks`);
       return;
     }
     nodeRefs.set(r.root, (nodeRefs.get(r.root) ?? 0) + 1);
-    const m = visit(r.root, r.levels - 1, where);
-    const mapped = m >= 0 ? m : cachedMapped.get(r.root) ?? 0;
+    const mapped = await walk(r.root, r.levels - 1, where);
     if (mapped !== r.mapped) err(`${where}: maps ${mapped} stored chunks but records ${r.mapped}`);
   };
 
-  for (const v of meta.volumes.values()) {
+  for (const v of [...meta.volumes.values()]) {
     volumes++;
-    checkRoot(v, `volume ${v.name}`);
+    await checkRoot(v, `volume ${v.name}`);
     for (const s of v.snapshots) {
       snapshots++;
-      checkRoot(s, `snapshot ${v.name}@${s.name}`);
+      await checkRoot(s, `snapshot ${v.name}@${s.name}`);
     }
   }
   // An operation in progress (an intent left by a crash, rolled forward at start) holds roots too.
-  for (const r of meta.intents.all()) r.roots.forEach((root, i) => checkRoot(root, `intent ${r.id} (${r.kind}) root ${i}`));
+  for (const r of meta.intents.all()) for (const [i, root] of r.roots.entries()) await checkRoot(root, `intent ${r.id} (${r.kind}) root ${i}`);
   // Nodes waiting for reclaim have no parents but still hold their children.
-  for (const id of meta.nodes.reclaimQueue()) {
+  for (const id of [...meta.nodes.reclaimQueue()]) {
     if (!nodeRefs.has(id)) nodeRefs.set(id, 0);
-    visit(id, -1, `reclaim queue`);
+    await walk(id, -1, `reclaim queue`);
   }
 
   let checkedNodes = 0;
@@ -109,16 +179,26 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
     checkedNodes++;
     const actual = meta.nodes.refCount(id);
     if (actual !== expected) err(`map node ${id}: refcount is ${actual}, but ${expected} parent(s) reference it`);
+    const pause = slicer.tick();
+    if (pause) await pause;
   }
-  for (const id of meta.nodes.allIds()) if (!visited.has(id)) err(`map node ${id} is leaked: nothing references it`);
-  for (const [id, n] of meta.nodes.allRefs()) if (!nodeRefs.has(id) && n !== 0) err(`map node ${id} has refcount ${n} but nothing references it`);
+  for (const id of meta.nodes.allIds()) {
+    if (!visited.has(id)) err(`map node ${id} is leaked: nothing references it`);
+    const pause = slicer.tick();
+    if (pause) await pause;
+  }
+  for (const [id, n] of meta.nodes.allRefs()) {
+    if (!nodeRefs.has(id) && n !== 0) err(`map node ${id} has refcount ${n} but nothing references it`);
+    const pause = slicer.tick();
+    if (pause) await pause;
+  }
 
-  let checkedChunks = 0;
+  progress.phase = 'chunks';
   let live = 0;
   const free = new Set<number>(meta.slots.allFree());
   let recordMax = -1;
   for (const [slot, rec] of meta.chunks.all()) {
-    checkedChunks++;
+    progress.checkedChunks++;
     live++;
     if (slot > recordMax) recordMax = slot;
     const expected = chunkRefs.get(slot) ?? 0;
@@ -126,11 +206,14 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
     else if (rec.refs !== expected) err(`chunk ${slot}: refcount is ${rec.refs}, but ${expected} map entr${expected === 1 ? 'y references' : 'ies reference'} it`);
     if (slot >= meta.slotLimit) err(`chunk ${slot} is beyond the allocated slots (${meta.slotLimit})`);
     if (free.has(slot)) err(`chunk ${slot} is live but also on the free list`);
+    const pause = slicer.tick();
+    if (pause) await pause;
   }
   for (const [slot, n] of chunkRefs) if (!meta.chunks.get(slot)) err(`chunk ${slot} is referenced by ${n} map entr${n === 1 ? 'y' : 'ies'} but is missing (no chunk record)`);
   if (live !== meta.liveChunks) err(`the superblock counts ${meta.liveChunks} live chunks, but ${live} chunk records exist`);
   for (const slot of free) if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
 
+  progress.phase = 'store';
   // The store must serve every chunk the metadata records (and every one a map references).
   let maxSlot = -1;
   for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
@@ -139,5 +222,5 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, errors =
   for (const [slot] of meta.chunks.all()) slots.add(slot);
   for (const e of await store.check({ count: Math.max(live, chunkRefs.size), maxSlot, slots })) err(e);
 
-  return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks, errors: errors.list };
+  return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks: progress.checkedChunks, errors: errors.list };
 }

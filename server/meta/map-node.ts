@@ -46,19 +46,46 @@ export function encodeNode(node: MapNode): Buffer {
 }
 
 export function decodeNode(id: number, buf: Uint8Array): MapNode {
-  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  if (b.length < 4) throw new ShoalError('corrupt_metadata', `map node ${id} is truncated (${b.length} bytes)`);
-  const level = b[0];
-  const count = b.readUInt16LE(2);
-  if (b.length !== 4 + count * ENTRY_BYTES || count > FANOUT)
-    throw new ShoalError('corrupt_metadata', `map node ${id} has a bad length (${b.length} bytes for ${count} entries)`);
+  const count = decodeEntries(id, buf, scratchIdx, scratchVal);
   const entries = new Float64Array(FANOUT);
-  let p = 4;
-  for (let k = 0; k < count; k++) {
-    entries[b[p]] = b.readUIntLE(p + 1, 6);
-    p += ENTRY_BYTES;
+  for (let k = 0; k < count; k++) entries[scratchIdx[k]] = scratchVal[k];
+  return { id, level: buf[0], entries };
+}
+const scratchIdx = new Uint8Array(FANOUT);
+const scratchVal = new Float64Array(FANOUT);
+
+/**
+ * The non-zero entries of an encoded node (the record in b[off, end)), in ascending index order:
+ * idx[k] and val[k] for k below the returned count. Reads the record as stored, without a
+ * 256-entry array (map-diff.ts).
+ */
+export function decodeEntries(id: number, b: Uint8Array, idx: Uint8Array, val: Float64Array, off = 0, end = b.length): number {
+  if (end - off < 4) throw new ShoalError('corrupt_metadata', `map node ${id} is truncated (${end - off} bytes)`);
+  const count = b[off + 2] | (b[off + 3] << 8);
+  if (end - off !== 4 + count * ENTRY_BYTES || count > FANOUT) throw new ShoalError('corrupt_metadata', `map node ${id} has a bad length (${end - off} bytes for ${count} entries)`);
+  for (let k = 0, p = off + 4; k < count; k++, p += ENTRY_BYTES) {
+    idx[k] = b[p];
+    val[k] = b[p + 1] + b[p + 2] * 0x100 + b[p + 3] * 0x10000 + b[p + 4] * 0x1000000 + b[p + 5] * 0x100000000 + b[p + 6] * 0x10000000000;
   }
-  return { id, level, entries };
+  return count;
+}
+
+/** Bytes of the record that starts at b[off] (its header says how many entries follow). */
+export function recordLength(b: Uint8Array, off: number): number {
+  return 4 + ENTRY_BYTES * (b[off + 2] | (b[off + 3] << 8));
+}
+
+/** The non-zero entries of a node in memory, as decodeEntries returns them. */
+export function sparseEntries(entries: Float64Array, idx: Uint8Array, val: Float64Array): number {
+  let count = 0;
+  for (let i = 0; i < FANOUT; i++) {
+    const v = entries[i];
+    if (v !== 0) {
+      idx[count] = i;
+      val[count++] = v;
+    }
+  }
+  return count;
 }
 
 /** Number of chunks a node at `level` covers. */

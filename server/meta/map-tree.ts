@@ -130,8 +130,8 @@ export function releaseRange(meta: MetaStore, r: RootRecord, from: number, to: n
   to = Math.min(to, POW[r.levels]);
   if (r.root === 0 || from >= to) return;
   if (from === 0 && to >= POW[r.levels]) {
+    meta.nodes.dec(r.root, r.mapped);
     r.mapped = 0;
-    meta.nodes.dec(r.root);
     r.root = 0;
     return;
   }
@@ -157,8 +157,9 @@ function releaseIn(meta: MetaStore, r: RootRecord, node: MapNode, base: number, 
       node.entries[i] = 0;
       changed = true;
     } else if (from <= cBase && to >= cEnd) {
-      r.mapped -= countMapped(meta, v);
-      meta.nodes.dec(v);
+      const m = countMapped(meta, v);
+      r.mapped -= m;
+      meta.nodes.dec(v, m);
       node.entries[i] = 0;
       changed = true;
     } else {
@@ -194,7 +195,7 @@ export function shareRoot(meta: MetaStore, src: RootRecord): RootRecord {
 
 /** Drops a root's reference to its map (the GC releases what nothing else uses). */
 export function dropRoot(meta: MetaStore, r: RootRecord): void {
-  if (r.root !== 0) meta.nodes.dec(r.root);
+  if (r.root !== 0) meta.nodes.dec(r.root, r.mapped);
   r.root = 0;
   r.mapped = 0;
 }

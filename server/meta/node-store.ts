@@ -6,17 +6,20 @@
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
-import { decodeNode, encodeNode, FANOUT, type MapNode } from './map-node.js';
+import { decodeEntries, decodeNode, encodeNode, FANOUT, sparseEntries, type MapNode } from './map-node.js';
+import { NodeRecordCache } from './node-record-cache.js';
 import type { Superblock } from './superblock.js';
 
 interface Taken {
-  bufs: Array<[number, Buffer]>;
+  bufs: Map<number, Buffer>;
   refs: Map<number, number>; // 0: removed
   deleted: Set<number>;
 }
 
 export class NodeStore implements CommitPart<Taken> {
   private readonly cache = new Map<number, MapNode>();
+  // Clean nodes' records read by entriesOf, compactly (node-record-cache.ts).
+  private readonly records = new NodeRecordCache();
   private dirty = new Set<number>();
   private deleted = new Set<number>();
   private refs = new Map<number, number>();
@@ -43,6 +46,28 @@ export class NodeStore implements CommitPart<Taken> {
     return n;
   }
 
+  /**
+   * The non-zero entries of node `id` into idx/val (see decodeEntries), returning how many. A node
+   * with no uncommitted change is read from its record as stored (kept compactly for the next
+   * walk), not decoded to 256 entries: for walks that visit many nodes once (a diff of two maps),
+   * where that costs a third of a cached node's 256-entry scan and keeps the hot nodes in memory.
+   */
+  entriesOf(id: number, idx: Uint8Array, val: Float64Array): number {
+    // First: a kept record is never of a dirty or committing node (markDirty forgets it, and only
+    // reads from LMDB are kept).
+    const kept = this.records.entriesOf(id, idx, val);
+    if (kept >= 0) return kept;
+    if (this.dirty.has(id)) return sparseEntries(this.cache.get(id)!.entries, idx, val);
+    const pending = this.committing?.bufs.get(id);
+    if (pending) return decodeEntries(id, pending, idx, val);
+    if (this.deleted.has(id) || this.committing?.deleted.has(id)) throw new ShoalError('corrupt_metadata', `map node ${id} was used after it was freed`);
+    const buf = this.nodesDb.getBinaryFast(id); // valid until the next read: decoded at once
+    if (!buf) throw new ShoalError('corrupt_metadata', `map node ${id} is missing from the metadata`);
+    const n = decodeEntries(id, buf, idx, val);
+    this.records.add(id, buf, buf.length);
+    return n;
+  }
+
   /** Whether a node record exists (for fsck). */
   has(id: number): boolean {
     if (this.cache.has(id)) return true;
@@ -62,6 +87,7 @@ export class NodeStore implements CommitPart<Taken> {
 
   markDirty(id: number): void {
     this.dirty.add(id);
+    this.records.forget(id);
     this.pipeline.changed();
   }
 
@@ -87,22 +113,32 @@ export class NodeStore implements CommitPart<Taken> {
     this.pipeline.changed();
   }
 
-  /** Drops one reference; at zero the node joins the reclaim queue (its children are released later). */
-  dec(id: number): void {
+  /**
+   * Drops one reference; at zero the node joins the reclaim queue (its children are released
+   * later). `mapped`: the chunk references under it, when the caller knows them (a whole map or
+   * subtree let go), for the estimate of what reclaim has left.
+   */
+  dec(id: number, mapped = 0): void {
     const n = this.refCount(id) - 1;
     if (n < 0) throw new ShoalError('corrupt_metadata', `map node ${id} lost more references than it had`);
     this.setRefs(id, n);
-    if (n === 0) this.sb.gcQueue.push(id);
+    if (n === 0) {
+      this.sb.gcQueue.push(id);
+      this.sb.gcPendingChunks = (this.sb.gcPendingChunks ?? 0) + mapped;
+    }
     this.pipeline.changed();
   }
 
   /** Removes a node whose refcount is zero and whose children have been released. */
   remove(id: number): void {
+    this.records.forget(id);
     this.cache.delete(id);
     this.dirty.delete(id);
     this.deleted.add(id);
     this.refs.set(id, 0);
     this.refsClean.delete(id);
+    // Whatever the estimate still counts was shared elsewhere and will not be released.
+    if (this.sb.gcQueue.length === 0) this.sb.gcPendingChunks = 0;
     this.pipeline.changed();
   }
 
@@ -111,6 +147,16 @@ export class NodeStore implements CommitPart<Taken> {
   /** Nodes whose refcount reached zero and whose children are still to be released. */
   get reclaimBacklog(): number {
     return this.sb.gcQueue.length;
+  }
+
+  /** Chunk references the queue may still release: an upper bound (see Superblock.gcPendingChunks). */
+  get reclaimPendingChunks(): number {
+    return this.sb.gcQueue.length === 0 ? 0 : Math.max(0, this.sb.gcPendingChunks ?? 0);
+  }
+
+  /** Reclaim released `n` chunk references. */
+  releasedChunks(n: number): void {
+    this.sb.gcPendingChunks = Math.max(0, (this.sb.gcPendingChunks ?? 0) - n);
   }
 
   /** The node to release next (the queue's last), or undefined. */
@@ -150,6 +196,11 @@ export class NodeStore implements CommitPart<Taken> {
     }
   }
 
+  /** How many nodes are stored (LMDB's own count: O(1); fsck's total). */
+  storedCount(): number {
+    return (this.nodesDb.getStats() as { entryCount: number }).entryCount;
+  }
+
   /** Every stored node id (only meaningful with nothing uncommitted: fsck commits first). */
   *allIds(): Iterable<number> {
     for (const k of this.nodesDb.getKeys()) yield k as number;
@@ -163,10 +214,10 @@ export class NodeStore implements CommitPart<Taken> {
 
   take(): Taken | null {
     if (this.dirty.size === 0 && this.refs.size === 0 && this.deleted.size === 0) return null;
-    const bufs: Array<[number, Buffer]> = [];
+    const bufs = new Map<number, Buffer>();
     for (const id of this.dirty) {
       const n = this.cache.get(id);
-      if (n) bufs.push([id, encodeNode(n)]);
+      if (n) bufs.set(id, encodeNode(n));
     }
     const t: Taken = { bufs, refs: this.refs, deleted: this.deleted };
     this.committing = t;

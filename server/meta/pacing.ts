@@ -5,3 +5,31 @@
 export function restAfter(t0: number, factor: number): Promise<void> {
   return new Promise((r) => setTimeout(r, Math.min(200, factor * (performance.now() - t0))));
 }
+
+/**
+ * Cuts a long synchronous walk (fsck) into slices of `sliceMs` with a turn of the event loop
+ * between them, so the daemon keeps answering (the API reports the walk's progress meanwhile).
+ * `pauseMs`: how long each turn lasts (0: setImmediate).
+ */
+export class Slicer {
+  private until: number;
+  private n = 0;
+
+  constructor(
+    private readonly sliceMs: number,
+    private readonly pauseMs = 0,
+  ) {
+    this.until = performance.now() + sliceMs;
+  }
+
+  /** Call once per item: resolves at once (undefined) unless the slice is over. Looks at the clock every 64 calls. */
+  tick(): Promise<void> | undefined {
+    if ((++this.n & 63) !== 0 || performance.now() < this.until) return undefined;
+    return this.rest();
+  }
+
+  private async rest(): Promise<void> {
+    await new Promise((r) => (this.pauseMs > 0 ? setTimeout(r, this.pauseMs) : setImmediate(r)));
+    this.until = performance.now() + this.sliceMs;
+  }
+}

@@ -5,6 +5,7 @@
 import { FANOUT, FIRST_SLOT } from './map-node.js';
 import type { MetaStore } from './meta-store.js';
 import { restAfter } from './pacing.js';
+import { RateMeter } from '../rate-meter.js';
 
 /** Longest a slice of reclaim may hold the event loop. */
 export const SLICE_MS = 4;
@@ -23,6 +24,8 @@ export class SpaceReclaim {
   private stopped = false;
   private waiters: Array<() => void> = [];
   private readonly sliceMs: number;
+  /** Chunk references released (each drops a chunk's refcount; the last one frees it). */
+  readonly released = new RateMeter();
 
   /**
    * @param foreground a count that moves while clients are being served (NBD requests): reclaim
@@ -97,19 +100,26 @@ export class SpaceReclaim {
     nodes.beginReclaim(id); // off the queue before releasing children: dec() may queue them
     const e = n.entries;
     let done = 0;
-    for (let i = 0; i < FANOUT; i++) {
+    let chunkRefs = 0;
+    let i = 0;
+    for (; i < FANOUT; i++) {
       const v = e[i];
       if (v === 0) continue;
       if (n.level > 0) nodes.dec(v);
-      else if (v >= FIRST_SLOT) chunks.dec(v);
+      else if (v >= FIRST_SLOT) {
+        chunks.dec(v);
+        chunkRefs++;
+      }
       e[i] = 0;
       // performance.now() every 16 entries: ~16 record reads between looks at the clock.
-      if ((++done & 15) === 0 && i < FANOUT - 1 && performance.now() >= until) {
-        nodes.resumeLater(id);
-        return;
-      }
+      if ((++done & 15) === 0 && i < FANOUT - 1 && performance.now() >= until) break;
     }
-    nodes.remove(id);
+    if (chunkRefs > 0) {
+      nodes.releasedChunks(chunkRefs);
+      this.released.add(chunkRefs);
+    }
+    if (i < FANOUT) nodes.resumeLater(id);
+    else nodes.remove(id);
   }
 
   private wake(): void {

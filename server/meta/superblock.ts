@@ -22,6 +22,12 @@ export interface Superblock {
   liveChunks: number;
   /** Node ids whose refcount reached zero and whose children are still to be released (space-reclaim.ts). */
   gcQueue: number[];
+  /**
+   * Chunk references under the queued nodes, as far as known: the mapped count of each map or
+   * subtree when it was queued, less the references released since (space-reclaim.ts). An upper
+   * bound: a subtree still shared elsewhere is found only when reclaim reaches it. 0 once the queue empties.
+   */
+  gcPendingChunks?: number;
   /** Sequence number of the next dedup-log record (dedup/dedup-log.ts). */
   fpLogNext?: number;
   /** Id of the last intent record (intent-records.ts). */

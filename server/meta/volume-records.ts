@@ -26,6 +26,7 @@ export interface VolumeRecord extends RootRecord {
   tenant?: string; // absent: no tenant (also every record written before tenants existed)
   origin: { volume: string; snapshot?: string } | null;
   snapshots: SnapshotRecord[];
+  incomplete?: true; // being filled by an import that has not finished (absent: complete)
 }
 
 /** Every volume's record, by name. */

@@ -12,6 +12,8 @@
 
 import type { BlockExport, ExportProvider, NbdSession } from '../volume/export-port.js';
 import * as C from './constants.js';
+import { MetaContextSelection, type SelectedContext } from './meta-context.js';
+import { decodeString } from './strings.js';
 
 export type TlsMode = 'off' | 'on' | 'require';
 
@@ -60,8 +62,8 @@ export interface Negotiated {
   /** Transmission flags sent to the client. */
   flags: number;
   structured: boolean;
-  /** base:allocation was selected with NBD_OPT_SET_META_CONTEXT for this export. */
-  baseAllocation: boolean;
+  /** Meta contexts selected with NBD_OPT_SET_META_CONTEXT for this export (BLOCK_STATUS answers each). */
+  metaContexts: SelectedContext[];
   /** Largest READ/WRITE payload accepted. */
   maxPayload: number;
   minBlock: number;
@@ -101,18 +103,6 @@ export function transmissionFlags(exp: BlockExport, structured: boolean): number
   else f |= C.NBD_FLAG_SEND_TRIM | C.NBD_FLAG_SEND_WRITE_ZEROES | C.NBD_FLAG_SEND_FAST_ZERO;
   if (exp.multiConn) f |= C.NBD_FLAG_CAN_MULTI_CONN;
   return f;
-}
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-
-/** Decodes a protocol string; null if it is not valid UTF-8, contains NUL or is too long. */
-function decodeString(b: Buffer): string | null {
-  if (b.length > C.MAX_STRING || b.includes(0)) return null;
-  try {
-    return utf8.decode(b);
-  } catch {
-    return null;
-  }
 }
 
 function optionReply(option: number, type: number, data?: Buffer): Buffer {
@@ -160,15 +150,14 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
   let session: NbdSession = { tls: false, identity: null };
   let tlsRequiredLogged = false;
   let structured = false;
-  // Meta contexts selected with SET_META_CONTEXT, and the export name they were selected for:
-  // a later GO for a different export discards them (as nbdkit does).
-  let metaExport: string | null = null;
-  let baseAllocation = false;
 
   const reply = (option: number, type: number, data?: Buffer) => io.write(optionReply(option, type, data));
   const error = (option: number, type: number, msg: string) => reply(option, type, Buffer.from(msg, 'utf8'));
 
   const resolveName = (name: string): string | null => (name === '' ? provider.defaultExportName() : name);
+  // Meta contexts selected with SET_META_CONTEXT, for the export name it named: a later GO for a
+  // different export discards them (as nbdkit does).
+  let meta = new MetaContextSelection(provider, resolveName, () => session);
 
   for (let n = 0; ; n++) {
     if (n >= maxOptions) throw new ProtocolError('too many options');
@@ -205,7 +194,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         const exp = name === null ? null : provider.openExport(name, opts.onRevoke, session);
         // EXPORT_NAME cannot return an error: the spec says to terminate the session.
         if (!exp) throw new ProtocolError(`EXPORT_NAME: unknown export ${JSON.stringify(raw)}`);
-        const neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw, session);
+        const neg = negotiated(exp, name!, structured, meta.for(raw!), session);
         const b = Buffer.alloc(noZeroes ? 10 : 10 + 124);
         b.writeBigUInt64BE(BigInt(neg.size), 0);
         b.writeUInt16BE(neg.flags, 8);
@@ -245,8 +234,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         session = await io.startTls();
         // Nothing negotiated in plaintext survives (a meddler may have sent it).
         structured = false;
-        metaExport = null;
-        baseAllocation = false;
+        meta = new MetaContextSelection(provider, resolveName, () => session);
         break;
 
       case C.NBD_OPT_STRUCTURED_REPLY:
@@ -300,7 +288,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
         }
         let neg: Negotiated;
         try {
-          neg = negotiated(exp, name!, structured, baseAllocation && metaExport === raw, session);
+          neg = negotiated(exp, name!, structured, meta.for(raw), session);
           sendInfo(reply, option, neg, exp, requests);
         } catch (e) {
           exp.close();
@@ -313,35 +301,9 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
       }
 
       case C.NBD_OPT_LIST_META_CONTEXT:
-      case C.NBD_OPT_SET_META_CONTEXT: {
-        const list = option === C.NBD_OPT_LIST_META_CONTEXT;
-        if (!structured) {
-          error(option, C.NBD_REP_ERR_INVALID, 'structured replies must be negotiated first');
-          break;
-        }
-        const parsed = parseMetaQuery(data);
-        if (typeof parsed === 'string') {
-          error(option, C.NBD_REP_ERR_INVALID, parsed);
-          break;
-        }
-        // Which contexts match: with no query, LIST returns everything we know (SET selects none).
-        let match = false;
-        if (parsed.queries.length === 0) match = list;
-        else for (const q of parsed.queries) if (q === C.BASE_ALLOCATION || (list && q === 'base:')) match = true;
-        if (!list) {
-          metaExport = parsed.exportName;
-          baseAllocation = match;
-        }
-        if (match) {
-          const ctx = Buffer.from(C.BASE_ALLOCATION);
-          const b = Buffer.allocUnsafe(4 + ctx.length);
-          b.writeUInt32BE(list ? 0 : C.BASE_ALLOCATION_ID, 0);
-          ctx.copy(b, 4);
-          reply(option, C.NBD_REP_META_CONTEXT, b);
-        }
-        reply(option, C.NBD_REP_ACK);
+      case C.NBD_OPT_SET_META_CONTEXT:
+        meta.handle(option, data, structured, reply);
         break;
-      }
 
       default:
         error(option, C.NBD_REP_ERR_UNSUP, `option ${option} is not supported`);
@@ -351,7 +313,7 @@ export async function negotiate(io: HandshakeIO, opts: HandshakeOptions): Promis
 
 function noop() {}
 
-function negotiated(exp: BlockExport, name: string, structured: boolean, baseAllocation: boolean, session: NbdSession): Negotiated {
+function negotiated(exp: BlockExport, name: string, structured: boolean, metaContexts: SelectedContext[], session: NbdSession): Negotiated {
   const bs = blockSizeOf(exp);
   return {
     export: exp,
@@ -359,7 +321,7 @@ function negotiated(exp: BlockExport, name: string, structured: boolean, baseAll
     size: exp.size,
     flags: transmissionFlags(exp, structured),
     structured,
-    baseAllocation: structured && baseAllocation,
+    metaContexts: structured ? metaContexts : [],
     maxPayload: bs.maximum,
     minBlock: bs.minimum,
     session,
@@ -395,31 +357,4 @@ function sendInfo(reply: (o: number, t: number, d?: Buffer) => void, option: num
   b.writeUInt32BE(bs.preferred, 6);
   b.writeUInt32BE(bs.maximum, 10);
   reply(option, C.NBD_REP_INFO, b);
-}
-
-/** Parses LIST/SET_META_CONTEXT data: u32 name length, name, u32 query count, (u32 length, query)*. */
-function parseMetaQuery(data: Buffer): { exportName: string; queries: string[] } | string {
-  let p = 0;
-  if (data.length < 8) return 'option too short';
-  const nameLen = data.readUInt32BE(p);
-  p += 4;
-  if (nameLen > data.length - 8) return 'export name length exceeds option length';
-  const exportName = decodeString(data.subarray(p, p + nameLen));
-  if (exportName === null) return 'export name is not a valid string';
-  p += nameLen;
-  const n = data.readUInt32BE(p);
-  p += 4;
-  const queries: string[] = [];
-  for (let i = 0; i < n; i++) {
-    if (data.length - p < 4) return 'query count exceeds option length';
-    const qlen = data.readUInt32BE(p);
-    p += 4;
-    if (qlen > data.length - p) return 'query length exceeds option length';
-    const q = decodeString(data.subarray(p, p + qlen));
-    if (q === null) return 'query is not a valid string';
-    p += qlen;
-    queries.push(q);
-  }
-  if (p !== data.length) return 'trailing data after queries';
-  return { exportName, queries };
 }

@@ -4,6 +4,7 @@
 // told so in the handshake (NBD_REP_ERR_SHUTDOWN with a message) and closed.
 
 import net from 'node:net';
+import { ShoalError } from '../errors.js';
 import { chmod, lstat, unlink } from 'node:fs/promises';
 import type { ExportProvider } from '../volume/export-port.js';
 import type { NbdObserver } from './observer.js';
@@ -187,7 +188,7 @@ async function removeStaleSocket(path: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw e;
   }
-  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  if (!st.isSocket()) throw new ShoalError('address_in_use', `the NBD socket path ${path} exists and is not a socket; refusing to replace it (remove it, or choose another --nbd-socket)`);
   const alive = await new Promise<boolean>((resolve) => {
     const c = net.connect({ path });
     c.once('connect', () => {
@@ -196,6 +197,6 @@ async function removeStaleSocket(path: string): Promise<void> {
     });
     c.once('error', () => resolve(false));
   });
-  if (alive) throw Object.assign(new Error(`${path}: another server is listening on this socket`), { code: 'EADDRINUSE' });
+  if (alive) throw new ShoalError('address_in_use', `another server is listening on the NBD socket ${path} (is a Shoal daemon already running on this data directory?)`);
   await unlink(path);
 }

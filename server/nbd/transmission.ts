@@ -15,6 +15,7 @@ import { nbdErrnoOf, isShoalError } from '../errors.js';
 import type { BlockExport, Extent, ReadResult } from '../volume/export-port.js';
 import type { NbdObserver } from './observer.js';
 import type { Logger, Negotiated } from './handshake.js';
+import type { SelectedContext } from './meta-context.js';
 import * as C from './constants.js';
 
 const TWO_32 = 4294967296;
@@ -124,7 +125,7 @@ export class Transmission {
     if (this.exp.readOnly && (type === C.NBD_CMD_WRITE || type === C.NBD_CMD_TRIM || type === C.NBD_CMD_WRITE_ZEROES)) {
       return this.invalid(C.NBD_EPERM, 'export is read-only');
     }
-    if (type === C.NBD_CMD_BLOCK_STATUS && !this.neg.baseAllocation) return this.invalid(C.NBD_EINVAL, 'no metadata context was negotiated');
+    if (type === C.NBD_CMD_BLOCK_STATUS && this.neg.metaContexts.length === 0) return this.invalid(C.NBD_EINVAL, 'no metadata context was negotiated');
     if (length === 0) return this.invalid(C.NBD_EINVAL, 'zero-length request');
     // offset is exact below 2^53; above it, it is still far beyond any export size.
     if (offset > this.size || length > this.size - offset) return this.invalid(C.NBD_EINVAL, 'request beyond the end of the export');
@@ -199,9 +200,12 @@ export class Transmission {
           this.replyOk(req);
           break;
         case C.NBD_CMD_BLOCK_STATUS: {
-          const extents = await exp.blockStatus(req.offset, req.length);
+          const contexts = this.neg.metaContexts;
+          const extents = await Promise.all(contexts.map((c) => this.contextStatus(c, req)));
+          // One NBD_REPLY_TYPE_BLOCK_STATUS chunk per selected context, the last one with DONE.
+          const chunks = contexts.map((c, i) => this.statusChunk(req, c, extents[i]!, i === contexts.length - 1));
           ok = true;
-          this.replyBlockStatus(req, extents);
+          this.replyChunks(req, chunks);
           break;
         }
       }
@@ -222,6 +226,12 @@ export class Transmission {
       }
       this.onSettled(); // never throws (connection.ts catches)
     }
+  }
+
+  private contextStatus(c: SelectedContext, req: Request): Promise<Extent[]> {
+    if (c.id === C.BASE_ALLOCATION_ID) return this.exp.blockStatus(req.offset, req.length);
+    if (!this.exp.metaContextStatus) throw new Error(`export ${this.neg.exportName} offered meta context ${c.name} but answers no status for it`);
+    return this.exp.metaContextStatus(c.name, req.offset, req.length);
   }
 
   private async trackWrite(p: Promise<void>): Promise<void> {
@@ -326,10 +336,16 @@ export class Transmission {
     this.replyError(req, errno, this.lastError);
   }
 
-  private replyBlockStatus(req: Request, extents: Extent[]): void {
+  private replyChunks(req: Request, chunks: Buffer[]): void {
+    if (!this.begin(req)) return;
+    for (const h of chunks) this.sock.write(h);
+  }
+
+  private statusChunk(req: Request, context: SelectedContext, extents: Extent[], last: boolean): Buffer {
     // Clamp what the export returned to the spec's rules: descriptors are non-empty, their sum
     // does not exceed the request, adjacent equal ones merge, and REQ_ONE gets exactly one.
     const one = (req.flags & C.NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const mask = context.id === C.BASE_ALLOCATION_ID ? 3 : 0xffffffff;
     const lens: number[] = [];
     const flags: number[] = [];
     let left = req.length;
@@ -338,7 +354,7 @@ export class Transmission {
       let len = Math.floor(e.length);
       if (!(len > 0)) continue;
       if (len > left) len = left;
-      const f = e.flags & 3;
+      const f = (e.flags & mask) >>> 0;
       const n = lens.length;
       if (n > 0 && flags[n - 1] === f) lens[n - 1] += len;
       else {
@@ -347,20 +363,21 @@ export class Transmission {
       }
       left -= len;
     }
-    // An export that says nothing gets the safe answer: allocated, contents unknown.
     if (lens.length === 0) {
+      // For base:allocation the safe answer is "allocated, contents unknown"; any other context's
+      // safe answer is its own to define, so an export that says nothing gets an error.
+      if (context.id !== C.BASE_ALLOCATION_ID) throw new Error(`export ${this.neg.exportName} returned no extents for ${context.name}`);
       lens.push(req.length);
       flags.push(0);
     }
     const n = one ? 1 : lens.length;
-    if (!this.begin(req)) return;
     const h = Buffer.allocUnsafe(C.NBD_STRUCTURED_REPLY_SIZE + 4 + 8 * n);
-    this.structuredHeader(h, req, C.NBD_REPLY_FLAG_DONE, C.NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n);
-    h.writeUInt32BE(C.BASE_ALLOCATION_ID, 20);
+    this.structuredHeader(h, req, last ? C.NBD_REPLY_FLAG_DONE : 0, C.NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n);
+    h.writeUInt32BE(context.id, 20);
     for (let i = 0; i < n; i++) {
       h.writeUInt32BE(lens[i], 24 + 8 * i);
       h.writeUInt32BE(flags[i], 28 + 8 * i);
     }
-    this.sock.write(h);
+    return h;
   }
 }

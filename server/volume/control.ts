@@ -2,10 +2,11 @@
 // Every method validates its input and throws ShoalError (server/errors.ts) with a stable code.
 import { ShoalError } from '../errors.js';
 import type { CacheStats } from '../cache/chunk-cache.js';
-import type { FsckReport } from '../meta/fsck.js';
+import type { FsckProgress, FsckReport } from '../meta/fsck.js';
 import type { StoreStats } from '../store/chunk-store.js';
+import type { ChangeList } from './changes.js';
 
-export type { FsckReport };
+export type { ChangeList, FsckReport };
 
 /** The error for a volume that does not exist, and for one outside a caller's tenant: the two must read alike. */
 export function volumeNotFound(name: string): ShoalError {
@@ -34,6 +35,26 @@ export interface VolumeInfo {
   exclusiveBytes: number; // mapped bytes whose chunk nothing else references
   sharedBytes: number; // mapped bytes whose chunk is shared with another map or dedup
   cacheLoads: number; // chunks its reads (and their readahead) loaded from the store: its cache misses
+  incomplete: boolean; // created to be filled (shoal import) and not marked complete yet
+}
+
+/** A volume's NBD traffic since the daemon started (requests accepted on it and its snapshots): cheap to read. */
+export interface VolumeActivity {
+  name: string;
+  tenant: string | null;
+  connections: number;
+  reads: number;
+  writes: number;
+  readBytes: number;
+  writtenBytes: number;
+}
+
+/** A consistency check's progress: the one running, else the last one's figures. */
+export interface FsckStatus extends Omit<FsckProgress, 'phase'> {
+  running: boolean;
+  phase: FsckProgress['phase'] | null; // null when none is running
+  startedAt: string | null;
+  lastOk: boolean | null; // the last finished check's verdict; null: none yet
 }
 
 export interface SnapshotInfo {
@@ -51,6 +72,13 @@ export interface RangeRequest {
   length: number;
 }
 
+export interface ChangesQuery {
+  since: string; // SNAPSHOT of the volume, or ORIGIN@SNAPSHOT of a volume it was cloned from
+  until?: string; // a snapshot of the volume newer than since; the live volume when absent
+  offset?: number; // byte offset to list from (a page's `next`); default 0
+  limit?: number; // extents per page; default DEFAULT_CHANGES_LIMIT
+}
+
 export interface Stats {
   logicalBytes: number; // bytes mapped by the live volumes and snapshots (in the scope, if one is given)
   physicalBytes: number; // bytes of stored chunks
@@ -62,19 +90,33 @@ export interface Stats {
   dedupHits: number;
   dedupLogEntries: number; // new fingerprints logged, not yet in the on-disk index
   reclaimPendingNodes: number; // map nodes of deleted volumes/snapshots and replaced subtrees not yet reclaimed
+  reclaim: {
+    pendingNodes: number;
+    pendingBytes: number; // estimate, an upper bound: chunk references under the queued nodes × chunk size
+    releasedBytes: number; // chunk references released since start × chunk size
+    bytesPerSecond: number; // releasedBytes' rate over the last 10 s
+  };
+  dedupIndexing: {
+    logEntries: number;
+    indexedEntries: number; // taken into the on-disk index since start
+    entriesPerSecond: number; // over the last 10 s
+  };
+  fsck: FsckStatus;
   cache: CacheStats;
   store: StoreStats;
 }
 
 export interface VolumeControl {
   /** `domain` defaults to the tenant's name (chunks are never shared across tenants unless asked), else "default". */
-  createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo>;
+  createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo>;
   /** The clone takes its origin's tenant and domain. */
   cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo>;
   listVolumes(): VolumeInfo[];
   getVolume(name: string): VolumeInfo;
   /** A volume's tenant (null: none), without the cost of getVolume; volume_not_found if there is no such volume. */
   tenantOf(name: string): string | null;
+  /** Clears the incomplete mark (an import finished). */
+  markComplete(name: string): Promise<void>;
   /** Shrinking is refused (shrink_not_allowed, saying what would be lost) unless `shrink`. */
   resizeVolume(name: string, size: number, opts?: { shrink?: boolean }): Promise<VolumeInfo>;
   /**
@@ -87,11 +129,15 @@ export interface VolumeControl {
   listSnapshots(volume: string): SnapshotInfo[];
   deleteSnapshot(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<void>;
   rollback(volume: string, snapshot: string, opts?: { force?: boolean }): Promise<VolumeInfo>;
+  /** Byte ranges of the volume (or its snapshot `until`) that may differ from the snapshot `since`, a page at a time. */
+  changes(volume: string, query: ChangesQuery): Promise<ChangeList>;
 
   reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }>;
   dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }>;
 
   /** With a scope, the volume counts and logical bytes cover only its volumes; store and cache figures are the daemon's. */
   stats(scope?: VolumeScope): Stats;
+  /** Per-volume NBD request counts, without the map walks of listVolumes. */
+  activity(): VolumeActivity[];
   fsck(): Promise<FsckReport>;
 }

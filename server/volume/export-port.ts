@@ -6,12 +6,14 @@
 /** Largest READ or WRITE a volume accepts in one request (nbdkit's limit; QEMU sends up to 32 MiB). */
 export const MAX_REQUEST_BYTES = 64 * 1024 * 1024;
 
-export const EXTENT_HOLE = 1; // no storage allocated (NBD_STATE_HOLE)
-export const EXTENT_ZERO = 2; // reads as zeroes (NBD_STATE_ZERO)
+export const EXTENT_HOLE = 1; // base:allocation: no storage allocated (NBD_STATE_HOLE)
+export const EXTENT_ZERO = 2; // base:allocation: reads as zeroes (NBD_STATE_ZERO)
+export const EXTENT_DIRTY = 1; // qemu:dirty-bitmap:*: may differ from the bitmap's base (NBD_STATE_DIRTY)
 
 export interface Extent {
   length: number;
-  flags: number; // EXTENT_HOLE | EXTENT_ZERO
+  /** The meta context's flags: EXTENT_HOLE | EXTENT_ZERO for base:allocation. */
+  flags: number;
 }
 
 export interface ZeroOptions {
@@ -49,6 +51,11 @@ export interface BlockExport {
   cache(offset: number, length: number): Promise<void>;
   /** base:allocation extents covering at least the first byte of [offset, offset+length). */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Extents of another meta context this export offers (ExportProvider.metaContexts), covering
+   * at least the first byte of the range; rejects if the context is no longer available.
+   */
+  metaContextStatus?(context: string, offset: number, length: number): Promise<Extent[]>;
   /** The connection is gone; release it. Idempotent. */
   close(): void;
 }
@@ -80,4 +87,10 @@ export interface ExportProvider {
   openExport(name: string, onRevoke: () => void, session: NbdSession): BlockExport | null;
   /** The export a client gets when it asks for the empty name "", if any. */
   defaultExportName(): string | null;
+  /**
+   * The meta contexts besides base:allocation that the named export offers (full names,
+   * "namespace:leaf"); none for an unknown export. The engine matches clients' queries against
+   * them and asks the opened export for their status by name.
+   */
+  metaContexts?(exportName: string, session: NbdSession): string[];
 }

@@ -1,8 +1,10 @@
 // The volume layer's side of the NBD port (export-port.ts): one export per volume (read-write)
-// and per snapshot (VOLUME@SNAPSHOT, read-only), each opened connection a VolumeExport.
+// and per snapshot (VOLUME@SNAPSHOT, read-only), each opened connection a VolumeExport. Besides
+// base:allocation, each offers qemu:dirty-bitmap:BASE for every older snapshot (changes.ts).
 import { ShoalError } from '../errors.js';
 import type { RootRecord, SnapshotRecord } from '../meta/volume-records.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
+import { DIRTY_BITMAP_PREFIX, type ChangeTracker } from './changes.js';
 import { MAX_REQUEST_BYTES, type BlockExport, type ExportListing, type ExportProvider, type Extent, type NbdSession, type ReadResult, type ZeroOptions } from './export-port.js';
 import { volumeOfExport } from './names.js';
 import type { ReadPath } from './read-path.js';
@@ -15,6 +17,7 @@ export interface ExportContext {
   readonly reads: ReadPath;
   readonly writes: WritePath;
   readonly cache: ChunkCache;
+  readonly changes: ChangeTracker;
   /** Makes every completed write durable (FLUSH, FUA). */
   flush(): Promise<void>;
   /** False once the daemon is shutting down: no new export is opened. */
@@ -66,13 +69,23 @@ export class VolumeExports implements ExportProvider {
   /** The named export, or null: another tenant's volume is answered exactly as one that does not exist. */
   openExport(name: string, onRevoke: () => void, session?: NbdSession): BlockExport | null {
     if (!this.ctx.isOpen()) return null;
+    const found = this.find(name, session);
+    return found && new VolumeExport(this, this.ctx, found.st, found.snap, name, onRevoke);
+  }
+
+  metaContexts(exportName: string, session?: NbdSession): string[] {
+    const found = this.find(exportName, session);
+    return found ? this.ctx.changes.bases(found.st, found.snap).map((b) => DIRTY_BITMAP_PREFIX + b.name) : [];
+  }
+
+  /** The volume and snapshot an export name names, if the session may see them, or null. */
+  private find(name: string, session?: NbdSession): { st: VolumeState; snap: SnapshotRecord | undefined } | null {
     const at = name.indexOf('@');
     const st = this.ctx.states.get(volumeOfExport(name));
     if (!st || !this.visible(st, session)) return null;
-    const snapName = at < 0 ? undefined : name.slice(at + 1);
-    const snap = snapName === undefined ? undefined : st.record.snapshots.find((s) => s.name === snapName);
-    if (snapName !== undefined && !snap) return null;
-    return new VolumeExport(this, this.ctx, st, snap, name, onRevoke);
+    if (at < 0) return { st, snap: undefined };
+    const snap = st.record.snapshots.find((s) => s.name === name.slice(at + 1));
+    return snap ? { st, snap } : null;
   }
 
   /** A small number per export name: the cache counts distinct readers of each chunk by it. */
@@ -147,11 +160,15 @@ class VolumeExport implements BlockExport, ExportConnection {
     this.live();
     const r = this.rec();
     checkRange(r.size, offset, length);
+    this.st.io.reads++;
+    this.st.io.readBytes += length;
     return this.ctx.reads.read(r, offset, length, this.readerId);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.writable(offset, data.length);
+    this.st.io.writes++;
+    this.st.io.writtenBytes += data.length;
     await this.ctx.writes.write(this.st, offset, data);
     if (fua) await this.ctx.flush();
   }
@@ -186,6 +203,15 @@ class VolumeExport implements BlockExport, ExportConnection {
     const r = this.rec();
     checkRange(r.size, offset, length);
     return this.ctx.reads.blockStatus(r, offset, length);
+  }
+
+  async metaContextStatus(context: string, offset: number, length: number): Promise<Extent[]> {
+    this.live();
+    const r = this.rec();
+    checkRange(r.size, offset, length);
+    if (!context.startsWith(DIRTY_BITMAP_PREFIX)) throw new ShoalError('not_supported', `export ${this.name} has no meta context ${context}`);
+    const base = this.ctx.changes.base(this.st, this.snap, context.slice(DIRTY_BITMAP_PREFIX.length));
+    return this.ctx.changes.status(base, this.st, this.snap, offset, length);
   }
 
   close(): void {

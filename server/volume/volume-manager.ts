@@ -7,15 +7,30 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord, SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
 import { dropRoot, growLevels, shareRoot } from '../meta/map-tree.js';
 import { levelsFor } from '../meta/map-node.js';
-import { checkMetadata, FsckErrors } from '../meta/fsck.js';
+import { checkMetadata, FSCK_SLICE_MS, FsckErrors, newFsckProgress, type FsckProgress } from '../meta/fsck.js';
+import { Slicer } from '../meta/pacing.js';
 import { SpaceReclaim } from '../meta/space-reclaim.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { DedupIndex } from '../dedup/dedup-index.js';
 import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { checkDedupIndex } from '../dedup/dedup-check.js';
+import { ChangeTracker, DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
-import { volumeNotFound, type FsckReport, type RangeRequest, type SnapshotInfo, type Stats, type VolumeControl, type VolumeInfo, type VolumeScope } from './control.js';
+import {
+  volumeNotFound,
+  type ChangeList,
+  type ChangesQuery,
+  type FsckReport,
+  type FsckStatus,
+  type RangeRequest,
+  type SnapshotInfo,
+  type Stats,
+  type VolumeActivity,
+  type VolumeControl,
+  type VolumeInfo,
+  type VolumeScope,
+} from './control.js';
 import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
@@ -49,6 +64,8 @@ export interface VolumeManagerOptions {
   tlsAdmins?: string[];
   /** A FLUSH not durable within this long fails with EIO (an S3 store in flush mode: --s3-timeout). */
   flushTimeoutMs?: number;
+  /** How long a consistency check rests between its slices (ms; default 0): tests slow it down to watch its progress. */
+  fsckPauseMs?: number;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -58,6 +75,7 @@ export class VolumeManager implements VolumeControl {
   readonly reads: ReadPath;
   readonly writes: WritePath;
   readonly exports: VolumeExports;
+  private readonly changeTracker: ChangeTracker;
   private readonly ranges: RangeOperations;
   private readonly reclaim: SpaceReclaim;
   private readonly indexer: DedupIndexer;
@@ -66,6 +84,11 @@ export class VolumeManager implements VolumeControl {
   /** Set once another daemon took the store over: reads go on, nothing is written any more. */
   private fencedBy: ShoalError | null = null;
   private readonly logger: VolumeManagerOptions['logger'];
+  /** The consistency check running, if any: changes to maps wait for it. */
+  private fsckRun: Promise<FsckReport> | null = null;
+  private fsckProgress: (FsckProgress & { startedAt: string }) | null = null;
+  private lastFsckOk: boolean | null = null;
+  private readonly fsckPauseMs: number;
 
   private constructor(
     private readonly layers: StorageLayers,
@@ -73,6 +96,7 @@ export class VolumeManager implements VolumeControl {
   ) {
     const { meta, store, cache, dedup } = layers;
     this.meta = meta;
+    this.fsckPauseMs = opts.fsckPauseMs ?? 0;
     // Chunk data reaches the disk before any commit that references it; a freed or reused slot's
     // cached bytes are never served again (invariant 1).
     meta.pipeline.syncData = () => store.sync();
@@ -87,11 +111,13 @@ export class VolumeManager implements VolumeControl {
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.logger = opts.logger;
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs);
+    this.changeTracker = new ChangeTracker(meta, this.states);
     this.exports = new VolumeExports({
       states: this.states,
       reads: this.reads,
       writes: this.writes,
       cache,
+      changes: this.changeTracker,
       flush: () => this.commits.flush(),
       isOpen: () => !this.closing,
       checkWritable: () => {
@@ -157,6 +183,15 @@ export class VolumeManager implements VolumeControl {
     this.logger?.error({ err }, `this daemon no longer writes: ${err.message} Volumes stay readable; writes, flushes and changes fail (NBD clients get ESHUTDOWN).`);
   }
 
+  /**
+   * A change to maps or refcounts waits while a consistency check runs (it must see them still).
+   * Callers await it only while one runs, so otherwise their checks stay in the tick of the call.
+   */
+  private async afterFsck(): Promise<void> {
+    while (this.fsckRun) await this.fsckRun.catch(() => {});
+    this.checkOpen();
+  }
+
   // ------------------------------------------------------------------ volumes
 
   /**
@@ -180,11 +215,13 @@ export class VolumeManager implements VolumeControl {
       exclusiveBytes: sh.exclusive,
       sharedBytes: sh.shared,
       cacheLoads: this.exports.cacheLoadsOf(r.name),
+      incomplete: r.incomplete === true,
     };
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const name = validName('volume', req.name);
     const size = validSize(req.size);
     const tenant = req.tenant === undefined ? undefined : validName('tenant', req.tenant);
@@ -204,6 +241,7 @@ export class VolumeManager implements VolumeControl {
       levels: levelsFor(Math.ceil(size / this.meta.chunkSize)),
       mapped: 0,
       createdAt: new Date().toISOString(),
+      ...(req.incomplete === true ? { incomplete: true as const } : {}),
     };
     this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
@@ -213,6 +251,7 @@ export class VolumeManager implements VolumeControl {
 
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const name = validName('volume', req.name);
     if (!req.from || typeof req.from.volume !== 'string') throw new ShoalError('invalid_request', 'from.volume is required to clone');
     const src = this.state(req.from.volume);
@@ -244,8 +283,24 @@ export class VolumeManager implements VolumeControl {
     return this.state(name).record.tenant ?? null;
   }
 
+  async markComplete(name: string): Promise<void> {
+    this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
+    const st = this.state(name);
+    if (st.record.incomplete) {
+      delete st.record.incomplete;
+      st.touched();
+      await this.meta.commit();
+    }
+  }
+
+  activity(): VolumeActivity[] {
+    return [...this.states.values()].map((st) => ({ name: st.name, tenant: st.record.tenant ?? null, connections: st.conns.size, ...st.io }));
+  }
+
   async resizeVolume(name: string, size: number, opts: { shrink?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(name);
     size = validSize(size);
     checkShrink(this.meta, st.record, size, opts.shrink);
@@ -269,6 +324,7 @@ export class VolumeManager implements VolumeControl {
 
   async deleteVolume(name: string, opts: { force?: boolean; recursive?: boolean } = {}): Promise<void> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(name);
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
@@ -296,6 +352,7 @@ export class VolumeManager implements VolumeControl {
 
   async createSnapshot(volume: string, name: string): Promise<SnapshotInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     validName('snapshot', name);
     if (st.record.snapshots.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume ${volume} already has a snapshot named ${name}`);
@@ -314,6 +371,7 @@ export class VolumeManager implements VolumeControl {
 
   async deleteSnapshot(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<void> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
     const readers = st.readersOf(snapshot);
@@ -328,6 +386,7 @@ export class VolumeManager implements VolumeControl {
 
   async rollback(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const st = this.state(volume);
     const s = this.snapshot(st, snapshot);
     const writers = st.writers().length;
@@ -349,6 +408,20 @@ export class VolumeManager implements VolumeControl {
     }
     await this.meta.commit();
     return this.info(st);
+  }
+
+  async changes(volume: string, q: ChangesQuery): Promise<ChangeList> {
+    const st = this.state(volume);
+    if (typeof q.since !== 'string' || q.since === '') throw new ShoalError('invalid_request', 'since must name the snapshot to compare with');
+    const until = q.until === undefined ? undefined : this.snapshot(st, q.until);
+    const since = this.changeTracker.base(st, until, q.since);
+    const newer = until ?? st.record;
+    const offset = q.offset ?? 0;
+    const limit = q.limit ?? DEFAULT_CHANGES_LIMIT;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > newer.size)
+      throw new ShoalError('invalid_range', `offset ${offset} is not a byte offset within ${until ? `${volume}@${until.name}` : volume} (size ${newer.size})`);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CHANGES_LIMIT) throw new ShoalError('invalid_request', `limit ${limit} is not a number of extents from 1 to ${MAX_CHANGES_LIMIT}`);
+    return this.changeTracker.list(since, st, until, offset, limit);
   }
 
   // ------------------------------------------------------------------ reflink / dedupe
@@ -382,6 +455,7 @@ export class VolumeManager implements VolumeControl {
 
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const { dst, src } = this.rangeArgs(volume, req);
     if (src === dst.record && req.offset < req.sourceOffset + req.length && req.sourceOffset < req.offset + req.length)
       throw new ShoalError('invalid_range', 'source and destination ranges overlap within one volume');
@@ -390,6 +464,7 @@ export class VolumeManager implements VolumeControl {
 
   async dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }> {
     this.checkOpen();
+    if (this.fsckRun) await this.afterFsck();
     const { dst, src } = this.rangeArgs(volume, req);
     const cs = this.meta.chunkSize;
     if (req.sourceOffset % cs !== 0 || req.offset % cs !== 0)
@@ -427,19 +502,61 @@ export class VolumeManager implements VolumeControl {
       dedupHits: this.layers.dedup.hits,
       dedupLogEntries: this.layers.dedup.log.size,
       reclaimPendingNodes: this.meta.nodes.reclaimBacklog,
+      reclaim: {
+        pendingNodes: this.meta.nodes.reclaimBacklog,
+        pendingBytes: this.meta.nodes.reclaimPendingChunks * cs,
+        releasedBytes: this.reclaim.released.total * cs,
+        bytesPerSecond: Math.round(this.reclaim.released.perSecond() * cs),
+      },
+      dedupIndexing: {
+        logEntries: this.layers.dedup.log.size,
+        indexedEntries: this.indexer.indexed.total,
+        entriesPerSecond: Math.round(this.indexer.indexed.perSecond()),
+      },
+      fsck: this.fsckStatus(),
       cache: this.layers.cache.stats(),
       store: this.layers.store.stats(),
     };
   }
 
-  async fsck(): Promise<FsckReport> {
+  private fsckStatus(): FsckStatus {
+    const p = this.fsckProgress;
+    const zero = { checkedIndexEntries: 0, totalIndexEntries: 0, checkedNodes: 0, totalNodes: 0, checkedChunks: 0, totalChunks: 0 };
+    if (!p) return { running: false, phase: null, ...zero, startedAt: null, lastOk: this.lastFsckOk };
+    const { phase, startedAt, ...counts } = p;
+    const running = this.fsckRun !== null;
+    return { running, phase: running ? phase : null, ...counts, startedAt, lastOk: this.lastFsckOk };
+  }
+
+  /** A check already running is joined rather than run twice. */
+  fsck(): Promise<FsckReport> {
     this.checkOpen();
-    // Let reclaim finish and commit, so the check sees a quiescent, committed state.
-    await this.reclaim.drain();
-    await this.meta.commit();
-    const errors = new FsckErrors();
-    checkDedupIndex(this.layers.dedup, this.meta.chunks, errors);
-    return checkMetadata(this.meta, this.layers.store, errors);
+    this.fsckRun ??= this.runFsck().finally(() => (this.fsckRun = null));
+    return this.fsckRun;
+  }
+
+  /**
+   * Checks a quiescent, committed state while the daemon goes on serving reads: changes to maps
+   * wait (control calls at afterFsck, NBD writes, trims and zeroes at each volume's range
+   * lock, held whole), reclaim finishes first, and the walk runs in slices so the API can report
+   * its progress (GET /v1/stats fsck).
+   */
+  private async runFsck(): Promise<FsckReport> {
+    const releases: Array<() => void> = [];
+    try {
+      for (const st of [...this.states.values()]) releases.push(await st.lock.acquire(0, Infinity));
+      await this.reclaim.drain();
+      await this.meta.commit();
+      const progress = (this.fsckProgress = { ...newFsckProgress(this.meta, this.layers.dedup.index.storedCount()), startedAt: new Date().toISOString() });
+      const errors = new FsckErrors();
+      const slicer = new Slicer(FSCK_SLICE_MS, this.fsckPauseMs);
+      await checkDedupIndex(this.layers.dedup, this.meta.chunks, errors, progress, slicer);
+      const report = await checkMetadata(this.meta, this.layers.store, { errors, progress, slicer });
+      this.lastFsckOk = report.ok;
+      return report;
+    } finally {
+      for (const release of releases) release();
+    }
   }
 
   async close(): Promise<void> {

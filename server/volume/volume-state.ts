@@ -26,6 +26,8 @@ export class VolumeState implements WritableMap {
   private readonly snapshotReaders = new Map<string, number>();
   /** Deleted: exports fail with volume_deleted, long operations stop. */
   deleted = false;
+  /** NBD reads and writes accepted on the volume and its snapshots, and their bytes (shoal top, metrics). */
+  readonly io = { reads: 0, writes: 0, readBytes: 0, writtenBytes: 0 };
 
   constructor(
     public record: VolumeRecord,

@@ -162,8 +162,8 @@ test('--tenant, --shrink and --recursive reach the API', async () => {
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /created volume acme-vm \(1 GiB, tenant acme, domain acme\)/);
   r = await cli(['volume', 'list']);
-  assert.match(r.stdout, /TENANT\n/);
-  assert.match(r.stdout, /acme-vm .* acme\n/);
+  assert.match(r.stdout, /TENANT {2}STATE\n/);
+  assert.match(r.stdout, /acme-vm .* acme\s+ready\n/);
   r = await cli(['volume', 'show', 'acme-vm']);
   assert.match(r.stdout, /tenant:\s+acme/);
 
@@ -224,4 +224,28 @@ test('the API address: --api, SHOAL_API (also HOST:PORT as the daemon takes it),
   assert.equal(apiBaseUrl(undefined, { SHOAL_API: '[::1]:10880' }), 'http://[::1]:10880');
   assert.equal(apiBaseUrl('https://shoal.example:8443/', { SHOAL_API: 'x:1' }), 'https://shoal.example:8443');
   assert.throws(() => apiBaseUrl('ftp://x', {}), /http/);
+});
+
+test('an incomplete volume shows as one; top needs a terminal; help lists import, export and top', async () => {
+  control.volumes.clear();
+  await control.createVolume({ name: 'half', size: 4096, incomplete: true });
+  let r = await cli(['volume', 'list']);
+  assert.match(r.stdout, /^half\s.*\sincomplete\n/m);
+  r = await cli(['volume', 'show', 'half']);
+  assert.match(r.stdout, /state:\s+incomplete \(an import did not finish/);
+  r = await cli(['top'], { terminal: { isTTY: false, write: () => true } });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^shoal: shoal top draws on a terminal; for figures in a script use `shoal stats --json` or GET \/v1\/activity\n$/);
+  r = await cli(['top', 'extra']);
+  assert.equal(r.code, 2);
+  r = await cli(['import', 'x', 'y', '--shrink']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--shrink does not apply to `shoal import`/);
+  r = await cli(['export', 'x', 'y', '--size', '1G']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--size does not apply to `shoal export`/);
+  r = await cli(['help']);
+  assert.match(r.stdout, /shoal import NAME FILE \[--size SIZE\] \[--tenant T\] \[--format raw\|qcow2\|vmdk\|vhdx\]/);
+  assert.match(r.stdout, /shoal export VOLUME\[@SNAPSHOT\] FILE/);
+  assert.match(r.stdout, /shoal top /);
 });

@@ -1,7 +1,7 @@
 // An in-memory VolumeControl for testing the REST routing and validation layer only (no bytes are stored).
 // It follows the interface's error contract closely enough that routes can be checked end to end.
 import { ShoalError } from '../../server/errors.js';
-import type { FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeControl, VolumeInfo, VolumeScope } from '../../server/volume/control.js';
+import type { ChangeList, ChangesQuery, FsckReport, RangeRequest, SnapshotInfo, Stats, VolumeActivity, VolumeControl, VolumeInfo, VolumeScope } from '../../server/volume/control.js';
 
 export class FakeControl implements VolumeControl {
   volumes = new Map<string, VolumeInfo>();
@@ -41,15 +41,26 @@ export class FakeControl implements VolumeControl {
       exclusiveBytes: 0,
       sharedBytes: 0,
       cacheLoads: 0,
+      incomplete: false,
     };
     this.volumes.set(name, v);
     this.snaps.set(name, []);
     return v;
   }
 
-  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string }): Promise<VolumeInfo> {
+  async createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     this.check('createVolume', [req]);
-    return this.make(req.name, req.size, req.domain ?? req.tenant ?? 'default', null, req.tenant ?? null);
+    const v = this.make(req.name, req.size, req.domain ?? req.tenant ?? 'default', null, req.tenant ?? null);
+    v.incomplete = req.incomplete === true;
+    return v;
+  }
+  async markComplete(name: string): Promise<void> {
+    this.check('markComplete', [name]);
+    this.vol(name).incomplete = false;
+  }
+  activity(): VolumeActivity[] {
+    this.check('activity', []);
+    return [...this.volumes.values()].map((v) => ({ name: v.name, tenant: v.tenant, connections: v.connections, reads: 5, writes: 3, readBytes: 5 * 4096, writtenBytes: 3 * 4096 }));
   }
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
     this.check('cloneVolume', [req]);
@@ -119,6 +130,11 @@ export class FakeControl implements VolumeControl {
     v.size = s.size;
     return v;
   }
+  async changes(volume: string, query: ChangesQuery): Promise<ChangeList> {
+    this.check('changes', [volume, query]);
+    this.vol(volume);
+    return { extents: [{ offset: 0, length: 4096 }], next: 8192 };
+  }
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.check('reflink', [volume, req]);
     this.vol(volume);
@@ -144,6 +160,9 @@ export class FakeControl implements VolumeControl {
       dedupHits: 2,
       dedupLogEntries: 0,
       reclaimPendingNodes: 7,
+      reclaim: { pendingNodes: 7, pendingBytes: 7 * 256 * 65536, releasedBytes: 65536, bytesPerSecond: 4096 },
+      dedupIndexing: { logEntries: 0, indexedEntries: 12, entriesPerSecond: 0 },
+      fsck: { running: false, phase: null, checkedIndexEntries: 0, totalIndexEntries: 0, checkedNodes: 0, totalNodes: 0, checkedChunks: 0, totalChunks: 0, startedAt: null, lastOk: null },
       cache: { capacityBytes: 1 << 30, bytes: 65536, entries: 1, hits: 10, misses: 1, evictions: 0, coalesced: 4, sharingFactor: 3, servedBytes: 655360, pinned: 0, orphaned: 0, loading: 0, readerRefs: 3, readahead: 0, storeReads: 1, storeReadBytes: 65536 },
       store: { kind: 'local', reads: 1, readBytes: 65536, direct: true },
     };

@@ -230,6 +230,26 @@ test('reflink and dedupe pass the range through', async () => {
   assert.deepEqual(lastCall('dedupe')!.args, ['dst', { ...body, source: 'golden@snap' }]);
 });
 
+test('changes: the query string reaches the volume layer as numbers; bad paging arguments are refused', async () => {
+  await call('POST', '/v1/volumes', { name: 'cbt', size: 1 << 20 });
+  let r = await call('GET', '/v1/volumes/cbt/changes?since=s1&until=s2&offset=8192&limit=10');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(r.body, { extents: [{ offset: 0, length: 4096 }], next: 8192 });
+  assert.deepEqual(lastCall('changes')!.args, ['cbt', { since: 's1', until: 's2', offset: 8192, limit: 10 }]);
+  r = await call('GET', '/v1/volumes/cbt/changes?since=golden@v1');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(lastCall('changes')!.args, ['cbt', { since: 'golden@v1', until: undefined, offset: undefined, limit: undefined }]);
+  const before = control.calls.length;
+  assertError(await call('GET', '/v1/volumes/cbt/changes'), 400, 'invalid_request', /since/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=a/b'), 400, 'invalid_name');
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&until=x@y'), 400, 'invalid_name');
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&offset=-4096'), 400, 'invalid_request', /offset/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&limit=ten'), 400, 'invalid_request', /limit/);
+  assertError(await call('GET', '/v1/volumes/cbt/changes?since=s1&cursor=3'), 400, 'invalid_request', /cursor/);
+  assert.equal(control.calls.length, before, 'refused before reaching the volume layer');
+  assertError(await call('GET', '/v1/volumes/nope/changes?since=s1'), 404, 'volume_not_found');
+});
+
 test('stats, fsck, healthz', async () => {
   let r = await call('GET', '/v1/stats');
   assert.equal(r.status, 200);
@@ -260,8 +280,12 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
     '/v1/volumes/{name}/rollback': ['post'],
     '/v1/volumes/{name}/reflink': ['post'],
     '/v1/volumes/{name}/dedupe': ['post'],
+    '/v1/volumes/{name}/changes': ['get'],
     '/v1/stats': ['get'],
     '/v1/fsck': ['post'],
+    '/v1/activity': ['get'],
+    '/v1/volumes/{name}/complete': ['post'],
+    '/v1/endpoints': ['get'],
     '/healthz': ['get'],
     '/metrics': ['get'],
   };
@@ -276,8 +300,13 @@ test('OpenAPI at /docs/json lists every route; /docs serves the UI', async () =>
   }
   const create = r.body.paths['/v1/volumes'].post;
   const schema = create.requestBody.content['application/json'].schema;
-  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'name', 'size', 'tenant']);
+  assert.deepEqual(Object.keys(schema.properties).sort(), ['domain', 'from', 'incomplete', 'name', 'size', 'tenant']);
   assert.equal(schema.properties.name.pattern, '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$');
+  // The change list documents its paging.
+  const changes = r.body.paths['/v1/volumes/{name}/changes'].get;
+  assert.deepEqual(changes.parameters.filter((p: any) => p.in === 'query').map((p: any) => p.name).sort(), ['limit', 'offset', 'since', 'until']);
+  assert.ok(changes.parameters.find((p: any) => p.name === 'since').required);
+  assert.deepEqual(Object.keys(changes.responses['200'].content['application/json'].schema.properties).sort(), ['extents', 'next']);
   const ui = await app.inject({ method: 'GET', url: '/docs' });
   assert.ok([200, 302].includes(ui.statusCode), String(ui.statusCode));
 });
@@ -318,6 +347,14 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
     shoal_volume_cache_loads_total: 'counter',
     shoal_dedup_log_entries: 'gauge',
     shoal_reclaim_pending_nodes: 'gauge',
+    shoal_reclaim_pending_bytes: 'gauge',
+    shoal_reclaim_released_bytes_total: 'counter',
+    shoal_dedup_log_indexed_total: 'counter',
+    shoal_fsck_running: 'gauge',
+    shoal_fsck_checked_items: 'gauge',
+    shoal_fsck_items: 'gauge',
+    shoal_volume_read_requests_total: 'counter',
+    shoal_volume_write_requests_total: 'counter',
   };
   for (const [name, type] of Object.entries(expected)) assert.equal(types.get(name), type, name);
   for (const name of types.keys()) assert.match(name, /^shoal_/);
@@ -330,8 +367,13 @@ test('/metrics exposes every contract metric with the right TYPE', async () => {
   line(/^shoal_nbd_request_errors_total\{op="write"\} 1$/m);
   line(/^shoal_nbd_request_duration_seconds_bucket\{le="0\.0001",op="read"\} 1$/m);
   line(/^shoal_nbd_request_duration_seconds_bucket\{le="0.00005",op="read"\} 0$/m);
-  line(/^shoal_volume_read_bytes_total\{volume="golden"\} 4096$/m);
-  line(/^shoal_volume_written_bytes_total\{volume="golden"\} 8192$/m);
+  // Per-volume traffic is the volume layer's count (the fake reports 5 reads and 3 writes of 4 KiB).
+  line(/^shoal_volume_read_bytes_total\{volume="golden"\} 20480$/m);
+  line(/^shoal_volume_written_bytes_total\{volume="golden"\} 12288$/m);
+  line(/^shoal_volume_read_requests_total\{volume="golden"\} 5$/m);
+  line(/^shoal_volume_write_requests_total\{volume="golden"\} 3$/m);
+  line(/^shoal_reclaim_pending_bytes 117440512$/m);
+  line(/^shoal_fsck_checked_items\{kind="nodes"\} 0$/m);
   line(/^shoal_cache_hits_total 10$/m);
   line(/^shoal_dedup_ratio 3$/m);
   line(/^shoal_cache_capacity_bytes 1073741824$/m);
@@ -369,4 +411,27 @@ test('default process metrics carry the shoal_ prefix', async () => {
   assert.match(text, /^# TYPE shoal_process_cpu_user_seconds_total counter$/m);
   assert.match(text, /^# TYPE shoal_nodejs_heap_size_used_bytes gauge$/m);
   for (const [, name] of text.matchAll(/^# TYPE (\S+)/gm)) assert.match(name!, /^shoal_/);
+});
+
+test('a volume created incomplete stays so until POST .../complete; a clone cannot be', async () => {
+  let r = await call('POST', '/v1/volumes', { name: 'importing', size: 4096, incomplete: true });
+  assert.equal(r.status, 201);
+  assert.equal(r.body.incomplete, true);
+  assert.equal((await call('GET', '/v1/volumes/importing')).body.incomplete, true);
+  r = await call('POST', '/v1/volumes/importing/complete');
+  assert.equal(r.status, 204);
+  assert.equal((await call('GET', '/v1/volumes/importing')).body.incomplete, false);
+  assertError(await call('POST', '/v1/volumes/nosuch/complete'), 404, 'volume_not_found', /nosuch/);
+  assertError(await call('POST', '/v1/volumes', { name: 'c2', from: { volume: 'importing' }, incomplete: true }), 400, 'invalid_request', /give either "size"/);
+  assertError(await call('POST', '/v1/volumes', { name: 'c3', size: 4096, incomplete: 'yes' }), 400, 'invalid_request', /"incomplete"/);
+  await call('DELETE', '/v1/volumes/importing');
+});
+
+test('GET /v1/endpoints and /v1/activity', async () => {
+  const e = await call('GET', '/v1/endpoints');
+  assert.equal(e.status, 200);
+  assert.deepEqual(e.body, { nbd: { tcp: null, unix: null, tls: 'off' } });
+  const a = await call('GET', '/v1/activity');
+  assert.equal(a.status, 200);
+  assert.ok(a.body.volumes.some((v: any) => v.name === 'golden' && v.reads === 5 && v.writtenBytes === 12288));
 });
