@@ -39,7 +39,7 @@ import {
 } from './replica-format.js';
 
 /** What the replica needs of the chunk store: packs named by commits so far reach the bucket first. */
-export interface UploadBarrier {
+interface UploadBarrier {
   /** A mark covering every chunk written so far. */
   mark(): number;
   /** Resolves once every pack up to `mark` is in the bucket. */

@@ -39,7 +39,7 @@ export interface PackRecord {
 }
 
 export const packKey = (id: number): number => PACK_KEY_BASE + id;
-export const isPackKey = (key: number): boolean => key >= PACK_KEY_BASE;
+const isPackKey = (key: number): boolean => key >= PACK_KEY_BASE;
 export const packIdOfKey = (key: number): number => key - PACK_KEY_BASE;
 export const PACK_KEYS = { start: PACK_KEY_BASE, end: PACK_KEY_BASE * 2 };
 
@@ -51,7 +51,7 @@ export function encodeRun(r: Run): Buffer {
   return b;
 }
 
-export function decodeRun(first: number, b: Buffer): Run {
+function decodeRun(first: number, b: Buffer): Run {
   if (b.length !== RUN_BYTES) throw new ShoalError('corrupt_metadata', `the S3 store's run record at slot ${first} is ${b.length} bytes, not ${RUN_BYTES}`);
   return { first, pack: b.readUIntLE(0, 6), index: b.readUInt32LE(8), count: b.readUInt32LE(12) };
 }

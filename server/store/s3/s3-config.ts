@@ -19,7 +19,7 @@ export interface S3StoreConfig extends StoreLocation {
 }
 
 /** Bytes, or a percentage of the space free on the data directory's file system when the daemon starts. */
-export type LocalCacheSize = { bytes: number } | { percentOfFree: number };
+type LocalCacheSize = { bytes: number } | { percentOfFree: number };
 
 const DEFAULTS = { s3Sync: 'flush', localCacheSize: '10%', leaseSeconds: 30, s3Timeout: '30s', s3CompactBelow: 0.5 } as const;
 
