@@ -5,7 +5,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { ErrorCodes, isShoalError, type ErrorCode } from '../server/errors.js';
 import { NAME_RULE } from '../server/volume/names.js';
 
-export interface ErrorBody {
+interface ErrorBody {
   error: { code: ErrorCode; message: string };
 }
 
@@ -56,7 +56,7 @@ function reply404(method: string, url: string): ErrorBody {
   return e('not_found', `there is no route ${method} ${path}; see /docs for the API.`);
 }
 
-export function describe(err: FastifyError, request: FastifyRequest): { status: number; body: ErrorBody } {
+function describe(err: FastifyError, request: FastifyRequest): { status: number; body: ErrorBody } {
   if (isShoalError(err)) return { status: err.status, body: e(err.code, err.message) };
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const [code, message] = validationSentence(err.validation[0] as AjvError, err.validationContext ?? 'body', request);

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { ShoalError } from '../server/errors.js';
 
-export const API_CERT_FILE = 'server-cert.pem';
-export const API_KEY_FILE = 'server-key.pem';
+const API_CERT_FILE = 'server-cert.pem';
+const API_KEY_FILE = 'server-key.pem';
 
 export function readApiCertificates(dir: string): { cert: Buffer; key: Buffer } {
   const read = (file: string) => {

@@ -9,10 +9,10 @@ import type { NbdObserver } from '../server/nbd/observer.js';
 import type { Stats, VolumeActivity, VolumeControl, VolumeInfo } from '../server/volume/control.js';
 import type { S3Observer, S3Op, S3Result } from '../server/store/s3/s3-stats.js';
 
-export const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
+const NBD_OPS = ['read', 'write', 'flush', 'trim', 'write_zeroes', 'cache', 'block_status'] as const;
 
 /** Sub-millisecond buckets: a cached 4 KiB read answers in tens of microseconds. */
-export const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+const DURATION_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 /** An S3 request takes milliseconds on a LAN gateway, seconds for a 16 MiB pack over a WAN, 10 s when cut off. */
 const S3_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];

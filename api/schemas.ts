@@ -7,18 +7,18 @@ import { NAME_BODY, NAME_PATTERN, NAME_RULE } from '../server/volume/names.js';
 import { DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from '../server/volume/changes.js';
 
 const name = (title: string, what = `A ${title}`) => Type.String({ pattern: NAME_PATTERN, title, description: `${what}: ${NAME_RULE}.` });
-export const VolumeName = name('volume name');
-export const SnapshotName = name('snapshot name');
-export const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default: the tenant, or "default")');
-export const TenantName = name('tenant name', 'The tenant that owns the volume (a tenant-bound token sees only its own)');
-export const SourceRef = Type.String({
+const VolumeName = name('volume name');
+const SnapshotName = name('snapshot name');
+const DomainName = name('domain name', 'Dedup domain (chunks are shared only within one; default: the tenant, or "default")');
+const TenantName = name('tenant name', 'The tenant that owns the volume (a tenant-bound token sees only its own)');
+const SourceRef = Type.String({
   pattern: `^${NAME_BODY}(@${NAME_BODY})?$`,
   title: 'source',
   description: 'The volume to read from, or VOLUME@SNAPSHOT for one of its snapshots.',
   examples: ['golden@v1'],
 });
 
-export const Size = Type.Union(
+const Size = Type.Union(
   [
     Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER, description: 'Bytes.' }),
     Type.String({ pattern: SIZE_PATTERN, description: 'Bytes, or a number with a K, M, G, T or P suffix (binary multiples).' }),
@@ -32,7 +32,7 @@ const Offset = (description: string) => Type.Integer({ minimum: 0, maximum: Numb
 const QueryFlag = (description: string) => Type.Unsafe<'true' | 'false' | '1' | '0'>({ type: 'string', enum: ['true', 'false', '1', '0'], description });
 export const isYes = (v: string | undefined) => v === 'true' || v === '1';
 
-export const Force = QueryFlag('Disconnect NBD clients of the volume instead of refusing while they are connected.');
+const Force = QueryFlag('Disconnect NBD clients of the volume instead of refusing while they are connected.');
 
 // --- parameters and querystrings --------------------------------------------------------------------
 

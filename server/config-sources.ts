@@ -11,7 +11,7 @@ import { ShoalError } from './errors.js';
 import { parseSize } from './size.js';
 
 // flag name → config key. The env name is SHOAL_ + the flag upper-cased with '_' for '-'.
-export const SETTINGS = {
+const SETTINGS = {
   'data-dir': 'dataDir',
   nbd: 'nbd',
   'nbd-socket': 'nbdSocket',
@@ -42,7 +42,7 @@ export const SETTINGS = {
   config: 'config',
 } as const;
 export type Flag = keyof typeof SETTINGS;
-export type Key = (typeof SETTINGS)[Flag];
+type Key = (typeof SETTINGS)[Flag];
 
 /** Switches: given alone they mean "on" (`--insecure`); `--insecure=off` still works. */
 const SWITCHES: ReadonlySet<Flag> = new Set(['tls-verify-peer', 'insecure']);

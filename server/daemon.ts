@@ -23,7 +23,7 @@ import { readApiCertificates } from '../api/https-certificates.js';
 import { openS3Layers, type S3LayersOptions } from './s3-layers.js';
 import { claimDataDir } from './store/store-marker.js';
 
-export interface RunningDaemon {
+interface RunningDaemon {
   manager: VolumeManager;
   nbd: NbdServer;
   /** Re-reads what can change while the daemon runs (the API tokens file); SIGHUP calls it. */
@@ -31,7 +31,7 @@ export interface RunningDaemon {
   close(): Promise<void>;
 }
 
-export async function startDaemon(config: Config): Promise<RunningDaemon> {
+async function startDaemon(config: Config): Promise<RunningDaemon> {
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   const nbdLogger = logger.child({ c: 'nbd' });
   // Read before anything is opened: bad LISTEN_* variables change nothing.

@@ -44,7 +44,7 @@ export interface FingerprintTableHandle {
   readonly bytes: number;
 }
 
-export interface NativeCacheStats {
+interface NativeCacheStats {
   capacityBytes: number;
   /** floor(capacity / chunkSize) × chunkSize: the arena's size, never exceeded. */
   arenaBytes: number;

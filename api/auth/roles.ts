@@ -5,7 +5,7 @@ export const ROLES = ['reader', 'operator', 'admin'] as const;
 export type Role = (typeof ROLES)[number];
 
 /** What a route needs: 'public' (no token: /healthz, /docs) or the least role. */
-export type Access = Role | 'public';
+type Access = Role | 'public';
 
 export interface RouteAccess {
   access?: Access;

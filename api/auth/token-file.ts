@@ -10,11 +10,11 @@ import { ShoalError } from '../../server/errors.js';
 import { NAME_PATTERN, NAME_RULE } from '../../server/volume/names.js';
 import { ROLES, type Role } from './roles.js';
 
-export const TOKEN_FILE_VERSION = 1;
+const TOKEN_FILE_VERSION = 1;
 const NAME_RE = new RegExp(NAME_PATTERN);
 const HASH_RE = /^[0-9a-f]{64}$/;
 /** Tokens start with this, so secret scanners and people can tell one when they see it. */
-export const TOKEN_PREFIX = 'shoal_';
+const TOKEN_PREFIX = 'shoal_';
 
 export interface TokenEntry {
   name: string;
@@ -33,7 +33,7 @@ export function hashToken(token: string): string {
 }
 
 /** A new token: the prefix and 256 random bits. */
-export function newToken(): string {
+function newToken(): string {
   return TOKEN_PREFIX + randomBytes(32).toString('base64url');
 }
 
@@ -58,7 +58,7 @@ function checkMode(path: string): void {
 }
 
 /** Parses and checks the file's text; every problem is one sentence naming the file (and the entry). */
-export function parseTokenFile(text: string, path: string): TokenEntry[] {
+function parseTokenFile(text: string, path: string): TokenEntry[] {
   // An empty file is a valid start: `touch FILE`, then `shoal token create`.
   if (text.trim() === '') return [];
   let json: unknown;

@@ -12,7 +12,7 @@ export class CliError extends Error {
   }
 }
 
-export const DEFAULT_API = 'http://127.0.0.1:10880';
+const DEFAULT_API = 'http://127.0.0.1:10880';
 
 // OpenSSL's names for a certificate chain the client cannot verify.
 const TLS_TRUST_ERRORS = new Set([

@@ -6,7 +6,7 @@ import { CliError } from './api-client.js';
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
 
 /** The token in a file, refused (as ssh refuses a private key) if other users may read it. */
-export function readTokenFile(path: string): string {
+function readTokenFile(path: string): string {
   let mode: number;
   let text: string;
   try {

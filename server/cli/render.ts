@@ -13,7 +13,7 @@ export function table(headers: string[], rows: string[][], numeric: boolean[] = 
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
 }
 
-export function keyValues(pairs: [string, string][]): string {
+function keyValues(pairs: [string, string][]): string {
   const w = Math.max(...pairs.map(([k]) => k.length)) + 1;
   return pairs.map(([k, v]) => `${(k + ':').padEnd(w)} ${v}`).join('\n') + '\n';
 }
@@ -21,7 +21,7 @@ export function keyValues(pairs: [string, string][]): string {
 /** "incomplete": an import that did not finish created it. */
 const state = (v: VolumeInfo) => (v.incomplete ? 'incomplete' : 'ready');
 
-export const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.origin.volume}@${v.origin.snapshot}` : v.origin.volume) : '-');
+const origin = (v: VolumeInfo) => (v.origin ? (v.origin.snapshot ? `${v.origin.volume}@${v.origin.snapshot}` : v.origin.volume) : '-');
 
 export function volumeTable(volumes: VolumeInfo[]): string {
   if (volumes.length === 0) return 'no volumes\n';

@@ -9,7 +9,7 @@ import { RateMeter } from '../rate-meter.js';
 import type { DedupIndex } from './dedup-index.js';
 
 /** Entries indexed per commit (a few ms of queueing on the event loop). */
-export const INDEX_BATCH = 1024;
+const INDEX_BATCH = 1024;
 /**
  * Logged fingerprints are indexed while writes go on only beyond this many; below it, only once
  * writes have paused for LOG_IDLE_MS. 512 Ki entries: 2 GiB of unique data at 4 KiB chunks; at
@@ -17,7 +17,7 @@ export const INDEX_BATCH = 1024;
  * record each).
  */
 export const LOG_MAX = 512 * 1024;
-export const LOG_IDLE_MS = 2000;
+const LOG_IDLE_MS = 2000;
 
 export class DedupIndexer {
   private running = false;

@@ -9,7 +9,6 @@
 import { ShoalError } from '../errors.js';
 
 export const FANOUT = 256;
-export const FANOUT_BITS = 8;
 export const HOLE = 0;
 export const ZERO_CHUNK = 1;
 export const FIRST_SLOT = 2;
@@ -89,7 +88,7 @@ export function sparseEntries(entries: Float64Array, idx: Uint8Array, val: Float
 }
 
 /** Number of chunks a node at `level` covers. */
-export function span(level: number): number {
+function span(level: number): number {
   return FANOUT ** (level + 1);
 }
 

@@ -7,7 +7,7 @@
 // All functions here are synchronous: a map changes between two awaits, never across one, so a
 // snapshot taken between two operations sees each of them whole.
 import { ShoalError } from '../errors.js';
-import { FANOUT, FIRST_SLOT, HOLE, levelsFor, span, type MapNode } from './map-node.js';
+import { FANOUT, FIRST_SLOT, HOLE, levelsFor, type MapNode } from './map-node.js';
 import type { MetaStore } from './meta-store.js';
 import type { RootRecord } from './volume-records.js';
 
@@ -175,7 +175,7 @@ function releaseIn(meta: MetaStore, r: RootRecord, node: MapNode, base: number, 
 }
 
 /** Stored-chunk entries under a node (walks it: used when a subtree is released whole). */
-export function countMapped(meta: MetaStore, id: number): number {
+function countMapped(meta: MetaStore, id: number): number {
   const n = meta.nodes.get(id);
   let c = 0;
   const e = n.entries;
@@ -310,11 +310,3 @@ function walk(meta: MetaStore, id: number, level: number, base: number, from: nu
   return true;
 }
 
-/** Visits every node reachable from a root once per path (fsck); `fn` returns false to skip children. */
-export function visitNodes(meta: MetaStore, id: number, fn: (n: MapNode) => boolean): void {
-  const n = meta.nodes.get(id);
-  if (!fn(n) || n.level === 0) return;
-  for (let i = 0; i < FANOUT; i++) if (n.entries[i] !== 0) visitNodes(meta, n.entries[i], fn);
-}
-
-export { span };

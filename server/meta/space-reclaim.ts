@@ -8,7 +8,7 @@ import { restAfter } from './pacing.js';
 import { RateMeter } from '../rate-meter.js';
 
 /** Longest a slice of reclaim may hold the event loop. */
-export const SLICE_MS = 4;
+const SLICE_MS = 4;
 /**
  * Changes after which reclaim waits for a commit. Queueing a commit's records holds the event
  * loop: a freed chunk is up to three records (its record, its free-list entry, and its index entry
@@ -16,7 +16,7 @@ export const SLICE_MS = 4;
  * 3 us in all. At 8192 changes the delete benchmark saw 65 ms read stalls on another volume; at
  * 4096 the queueing alone took 8-39 ms (median 12) per commit. 1024 keeps it to a few ms.
  */
-export const COMMIT_BATCH = 1024;
+const COMMIT_BATCH = 1024;
 
 export class SpaceReclaim {
   private timer: NodeJS.Immediate | null = null;

@@ -5,7 +5,7 @@ import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import { FIRST_SLOT } from './map-node.js';
 
-export const META_VERSION = 1;
+const META_VERSION = 1;
 
 export interface Superblock {
   version: number;

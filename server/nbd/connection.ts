@@ -11,6 +11,7 @@ import { Request, Transmission } from './transmission.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { TlsHandshakeError, upgradeToTls } from './tls-session.js';
 import * as C from './constants.js';
+import { ByteQueue } from './byte-queue.js';
 
 /** Stop reading requests while this many reply bytes wait for the socket (bounds pinned cache frames). */
 const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
@@ -42,73 +43,6 @@ const enum Rx {
   Header,
   Payload,
   Discard,
-}
-
-/** Handshake-phase input: accumulates socket data and hands out exact-size reads. Not a hot path. */
-class ByteQueue {
-  private chunks: Buffer[] = [];
-  size = 0;
-  private want = 0;
-  private resolve: ((b: Buffer) => void) | null = null;
-  private rejectFn: ((e: Error) => void) | null = null;
-  private err: Error | null = null;
-
-  push(b: Buffer): void {
-    this.chunks.push(b);
-    this.size += b.length;
-    this.pump();
-  }
-
-  read(n: number): Promise<Buffer> {
-    if (this.err) return Promise.reject(this.err);
-    return new Promise((resolve, reject) => {
-      this.want = n;
-      this.resolve = resolve;
-      this.rejectFn = reject;
-      this.pump();
-    });
-  }
-
-  fail(e: Error): void {
-    this.err = e;
-    const r = this.rejectFn;
-    this.resolve = this.rejectFn = null;
-    r?.(e);
-  }
-
-  /** Whatever arrived beyond the handshake (a client may pipeline its first requests). */
-  drain(): Buffer[] {
-    const c = this.chunks;
-    this.chunks = [];
-    this.size = 0;
-    return c;
-  }
-
-  private pump(): void {
-    if (!this.resolve || this.size < this.want) return;
-    const n = this.want;
-    let out: Buffer;
-    if (this.chunks[0].length >= n) {
-      out = this.chunks[0].subarray(0, n);
-      if (this.chunks[0].length === n) this.chunks.shift();
-      else this.chunks[0] = this.chunks[0].subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let got = 0;
-      while (got < n) {
-        const c = this.chunks[0];
-        const take = Math.min(c.length, n - got);
-        c.copy(out, got, 0, take);
-        got += take;
-        if (take === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(take);
-      }
-    }
-    this.size -= n;
-    const r = this.resolve;
-    this.resolve = this.rejectFn = null;
-    r(out);
-  }
 }
 
 const closedError = () => Object.assign(new Error('connection closed'), { code: 'ECONNCLOSED' });

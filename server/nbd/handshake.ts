@@ -84,7 +84,7 @@ interface BlockSize {
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
 /** The export's block-size constraints, made consistent and capped at what the engine accepts. */
-export function blockSizeOf(exp: BlockExport): BlockSize {
+function blockSizeOf(exp: BlockExport): BlockSize {
   const bs = exp.blockSize ?? { minimum: 1, preferred: 4096, maximum: C.MAX_PAYLOAD };
   const minimum = isPow2(bs.minimum) && bs.minimum <= 65536 ? bs.minimum : 1;
   let preferred = isPow2(bs.preferred) && bs.preferred >= minimum ? bs.preferred : Math.max(4096, minimum);
@@ -95,7 +95,7 @@ export function blockSizeOf(exp: BlockExport): BlockSize {
 }
 
 /** Transmission flags: advertise exactly what the engine and this export support. */
-export function transmissionFlags(exp: BlockExport, structured: boolean): number {
+function transmissionFlags(exp: BlockExport, structured: boolean): number {
   let f = C.NBD_FLAG_HAS_FLAGS | C.NBD_FLAG_SEND_FLUSH | C.NBD_FLAG_SEND_FUA | C.NBD_FLAG_SEND_CACHE;
   // We never fragment a read reply, so DF is honoured trivially; only meaningful with structured replies.
   if (structured) f |= C.NBD_FLAG_SEND_DF;

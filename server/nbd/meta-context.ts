@@ -17,7 +17,7 @@ export interface SelectedContext {
 }
 
 /** Contexts one SET may select (each BLOCK_STATUS answers all of them); more is NBD_REP_ERR_TOO_BIG. */
-export const MAX_SELECTED_CONTEXTS = 64;
+const MAX_SELECTED_CONTEXTS = 64;
 
 type Reply = (option: number, type: number, data?: Buffer) => void;
 

@@ -84,7 +84,7 @@ function x509Credentials(dir: string, verifyPeer: boolean): TlsCredentials {
 }
 
 /** Parses psktool's format; throws a sentence naming the first bad line. */
-export function parsePskFile(text: string, path: string): Map<string, Buffer> {
+function parsePskFile(text: string, path: string): Map<string, Buffer> {
   const keys = new Map<string, Buffer>();
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {

@@ -25,7 +25,14 @@ const SLICE_NODES = 2048;
 export const DEFAULT_CHANGES_LIMIT = 4096;
 export const MAX_CHANGES_LIMIT = 65536;
 
-export interface ChangedExtent {
+export interface ChangesQuery {
+  since: string; // SNAPSHOT of the volume, or ORIGIN@SNAPSHOT of a volume it was cloned from
+  until?: string; // a snapshot of the volume newer than since; the live volume when absent
+  offset?: number; // byte offset to list from (a page's `next`); default 0
+  limit?: number; // extents per page; default DEFAULT_CHANGES_LIMIT
+}
+
+interface ChangedExtent {
   offset: number;
   length: number;
 }
@@ -59,6 +66,20 @@ export class ChangeTracker {
     return out;
   }
 
+  /** GET /v1/volumes/{name}/changes: the request checked, then a page of the list. */
+  query(st: VolumeState, q: ChangesQuery): Promise<ChangeList> {
+    if (typeof q.since !== 'string' || q.since === '') throw new ShoalError('invalid_request', 'since must name the snapshot to compare with');
+    const until = q.until === undefined ? undefined : st.snapshot(q.until);
+    const since = this.base(st, until, q.since);
+    const newer = until ?? st.record;
+    const offset = q.offset ?? 0;
+    const limit = q.limit ?? DEFAULT_CHANGES_LIMIT;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > newer.size)
+      throw new ShoalError('invalid_range', `offset ${offset} is not a byte offset within ${until ? `${st.name}@${until.name}` : st.name} (size ${newer.size})`);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CHANGES_LIMIT) throw new ShoalError('invalid_request', `limit ${limit} is not a number of extents from 1 to ${MAX_CHANGES_LIMIT}`);
+    return this.list(since, st, until, offset, limit);
+  }
+
   /**
    * The base named `name` for the map of `st` (its snapshot `at`, or the live volume). Throws
    * snapshot_not_found when there is no such snapshot, invalid_snapshot_range when it is not older.
@@ -70,16 +91,14 @@ export class ChangeTracker {
     const snap = sep < 0 ? name : name.slice(sep + 1);
     if (volume === st.name) {
       const own = st.record.snapshots;
-      const i = own.findIndex((s) => s.name === snap);
-      if (i < 0) throw new ShoalError('snapshot_not_found', `volume ${st.name} has no snapshot ${JSON.stringify(snap)}`);
+      const i = own.indexOf(st.snapshot(snap));
       if (own[i] === at) throw new ShoalError('invalid_snapshot_range', `since and until are the same snapshot (${snap}): there is nothing to compare`);
       if (at !== undefined && i > own.indexOf(at)) throw new ShoalError('invalid_snapshot_range', `since (${snap}) is newer than until (${at.name}): name the older snapshot in since`);
       return { name, owner: st, record: own[i] };
     }
     const origin = this.origins(st).find((o) => o.st.name === volume);
     if (!origin) throw new ShoalError('snapshot_not_found', `${JSON.stringify(name)} is not a snapshot of ${st.name} or of a volume it was cloned from`);
-    const s = origin.st.record.snapshots.find((x) => x.name === snap);
-    if (!s) throw new ShoalError('snapshot_not_found', `volume ${volume} has no snapshot ${JSON.stringify(snap)}`);
+    const s = origin.st.snapshot(snap);
     if (!origin.older.includes(s))
       throw new ShoalError('invalid_snapshot_range', `${name} was taken after the clone of ${volume} that ${compared} descends from, so it is not older than ${compared}`);
     return { name, owner: origin.st, record: s };

@@ -5,7 +5,7 @@ import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
 
 /** Changes after which the write path starts a commit. */
-export const WRITE_COMMIT_BATCH = 32768;
+const WRITE_COMMIT_BATCH = 32768;
 /** Map nodes are 2 KiB in memory: keep at most 64k clean ones (128 MiB, maps for ~64 GiB of hot data). */
 const MAX_CACHED_NODES = 65_536;
 

@@ -4,9 +4,9 @@ import { ShoalError } from '../errors.js';
 import type { CacheStats } from '../cache/chunk-cache.js';
 import type { FsckProgress, FsckReport } from '../meta/fsck.js';
 import type { StoreStats } from '../store/chunk-store.js';
-import type { ChangeList } from './changes.js';
+import type { ChangeList, ChangesQuery } from './changes.js';
 
-export type { ChangeList, FsckReport };
+export type { ChangeList, ChangesQuery, FsckReport };
 
 /** The error for a volume that does not exist, and for one outside a caller's tenant: the two must read alike. */
 export function volumeNotFound(name: string): ShoalError {
@@ -70,13 +70,6 @@ export interface RangeRequest {
   sourceOffset: number;
   offset: number;
   length: number;
-}
-
-export interface ChangesQuery {
-  since: string; // SNAPSHOT of the volume, or ORIGIN@SNAPSHOT of a volume it was cloned from
-  until?: string; // a snapshot of the volume newer than since; the live volume when absent
-  offset?: number; // byte offset to list from (a page's `next`); default 0
-  limit?: number; // extents per page; default DEFAULT_CHANGES_LIMIT
 }
 
 export interface Stats {

@@ -9,7 +9,7 @@ export const NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting wi
 const NAME_RE = new RegExp(NAME_PATTERN);
 
 /** Largest volume: chunk indices and byte offsets stay exact in doubles. */
-export const MAX_VOLUME_SIZE = 2 ** 52;
+const MAX_VOLUME_SIZE = 2 ** 52;
 
 export function validName(kind: 'volume' | 'snapshot' | 'domain' | 'tenant', name: unknown): string {
   if (typeof name !== 'string' || !NAME_RE.test(name)) throw new ShoalError('invalid_name', `${kind} name ${JSON.stringify(name)} is not valid: use ${NAME_RULE}`);

@@ -7,22 +7,20 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord, SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
 import { dropRoot, growLevels, shareRoot } from '../meta/map-tree.js';
 import { levelsFor } from '../meta/map-node.js';
-import { checkMetadata, FSCK_SLICE_MS, FsckErrors, newFsckProgress, type FsckProgress } from '../meta/fsck.js';
-import { Slicer } from '../meta/pacing.js';
 import { SpaceReclaim } from '../meta/space-reclaim.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { DedupIndex } from '../dedup/dedup-index.js';
 import { DedupIndexer } from '../dedup/dedup-indexer.js';
-import { checkDedupIndex } from '../dedup/dedup-check.js';
-import { ChangeTracker, DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT } from './changes.js';
+import { ChangeTracker } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
+import { FsckRunner } from './fsck-runner.js';
+import { storeStats } from './store-stats.js';
 import {
   volumeNotFound,
   type ChangeList,
   type ChangesQuery,
   type FsckReport,
-  type FsckStatus,
   type RangeRequest,
   type SnapshotInfo,
   type Stats,
@@ -34,6 +32,7 @@ import {
 import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
+import { checkRangeRequest } from './range-request.js';
 import { ReadPath } from './read-path.js';
 import { VolumeExports } from './volume-exports.js';
 import { VolumeState } from './volume-state.js';
@@ -84,11 +83,8 @@ export class VolumeManager implements VolumeControl {
   /** Set once another daemon took the store over: reads go on, nothing is written any more. */
   private fencedBy: ShoalError | null = null;
   private readonly logger: VolumeManagerOptions['logger'];
-  /** The consistency check running, if any: changes to maps wait for it. */
-  private fsckRun: Promise<FsckReport> | null = null;
-  private fsckProgress: (FsckProgress & { startedAt: string }) | null = null;
-  private lastFsckOk: boolean | null = null;
-  private readonly fsckPauseMs: number;
+  /** The consistency check: changes to maps wait while it runs. */
+  private readonly fsckRunner: FsckRunner;
 
   private constructor(
     private readonly layers: StorageLayers,
@@ -96,7 +92,6 @@ export class VolumeManager implements VolumeControl {
   ) {
     const { meta, store, cache, dedup } = layers;
     this.meta = meta;
-    this.fsckPauseMs = opts.fsckPauseMs ?? 0;
     // Chunk data reaches the disk before any commit that references it; a freed or reused slot's
     // cached bytes are never served again (invariant 1).
     meta.pipeline.syncData = () => store.sync();
@@ -128,6 +123,7 @@ export class VolumeManager implements VolumeControl {
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
     this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick(), pauseAfterIntentMs: opts.pauseAfterIntentMs });
+    this.fsckRunner = new FsckRunner({ meta, store, dedup, reclaim: this.reclaim, states: () => this.states.values() }, opts.fsckPauseMs);
     for (const rec of meta.volumes.values()) this.addState(rec);
   }
 
@@ -157,12 +153,6 @@ export class VolumeManager implements VolumeControl {
     return st;
   }
 
-  private snapshot(st: VolumeState, snap: string): SnapshotRecord {
-    const s = st.record.snapshots.find((x) => x.name === snap);
-    if (!s) throw new ShoalError('snapshot_not_found', `volume ${st.name} has no snapshot ${JSON.stringify(snap)}`);
-    return s;
-  }
-
   private checkOpen(): void {
     if (this.fencedBy) throw this.fencedBy;
     if (this.closing || this.meta.isClosed) throw new ShoalError('shutting_down', 'the daemon is shutting down');
@@ -188,7 +178,7 @@ export class VolumeManager implements VolumeControl {
    * Callers await it only while one runs, so otherwise their checks stay in the tick of the call.
    */
   private async afterFsck(): Promise<void> {
-    while (this.fsckRun) await this.fsckRun.catch(() => {});
+    await this.fsckRunner.settled();
     this.checkOpen();
   }
 
@@ -221,7 +211,7 @@ export class VolumeManager implements VolumeControl {
 
   async createVolume(req: { name: string; size: number; domain?: string; tenant?: string; incomplete?: boolean }): Promise<VolumeInfo> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const name = validName('volume', req.name);
     const size = validSize(req.size);
     const tenant = req.tenant === undefined ? undefined : validName('tenant', req.tenant);
@@ -251,11 +241,11 @@ export class VolumeManager implements VolumeControl {
 
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const name = validName('volume', req.name);
     if (!req.from || typeof req.from.volume !== 'string') throw new ShoalError('invalid_request', 'from.volume is required to clone');
     const src = this.state(req.from.volume);
-    const from: RootRecord = req.from.snapshot !== undefined ? this.snapshot(src, req.from.snapshot) : src.record;
+    const from: RootRecord = req.from.snapshot !== undefined ? src.snapshot(req.from.snapshot) : src.record;
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
     const rec: VolumeRecord = {
       ...shareRoot(this.meta, from),
@@ -285,7 +275,7 @@ export class VolumeManager implements VolumeControl {
 
   async markComplete(name: string): Promise<void> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(name);
     if (st.record.incomplete) {
       delete st.record.incomplete;
@@ -300,7 +290,7 @@ export class VolumeManager implements VolumeControl {
 
   async resizeVolume(name: string, size: number, opts: { shrink?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(name);
     size = validSize(size);
     checkShrink(this.meta, st.record, size, opts.shrink);
@@ -324,7 +314,7 @@ export class VolumeManager implements VolumeControl {
 
   async deleteVolume(name: string, opts: { force?: boolean; recursive?: boolean } = {}): Promise<void> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(name);
     if (st.conns.size > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${name} has ${st.conns.size} NBD client(s) connected; disconnect them or delete with force=true to cut them off`);
@@ -352,7 +342,7 @@ export class VolumeManager implements VolumeControl {
 
   async createSnapshot(volume: string, name: string): Promise<SnapshotInfo> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(volume);
     validName('snapshot', name);
     if (st.record.snapshots.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume ${volume} already has a snapshot named ${name}`);
@@ -371,9 +361,9 @@ export class VolumeManager implements VolumeControl {
 
   async deleteSnapshot(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<void> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(volume);
-    const s = this.snapshot(st, snapshot);
+    const s = st.snapshot(snapshot);
     const readers = st.readersOf(snapshot);
     if (readers > 0 && !opts.force)
       throw new ShoalError('volume_busy', `snapshot ${volume}@${snapshot} has ${readers} NBD client(s) connected; disconnect them or delete with force=true`);
@@ -386,9 +376,9 @@ export class VolumeManager implements VolumeControl {
 
   async rollback(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
+    if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(volume);
-    const s = this.snapshot(st, snapshot);
+    const s = st.snapshot(snapshot);
     const writers = st.writers().length;
     if (writers > 0 && !opts.force)
       throw new ShoalError('volume_busy', `volume ${volume} has ${writers} NBD client(s) connected; a rollback under a running client would corrupt what it caches (disconnect it, or force=true to cut it off)`);
@@ -410,18 +400,8 @@ export class VolumeManager implements VolumeControl {
     return this.info(st);
   }
 
-  async changes(volume: string, q: ChangesQuery): Promise<ChangeList> {
-    const st = this.state(volume);
-    if (typeof q.since !== 'string' || q.since === '') throw new ShoalError('invalid_request', 'since must name the snapshot to compare with');
-    const until = q.until === undefined ? undefined : this.snapshot(st, q.until);
-    const since = this.changeTracker.base(st, until, q.since);
-    const newer = until ?? st.record;
-    const offset = q.offset ?? 0;
-    const limit = q.limit ?? DEFAULT_CHANGES_LIMIT;
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > newer.size)
-      throw new ShoalError('invalid_range', `offset ${offset} is not a byte offset within ${until ? `${volume}@${until.name}` : volume} (size ${newer.size})`);
-    if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_CHANGES_LIMIT) throw new ShoalError('invalid_request', `limit ${limit} is not a number of extents from 1 to ${MAX_CHANGES_LIMIT}`);
-    return this.changeTracker.list(since, st, until, offset, limit);
+  changes(volume: string, q: ChangesQuery): Promise<ChangeList> {
+    return this.changeTracker.query(this.state(volume), q);
   }
 
   // ------------------------------------------------------------------ reflink / dedupe
@@ -434,129 +414,39 @@ export class VolumeManager implements VolumeControl {
       return { st, rec: st.record };
     }
     const st = this.state(spec.slice(0, at));
-    return { st, rec: this.snapshot(st, spec.slice(at + 1)) };
-  }
-
-  /** Checks a reflink or dedupe request; returns the destination and the source map. */
-  private rangeArgs(volume: string, req: RangeRequest): { dst: VolumeState; src: RootRecord } {
-    const dst = this.state(volume);
-    const { st: srcSt, rec: src } = this.source(req?.source);
-    for (const k of ['sourceOffset', 'offset', 'length'] as const) {
-      const v: unknown = req[k];
-      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ShoalError('invalid_range', `${k} must be a whole number of bytes ≥ 0 (got ${JSON.stringify(v)})`);
-    }
-    if (req.length === 0) throw new ShoalError('invalid_range', 'length must be greater than 0');
-    if (req.sourceOffset + req.length > src.size) throw new ShoalError('invalid_range', `the source range ${req.sourceOffset}+${req.length} goes past the end of ${req.source} (size ${src.size})`);
-    if (req.offset + req.length > dst.record.size) throw new ShoalError('invalid_range', `the destination range ${req.offset}+${req.length} goes past the end of ${dst.name} (size ${dst.record.size})`);
-    if (srcSt.record.domain !== dst.record.domain)
-      throw new ShoalError('domain_mismatch', `${req.source} is in dedup domain ${srcSt.record.domain} and ${volume} in ${dst.record.domain}: chunks are shared only inside a domain`);
-    return { dst, src };
+    return { st, rec: st.snapshot(spec.slice(at + 1)) };
   }
 
   async reflink(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; copiedBytes: number }> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
-    const { dst, src } = this.rangeArgs(volume, req);
-    if (src === dst.record && req.offset < req.sourceOffset + req.length && req.sourceOffset < req.offset + req.length)
-      throw new ShoalError('invalid_range', 'source and destination ranges overlap within one volume');
+    if (this.fsckRunner.running) await this.afterFsck();
+    const dst = this.state(volume);
+    const { st, rec: src } = this.source(req?.source);
+    checkRangeRequest('reflink', req, dst, st, src, this.meta.chunkSize);
     return this.ranges.reflink(dst, src, req);
   }
 
   async dedupe(volume: string, req: RangeRequest): Promise<{ sharedBytes: number; differentBytes: number }> {
     this.checkOpen();
-    if (this.fsckRun) await this.afterFsck();
-    const { dst, src } = this.rangeArgs(volume, req);
-    const cs = this.meta.chunkSize;
-    if (req.sourceOffset % cs !== 0 || req.offset % cs !== 0)
-      throw new ShoalError('invalid_range', `dedupe shares whole chunks: sourceOffset and offset must be multiples of the chunk size (${cs})`);
+    if (this.fsckRunner.running) await this.afterFsck();
+    const dst = this.state(volume);
+    const { st, rec: src } = this.source(req?.source);
+    checkRangeRequest('dedupe', req, dst, st, src, this.meta.chunkSize);
     return this.ranges.dedupe(dst, src, req);
   }
 
   // ------------------------------------------------------------------ stats, fsck
 
-  /** Figures for the whole store, or (with a scope) for one tenant's volumes; physical bytes and the dedup ratio are the store's. */
+  /** Figures for the whole store, or (with a scope) for one tenant's volumes. */
   stats(scope?: VolumeScope): Stats {
-    const cs = this.meta.chunkSize;
-    let mapped = 0; // in scope
-    let allMapped = 0; // the dedup ratio is the store's: physical bytes belong to no one volume
-    let snapshots = 0;
-    let volumes = 0;
-    for (const st of this.states.values()) {
-      let m = st.record.mapped;
-      for (const s of st.record.snapshots) m += s.mapped;
-      allMapped += m;
-      if (scope && (st.record.tenant ?? null) !== scope.tenant) continue;
-      mapped += m;
-      volumes++;
-      snapshots += st.record.snapshots.length;
-    }
-    const physical = this.meta.liveChunks * cs;
-    return {
-      logicalBytes: mapped * cs,
-      physicalBytes: physical,
-      dedupRatio: physical === 0 ? 1 : (allMapped * cs) / physical,
-      chunkSize: cs,
-      chunks: this.meta.liveChunks,
-      volumes,
-      snapshots,
-      dedupHits: this.layers.dedup.hits,
-      dedupLogEntries: this.layers.dedup.log.size,
-      reclaimPendingNodes: this.meta.nodes.reclaimBacklog,
-      reclaim: {
-        pendingNodes: this.meta.nodes.reclaimBacklog,
-        pendingBytes: this.meta.nodes.reclaimPendingChunks * cs,
-        releasedBytes: this.reclaim.released.total * cs,
-        bytesPerSecond: Math.round(this.reclaim.released.perSecond() * cs),
-      },
-      dedupIndexing: {
-        logEntries: this.layers.dedup.log.size,
-        indexedEntries: this.indexer.indexed.total,
-        entriesPerSecond: Math.round(this.indexer.indexed.perSecond()),
-      },
-      fsck: this.fsckStatus(),
-      cache: this.layers.cache.stats(),
-      store: this.layers.store.stats(),
-    };
-  }
-
-  private fsckStatus(): FsckStatus {
-    const p = this.fsckProgress;
-    const zero = { checkedIndexEntries: 0, totalIndexEntries: 0, checkedNodes: 0, totalNodes: 0, checkedChunks: 0, totalChunks: 0 };
-    if (!p) return { running: false, phase: null, ...zero, startedAt: null, lastOk: this.lastFsckOk };
-    const { phase, startedAt, ...counts } = p;
-    const running = this.fsckRun !== null;
-    return { running, phase: running ? phase : null, ...counts, startedAt, lastOk: this.lastFsckOk };
+    const { dedup, cache, store } = this.layers;
+    return storeStats({ meta: this.meta, states: this.states.values(), dedup, cache, store, reclaim: this.reclaim.released, indexed: this.indexer.indexed, fsck: this.fsckRunner.status() }, scope);
   }
 
   /** A check already running is joined rather than run twice. */
   fsck(): Promise<FsckReport> {
     this.checkOpen();
-    this.fsckRun ??= this.runFsck().finally(() => (this.fsckRun = null));
-    return this.fsckRun;
-  }
-
-  /**
-   * Checks a quiescent, committed state while the daemon goes on serving reads: changes to maps
-   * wait (control calls at afterFsck, NBD writes, trims and zeroes at each volume's range
-   * lock, held whole), reclaim finishes first, and the walk runs in slices so the API can report
-   * its progress (GET /v1/stats fsck).
-   */
-  private async runFsck(): Promise<FsckReport> {
-    const releases: Array<() => void> = [];
-    try {
-      for (const st of [...this.states.values()]) releases.push(await st.lock.acquire(0, Infinity));
-      await this.reclaim.drain();
-      await this.meta.commit();
-      const progress = (this.fsckProgress = { ...newFsckProgress(this.meta, this.layers.dedup.index.storedCount()), startedAt: new Date().toISOString() });
-      const errors = new FsckErrors();
-      const slicer = new Slicer(FSCK_SLICE_MS, this.fsckPauseMs);
-      await checkDedupIndex(this.layers.dedup, this.meta.chunks, errors, progress, slicer);
-      const report = await checkMetadata(this.meta, this.layers.store, { errors, progress, slicer });
-      this.lastFsckOk = report.ok;
-      return report;
-    } finally {
-      for (const release of releases) release();
-    }
+    return this.fsckRunner.check();
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,7 @@
 // A volume's state while the daemon runs: its record (committed by the metadata layer), its dedup
 // domain id, the lock that serialises overlapping writes, and the NBD connections open on it.
-import type { VolumeRecord } from '../meta/volume-records.js';
+import { ShoalError } from '../errors.js';
+import type { SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
 import { RangeLock } from './range-lock.js';
 
 /** What the volume layer needs of one open export (volume-exports.ts). */
@@ -41,6 +42,13 @@ export class VolumeState implements WritableMap {
 
   touched(): void {
     this.onTouched(this);
+  }
+
+  /** Its snapshot `name`; snapshot_not_found if it has none. */
+  snapshot(name: string): SnapshotRecord {
+    const s = this.record.snapshots.find((x) => x.name === name);
+    if (!s) throw new ShoalError('snapshot_not_found', `volume ${this.name} has no snapshot ${JSON.stringify(name)}`);
+    return s;
   }
 
   attach(c: ExportConnection): void {
