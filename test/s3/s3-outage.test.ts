@@ -89,3 +89,31 @@ except nbd.Error as e:
   await startAfterLease(b);
   await expectBlocks(b, 'vm', [durable, during]);
 });
+
+test('radosgw down: writes fill the local tier up to --local-cache-size, then wait, and go on when it returns', async (t) => {
+  const ceph = await needCeph(t);
+  if (!ceph || !needTools(t, 'nbdsh')) return;
+  const gw = await PrivateGateway.create(ceph);
+  await gw.start();
+  const a = s3Daemon(ceph, `s3://${uniqueBucketName('bound')}/p`, { endpoint: gw.endpoint, args: ['--local-cache-size', '64M', '--s3-sync', 'async'] });
+  t.after(async () => {
+    await a.kill9();
+    await a.dispose();
+    await gw.kill();
+  });
+  await a.start();
+  await a.createVolume('big', 128 * MiB);
+  await gw.kill();
+  // 96 MiB of distinct data: more than the tier holds while nothing can be uploaded.
+  const all: Blocks = { seed: 71, count: 96, size: MiB, stride: MiB };
+  const writing = writeBlocks(a, 'big', 'flush', [all]);
+  let done = false;
+  void writing.then(() => (done = true), () => (done = true));
+  await until('staged packs to fill the tier', async () => (await metric(a, 'shoal_s3_upload_backlog_bytes')) >= 48 * MiB, 60_000);
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal(done, false, 'the writes wait while the tier is full of packs that cannot be uploaded');
+  assert.ok((await metric(a, 'shoal_s3_upload_backlog_bytes')) <= 72 * MiB, 'the backlog stays near the bound');
+  await gw.start();
+  await writing;
+  await expectBlocks(a, 'big', [all]);
+});
