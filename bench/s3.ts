@@ -97,7 +97,8 @@ async function plainGets(ceph: CephS3, bucketName: string, prefix: string): Prom
     Array.from({ length: GETS_PARALLEL }, async () => {
       while (next < ranges.length) {
         const r = ranges[next++];
-        bytes += (await bucket.get(r.key, { offset: r.offset, length: r.length }))!.body.length;
+        const got = await bucket.get(r.key, { offset: r.offset, length: r.length });
+        bytes += got!.body.length;
       }
     }),
   );

@@ -12,6 +12,13 @@ import { packObjectKey } from './pack-records.js';
 
 /** Chunks between two wanted ones that are read through (one request) rather than skipped (two). */
 const MERGE_GAP_BYTES = 256 * 1024;
+/**
+ * A read of at least SEQUENTIAL_BYTES from one pack (a streaming reader: a copy, a boot) fetches the whole
+ * aligned WINDOW_BYTES around it, so the reader's next requests find their chunks in flight or on the local
+ * disk instead of each costing a GET's latency; smaller (random) reads fetch only what they ask.
+ */
+const SEQUENTIAL_BYTES = 128 * 1024;
+const WINDOW_BYTES = 2 * 2 ** 20;
 /** GETs in flight at once, for all readers. */
 const MAX_PARALLEL_GETS = 16;
 /** Pack indexes kept in memory (a 4 KiB-chunk pack's is 2,048 entries). */
@@ -26,6 +33,8 @@ interface Fetch {
 export interface RemotePack {
   id: number;
   epoch: number;
+  /** Chunks it holds, if known (a read is widened only within them). */
+  chunks?: number;
 }
 
 export class PackFetcher {
@@ -68,11 +77,25 @@ export class PackFetcher {
     while (i < missing.length) {
       let j = i + 1;
       while (j < missing.length && missing[j] - missing[j - 1] <= gap) j++;
-      const range = this.start(pack, missing[i], missing[j - 1] + 1);
+      const range = this.start(pack, ...this.widen(pack, missing[i], missing[j - 1] + 1));
       for (let k = i; k < j; k++) copy(range, missing[k], bufs[missingAt[k]]);
       i = j;
     }
     await Promise.all(waits);
+  }
+
+  /** [from, to) widened to its aligned window for a streaming read (not over chunks already in flight). */
+  private widen(pack: RemotePack, from: number, to: number): [number, number] {
+    const cs = this.chunkSize;
+    if ((to - from) * cs < SEQUENTIAL_BYTES || pack.chunks === undefined) return [from, to];
+    const w = Math.max(1, Math.floor(WINDOW_BYTES / cs));
+    let a = Math.floor(from / w) * w;
+    let b = Math.min(pack.chunks, Math.max(to, a + w));
+    for (const f of this.inflight.get(pack.id) ?? []) {
+      if (f.to <= from && f.to > a) a = f.to;
+      if (f.from >= to && f.from < b) b = f.from;
+    }
+    return [Math.min(a, from), Math.max(b, to)];
   }
 
   /** Starts fetching chunks [from, to) of a pack; later readers of them wait for it. */
