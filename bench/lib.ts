@@ -238,12 +238,16 @@ export function startNbdkit(dir: string, plugin: string, pluginArgs: string[]): 
 export interface FioResult {
   iops: number;
   bwBytes: number; // bytes/s
+  clatP50Us: number;
   clatP99Us: number;
   clatP9999Us: number;
   clatMaxUs: number;
   clatMeanUs: number;
   ios: number;
   errors: number;
+  /** FLUSH latency percentiles when the job ran with --fsync (fio's "sync" section); 0 otherwise. */
+  syncP50Us: number;
+  syncP99Us: number;
   raw: any;
 }
 
@@ -318,15 +322,19 @@ export function parseFio(text: string): FioResult {
   const job = j.jobs[0];
   const side = job.read.io_bytes >= job.write.io_bytes ? job.read : job.write;
   const pct = side.clat_ns.percentile ?? {};
+  const syncPct = job.sync?.lat_ns?.percentile ?? {};
   return {
     iops: side.iops,
     bwBytes: side.bw_bytes,
+    clatP50Us: (pct['50.000000'] ?? 0) / 1000,
     clatP99Us: (pct['99.000000'] ?? 0) / 1000,
     clatP9999Us: (pct['99.990000'] ?? 0) / 1000,
     clatMaxUs: side.clat_ns.max / 1000,
     clatMeanUs: side.clat_ns.mean / 1000,
     ios: side.total_ios,
     errors: job.error,
+    syncP50Us: (syncPct['50.000000'] ?? 0) / 1000,
+    syncP99Us: (syncPct['99.000000'] ?? 0) / 1000,
     raw: job,
   };
 }

@@ -7,7 +7,7 @@ import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { MetaStore } from './meta/meta-store.js';
-import { DedupIndex } from './dedup/dedup-index.js';
+import { DEDUP_DATABASES, DedupIndex } from './dedup/dedup-index.js';
 import { LocalChunkStore } from './store/local-chunk-store.js';
 import { ChunkCache } from './cache/chunk-cache.js';
 import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
@@ -59,7 +59,7 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
         })
       : null;
   if (!s3) claimDataDir(config.dataDir, 'local'); // never an S3 store's local copy served as a local store
-  const meta = s3?.meta ?? MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE });
+  const meta = s3?.meta ?? MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE, databases: [...DEDUP_DATABASES] });
   if (config.chunkSize && config.chunkSize !== meta.chunkSize)
     logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
   try {

@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ShoalError } from './errors.js';
+import { DEDUP_DATABASES } from './dedup/dedup-index.js';
 import { BucketReplica } from './meta/bucket-replica.js';
 import { MetaStore } from './meta/meta-store.js';
 import { parseState, type ReplicaState } from './meta/replica-format.js';
@@ -83,7 +84,7 @@ export async function openS3Layers(cfg: S3StoreConfig, o: S3LayersOptions): Prom
     const state = head.state === null ? null : parseState(head.state, bucket.url(`${cfg.prefix}head`));
     const s3Dir = join(o.dataDir, 's3');
     const resume = await prepareMetadata({ dataDir: o.dataDir, s3Dir, state, bucket, prefix: cfg.prefix, logger: log });
-    meta = MetaStore.open(o.dataDir, { chunkSize: state?.chunkSize ?? o.chunkSize });
+    meta = MetaStore.open(o.dataDir, { chunkSize: state?.chunkSize ?? o.chunkSize, databases: [...DEDUP_DATABASES] });
     if (state && state.chunkSize !== meta.chunkSize)
       throw new ShoalError('data_dir_unusable', `${url} holds chunks of ${state.chunkSize} bytes but the metadata in ${o.dataDir} says ${meta.chunkSize}: use another --data-dir.`);
     const store = (parts.store = S3PackStore.open({

@@ -5,6 +5,7 @@
 // the indexer that moves the log into the index in the background. Its records live in the
 // metadata's LMDB environment and are committed with the chunk records they name; when a chunk is
 // freed, its fingerprint is forgotten in the same commit.
+import type { DatabaseOptions } from 'lmdb';
 import type { ChunkRecord } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { DedupLog } from './dedup-log.js';
@@ -15,6 +16,12 @@ export interface DedupOptions {
   /** Test-only: a weak fingerprint (see Fingerprinter). */
   fingerprintOverride?: (chunk: Buffer) => Buffer;
 }
+
+/** Dedup's named databases in the metadata's environment: the index, then the log. MetaStore.open opens them before reading anything. */
+export const DEDUP_DATABASES = [
+  { name: 'fingerprints', encoding: 'msgpack', keyEncoding: 'binary' },
+  { name: 'fingerprint-log', encoding: 'binary' },
+] as const satisfies ReadonlyArray<DatabaseOptions & { name: string }>;
 
 export class DedupIndex {
   readonly log: DedupLog;
@@ -28,11 +35,11 @@ export class DedupIndex {
     opts: DedupOptions,
   ) {
     this.index = new FingerprintIndex(
-      meta.openDb({ name: 'fingerprints', encoding: 'msgpack', keyEncoding: 'binary' }),
+      meta.openDb(DEDUP_DATABASES[0]),
       meta.pipeline,
       meta.liveChunks,
     );
-    this.log = new DedupLog(meta.openDb({ name: 'fingerprint-log', encoding: 'binary' }), meta.superblock, meta.pipeline);
+    this.log = new DedupLog(meta.openDb(DEDUP_DATABASES[1]), meta.superblock, meta.pipeline);
     this.fingerprinter = new Fingerprinter(meta.chunkSize, opts.fingerprintOverride);
     meta.pipeline.add(this.index);
     meta.pipeline.add(this.log);

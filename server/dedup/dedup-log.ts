@@ -16,6 +16,8 @@ import { KEY_BYTES } from './fingerprinter.js';
 
 /** A log entry: the 36-byte key, then the slot (48 bits, big-endian). */
 const ENTRY = KEY_BYTES + 6;
+/** The buffer that gathers a commit's entries starts this big, and shrinks back to it after a burst. */
+const INITIAL_BUF = 64 * ENTRY;
 
 interface Taken {
   record: { seq: number; blob: Buffer } | null;
@@ -30,7 +32,7 @@ export interface LogSink {
 
 export class DedupLog implements CommitPart<Taken> {
   private readonly table: FingerprintTableHandle = new (native().FingerprintTable)(); // key -> slot, not in the index yet
-  private buf = Buffer.allocUnsafe(64 * ENTRY); // entries logged since the last commit
+  private buf = Buffer.allocUnsafe(INITIAL_BUF); // entries logged since the last commit
   private len = 0; // bytes used in buf
   private readonly records: Array<{ seq: number; blob: Buffer; next: number }> = []; // durable, oldest first; next: byte offset
   private deletes: number[] = []; // records fully merged, to remove in the next commit
@@ -148,8 +150,12 @@ export class DedupLog implements CommitPart<Taken> {
     let record: Taken['record'] = null;
     if (this.len > 0) {
       this.sb.fpLogNext = (this.sb.fpLogNext ?? 1) + 1;
-      record = { seq: this.sb.fpLogNext - 1, blob: this.buf.subarray(0, this.len) };
-      this.buf = Buffer.allocUnsafe(this.buf.length);
+      // The record gets its own copy of exactly its entries, and the buffer is reused. (A view of
+      // the buffer, with a fresh one of the same size for the next commit, kept a burst's grown
+      // size for good: every later commit, a FLUSH of one 4 KiB write included, allocated ~3 MiB
+      // and its record pinned it until indexed, so V8 ran a full GC every ~10 FLUSHes.)
+      record = { seq: this.sb.fpLogNext - 1, blob: Buffer.from(this.buf.subarray(0, this.len)) };
+      if (this.buf.length > INITIAL_BUF && this.len * 4 < this.buf.length) this.buf = Buffer.allocUnsafe(Math.max(INITIAL_BUF, this.buf.length / 2));
       this.len = 0;
     }
     const t: Taken = { record, deletes: this.deletes };

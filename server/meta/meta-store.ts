@@ -5,7 +5,7 @@
 //
 // It knows no bytes of data: chunk data is written by the chunk store, and made durable by the
 // pipeline's syncData hook before any commit that references it.
-import { open, type Database, type DatabaseOptions, type RootDatabase } from 'lmdb';
+import { open, type Database, type DatabaseOptions, type Key, type RootDatabase } from 'lmdb';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
@@ -34,6 +34,16 @@ export function openMetaEnv(path: string): RootDatabase {
   });
 }
 
+/** The metadata's own named databases. */
+const META_DATABASES: Array<DatabaseOptions & { name: string }> = [
+  { name: 'main', encoding: 'msgpack' },
+  { name: 'chunks', encoding: 'binary' },
+  { name: 'nodes', encoding: 'binary' },
+  { name: 'node-refs', encoding: 'msgpack' },
+  { name: 'free-slots', encoding: 'msgpack' },
+  { name: 'store-records', encoding: 'binary' },
+];
+
 export class MetaStore {
   readonly pipeline: CommitPipeline;
   readonly nodes: NodeStore;
@@ -46,26 +56,29 @@ export class MetaStore {
   private readonly slotReusedListeners: Array<(slot: number) => void> = [];
   /** How each database is encoded, by name: a replica of the commits replays them the same way. */
   readonly encodings = new Map<string, { encoding?: string; keyEncoding?: string }>();
+  /** The `main` database (superblock, volume and intent records, and small records of other parts). */
+  readonly main: Database;
 
   private constructor(
     readonly dir: string,
     private readonly env: RootDatabase,
     private readonly sb: Superblock,
-    /** The `main` database (superblock, volume and intent records, and small records of other parts). */
-    readonly main: Database,
-    chunksDb: Database<Buffer, number>,
+    private readonly dbs: Map<string, Database>,
+    options: Array<DatabaseOptions & { name: string }>,
   ) {
-    this.encodings.set('main', { encoding: 'msgpack' });
-    this.encodings.set('chunks', { encoding: 'binary' });
+    for (const o of options) this.noteEncoding(o);
+    const db = <V, K extends Key>(name: string) => dbs.get(name) as unknown as Database<V, K>; // opened by open(), by name
+    const main = db<unknown, Key>('main');
+    this.main = main;
     this.pipeline = new CommitPipeline(main, () => sb);
-    this.nodes = new NodeStore(this.openDb({ name: 'nodes', encoding: 'binary' }), this.openDb({ name: 'node-refs', encoding: 'msgpack' }), sb, this.pipeline);
-    this.chunks = new ChunkRecords(chunksDb, sb, this.pipeline);
-    this.slots = new SlotAllocator(this.openDb({ name: 'free-slots', encoding: 'msgpack' }), sb, this.pipeline, (s) => {
+    this.nodes = new NodeStore(db('nodes'), db('node-refs'), sb, this.pipeline);
+    this.chunks = new ChunkRecords(db('chunks'), sb, this.pipeline);
+    this.slots = new SlotAllocator(db('free-slots'), sb, this.pipeline, (s) => {
       for (const fn of this.slotReusedListeners) fn(s);
     });
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
-    this.storeRecords = new StoreRecords(this.openDb<Buffer, number>({ name: 'store-records', encoding: 'binary' }));
+    this.storeRecords = new StoreRecords(db('store-records'));
     this.pipeline.add(this.nodes);
     this.pipeline.add(this.chunks);
     this.pipeline.add(this.slots);
@@ -76,7 +89,13 @@ export class MetaStore {
   }
 
   /** Opens (or creates, with `chunkSize`) the metadata in `dir`. */
-  static open(dir: string, opts: { chunkSize: number; create?: boolean }): MetaStore {
+  /**
+   * `databases`: the named databases of the layers above (dedup's), opened here with the
+   * metadata's own before anything is read. lmdb-js ends its read snapshot whenever a database is
+   * opened, so a reader that opened one after loading the superblock would see that superblock
+   * beside the records of a later commit (the offline fsck beside a committing daemon did).
+   */
+  static open(dir: string, opts: { chunkSize: number; create?: boolean; databases?: Array<DatabaseOptions & { name: string }> }): MetaStore {
     const create = opts.create ?? true;
     if (create) mkdirSync(dir, { recursive: true });
     let env: RootDatabase;
@@ -85,12 +104,15 @@ export class MetaStore {
     } catch (e) {
       throw new ShoalError('corrupt_metadata', `cannot open the metadata in ${dir}: ${(e as Error).message}`, { cause: e });
     }
-    const main = env.openDB({ name: 'main', encoding: 'msgpack' });
-    const chunks = env.openDB<Buffer, number>({ name: 'chunks', encoding: 'binary' });
+    const options = [...META_DATABASES, ...(opts.databases ?? [])];
+    const dbs = new Map<string, Database>();
+    for (const o of options) dbs.set(o.name, env.openDB(o));
+    const main = dbs.get('main')!;
+    const chunks = dbs.get('chunks')!;
     const hasRecords = () => [...main.getKeys({ limit: 1 })].length > 0 || [...chunks.getKeys({ limit: 1 })].length > 0;
     try {
       const sb = loadSuperblock(main, dir, opts.chunkSize, create, hasRecords);
-      return new MetaStore(dir, env, sb, main, chunks);
+      return new MetaStore(dir, env, sb, dbs, options);
     } catch (e) {
       void env.close();
       throw e;
@@ -99,8 +121,16 @@ export class MetaStore {
 
   /** A named database in the same environment, for a layer that keeps records of its own (dedup). */
   openDb<V, K extends string | number | Buffer>(options: DatabaseOptions & { name: string }): Database<V, K> {
-    this.encodings.set(options.name, { encoding: options.encoding, ...(options.keyEncoding ? { keyEncoding: options.keyEncoding } : {}) });
-    return this.env.openDB<V, K>(options);
+    const opened = this.dbs.get(options.name);
+    if (opened) return opened as unknown as Database<V, K>;
+    const d = this.env.openDB<V, K>(options);
+    this.dbs.set(options.name, d as unknown as Database);
+    this.noteEncoding(options);
+    return d;
+  }
+
+  private noteEncoding(o: DatabaseOptions & { name: string }): void {
+    this.encodings.set(o.name, { encoding: o.encoding, ...(o.keyEncoding ? { keyEncoding: o.keyEncoding } : {}) });
   }
 
   /** A consistent copy of the whole environment at `path` (LMDB's compacting copy, taken in a read transaction). */

@@ -9,7 +9,9 @@ export function restAfter(t0: number, factor: number): Promise<void> {
 /**
  * Cuts a long synchronous walk (fsck) into slices of `sliceMs` with a turn of the event loop
  * between them, so the daemon keeps answering (the API reports the walk's progress meanwhile).
- * `pauseMs`: how long each turn lasts (0: setImmediate).
+ * `pauseMs`: how long each turn lasts (0: setImmediate). `betweenSlices`, when given, replaces the
+ * turn of the loop: it is called and the walk goes on at once, for a walk that must not yield (the
+ * offline check reads one LMDB snapshot, which lmdb-js renews at the next turn of the loop).
  */
 export class Slicer {
   private until: number;
@@ -18,6 +20,7 @@ export class Slicer {
   constructor(
     private readonly sliceMs: number,
     private readonly pauseMs = 0,
+    private readonly betweenSlices?: () => void,
   ) {
     this.until = performance.now() + sliceMs;
   }
@@ -25,6 +28,11 @@ export class Slicer {
   /** Call once per item: resolves at once (undefined) unless the slice is over. Looks at the clock every 64 calls. */
   tick(): Promise<void> | undefined {
     if ((++this.n & 63) !== 0 || performance.now() < this.until) return undefined;
+    if (this.betweenSlices) {
+      this.betweenSlices();
+      this.until = performance.now() + this.sliceMs;
+      return undefined;
+    }
     return this.rest();
   }
 
