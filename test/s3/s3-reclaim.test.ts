@@ -56,7 +56,7 @@ test('deleted volumes free their packs, sparse packs are compacted, a kill -9 mi
 
   // A deleted volume: its packs hold no live chunk any more and go from the bucket.
   assert.equal((await a.api('DELETE', '/v1/volumes/gone')).status, 204);
-  await until('the deleted volume\'s packs to go', async () => (await packObjects(bucket, 'r/')).length <= full.length - 8, 30_000);
+  await until('the deleted volume\'s packs to go', async () => (await packObjects(bucket, 'r/')).length <= full.length - 8, 90_000);
   await a.waitForLog(/holds no live chunk: dropped/);
   await expectBlocks(a, 'keep', [keepData]);
   await expectFsckClean(a);
