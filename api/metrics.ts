@@ -99,6 +99,30 @@ export class Metrics implements NbdObserver, S3Observer {
     if (opts.dataDir) this.defineDiskMetrics(opts.dataDir, registers);
   }
 
+  /**
+   * An S3 store's backlog (what the local disk holds that the bucket does not yet): the bytes, and how long
+   * the oldest of it has waited (the upload lag; 0 when nothing waits).
+   */
+  setS3Backlog(read: () => { bytes: number; oldestSeconds: number }): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'shoal_s3_upload_backlog_bytes',
+      help: 'Bytes written and committed on the local disk that are not in the object store yet (packs and metadata).',
+      registers,
+      collect() {
+        this.set(read().bytes);
+      },
+    });
+    new Gauge({
+      name: 'shoal_s3_upload_lag_seconds',
+      help: 'How long the oldest write not yet in the object store has waited (0 when the bucket holds everything).',
+      registers,
+      collect() {
+        this.set(read().oldestSeconds);
+      },
+    });
+  }
+
   /** Wires the volume layer after construction (the daemon builds Metrics before the volumes are open). */
   setControl(control: VolumeControl): void {
     this.control = control;

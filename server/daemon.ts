@@ -20,6 +20,8 @@ import { Metrics } from '../api/metrics.js';
 import { inheritedSockets, serveInherited } from './socket-activation.js';
 import { TokenStore } from '../api/auth/token-store.js';
 import { readApiCertificates } from '../api/https-certificates.js';
+import { openS3Layers, type S3LayersOptions } from './s3-layers.js';
+import { claimDataDir } from './store/store-marker.js';
 
 interface RunningDaemon {
   manager: VolumeManager;
@@ -30,11 +32,6 @@ interface RunningDaemon {
 }
 
 async function startDaemon(config: Config): Promise<RunningDaemon> {
-  // The flags parse (config.ts) so configs can be written now; the daemon serves from S3 once the pack
-  // store is wired behind the chunk-store boundary. Until then it says so rather than pretend.
-  if (config.store.kind === 's3') {
-    throw new ShoalError('not_supported', `the S3 store is not available yet: --store ${formatStoreUrl(config.store)} cannot be served by this version; run without --store to use the local data directory.`);
-  }
   const logger = pino({ level: config.logLevel, base: { pid: process.pid } });
   const nbdLogger = logger.child({ c: 'nbd' });
   // Read before anything is opened: bad LISTEN_* variables change nothing.
@@ -46,13 +43,27 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
   const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
   prepareDataDir(config.dataDir);
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
-  // The layers, bottom up: metadata, chunk store, shared cache, dedup, then volumes over them.
-  const meta = MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE, databases: [...DEDUP_DATABASES] });
+  const metrics = new Metrics({ dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
+  // The layers, bottom up: metadata and chunk store (local, or an S3 bucket with the local disk as a cache
+  // tier: s3-layers.ts), shared cache, dedup, then volumes over them.
+  let manager: VolumeManager | undefined;
+  const s3 =
+    config.store.kind === 's3'
+      ? await openS3Layers(config.store, {
+          dataDir: config.dataDir,
+          chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE,
+          logger: logger.child({ c: 's3' }),
+          observer: metrics,
+          onFenced: (err) => manager?.fence(err),
+          test: testS3Hooks(),
+        })
+      : null;
+  if (!s3) claimDataDir(config.dataDir, 'local'); // never an S3 store's local copy served as a local store
+  const meta = s3?.meta ?? MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE, databases: [...DEDUP_DATABASES] });
   if (config.chunkSize && config.chunkSize !== meta.chunkSize)
     logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
-  let manager: VolumeManager;
   try {
-    const store = await LocalChunkStore.open(config.dataDir, meta.chunkSize);
+    const store = s3?.store ?? (await LocalChunkStore.open(config.dataDir, meta.chunkSize));
     const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
     const dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
     manager = await VolumeManager.open(
@@ -65,14 +76,20 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
         pauseAfterIntentMs: testMs('SHOAL_TEST_INTENT_PAUSE_MS'),
         tlsAdmins: config.tls.admins,
+        // In flush mode a FLUSH waits for the bucket, at most --s3-timeout.
+        flushTimeoutMs: config.store.kind === 's3' && config.store.sync === 'flush' ? config.store.timeoutMs : undefined,
         fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
       },
     );
+    if (s3?.lease.fenced && config.store.kind === 's3') manager.fence(new ShoalError('store_fenced', `${formatStoreUrl(config.store)} was taken over while this daemon started.`));
   } catch (e) {
+    s3?.stopBackground();
     await meta.close().catch(() => {});
+    await s3?.finish();
     throw e;
   }
-  const metrics = new Metrics({ control: manager, dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
+  metrics.setControl(manager);
+  if (s3) metrics.setS3Backlog(() => s3.backlog());
   const nbd = new NbdServer({
     provider: manager.exports,
     observer: metrics,
@@ -103,7 +120,9 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
   } catch (e) {
     await nbd.close().catch(() => {});
     await api.close().catch(() => {});
+    s3?.stopBackground();
     await manager.close().catch(() => {});
+    await s3?.finish();
     throw e;
   }
   logger.info(
@@ -113,6 +132,7 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
       api: apiAddr,
       apiTokens: tokens ? tokens.path : null,
       dataDir: config.dataDir,
+      store: config.store.kind === 's3' ? formatStoreUrl(config.store) : 'local',
       chunkSize: meta.chunkSize,
       cacheSize: config.cacheSize,
       tls: config.tls.mode,
@@ -133,7 +153,9 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
         tokens?.close();
         await api.close().catch((e) => logger.error({ err: e }, 'closing the API failed'));
         await nbd.close().catch((e) => logger.error({ err: e }, 'closing NBD failed'));
+        s3?.stopBackground();
         await manager.close();
+        await s3?.finish();
         logger.info('shoal stopped');
       })();
       return closed;
@@ -197,13 +219,33 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
  * consistency check rest that long between its slices, so a test can watch its progress.
  */
-function testMs(name: string): number | undefined {
+function testMs(name: string, unit = 'milliseconds'): number | undefined {
   const v = process.env[name];
   if (v === undefined) return undefined;
   if (process.env.NODE_ENV !== 'test') throw new ShoalError('invalid_request', `${name} is a test-only hook and needs NODE_ENV=test`);
   const ms = Number(v);
-  if (!Number.isInteger(ms) || ms < 0) throw new ShoalError('invalid_request', `${name} must be a whole number of milliseconds, not ${JSON.stringify(v)}`);
+  if (!Number.isInteger(ms) || ms < 0) throw new ShoalError('invalid_request', `${name} must be a whole number of ${unit}, not ${JSON.stringify(v)}`);
   return ms;
+}
+
+/**
+ * Test-only S3 hooks, refused unless NODE_ENV=test: SHOAL_TEST_S3_PACK_BYTES seals packs smaller than 8 MiB
+ * (a test fills several); SHOAL_TEST_S3_CHECKPOINT_DELTAS checkpoints the metadata after that many deltas;
+ * SHOAL_TEST_S3_COMPACT_MS looks for packs to compact that often and deletes dropped ones that long after;
+ * SHOAL_TEST_S3_COMPACT_PAUSE_MS holds a compaction between its copies and its commit, SHOAL_TEST_S3_UPLOAD_PAUSE_MS
+ * each pack after its upload, SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS a checkpoint before the head names it (a kill -9 there).
+ */
+function testS3Hooks(): S3LayersOptions['test'] {
+  const compactMs = testMs('SHOAL_TEST_S3_COMPACT_MS');
+  return {
+    packBytes: testMs('SHOAL_TEST_S3_PACK_BYTES', 'bytes'),
+    checkpointDeltas: testMs('SHOAL_TEST_S3_CHECKPOINT_DELTAS', 'deltas'),
+    compactIntervalMs: compactMs,
+    compactGraceMs: compactMs,
+    compactPauseMs: testMs('SHOAL_TEST_S3_COMPACT_PAUSE_MS'),
+    uploadPauseMs: testMs('SHOAL_TEST_S3_UPLOAD_PAUSE_MS'),
+    checkpointPauseMs: testMs('SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS'),
+  };
 }
 
 export async function runDaemon(config: Config): Promise<void> {

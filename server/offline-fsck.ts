@@ -9,12 +9,23 @@ import { checkMetadata, FsckErrors, newFsckProgress, type FsckProgress, type Fsc
 import { META_FILE, MetaStore } from './meta/meta-store.js';
 import { Slicer } from './meta/pacing.js';
 import { LocalChunkStore } from './store/local-chunk-store.js';
+import { dataDirStore } from './store/store-marker.js';
 
 const failed = (error: string): FsckReport => ({ ok: false, checkedVolumes: 0, checkedSnapshots: 0, checkedNodes: 0, checkedChunks: 0, errors: [error] });
 
 /** `onProgress` is called as the check goes (at most every 250 ms), with what it has covered. */
 export async function fsckDataDir(dir: string, onProgress?: (p: FsckProgress) => void): Promise<FsckReport> {
   if (!existsSync(join(dir, META_FILE))) return failed(`${dir} is not a Shoal data directory (no ${META_FILE})`);
+  const kind = (() => {
+    try {
+      return dataDirStore(dir);
+    } catch (e) {
+      return e as Error;
+    }
+  })();
+  if (kind instanceof Error) return failed(kind.message);
+  // Its chunks are in the bucket: only the daemon that holds the prefix's lease can check them.
+  if (kind?.kind === 's3') return failed(`${dir} is the local copy of ${kind.url}: check it with \`shoal fsck\` against the daemon serving it (its packs are in the bucket)`);
   let meta: MetaStore | undefined;
   let store: LocalChunkStore | undefined;
   try {

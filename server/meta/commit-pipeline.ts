@@ -26,6 +26,8 @@ export interface CommitOp {
  */
 export interface CommitJournal {
   committed(ops: CommitOp[], gen: number): Promise<void>;
+  /** After the last commit, before the environment closes: finish (or give up on) what is pending. */
+  close?(): Promise<void>;
 }
 
 /** Queues a commit's writes into its LMDB transaction, and records them when a journal is attached. */

@@ -218,7 +218,9 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
   let maxSlot = -1;
   for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
   if (recordMax > maxSlot) maxSlot = recordMax;
-  for (const e of await store.check({ count: Math.max(live, chunkRefs.size), maxSlot })) err(e);
+  const slots = new Set(chunkRefs.keys());
+  for (const [slot] of meta.chunks.all()) slots.add(slot);
+  for (const e of await store.check({ count: Math.max(live, chunkRefs.size), maxSlot, slots })) err(e);
 
   return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks: progress.checkedChunks, errors: errors.list };
 }

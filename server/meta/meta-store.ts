@@ -21,6 +21,19 @@ import { VolumeRecords } from './volume-records.js';
 /** The LMDB environment's file in a data directory. */
 export const META_FILE = 'meta.lmdb';
 
+/** Opens an LMDB environment as the metadata uses it (also a restore's, before it becomes the metadata). */
+export function openMetaEnv(path: string): RootDatabase {
+  return open({
+    path,
+    maxDbs: 16,
+    // A commit resolves only once its transaction is fsynced: the FLUSH reply depends on it.
+    overlappingSync: false,
+    noSync: false,
+    mapSize: 2 ** 40,
+    pageSize: 4096,
+  });
+}
+
 /** The metadata's own named databases. */
 const META_DATABASES: Array<DatabaseOptions & { name: string }> = [
   { name: 'main', encoding: 'msgpack' },
@@ -41,15 +54,22 @@ export class MetaStore {
   /** The chunk store's own records (an object store's chunk places); unused by the local store. */
   readonly storeRecords: StoreRecords;
   private readonly slotReusedListeners: Array<(slot: number) => void> = [];
+  /** How each database is encoded, by name: a replica of the commits replays them the same way. */
+  readonly encodings = new Map<string, { encoding?: string; keyEncoding?: string }>();
+  /** The `main` database (superblock, volume and intent records, and small records of other parts). */
+  readonly main: Database;
 
   private constructor(
     readonly dir: string,
     private readonly env: RootDatabase,
     private readonly sb: Superblock,
     private readonly dbs: Map<string, Database>,
+    options: Array<DatabaseOptions & { name: string }>,
   ) {
+    for (const o of options) this.noteEncoding(o);
     const db = <V, K extends Key>(name: string) => dbs.get(name) as unknown as Database<V, K>; // opened by open(), by name
     const main = db<unknown, Key>('main');
+    this.main = main;
     this.pipeline = new CommitPipeline(main, () => sb);
     this.nodes = new NodeStore(db('nodes'), db('node-refs'), sb, this.pipeline);
     this.chunks = new ChunkRecords(db('chunks'), sb, this.pipeline);
@@ -80,26 +100,19 @@ export class MetaStore {
     if (create) mkdirSync(dir, { recursive: true });
     let env: RootDatabase;
     try {
-      env = open({
-        path: join(dir, META_FILE),
-        maxDbs: 16,
-        // A commit resolves only once its transaction is fsynced: the FLUSH reply depends on it.
-        overlappingSync: false,
-        noSync: false,
-        mapSize: 2 ** 40,
-        pageSize: 4096,
-      });
+      env = openMetaEnv(join(dir, META_FILE));
     } catch (e) {
       throw new ShoalError('corrupt_metadata', `cannot open the metadata in ${dir}: ${(e as Error).message}`, { cause: e });
     }
+    const options = [...META_DATABASES, ...(opts.databases ?? [])];
     const dbs = new Map<string, Database>();
-    for (const o of [...META_DATABASES, ...(opts.databases ?? [])]) dbs.set(o.name, env.openDB(o));
+    for (const o of options) dbs.set(o.name, env.openDB(o));
     const main = dbs.get('main')!;
     const chunks = dbs.get('chunks')!;
     const hasRecords = () => [...main.getKeys({ limit: 1 })].length > 0 || [...chunks.getKeys({ limit: 1 })].length > 0;
     try {
       const sb = loadSuperblock(main, dir, opts.chunkSize, create, hasRecords);
-      return new MetaStore(dir, env, sb, dbs);
+      return new MetaStore(dir, env, sb, dbs, options);
     } catch (e) {
       void env.close();
       throw e;
@@ -112,7 +125,17 @@ export class MetaStore {
     if (opened) return opened as unknown as Database<V, K>;
     const d = this.env.openDB<V, K>(options);
     this.dbs.set(options.name, d as unknown as Database);
+    this.noteEncoding(options);
     return d;
+  }
+
+  private noteEncoding(o: DatabaseOptions & { name: string }): void {
+    this.encodings.set(o.name, { encoding: o.encoding, ...(o.keyEncoding ? { keyEncoding: o.keyEncoding } : {}) });
+  }
+
+  /** A consistent copy of the whole environment at `path` (LMDB's compacting copy, taken in a read transaction). */
+  backup(path: string): Promise<void> {
+    return this.env.backup(path, true);
   }
 
   /**
@@ -173,12 +196,13 @@ export class MetaStore {
     await this.env.close();
   }
 
-  /** Commits what is pending, then closes the environment. */
+  /** Commits what is pending (and lets the journal, if any, finish with it), then closes the environment. */
   async close(): Promise<void> {
     if (!this.pipeline.isClosed) {
       await this.commit().catch(() => {});
       this.pipeline.close();
     }
+    await this.pipeline.journal?.close?.();
     await this.env.close();
   }
 }

@@ -35,6 +35,8 @@ export class SlotAllocator implements CommitPart<Taken> {
   private readonly active = new Map<number, number>();
   /** False for a store that never writes a slot twice (see ChunkStore.reusesSlots): slots only grow. */
   private reuse = true;
+  /** With reuse off: told of a slot whose write failed, so the store can count its space as free. */
+  private unused: (slot: number) => void = () => {};
 
   constructor(
     private readonly db: Database<number, number>,
@@ -46,9 +48,13 @@ export class SlotAllocator implements CommitPart<Taken> {
     for (const key of db.getKeys()) this.reusable.push(key as number);
   }
 
-  /** Stops handing freed slots out again (a store that places each chunk once); before any alloc(). */
-  neverReuse(): void {
+  /**
+   * Stops handing freed slots out again (a store that places each chunk once); before any alloc().
+   * `unused` hears of slots whose write failed (they are never referenced: their space is the store's to free).
+   */
+  neverReuse(unused: (slot: number) => void = () => {}): void {
     this.reuse = false;
+    this.unused = unused;
     this.reusable.length = 0;
   }
 
@@ -65,7 +71,7 @@ export class SlotAllocator implements CommitPart<Taken> {
 
   /** Returns a slot from alloc() that ended up unused (e.g. the write failed). */
   releaseUnused(slot: number): void {
-    if (!this.reuse) return; // never written: nothing to keep of it
+    if (!this.reuse) return this.unused(slot);
     if (this.deletes.delete(slot)) {
       // It came from the durable free list and nothing references it: reusable at once.
       this.reusable.push(slot);

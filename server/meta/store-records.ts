@@ -28,8 +28,8 @@ export class StoreRecords implements CommitPart<Taken>, StoreRecordsView {
     return undefined;
   }
 
-  *entries(): Iterable<[number, Buffer]> {
-    for (const { key, value } of this.db.getRange({})) yield [key as number, value as Buffer];
+  *entries(range?: { start: number; end: number }): Iterable<[number, Buffer]> {
+    for (const { key, value } of this.db.getRange(range ?? {})) yield [key as number, value as Buffer];
   }
 
   take(): Taken | null {

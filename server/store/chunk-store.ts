@@ -22,7 +22,7 @@ export interface ChunkTargets {
 
 /** What a store reports about itself (REST /v1/stats `store`). */
 export interface StoreStats {
-  kind: 'local';
+  kind: 'local' | 's3';
   /** Read requests made to the medium and bytes they returned. */
   reads: number;
   readBytes: number;
@@ -48,7 +48,8 @@ export interface StoreRecordsView {
   get(key: number): Buffer | undefined;
   /** The record with the greatest key ≤ `key`, if any. */
   floor(key: number): [number, Buffer] | undefined;
-  entries(): Iterable<[number, Buffer]>;
+  /** Records with keys in [start, end) (all of them without a range), in key order. */
+  entries(range?: { start: number; end: number }): Iterable<[number, Buffer]>;
 }
 
 export interface ChunkStore {
@@ -70,9 +71,9 @@ export interface ChunkStore {
   sync(): Promise<void>;
   /**
    * Consistency check (fsck): a sentence for each way the store cannot serve the live chunks,
-   * `count` of them with the highest slot `maxSlot` (-1 when there are none).
+   * `count` of them with the highest slot `maxSlot` (-1 when there are none), each of `slots`.
    */
-  check(live: { count: number; maxSlot: number }): Promise<string[]>;
+  check(live: { count: number; maxSlot: number; slots: Iterable<number> }): Promise<string[]>;
   /** Bytes the backend holds on its medium (for reports). */
   allocatedBytes(): Promise<number>;
   stats(): StoreStats;

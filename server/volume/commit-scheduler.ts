@@ -4,6 +4,7 @@
 // event loop's longest stall: a few thousand changes a commit keep it to a few ms, where two seconds
 // of sustained random writes (~50k records) held the loop 100-600 ms (bench:soak). A small commit
 // costs its fsyncs, but they wait on the disk, not on the loop.
+import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
 
 /** Changes after which a commit starts. */
@@ -22,6 +23,8 @@ export class CommitScheduler {
     private readonly meta: MetaStore,
     private readonly logger: { error(obj: unknown, msg?: string): void } | undefined,
     private readonly intervalMs = 2000,
+    /** A FLUSH that is not durable within this long fails (the commit goes on); none if undefined. */
+    private readonly flushTimeoutMs?: number,
   ) {}
 
   start(): void {
@@ -54,9 +57,24 @@ export class CommitScheduler {
       .finally(() => (this.queued = false));
   }
 
-  /** Makes every completed write durable (FLUSH, FUA). */
+  /**
+   * Makes every completed write durable (FLUSH, FUA). With a flush timeout (an S3 store in flush mode:
+   * --s3-timeout) a FLUSH the store cannot confirm in time fails with EIO; the commit carries on, and what
+   * was acknowledged before stays on the local disk until the store takes it.
+   */
   flush(): Promise<void> {
-    return this.meta.commit();
+    const commit = this.meta.commit();
+    const ms = this.flushTimeoutMs;
+    if (ms === undefined) return commit;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new ShoalError('io_error', `the object store did not confirm the flush within ${ms / 1000}s (--s3-timeout); the data stays on the local disk and is uploaded once the store answers`);
+        this.logger?.error({ err }, `a FLUSH failed: ${err.message}`);
+        reject(err);
+      }, ms);
+    });
+    return Promise.race([commit, timeout]).finally(() => clearTimeout(timer));
   }
 
   stop(): void {

@@ -22,6 +22,8 @@ export interface ExportContext {
   flush(): Promise<void>;
   /** False once the daemon is shutting down: no new export is opened. */
   isOpen(): boolean;
+  /** Throws if nothing may be written any more (another daemon took the store over). */
+  checkWritable(): void;
   /** TLS identities that see every tenant's volumes (--tls-admins). */
   readonly admins: ReadonlySet<string>;
 }
@@ -150,6 +152,7 @@ class VolumeExport implements BlockExport, ExportConnection {
   private writable(offset: number, length: number): void {
     this.live();
     if (this.readOnly) throw new ShoalError('read_only', `export ${this.name} is a read-only snapshot`);
+    this.ctx.checkWritable();
     checkRange(this.st.record.size, offset, length);
   }
 
@@ -184,6 +187,7 @@ class VolumeExport implements BlockExport, ExportConnection {
 
   async flush(): Promise<void> {
     this.live();
+    if (!this.readOnly) this.ctx.checkWritable();
     await this.ctx.flush();
   }
 

@@ -61,6 +61,8 @@ export interface VolumeManagerOptions {
   pauseAfterIntentMs?: number;
   /** TLS identities that see every tenant's volumes over NBD (--tls-admins). */
   tlsAdmins?: string[];
+  /** A FLUSH not durable within this long fails with EIO (an S3 store in flush mode: --s3-timeout). */
+  flushTimeoutMs?: number;
   /** How long a consistency check rests between its slices (ms; default 0): tests slow it down to watch its progress. */
   fsckPauseMs?: number;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
@@ -78,6 +80,9 @@ export class VolumeManager implements VolumeControl {
   private readonly indexer: DedupIndexer;
   private readonly commits: CommitScheduler;
   private closing = false;
+  /** Set once another daemon took the store over: reads go on, nothing is written any more. */
+  private fencedBy: ShoalError | null = null;
+  private readonly logger: VolumeManagerOptions['logger'];
   /** The consistency check: changes to maps wait while it runs. */
   private readonly fsckRunner: FsckRunner;
 
@@ -94,12 +99,13 @@ export class VolumeManager implements VolumeControl {
     meta.onSlotReused((slot) => cache.drop(slot));
     // A store that places each chunk once keeps records of where, committed with the metadata,
     // and learns of frees so it can reclaim their space.
-    if (!store.reusesSlots) meta.slots.neverReuse();
+    if (!store.reusesSlots) meta.slots.neverReuse((slot) => store.freed?.(slot));
     if (store.attachRecords) meta.storeRecords.attach(store.attachRecords(meta.storeRecords));
     if (store.freed) meta.chunks.onFreed((slot) => store.freed!(slot));
     this.reads = new ReadPath(meta, cache);
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
-    this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs);
+    this.logger = opts.logger;
+    this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs);
     this.changeTracker = new ChangeTracker(meta, this.states);
     this.exports = new VolumeExports({
       states: this.states,
@@ -109,6 +115,9 @@ export class VolumeManager implements VolumeControl {
       changes: this.changeTracker,
       flush: () => this.commits.flush(),
       isOpen: () => !this.closing,
+      checkWritable: () => {
+        if (this.fencedBy) throw this.fencedBy;
+      },
       admins: new Set(opts.tlsAdmins ?? []),
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
@@ -145,7 +154,23 @@ export class VolumeManager implements VolumeControl {
   }
 
   private checkOpen(): void {
+    if (this.fencedBy) throw this.fencedBy;
     if (this.closing || this.meta.isClosed) throw new ShoalError('shutting_down', 'the daemon is shutting down');
+  }
+
+  /**
+   * Another daemon has taken the store over (its lease, or the bucket's commit head, says so): from now on
+   * every write, flush and change fails with `err` (NBD clients get ESHUTDOWN), reads go on, and nothing
+   * more is committed. Said once in the log.
+   */
+  fence(err: ShoalError): void {
+    if (this.fencedBy) return;
+    this.fencedBy = err;
+    this.commits.stop();
+    this.reclaim.stop();
+    this.indexer.stop();
+    this.meta.pipeline.close();
+    this.logger?.error({ err }, `this daemon no longer writes: ${err.message} Volumes stay readable; writes, flushes and changes fail (NBD clients get ESHUTDOWN).`);
   }
 
   /**

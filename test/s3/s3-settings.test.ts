@@ -1,8 +1,9 @@
 // The object-storage settings of `shoal serve`: parsed and checked like every other flag, the local store
-// still the default, and a daemon asked for an S3 store says it cannot serve one yet, touching nothing.
+// still the default, and a data directory belongs to one store: a local store's is never served as an S3
+// store's local copy, nor the reverse.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../server/config.js';
@@ -32,7 +33,7 @@ test('--store s3://BUCKET/PREFIX with its defaults', () => {
     endpoint: null,
     region: null,
     sync: 'flush',
-    localCacheSize: 10 * 2 ** 30,
+    localCacheSize: { percentOfFree: 10 },
     leaseSeconds: 30,
     timeoutMs: 30_000,
     compactBelow: 0.5,
@@ -52,7 +53,7 @@ test('every S3 flag, from flags, environment and a config file', () => {
     endpoint: 'http://127.0.0.1:7480',
     region: 'eu-west-1',
     sync: 'async',
-    localCacheSize: 64 * 2 ** 30,
+    localCacheSize: { bytes: 64 * 2 ** 30 },
     leaseSeconds: 10,
     timeoutMs: 120_000,
     compactBelow: 0.25,
@@ -62,7 +63,7 @@ test('every S3 flag, from flags, environment and a config file', () => {
     const file = join(dir, 'shoal.json');
     writeFileSync(file, JSON.stringify({ store: 's3://bk2/q', 's3-endpoint': 'https://s3.example.net', leaseSeconds: 12, s3Timeout: '45s' }));
     const fromFile = loadConfig(['--config', file], {}).store;
-    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: 10 * 2 ** 30, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5 });
+    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: { percentOfFree: 10 }, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5 });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -85,6 +86,9 @@ test('bad S3 settings are refused with a sentence naming the flag', () => {
     [[...s3, '--s3-region', 'eu west'], /--s3-region "eu west" is not a region name/],
     [[...s3, '--s3-sync', 'sometimes'], /--s3-sync "sometimes" must be flush or async/],
     [[...s3, '--local-cache-size', 'lots'], /--local-cache-size "lots" is not a size/],
+    [[...s3, '--local-cache-size', '1M'], /--local-cache-size "1M" is too small: the local tier needs at least 64M/],
+    [[...s3, '--local-cache-size', '0%'], /--local-cache-size "0%" must be a percentage above 0 and at most 100/],
+    [[...s3, '--local-cache-size', '150%'], /--local-cache-size "150%" must be a percentage/],
     [[...s3, '--lease-seconds', '2'], /--lease-seconds "2" must be a whole number of seconds from 3 to 3600/],
     [[...s3, '--lease-seconds', '1.5'], /--lease-seconds/],
     [[...s3, '--lease-seconds', 'forever'], /--lease-seconds/],
@@ -117,18 +121,35 @@ test('store URLs keep the bucket and a normalised prefix', () => {
   assert.throws(() => parseStoreUrl('s3://bkt..x/p', 'x'), invalid(/not a valid bucket name/));
 });
 
-test('shoal serve --store s3://… refuses with one sentence, and creates nothing', async () => {
+test('a data directory belongs to one store: a local one is refused for --store s3://…, an S3 copy without --store', async () => {
   const parent = mkdtempSync(join(tmpdir(), 'shoal-s3-refuse-'));
-  const dataDir = join(parent, 'data');
+  const localDir = join(parent, 'local');
+  const s3Dir = join(parent, 's3');
+  const serve = (dir: string, ...more: string[]) => run(process.execPath, [MAIN, 'serve', '--data-dir', dir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--nbd-socket', join(dir, 'nbd.sock'), ...more], { timeoutMs: 30_000 });
+  // Nothing listens on the endpoint: the data directory is checked before the bucket is asked anything.
+  const s3 = ['--store', 's3://vm-disks/host-a', '--s3-endpoint', 'http://127.0.0.1:9'];
   try {
-    const r = await run(process.execPath, [MAIN, 'serve', '--data-dir', dataDir, '--store', 's3://vm-disks/host-a', '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'], { timeoutMs: 30_000 });
+    mkdirSync(localDir);
+    writeFileSync(join(localDir, 'chunks.dat'), '');
+    const r = await serve(localDir, ...s3);
     assert.equal(r.status, 1, r.stderr);
-    assert.equal(r.stderr, 'shoal: the S3 store is not available yet: --store s3://vm-disks/host-a/ cannot be served by this version; run without --store to use the local data directory\n');
-    assert.equal(existsSync(dataDir), false, 'the data directory was not created');
+    assert.match(r.stderr, /^shoal: .*\/local holds a local store's chunks: an S3 store needs a --data-dir of its own \(an empty one is filled from the bucket\)\n$/);
+
+    mkdirSync(s3Dir);
+    writeFileSync(join(s3Dir, 'store.json'), JSON.stringify({ store: 's3://vm-disks/host-a/' }));
+    const l = await serve(s3Dir);
+    assert.equal(l.status, 1, l.stderr);
+    assert.match(l.stderr, /is the local copy of the S3 store s3:\/\/vm-disks\/host-a\/: start with --store s3:\/\/vm-disks\/host-a\/ \(and its --s3-endpoint\), or use another --data-dir\n$/);
+    assert.equal(existsSync(join(s3Dir, 'meta.lmdb')), false, 'nothing was created in it');
+    const other = await serve(s3Dir, '--store', 's3://vm-disks/host-b', '--s3-endpoint', 'http://127.0.0.1:9');
+    assert.equal(other.status, 1, other.stderr);
+    assert.match(other.stderr, /is the local copy of s3:\/\/vm-disks\/host-a\/, not of s3:\/\/vm-disks\/host-b\/: use another --data-dir/);
+
     // A bad S3 flag is a usage error (exit 2), as every other bad flag.
-    const bad = await run(process.execPath, [MAIN, 'serve', '--data-dir', dataDir, '--store', 's3://vm-disks/host-a', '--lease-seconds', '0'], { timeoutMs: 30_000 });
+    const bad = await serve(join(parent, 'none'), '--store', 's3://vm-disks/host-a', '--lease-seconds', '0');
     assert.equal(bad.status, 2);
     assert.match(bad.stderr, /^shoal: --lease-seconds "0" must be a whole number of seconds from 3 to 3600\n$/);
+    assert.equal(existsSync(join(parent, 'none')), false, 'a usage error creates nothing');
   } finally {
     rmSync(parent, { recursive: true, force: true });
   }

@@ -62,14 +62,7 @@ export function encodePack(chunks: readonly PackChunk[]): { pack: Buffer; entrie
   if (total > MAX_PACK_BYTES) throw new ShoalError('invalid_request', `a pack of ${total} bytes is over the ${MAX_PACK_BYTES}-byte limit.`);
 
   const pack = Buffer.allocUnsafe(total);
-  HEAD_MAGIC.copy(pack, 0);
-  pack.writeUInt16LE(PACK_VERSION, 8);
-  pack.writeUInt16LE(0, 10);
-  pack.writeUInt32LE(chunks.length, 12);
-  pack.writeBigUInt64LE(BigInt(dataBytes), 16);
-  pack.writeUInt32LE(crc32(pack.subarray(0, 24)), 24);
-  pack.writeUInt32LE(0, 28);
-
+  encodeHeader(chunks.length, dataBytes).copy(pack, 0);
   const entries: PackEntry[] = [];
   let at = HEADER_BYTES;
   for (const c of chunks) {
@@ -77,21 +70,44 @@ export function encodePack(chunks: readonly PackChunk[]): { pack: Buffer; entrie
     entries.push({ id: c.id, offset: at, length: c.data.length, crc32: crc32(c.data) });
     at += c.data.length;
   }
-  const indexOffset = at;
+  encodeIndex(entries, at).copy(pack, at);
+  return { pack, entries };
+}
+
+/** A pack's header: for `count` chunks of `dataBytes` in all. */
+export function encodeHeader(count: number, dataBytes: number): Buffer {
+  const h = Buffer.allocUnsafe(HEADER_BYTES);
+  HEAD_MAGIC.copy(h, 0);
+  h.writeUInt16LE(PACK_VERSION, 8);
+  h.writeUInt16LE(0, 10);
+  h.writeUInt32LE(count, 12);
+  h.writeBigUInt64LE(BigInt(dataBytes), 16);
+  h.writeUInt32LE(crc32(h.subarray(0, 24)), 24);
+  h.writeUInt32LE(0, 28);
+  return h;
+}
+
+/**
+ * A pack's index and trailer, to be placed at `indexOffset` (right after the data): for a writer that lays
+ * the chunks out itself (a pack filled in place in a local file).
+ */
+export function encodeIndex(entries: readonly PackEntry[], indexOffset: number): Buffer {
+  const b = Buffer.allocUnsafe(entries.length * INDEX_ENTRY_BYTES + TRAILER_BYTES);
+  let at = 0;
   for (const e of entries) {
-    pack.writeBigUInt64LE(BigInt(e.id), at);
-    pack.writeUInt32LE(e.offset, at + 8);
-    pack.writeUInt32LE(e.length, at + 12);
-    pack.writeUInt32LE(e.crc32, at + 16);
-    pack.writeUInt32LE(0, at + 20);
+    b.writeBigUInt64LE(BigInt(e.id), at);
+    b.writeUInt32LE(e.offset, at + 8);
+    b.writeUInt32LE(e.length, at + 12);
+    b.writeUInt32LE(e.crc32, at + 16);
+    b.writeUInt32LE(0, at + 20);
     at += INDEX_ENTRY_BYTES;
   }
-  pack.writeBigUInt64LE(BigInt(indexOffset), at);
-  pack.writeUInt32LE(entries.length, at + 8);
-  pack.writeUInt32LE(crc32(pack.subarray(indexOffset, at)), at + 12);
-  pack.writeBigUInt64LE(BigInt(total), at + 16);
-  TAIL_MAGIC.copy(pack, at + 24);
-  return { pack, entries };
+  b.writeBigUInt64LE(BigInt(indexOffset), at);
+  b.writeUInt32LE(entries.length, at + 8);
+  b.writeUInt32LE(crc32(b.subarray(0, at)), at + 12);
+  b.writeBigUInt64LE(BigInt(indexOffset + b.length), at + 16);
+  TAIL_MAGIC.copy(b, at + 24);
+  return b;
 }
 
 /** Checks a pack's header (its first 32 bytes). */

@@ -7,13 +7,17 @@ import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
   CreateBucketCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  UploadPartCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { ShoalError, type ErrorCode } from '../../errors.js';
@@ -53,6 +57,9 @@ export interface S3Entry {
   etag: string;
   lastModified: Date;
 }
+
+/** Bytes [offset, offset + length) of an object, or its last `suffix` bytes (all of it if it is shorter). */
+export type ByteRange = { offset: number; length: number } | { suffix: number };
 
 /** Create-if-absent, or replace-only-this-version. */
 export type PutCondition = { ifNoneMatch: '*' } | { ifMatch: string };
@@ -117,13 +124,11 @@ export class S3Bucket {
   }
 
   /** The object, or the `range` of it; null if there is no such key. */
-  async get(key: string, range?: { offset: number; length: number }): Promise<S3Object | null> {
-    if (range && (!Number.isSafeInteger(range.offset) || !Number.isSafeInteger(range.length) || range.offset < 0 || range.length <= 0)) {
-      throw new ShoalError('invalid_range', `a ranged read of ${this.url(key)} needs a non-negative offset and a positive length, not ${range.offset}+${range.length}.`);
-    }
+  async get(key: string, range?: ByteRange): Promise<S3Object | null> {
+    const header = range === undefined ? undefined : rangeHeader(range, this.url(key));
     try {
       return await this.request('get', key, async (signal) => {
-        const cmd = new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}) });
+        const cmd = new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(header ? { Range: header } : {}) });
         const out = await this.client.send(cmd, { abortSignal: signal });
         const body = await readBody(out.Body, signal);
         const size = out.ContentRange ? Number(/\/(\d+)$/.exec(out.ContentRange)?.[1] ?? body.length) : body.length;
@@ -166,6 +171,58 @@ export class S3Bucket {
       },
       body.length,
     );
+  }
+
+  /**
+   * Writes an object of `size` bytes in parts of `partBytes` (at least 5 MiB, S3's minimum), `parallel` at a
+   * time, each read by `readPart(offset, length)`: for objects too large to hold in memory at once (a metadata
+   * checkpoint). An upload that fails is aborted, so its parts do not linger in the bucket.
+   */
+  async putMultipart(key: string, size: number, readPart: (offset: number, length: number) => Promise<Buffer>, opts: { partBytes?: number; parallel?: number } = {}): Promise<{ etag: string }> {
+    const partBytes = Math.max(5 * 2 ** 20, opts.partBytes ?? 16 * 2 ** 20);
+    const parts = Math.max(1, Math.ceil(size / partBytes));
+    const uploadId = await this.request('multipart_create', key, async (signal) => {
+      const out = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+      if (!out.UploadId) throw new ShoalError('s3_error', `S3 started a multipart upload of ${this.url(key)} without an upload id.`);
+      return { value: out.UploadId, bytesDown: 0 };
+    });
+    try {
+      const etags: string[] = new Array(parts);
+      let next = 0;
+      const worker = async () => {
+        while (next < parts) {
+          const n = next++;
+          const body = await readPart(n * partBytes, Math.min(partBytes, size - n * partBytes));
+          const md5 = createHash('md5').update(body).digest('base64');
+          etags[n] = await this.request(
+            'multipart_part',
+            key,
+            async (signal) => {
+              const out = await this.client.send(
+                new UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: n + 1, Body: body, ContentLength: body.length, ContentMD5: md5 }),
+                { abortSignal: signal },
+              );
+              return { value: bare(out.ETag), bytesDown: 0 };
+            },
+            body.length,
+          );
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(parts, opts.parallel ?? 4) }, worker));
+      return await this.request('multipart_complete', key, async (signal) => {
+        const out = await this.client.send(
+          new CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 })) } }),
+          { abortSignal: signal },
+        );
+        return { value: { etag: bare(out.ETag) }, bytesDown: 0 };
+      });
+    } catch (e) {
+      await this.request('multipart_abort', key, async (signal) => {
+        await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId }), { abortSignal: signal });
+        return { value: undefined, bytesDown: 0 };
+      }).catch(() => {}); // the bucket's lifecycle rules are the last resort for parts left behind
+      throw e;
+    }
   }
 
   /** Deletes `key`; deleting a key that does not exist succeeds, as in S3. */
@@ -248,6 +305,17 @@ export class S3Bucket {
     }
     return new S3RequestError('s3_error', `S3 refused a ${op} of ${this.url(key)}: ${f.detail}.`, f.status, { cause });
   }
+}
+
+function rangeHeader(range: ByteRange, url: string): string {
+  if ('suffix' in range) {
+    if (!Number.isSafeInteger(range.suffix) || range.suffix <= 0) throw new ShoalError('invalid_range', `a read of the end of ${url} needs a positive length, not ${range.suffix}.`);
+    return `bytes=-${range.suffix}`;
+  }
+  if (!Number.isSafeInteger(range.offset) || !Number.isSafeInteger(range.length) || range.offset < 0 || range.length <= 0) {
+    throw new ShoalError('invalid_range', `a ranged read of ${url} needs a non-negative offset and a positive length, not ${range.offset}+${range.length}.`);
+  }
+  return `bytes=${range.offset}-${range.offset + range.length - 1}`;
 }
 
 /** S3 quotes ETags; RGW 16 compares If-Match with the bare value (a quoted one never matches). */

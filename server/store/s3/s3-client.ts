@@ -14,6 +14,9 @@ export interface S3ClientSettings {
 const DEFAULT_REGION = 'us-east-1';
 
 export async function createS3Client(settings: S3ClientSettings): Promise<{ client: S3Client; region: string }> {
+  // The SDK prints a multi-line warning on stderr under Node 20 about its releases from 2027 on; Shoal
+  // runs on Node 20 with the SDK version its lock file pins, and a refusal must stay one sentence.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const region = settings.region ?? (await defaultRegion());
   const client = new S3Client({
     region,

@@ -7,18 +7,24 @@ import { parseStoreUrl, type StoreLocation } from './store-url.js';
 /** Where chunks and metadata live: the data directory alone (the default), or an S3 prefix with local caches. */
 export type StoreConfig = { kind: 'local' } | S3StoreConfig;
 
-interface S3StoreConfig extends StoreLocation {
+export interface S3StoreConfig extends StoreLocation {
   kind: 's3';
   endpoint: string | null; // null = AWS S3 itself (virtual-hosted style); a URL = path-style requests to it
   region: string | null; // null = the AWS SDK's default chain (AWS_REGION, shared config), else us-east-1
   sync: 'flush' | 'async'; // flush: a FLUSH waits for the upload; async: for the local disk only
-  localCacheSize: number; // bytes of the on-disk cache tier
+  localCacheSize: LocalCacheSize; // the on-disk cache tier's bound
   leaseSeconds: number; // a dead holder's lease lapses after this long
   timeoutMs: number; // how long one S3 operation may take, retries included
   compactBelow: number; // a pack whose live fraction falls below this is rewritten
 }
 
-const DEFAULTS = { s3Sync: 'flush', localCacheSize: '10G', leaseSeconds: 30, s3Timeout: '30s', s3CompactBelow: 0.5 } as const;
+/** Bytes, or a percentage of the space free on the data directory's file system when the daemon starts. */
+type LocalCacheSize = { bytes: number } | { percentOfFree: number };
+
+const DEFAULTS = { s3Sync: 'flush', localCacheSize: '10%', leaseSeconds: 30, s3Timeout: '30s', s3CompactBelow: 0.5 } as const;
+
+/** The tier must hold at least the open pack and one being uploaded. */
+export const MIN_LOCAL_CACHE_BYTES = 64 * 2 ** 20;
 
 const S3_ONLY = ['s3Endpoint', 's3Region', 's3Sync', 'localCacheSize', 'leaseSeconds', 's3Timeout', 's3CompactBelow'] as const;
 
@@ -57,7 +63,17 @@ export function storeConfig(pick: Pick): StoreConfig {
   if (sync !== 'flush' && sync !== 'async') bad(`${syncRaw!.source} "${syncRaw!.value}" must be flush or async.`);
 
   const cacheRaw = pick('localCacheSize');
-  const localCacheSize = sizeOf(cacheRaw?.value ?? DEFAULTS.localCacheSize, cacheRaw?.source ?? 'default local cache size');
+  const cacheText = (cacheRaw?.value ?? DEFAULTS.localCacheSize).trim();
+  const percent = /^(\d+(?:\.\d+)?)%$/.exec(cacheText);
+  let localCacheSize: LocalCacheSize;
+  if (percent) {
+    const p = Number(percent[1]);
+    if (!(p > 0 && p <= 100)) bad(`${cacheRaw!.source} "${cacheRaw!.value}" must be a percentage above 0 and at most 100 (of the data directory's free space).`);
+    localCacheSize = { percentOfFree: p };
+  } else {
+    localCacheSize = { bytes: sizeOf(cacheText, cacheRaw!.source) };
+    if (localCacheSize.bytes < MIN_LOCAL_CACHE_BYTES) bad(`${cacheRaw!.source} "${cacheRaw!.value}" is too small: the local tier needs at least 64M (the pack being filled and one being uploaded).`);
+  }
 
   const leaseRaw = pick('leaseSeconds');
   const leaseSeconds = Number(leaseRaw?.value ?? DEFAULTS.leaseSeconds);

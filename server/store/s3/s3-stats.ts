@@ -2,7 +2,7 @@
 // duration, and the bytes sent and received. The bucket keeps its own totals (tests, /v1/stats) and tells
 // an observer (api/metrics.ts, which turns them into shoal_s3_* series) as requests finish.
 
-export type S3Op = 'get' | 'put' | 'delete' | 'list' | 'head' | 'head_bucket' | 'create_bucket';
+export type S3Op = 'get' | 'put' | 'delete' | 'list' | 'head' | 'head_bucket' | 'create_bucket' | 'multipart_create' | 'multipart_part' | 'multipart_complete' | 'multipart_abort';
 
 /** How one request ended. Only server_error, throttled, network_error and timeout are retried. */
 export type S3Result = 'ok' | 'not_found' | 'precondition_failed' | 'client_error' | 'server_error' | 'throttled' | 'network_error' | 'timeout';

@@ -1,0 +1,213 @@
+// Issue 14, item 9: the S3 store side by side with what bounds it, in one run against the single-node
+// Ceph of scripts/ceph/cluster.sh (started if needed). Every copy is nbdcopy (libnbd, several connections,
+// many requests in flight) through the daemon's Unix socket:
+//
+//   write, local store          a random image of BENCH_S3_MIB into a volume of the local store, FLUSH at the end
+//   write, S3 --s3-sync async   the same into a volume on the bucket: the FLUSH waits for the local disk
+//   write, S3 --s3-sync flush   the same, the FLUSH waiting for the bucket
+//   cold read from S3           a new daemon on an empty data directory (restored from the bucket) reads it all
+//   plain ranged GETs           the same pack objects read with the same SDK (S3Bucket), RANGE_MIB ranges,
+//                               GETS_PARALLEL at a time: what the store gives without Shoal (target ≥ 0.8×)
+//   warm read, S3 / local       the same volume read again (RAM cache), against the local store's
+//   4K random writes + FLUSH/64 flush mode: 4 KiB writes at random places, 64 in flight, a FLUSH after each 64
+//   clone storm                 16 clones of a snapshot read at once by 16 nbdcopy, cold: bytes downloaded
+//                               against the image's pack bytes (each pack read once: ≈ 1×)
+//
+// Requests per GiB written and per GiB read come from shoal_s3_requests_total (what a cloud bill counts).
+//
+//   BENCH_S3_MIB    image size in MiB (default 1024)
+//   SHOAL_CEPH_DIR  the cluster's directory (default /tmp/shoal-ceph)
+//
+// Run: npm run bench:s3   (writes bench/results/s3-latest.md)
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Daemon } from '../test/helpers/daemon.js';
+import { s3Daemon } from '../test/helpers/s3-daemon.js';
+import type { CephS3 } from '../test/helpers/ceph.js';
+import { createS3Client } from '../server/store/s3/s3-client.js';
+import { S3Bucket } from '../server/store/s3/s3-bucket.js';
+import { fix, numEnv, onCleanup, PY, randomFile, ROOT, run, runMain, runOk, systemHeader, tempDir } from './lib.js';
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+const SIZE = numEnv('BENCH_S3_MIB', 1024) * MiB;
+const CEPH_DIR = process.env.SHOAL_CEPH_DIR ?? '/tmp/shoal-ceph';
+const RANGE_MIB = 2;
+const GETS_PARALLEL = 16;
+const CLONES = 16;
+const CACHE = `${Math.ceil((SIZE / MiB) * 1.5)}M`;
+
+async function startCeph(): Promise<CephS3> {
+  await runOk('bash', [join(ROOT, 'scripts', 'ceph', 'cluster.sh'), 'start', CEPH_DIR], { timeoutMs: 180_000 });
+  const env = Object.fromEntries(
+    readFileSync(join(CEPH_DIR, 's3.env'), 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('='))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
+  return { endpoint: env.S3_ENDPOINT!, accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY!, region: env.AWS_REGION!, cephConf: env.CEPH_CONF! };
+}
+
+async function started(d: Daemon): Promise<Daemon> {
+  await d.start();
+  onCleanup(() => d.dispose());
+  return d;
+}
+
+/** Seconds nbdcopy takes from `from` to `to`. */
+async function copy(from: string, to: string, extra: string[] = []): Promise<number> {
+  const t = performance.now();
+  await runOk('nbdcopy', [...extra, from, to], { timeoutMs: 3_600_000 });
+  return (performance.now() - t) / 1000;
+}
+
+/** shoal_s3_requests_total summed over results, by op, and the bytes moved. */
+async function s3Counts(d: Daemon): Promise<{ requests: number; up: number; down: number }> {
+  const text = (await d.api('GET', '/metrics')).body as string;
+  let requests = 0;
+  let up = 0;
+  let down = 0;
+  for (const line of text.split('\n')) {
+    const v = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (line.startsWith('shoal_s3_requests_total{')) requests += v;
+    else if (line.startsWith('shoal_s3_uploaded_bytes_total ')) up = v;
+    else if (line.startsWith('shoal_s3_downloaded_bytes_total ')) down = v;
+  }
+  return { requests, up, down };
+}
+
+async function waitBacklog(d: Daemon): Promise<void> {
+  for (;;) {
+    const text = (await d.api('GET', '/metrics')).body as string;
+    if (/^shoal_s3_upload_backlog_bytes 0$/m.test(text)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Plain ranged GETs of every pack object under `prefix`: seconds and bytes. */
+async function plainGets(ceph: CephS3, bucketName: string, prefix: string): Promise<{ seconds: number; bytes: number }> {
+  const { client } = await createS3Client({ endpoint: ceph.endpoint, region: ceph.region, credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey } });
+  const bucket = new S3Bucket({ client, bucket: bucketName, timeoutMs: 60_000 });
+  const ranges: Array<{ key: string; offset: number; length: number }> = [];
+  for await (const o of bucket.list(`${prefix}packs/`)) for (let off = 0; off < o.size; off += RANGE_MIB * MiB) ranges.push({ key: o.key, offset: off, length: Math.min(RANGE_MIB * MiB, o.size - off) });
+  let next = 0;
+  let bytes = 0;
+  const t = performance.now();
+  await Promise.all(
+    Array.from({ length: GETS_PARALLEL }, async () => {
+      while (next < ranges.length) {
+        const r = ranges[next++];
+        const got = await bucket.get(r.key, { offset: r.offset, length: r.length });
+        bytes += got!.body.length;
+      }
+    }),
+  );
+  return { seconds: (performance.now() - t) / 1000, bytes };
+}
+
+/** 4 KiB writes at random places, 64 in flight then a FLUSH, for `n` writes: writes per second. */
+async function randomWrites(d: Daemon, name: string, n: number): Promise<number> {
+  const script = `
+import nbd, os, random, time, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+blocks = h.get_size() // 4096
+buf = nbd.Buffer.from_bytearray(bytearray(os.urandom(4096)))
+t = time.monotonic()
+for i in range(${n} // 64):
+    for k in range(64):
+        h.aio_pwrite(buf, random.randrange(blocks) * 4096)
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    h.flush()
+print(${n} / (time.monotonic() - t))
+`;
+  const r = await run(PY, ['-c', script, d.unixUri(name)], { timeoutMs: 1_800_000 });
+  if (r.status !== 0) throw new Error(`random writes failed: ${r.stderr}`);
+  return Number(r.stdout.trim());
+}
+
+runMain(async () => {
+  const ceph = await startCeph();
+  const image = join(tempDir('shoal-bench-s3-'), 'image.raw');
+  await randomFile(image, SIZE);
+  const stamp = Date.now().toString(36);
+  const bucketName = `shoal-bench-${stamp}`;
+  const rows: string[] = [];
+  const rate = (s: number, bytes = SIZE) => (bytes / MiB / s);
+  const row = (what: string, seconds: number, note = '', bytes = SIZE) => {
+    rows.push(`| ${what} | ${fix(seconds, 1)} s | ${fix(rate(seconds, bytes))} MiB/s | ${note} |`);
+    console.error(rows[rows.length - 1]);
+  };
+
+  // The local store, for reference.
+  const local = await started(new Daemon({ args: ['--cache-size', CACHE] }));
+  await local.createVolume('img', SIZE);
+  const localWrite = await copy(image, local.unixUri('img'), ['--flush']);
+  row('write, local store', localWrite);
+  await copy(local.unixUri('img'), 'null:');
+  const localWarm = await copy(local.unixUri('img'), 'null:');
+  await local.dispose();
+
+  // S3, async: writes against the local store's.
+  const asyncD = await started(s3Daemon(ceph, `s3://${bucketName}/async`, { args: ['--s3-sync', 'async', '--cache-size', CACHE] }));
+  await asyncD.createVolume('img', SIZE);
+  const asyncWrite = await copy(image, asyncD.unixUri('img'), ['--flush']);
+  row('write, S3 `--s3-sync async`', asyncWrite, `${fix(localWrite / asyncWrite, 2)}× local (target ≥ 0.8×)`);
+  await waitBacklog(asyncD);
+  await asyncD.dispose();
+
+  // S3, flush: writes, then requests per GiB written.
+  const flushD = await started(s3Daemon(ceph, `s3://${bucketName}/flush`, { args: ['--cache-size', CACHE] }));
+  await flushD.createVolume('img', SIZE);
+  const before = await s3Counts(flushD);
+  const flushWrite = await copy(image, flushD.unixUri('img'), ['--flush']);
+  const written = await s3Counts(flushD);
+  row('write, S3 `--s3-sync flush`', flushWrite, `${fix(localWrite / flushWrite, 2)}× local; ${fix(((written.requests - before.requests) / SIZE) * GiB)} requests per GiB written`);
+  await flushD.createVolume('rand', 256 * MiB);
+  const iops = await randomWrites(flushD, 'rand', 4096);
+  rows.push(`| 4K random writes, a FLUSH every 64, flush mode | | ${fix(iops)} writes/s | ${fix(iops / 64, 1)} FLUSHes/s, each waiting for the bucket |`);
+  console.error(rows[rows.length - 1]);
+  assertOk((await flushD.api('POST', '/v1/volumes/img/snapshots', { name: 'gold' })).status === 201, 'snapshot');
+  for (let i = 0; i < CLONES; i++) assertOk((await flushD.api('POST', '/v1/volumes', { name: `c${i}`, from: { volume: 'img', snapshot: 'gold' } })).status === 201, 'clone');
+  await flushD.stop();
+
+  // Cold: a new daemon on an empty data directory reads the volume from the bucket.
+  const cold = await started(s3Daemon(ceph, `s3://${bucketName}/flush`, { args: ['--cache-size', CACHE] }));
+  const c0 = await s3Counts(cold);
+  const coldRead = await copy(cold.unixUri('img'), 'null:');
+  const c1 = await s3Counts(cold);
+  const plain = await plainGets(ceph, bucketName, 'flush/');
+  row('cold read from S3 (restored daemon)', coldRead, `${fix(((c1.requests - c0.requests) / SIZE) * GiB)} requests per GiB read`);
+  row(`plain ranged GETs of the same packs (${RANGE_MIB} MiB, ${GETS_PARALLEL} in flight)`, plain.seconds, `cold read = ${fix(rate(coldRead) / rate(plain.seconds, plain.bytes), 2)}× this (target ≥ 0.8×)`, plain.bytes);
+  await copy(cold.unixUri('img'), 'null:');
+  const warm = await copy(cold.unixUri('img'), 'null:');
+  row('warm read, S3 (RAM cache)', warm, `${fix(localWarm / warm, 2)}× the local store's warm read (${fix(rate(localWarm))} MiB/s)`);
+  await cold.stop();
+
+  // Clone storm: 16 clones read at once by a fresh daemon: each pack downloaded once.
+  const storm = await started(s3Daemon(ceph, `s3://${bucketName}/flush`, { args: ['--cache-size', CACHE] }));
+  const s0 = await s3Counts(storm);
+  const t = performance.now();
+  await Promise.all(Array.from({ length: CLONES }, (_, i) => copy(storm.unixUri(`c${i}`), 'null:', ['--connections=1'])));
+  const stormSeconds = (performance.now() - t) / 1000;
+  const s1 = await s3Counts(storm);
+  row(`clone storm: ${CLONES} clones read at once, cold`, stormSeconds, `${fix((s1.down - s0.down) / plain.bytes, 2)}× the image's pack bytes downloaded (each pack once: ≈ 1×)`, SIZE * CLONES);
+
+  const out = [
+    `# S3 store (\`npm run bench:s3\`), ${SIZE / MiB} MiB image, single-node Ceph RGW on loopback`,
+    '',
+    systemHeader(),
+    '',
+    '| what | time | rate | note |',
+    '|---|---|---|---|',
+    ...rows,
+    '',
+  ].join('\n');
+  writeFileSync(join(ROOT, 'bench', 'results', 's3-latest.md'), out);
+  console.log(out);
+});
+
+function assertOk(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`${what} failed`);
+}

@@ -1,0 +1,56 @@
+// Chunk writes issued in one turn of the event loop, gathered and sent as one pwritev per run of
+// consecutive positions: the local store's chunk file and the S3 store's pack files both place chunks
+// in order, so a queue-depth-32 burst usually forms one run (one thread-pool job instead of 32).
+import { writev as fsWritev } from 'node:fs';
+
+export interface BatchedWrite {
+  /** Position in chunks. */
+  at: number;
+  data: Buffer;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+/** Most buffers one pwritev takes (IOV_MAX). */
+const MAX_IOVECS = 1024;
+
+/** Splits writes into runs of back-to-back positions (sorted in place), each at most MAX_IOVECS buffers. */
+export function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number): T[][] {
+  batch.sort((a, b) => a.at - b.at);
+  const runs: T[][] = [];
+  let i = 0;
+  while (i < batch.length) {
+    let j = i + 1;
+    let end = batch[i].at + batch[i].data.length / chunkSize;
+    while (j < batch.length && batch[j].at === end && j - i < MAX_IOVECS) {
+      end += batch[j].data.length / chunkSize;
+      j++;
+    }
+    runs.push(batch.slice(i, j));
+    i = j;
+  }
+  return runs;
+}
+
+/** pwritev until everything is written (a short write carries on where it stopped). */
+export function writeAll(fd: number, bufs: Buffer[], pos: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const loop = (bufs: Buffer[], pos: number, left: number) => {
+      fsWritev(fd, bufs, pos, (err, n) => {
+        if (err) return reject(err);
+        if (n >= left) return resolve();
+        let skip = n;
+        const rest: Buffer[] = [];
+        for (const b of bufs) {
+          if (skip >= b.length) skip -= b.length;
+          else {
+            rest.push(skip > 0 ? b.subarray(skip) : b);
+            skip = 0;
+          }
+        }
+        loop(rest, pos + n, left - n);
+      });
+    };
+    loop(bufs, pos, bufs.reduce((n, b) => n + b.length, 0));
+  });
+}

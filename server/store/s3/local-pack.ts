@@ -1,0 +1,362 @@
+// One pack's file in the local tier. While the pack is open, chunks are written straight to their final
+// place (chunk i at HEADER_BYTES + i × chunkSize), so sealing only adds the header, the index and the
+// trailer: the file is then byte for byte the object that is uploaded. Until then each chunk's slot is
+// also written past the largest place the pack can take (the ids area, cut off by the seal), so a pack
+// left open by a crash can be sealed by the next process. After the upload the file stays as
+// a cached copy; a pack fetched from the bucket is cached the same way, sparse, with a map of the chunks
+// present. Writes issued in one turn of the event loop go out as one pwritev per run of indexes.
+import { closeSync, fdatasync, ftruncate, openSync, readv as fsReadv, renameSync, unlinkSync, fstatSync, readSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { ShoalError } from '../../errors.js';
+import { native } from '../../native.js';
+import { consecutiveRuns, writeAll, type BatchedWrite } from '../batched-writes.js';
+import { HEADER_BYTES, INDEX_ENTRY_BYTES, TRAILER_BYTES, encodeHeader, encodeIndex, packSize, parseHeader, parseIndex, parseTrailer, type PackEntry } from './pack-format.js';
+
+export type PackState = 'open' | 'sealed' | 'cached';
+
+export class LocalPack {
+  /** Chunks placed in the file (open: assigned so far). */
+  count: number;
+  /** Slot of each chunk (open packs, until sealed). */
+  private ids: number[] = [];
+  private crcs: number[] = [];
+  /** For a sparse copy of a remote pack: which chunks are in the file. null: all of them. */
+  present: Uint8Array | null = null;
+  /** Completed writes not yet made durable by sync(). */
+  private dirty = false;
+  private pending: BatchedWrite[] = [];
+  private flushQueued = false;
+  private inflight = 0;
+  private idle: Array<() => void> = [];
+  private closed = false;
+  private activeReads = 0;
+
+  private constructor(
+    readonly id: number,
+    readonly epoch: number,
+    public path: string,
+    private fd: number,
+    readonly chunkSize: number,
+    public state: PackState,
+    count: number,
+    /** Most chunks the pack may hold (where its ids area starts). */
+    private readonly capacity: number,
+  ) {
+    this.count = count;
+  }
+
+  private get idsOffset(): number {
+    return idsOffset(this.capacity, this.chunkSize);
+  }
+
+  /** A new open pack (the file is created, or emptied if a dead process left one). */
+  static create(id: number, epoch: number, path: string, chunkSize: number, capacity: number): LocalPack {
+    return new LocalPack(id, epoch, path, openFile(path, 'w+'), chunkSize, 'open', 0, capacity);
+  }
+
+  /** An empty sparse copy of a remote pack of `chunks` chunks, to be filled by fetched ranges. */
+  static sparse(id: number, epoch: number, path: string, chunkSize: number, chunks: number): LocalPack {
+    const p = new LocalPack(id, epoch, path, openFile(path, 'w+'), chunkSize, 'cached', chunks, chunks);
+    p.present = new Uint8Array(chunks);
+    return p;
+  }
+
+  /**
+   * A pack file left by an earlier process. A sealed one is checked (header, trailer, index) and returned
+   * sealed; an unsealed one is returned open, its chunks' slots read back from its ids area, for the caller
+   * to seal.
+   */
+  static recover(id: number, epoch: number, path: string, chunkSize: number, capacity: number): LocalPack {
+    const fd = openFile(path, 'r+');
+    try {
+      const size = fstatSync(fd).size;
+      const sealed = readSealed(fd, size, path);
+      if (sealed) return new LocalPack(id, epoch, path, fd, chunkSize, 'sealed', sealed.length, capacity);
+      const ids = Buffer.alloc(capacity * ID_BYTES);
+      readSync(fd, ids, 0, ids.length, idsOffset(capacity, chunkSize));
+      let count = 0;
+      while (count < capacity && ids.readUIntLE(count * ID_BYTES, 6) !== 0) count++;
+      const p = new LocalPack(id, epoch, path, fd, chunkSize, 'open', count, capacity);
+      const chunk = Buffer.alloc(chunkSize);
+      for (let i = 0; i < count; i++) {
+        chunk.fill(0); // a chunk whose data never reached the file reads as zeroes
+        readSync(fd, chunk, 0, chunkSize, HEADER_BYTES + i * chunkSize);
+        p.ids.push(ids.readUIntLE(i * ID_BYTES, 6));
+        p.crcs.push(crc32(chunk));
+      }
+      return p;
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** The slot of each chunk of an open pack. */
+  get slots(): readonly number[] {
+    return this.ids;
+  }
+
+  /** Bytes the file takes (all chunks for a staged pack, present ones for a sparse copy). */
+  get bytes(): number {
+    if (!this.present) return this.state === 'open' ? HEADER_BYTES + this.count * this.chunkSize : packSize(this.count, this.count * this.chunkSize);
+    let n = 0;
+    for (const p of this.present) n += p;
+    return n * this.chunkSize;
+  }
+
+  /** Whether chunk `index` can be read from the file. */
+  has(index: number): boolean {
+    return index < this.count && (this.present === null || this.present[index] === 1);
+  }
+
+  /** Places `n` chunks (slots first.. , bytes in data) at the end of the open pack: their first index. */
+  append(first: number, data: Buffer, n: number): { index: number; written: Promise<void> } {
+    const index = this.count;
+    this.count += n;
+    const cs = this.chunkSize;
+    const ids = Buffer.allocUnsafe(n * ID_BYTES);
+    for (let k = 0; k < n; k++) {
+      this.ids.push(first + k);
+      this.crcs.push(crc32(data.subarray(k * cs, (k + 1) * cs)));
+      ids.writeUIntLE(first + k, k * ID_BYTES, 6);
+      ids.writeUInt16LE(0, k * ID_BYTES + 6);
+    }
+    const written = Promise.all([this.write(index, data), this.writeIds(index, ids)]);
+    return { index, written: written.then(() => {}) };
+  }
+
+  /** Writes chunks from `index` on (appended chunks, or fetched ones into a sparse copy). */
+  write(index: number, data: Buffer): Promise<void> {
+    if (this.closed) return Promise.reject(new ShoalError('shutting_down', 'the local tier is closed'));
+    this.inflight++;
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ at: index, data, resolve, reject });
+      if (!this.flushQueued) {
+        this.flushQueued = true;
+        setImmediate(this.flushWrites);
+      }
+    }).finally(() => {
+      if (--this.inflight === 0) for (const fn of this.idle.splice(0)) fn();
+    });
+  }
+
+  /** The slots of chunks from `index` on, into the ids area. */
+  private writeIds(index: number, ids: Buffer): Promise<void> {
+    this.inflight++;
+    return writeAll(this.fd, [ids], this.idsOffset + index * ID_BYTES)
+      .catch((err: NodeJS.ErrnoException) => {
+        throw new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunk ids into ${this.path}: ${err.message}`, { cause: err });
+      })
+      .finally(() => {
+        if (--this.inflight === 0) for (const fn of this.idle.splice(0)) fn();
+      });
+  }
+
+  /** Marks chunks [index, index + n) of a sparse copy present once written. */
+  markPresent(index: number, n: number): void {
+    if (this.present) this.present.fill(1, index, index + n);
+  }
+
+  /** Resolves once no write is in flight. */
+  settled(): Promise<void> {
+    return this.inflight === 0 ? Promise.resolve() : new Promise((r) => this.idle.push(r));
+  }
+
+  private flushWrites = (): void => {
+    this.flushQueued = false;
+    const batch = this.pending;
+    this.pending = [];
+    for (const run of consecutiveRuns(batch, this.chunkSize)) this.writeRun(run);
+  };
+
+  private writeRun(run: BatchedWrite[]): void {
+    const pos = HEADER_BYTES + run[0].at * this.chunkSize;
+    writeAll(
+      this.fd,
+      run.map((w) => w.data),
+      pos,
+    ).then(
+      () => {
+        this.dirty = true;
+        for (const w of run) w.resolve();
+      },
+      (err: NodeJS.ErrnoException) => {
+        const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks into ${this.path}: ${err.message}`, { cause: err });
+        for (const w of run) w.reject(e);
+      },
+    );
+  }
+
+  /** Reads chunks indexes[k] into bufs[k] (each chunkSize bytes), consecutive indexes in one readv. */
+  async read(indexes: ArrayLike<number>, bufs: Buffer[]): Promise<void> {
+    if (this.closed) throw new ShoalError('shutting_down', 'the local tier is closed');
+    this.activeReads++;
+    try {
+      const cs = this.chunkSize;
+      let i = 0;
+      while (i < indexes.length) {
+        let j = i + 1;
+        while (j < indexes.length && indexes[j] === indexes[j - 1] + 1 && j - i < 1024) j++;
+        const pos = HEADER_BYTES + indexes[i] * cs;
+        const got = await readvAt(this.fd, bufs.slice(i, j), pos);
+        if (got < (j - i) * cs) throw new ShoalError('io_error', `${this.path} is cut short: chunk ${indexes[i] + Math.floor(got / cs)} is missing`);
+        i = j;
+      }
+      // The shared cache holds these bytes now: keep them once, not also in the page cache.
+      if (this.state !== 'open') dropPages(this.fd, HEADER_BYTES + indexes[0] * cs, (indexes[indexes.length - 1] - indexes[0] + 1) * cs);
+    } finally {
+      this.activeReads--;
+      this.maybeClose();
+    }
+  }
+
+  /**
+   * Seals the open pack: writes the header, index and trailer (the data is in place already) and, with
+   * `durable`, fsyncs the file. Returns the pack's length.
+   */
+  async seal(durable: boolean): Promise<number> {
+    if (this.state !== 'open') throw new ShoalError('internal', `pack ${this.id} is not open`);
+    await this.settled();
+    this.state = 'sealed';
+    const n = this.count;
+    if (n === 0) throw new ShoalError('internal', `pack ${this.id} is empty`);
+    const cs = this.chunkSize;
+    const dataBytes = n * cs;
+    // The chunks' bytes are in place already: the header before them, the index and trailer after.
+    const entries: PackEntry[] = [];
+    for (let i = 0; i < n; i++) entries.push({ id: this.ids[i], offset: HEADER_BYTES + i * cs, length: cs, crc32: this.crcs[i] });
+    const tail = encodeIndex(entries, HEADER_BYTES + dataBytes);
+    await writeAll(this.fd, [encodeHeader(n, dataBytes)], 0);
+    await writeAll(this.fd, [tail], HEADER_BYTES + dataBytes);
+    await truncate(this.fd, HEADER_BYTES + dataBytes + tail.length); // the ids area goes
+    if (durable) await this.sync(true);
+    this.ids = [];
+    this.crcs = [];
+    return HEADER_BYTES + dataBytes + tail.length;
+  }
+
+  /** The index of a sealed pack whose file is whole (null for a sparse copy, or if it cannot be read). */
+  entries(): PackEntry[] | null {
+    if (this.present !== null || this.state === 'open' || this.closed) return null;
+    try {
+      return readSealed(this.fd, fstatSync(this.fd).size, this.path);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The whole sealed pack, for its upload. */
+  async readAll(): Promise<Buffer> {
+    const size = fstatSync(this.fd).size;
+    const buf = Buffer.allocUnsafe(size);
+    const got = await readvAt(this.fd, [buf], 0);
+    if (got !== size) throw new ShoalError('io_error', `${this.path}: read ${got} of ${size} bytes`);
+    dropPages(this.fd, 0, size);
+    return buf;
+  }
+
+  /** fdatasync if completed writes are not durable yet (or always, with `force`). */
+  sync(force = false): Promise<void> {
+    if (!this.dirty && !force) return Promise.resolve();
+    this.dirty = false;
+    return new Promise((resolve, reject) =>
+      fdatasync(this.fd, (err) => (err ? reject(new ShoalError('io_error', `fdatasync of ${this.path} failed: ${err.message}`)) : resolve())),
+    );
+  }
+
+  /** Moves the file (it stays open). */
+  moveTo(path: string): void {
+    renameSync(this.path, path);
+    this.path = path;
+  }
+
+  /** Deletes the file (its descriptor closes once reads in flight are done). */
+  remove(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      unlinkSync(this.path);
+    } catch {
+      /* gone already */
+    }
+    this.maybeClose();
+  }
+
+  /** Closes the descriptor, keeping the file. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.maybeClose();
+  }
+
+  private maybeClose(): void {
+    if (this.closed && this.activeReads === 0 && this.inflight === 0 && this.fd >= 0) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        /* already */
+      }
+      this.fd = -1;
+    }
+  }
+}
+
+/** A chunk's slot in the ids area: u48 LE, padded to 8 bytes. */
+const ID_BYTES = 8;
+
+/** Where the ids area starts: past the largest sealed pack of `capacity` chunks. */
+function idsOffset(capacity: number, chunkSize: number): number {
+  return packSize(capacity, capacity * chunkSize);
+}
+
+function truncate(fd: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => ftruncate(fd, length, (err) => (err ? reject(new ShoalError('io_error', `truncating a pack file: ${err.message}`)) : resolve())));
+}
+
+/** The index of a sealed pack file, or null if it is not sealed (no valid trailer). */
+function readSealed(fd: number, size: number, path: string): PackEntry[] | null {
+  if (size < HEADER_BYTES + TRAILER_BYTES) return null;
+  const tail = Buffer.allocUnsafe(TRAILER_BYTES);
+  readFully(fd, tail, size - TRAILER_BYTES);
+  try {
+    const trailer = parseTrailer(tail, size, path);
+    const header = Buffer.allocUnsafe(HEADER_BYTES);
+    readFully(fd, header, 0);
+    parseHeader(header, path);
+    const index = Buffer.allocUnsafe(trailer.count * INDEX_ENTRY_BYTES);
+    readFully(fd, index, trailer.indexOffset);
+    return parseIndex(index, trailer, path);
+  } catch (e) {
+    if (e instanceof ShoalError && e.code === 'corrupt_pack') return null;
+    throw e;
+  }
+}
+
+function openFile(path: string, flags: string): number {
+  try {
+    return openSync(path, flags);
+  } catch (e) {
+    throw new ShoalError('io_error', `cannot open ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function readFully(fd: number, buf: Buffer, pos: number): void {
+  let off = 0;
+  while (off < buf.length) {
+    const n = readSync(fd, buf, off, buf.length - off, pos + off);
+    if (n === 0) throw new ShoalError('io_error', `unexpected end of file at ${pos + off}`);
+    off += n;
+  }
+}
+
+function readvAt(fd: number, bufs: Buffer[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fsReadv(fd, bufs, pos, (err, n) => (err ? reject(new ShoalError('io_error', `reading a pack file: ${err.message}`, { cause: err })) : resolve(n))));
+}
+
+function dropPages(fd: number, offset: number, length: number): void {
+  try {
+    native().fadviseDontNeed(fd, offset, length);
+  } catch {
+    /* advisory */
+  }
+}

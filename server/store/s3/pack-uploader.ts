@@ -1,0 +1,145 @@
+// Sealed packs go up to the bucket in the background, a few at a time, each as one PUT with
+// If-None-Match: * under PREFIX/packs/EPOCH/ID.pack after the lease is checked (a fenced daemon's next
+// upload fails). An upload is retried until it lands while the store is unreachable; the metadata waits
+// for it with through(id) before it names the pack in the bucket.
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ShoalError } from '../../errors.js';
+import type { PrefixLease, LeaseLogger } from './lease.js';
+import type { LocalPack } from './local-pack.js';
+import { packObjectKey } from './pack-records.js';
+import { untilDone } from './outage-retry.js';
+
+export interface PackUploaderOptions {
+  lease: PrefixLease;
+  logger: LeaseLogger;
+  /** PUTs in flight at once. */
+  parallel: number;
+  /** Told once a pack is in the bucket (the store moves its file to the cache). */
+  uploaded: (pack: LocalPack) => void;
+  /** Test-only: a pause after each pack's PUT, before it counts as uploaded, so a test can kill there. */
+  pauseAfterUploadMs?: number;
+}
+
+export class PackUploader {
+  private readonly queue: LocalPack[] = [];
+  /** Packs handed over and not uploaded yet, by id, with the time they were sealed. */
+  private readonly pendingIds = new Map<number, { bytes: number; since: number }>();
+  private waiters: Array<{ through: number; resolve: () => void; reject: (e: Error) => void }> = [];
+  private running = 0;
+  private failure: Error | null = null;
+  private stopped = false;
+  uploads = 0;
+
+  constructor(private readonly opts: PackUploaderOptions) {}
+
+  /** Queues a sealed pack of `bytes`. */
+  enqueue(pack: LocalPack, bytes: number): void {
+    this.pendingIds.set(pack.id, { bytes, since: performance.now() });
+    this.queue.push(pack);
+    this.pump();
+  }
+
+  /** Resolves once every pack handed over with an id ≤ `id` is in the bucket. */
+  through(id: number): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (!this.anyPendingThrough(id)) return Promise.resolve();
+    return new Promise((resolve, reject) => this.waiters.push({ through: id, resolve, reject }));
+  }
+
+  /** Bytes of packs waiting for (or in) their upload, and how long the oldest has waited (s). */
+  backlog(): { bytes: number; oldestSeconds: number } {
+    let bytes = 0;
+    let oldest = Infinity;
+    for (const p of this.pendingIds.values()) {
+      bytes += p.bytes;
+      if (p.since < oldest) oldest = p.since;
+    }
+    return { bytes, oldestSeconds: oldest === Infinity ? 0 : (performance.now() - oldest) / 1000 };
+  }
+
+  private anyPendingThrough(id: number): boolean {
+    for (const k of this.pendingIds.keys()) if (k <= id) return true;
+    return false;
+  }
+
+  private pump(): void {
+    while (!this.stopped && !this.failure && this.running < this.opts.parallel && this.queue.length > 0) {
+      const pack = this.queue.shift()!;
+      this.running++;
+      this.upload(pack)
+        .then(
+          () => {
+            this.pendingIds.delete(pack.id);
+            this.uploads++;
+            this.opts.uploaded(pack);
+            this.wake();
+          },
+          (e: Error) => {
+            if (this.stopped) return;
+            this.failure = e;
+            this.opts.logger.error({ err: e, pack: pack.id }, `uploading pack ${pack.id} failed for good: ${e.message}`);
+            for (const w of this.waiters.splice(0)) w.reject(e);
+          },
+        )
+        .finally(() => {
+          this.running--;
+          this.pump();
+        });
+    }
+  }
+
+  private wake(): void {
+    this.waiters = this.waiters.filter((w) => {
+      if (this.anyPendingThrough(w.through)) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  private async upload(pack: LocalPack): Promise<void> {
+    const { lease } = this.opts;
+    const key = packObjectKey(lease.prefix, pack.epoch, pack.id);
+    const body = await pack.readAll();
+    await untilDone(
+      `uploading ${lease.bucket.url(key)}`,
+      async () => {
+        await lease.ensureHeld();
+        await putOnce(lease, key, body);
+      },
+      { logger: this.opts.logger, stopped: () => this.stopped },
+    );
+    if (this.opts.pauseAfterUploadMs) {
+      this.opts.logger.warn({ pack: pack.id, key }, `test hook: pack uploaded, pausing ${this.opts.pauseAfterUploadMs} ms before it counts`);
+      await sleep(this.opts.pauseAfterUploadMs);
+    }
+  }
+
+  /** Stops starting uploads; waiters of packs not uploaded are told the store is closing. */
+  stop(): void {
+    this.stopped = true;
+    const e = new ShoalError('shutting_down', 'the S3 store is closing');
+    for (const w of this.waiters.splice(0)) w.reject(e);
+  }
+
+  /** Whether uploads are still in flight. */
+  get busy(): boolean {
+    return this.running > 0 || this.queue.length > 0;
+  }
+}
+
+/**
+ * PUT with If-None-Match: *. A 412 means the key exists: our own earlier attempt whose answer was lost
+ * (or an upload by the previous process on this host, of the same sealed file) has the same MD5 ETag;
+ * anything else is another writer's object under our epoch.
+ */
+async function putOnce(lease: PrefixLease, key: string, body: Buffer): Promise<void> {
+  try {
+    await lease.bucket.put(key, body, { ifNoneMatch: '*' });
+  } catch (e) {
+    if (!(e instanceof ShoalError) || e.code !== 's3_precondition_failed') throw e;
+    const there = await lease.bucket.head(key);
+    if (there && there.etag === createHash('md5').update(body).digest('hex')) return;
+    throw new ShoalError('store_fenced', `${lease.bucket.url(key)} already holds another writer's pack: two writers share epoch ${lease.epoch} on ${lease.url}.`);
+  }
+}
