@@ -10,6 +10,9 @@ Daemon:
               [--tls-verify-peer] [--tls-admins ID,...] [--insecure]
               [--max-connections N] [--nbd-socket-mode MODE]
               [--api-tokens FILE] [--api-tls-certificates DIR]
+              [--store local|s3://BUCKET/PREFIX] [--s3-endpoint URL] [--s3-region R]
+              [--s3-sync flush|async] [--local-cache-size SIZE|N%] [--lease-seconds N]
+              [--s3-timeout DURATION] [--s3-compact-below FRACTION]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
       --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
@@ -23,6 +26,9 @@ Daemon:
       --nbd-socket-mode MODE     permission bits of the NBD Unix socket (default 0660)
       --api-tokens FILE          API clients need a bearer token (see \`shoal token\`)
       --api-tls-certificates DIR serve the API over HTTPS (DIR/server-cert.pem, server-key.pem)
+      --store s3://BUCKET/PREFIX keep chunks and metadata in an S3 bucket (AWS credentials from
+                                 the environment); the data directory becomes a cache
+      --s3-sync flush|async      flush: a FLUSH waits for the bucket; async: for the local disk
 
 Volumes:
   shoal volume create NAME SIZE [--tenant T] [--domain DOMAIN]
