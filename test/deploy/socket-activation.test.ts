@@ -107,6 +107,8 @@ test('NBD over TCP and Unix and the REST API on the sockets systemd passes (nbd,
     const list = await runOk('nbdinfo', ['--list', `nbd://127.0.0.1:${nbdPort}`]);
     assert.match(list, /newstyle-fixed/, 'the NBD handshake ran on the passed socket');
 
+    // NBD is served as soon as its socket is taken; the ready line follows once every listener is up.
+    await until('the daemon logs that it is ready', a, () => readyLine(a) !== undefined);
     const ready = readyLine(a);
     assert.ok(ready, a.out);
     assert.deepEqual([ready.nbd, ready.nbdSocket, ready.api], [`127.0.0.1:${nbdPort}`, sock, `http://127.0.0.1:${apiPort}`]);
@@ -133,6 +135,7 @@ test('the names deploy/shoal.socket and shoal-api.socket give (TCP and Unix both
     (dir) => ({ listen: [`127.0.0.1:${nbdPort}`, join(dir, 'nbd.sock'), `127.0.0.1:${apiPort}`], names, args: [] }),
     async (a, dir) => {
       await runOk('nbdinfo', ['--list', `nbd+unix:///?socket=${join(dir, 'nbd.sock')}`]);
+      await until('the daemon logs that it is ready', a, () => readyLine(a) !== undefined);
       const ready = readyLine(a);
       assert.deepEqual([ready.nbd, ready.nbdSocket, ready.api], [`127.0.0.1:${nbdPort}`, join(dir, 'nbd.sock'), `http://127.0.0.1:${apiPort}`]);
       await runOk('nbdinfo', ['--list', `nbd://127.0.0.1:${nbdPort}`]);
@@ -147,6 +150,7 @@ test('a socket passed without a name serves NBD; the API stays on --api', { time
     () => ({ listen: [`127.0.0.1:${nbdPort}`], names: null, args: ['--nbd-socket', 'none', '--api', '127.0.0.1:0'] }),
     async (a) => {
       await runOk('nbdinfo', ['--list', `nbd://127.0.0.1:${nbdPort}`]);
+      await until('the daemon logs that it is ready', a, () => readyLine(a) !== undefined);
       const ready = readyLine(a);
       assert.equal(ready.nbd, `127.0.0.1:${nbdPort}`);
       assert.equal(ready.nbdSocket, null);
