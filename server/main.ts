@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // The `shoal` executable. `serve` runs the daemon; every other command is the REST client (cli/cli.ts).
-// The daemon and the offline fsck are imported lazily so client commands start fast and load no LMDB.
+// The daemon, its settings and the offline fsck are imported lazily so client commands start fast
+// and load no LMDB.
 import { isShoalError } from './errors.js';
-import { loadConfig, type Config } from './config.js';
+import type { Config } from './config.js';
 import { runCli } from './cli/cli.js';
 import { USAGE } from './cli/usage.js';
 
@@ -13,6 +14,8 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return 0;
     }
+    // Loaded here, not at the top: the settings' schema library costs a client command ~0.15 s.
+    const { loadConfig } = await import('./config.js');
     let config: Config;
     try {
       config = loadConfig(rest);
