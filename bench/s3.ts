@@ -19,11 +19,11 @@
 //   SHOAL_CEPH_DIR  the cluster's directory (default /tmp/shoal-ceph)
 //
 // Run: npm run bench:s3   (writes bench/results/s3-latest.md)
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Daemon } from '../test/helpers/daemon.js';
 import { s3Daemon } from '../test/helpers/s3-daemon.js';
-import type { CephS3 } from '../test/helpers/ceph.js';
+import { startCeph, type CephS3 } from '../test/helpers/ceph.js';
 import { createS3Client } from '../server/store/s3/s3-client.js';
 import { S3Bucket } from '../server/store/s3/s3-bucket.js';
 import { fix, numEnv, onCleanup, PY, randomFile, ROOT, run, runMain, runOk, systemHeader, tempDir } from './lib.js';
@@ -31,22 +31,10 @@ import { fix, numEnv, onCleanup, PY, randomFile, ROOT, run, runMain, runOk, syst
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 const SIZE = numEnv('BENCH_S3_MIB', 1024) * MiB;
-const CEPH_DIR = process.env.SHOAL_CEPH_DIR ?? '/tmp/shoal-ceph';
 const RANGE_MIB = 2;
 const GETS_PARALLEL = 16;
 const CLONES = 16;
 const CACHE = `${Math.ceil((SIZE / MiB) * 1.5)}M`;
-
-async function startCeph(): Promise<CephS3> {
-  await runOk('bash', [join(ROOT, 'scripts', 'ceph', 'cluster.sh'), 'start', CEPH_DIR], { timeoutMs: 180_000 });
-  const env = Object.fromEntries(
-    readFileSync(join(CEPH_DIR, 's3.env'), 'utf8')
-      .split('\n')
-      .filter((l) => l.includes('='))
-      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
-  return { endpoint: env.S3_ENDPOINT!, accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY!, region: env.AWS_REGION!, cephConf: env.CEPH_CONF! };
-}
 
 async function started(d: Daemon): Promise<Daemon> {
   await d.start();

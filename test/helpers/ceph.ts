@@ -36,6 +36,11 @@ export async function needCeph(t: TestContext): Promise<CephS3 | null> {
     t.skip(msg);
     return null;
   }
+  return startCeph();
+}
+
+/** The cluster's S3 endpoint and keys, started once per process (also for bench:s3). */
+export function startCeph(): Promise<CephS3> {
   cluster ??= startCluster();
   return cluster;
 }
