@@ -3,7 +3,7 @@
 // in order, so a queue-depth-32 burst usually forms one run (one thread-pool job instead of 32).
 import { writev as fsWritev } from 'node:fs';
 
-export interface BatchedWrite {
+interface BatchedWrite {
   /** Position in chunks. */
   at: number;
   data: Buffer;
@@ -15,7 +15,7 @@ export interface BatchedWrite {
 const MAX_IOVECS = 1024;
 
 /** Splits writes into runs of back-to-back positions (sorted in place), each at most MAX_IOVECS buffers. */
-export function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number): T[][] {
+function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number): T[][] {
   batch.sort((a, b) => a.at - b.at);
   const runs: T[][] = [];
   let i = 0;
@@ -53,4 +53,58 @@ export function writeAll(fd: number, bufs: Buffer[], pos: number): Promise<void>
     };
     loop(bufs, pos, bufs.reduce((n, b) => n + b.length, 0));
   });
+}
+
+export interface WriteBatcherOptions {
+  /** The file's descriptor (read at each write: the owner may replace it). */
+  fd: () => number;
+  chunkSize: number;
+  /** Byte offset of position 0 in the file. */
+  base: number;
+  /** A run of `bytes` at file offset `pos` is written (before its writes resolve). */
+  written?: (pos: number, bytes: number) => void;
+  /** The error a failed run's writes reject with; `at`: its first position. */
+  failure: (err: NodeJS.ErrnoException, at: number) => Error;
+}
+
+/** Gathers the writes of one turn of the event loop and sends each run of consecutive positions as one pwritev. */
+export class WriteBatcher {
+  private pending: BatchedWrite[] = [];
+  private queued = false;
+
+  constructor(private readonly opts: WriteBatcherOptions) {}
+
+  /** Writes `data` (whole chunks) at position `at`. */
+  write(at: number, data: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ at, data, resolve, reject });
+      if (!this.queued) {
+        this.queued = true;
+        setImmediate(this.flush);
+      }
+    });
+  }
+
+  private readonly flush = (): void => {
+    this.queued = false;
+    const batch = this.pending;
+    this.pending = [];
+    for (const run of consecutiveRuns(batch, this.opts.chunkSize)) this.writeRun(run);
+  };
+
+  private writeRun(run: BatchedWrite[]): void {
+    const { opts } = this;
+    const bufs = run.map((w) => w.data);
+    const pos = opts.base + run[0].at * opts.chunkSize;
+    writeAll(opts.fd(), bufs, pos).then(
+      () => {
+        opts.written?.(pos, bufs.reduce((n, b) => n + b.length, 0));
+        for (const w of run) w.resolve();
+      },
+      (err: NodeJS.ErrnoException) => {
+        const e = opts.failure(err, run[0].at);
+        for (const w of run) w.reject(e);
+      },
+    );
+  }
 }

@@ -8,7 +8,7 @@ import { readv as fsReadv, fdatasync, fstat, openSync, closeSync, existsSync, st
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
-import { consecutiveRuns, writeAll, type BatchedWrite } from './batched-writes.js';
+import { WriteBatcher } from './batched-writes.js';
 import { native } from '../native.js';
 
 /** The file that holds the chunks in a data directory. */
@@ -30,7 +30,20 @@ export class LocalChunkStore implements ChunkStore {
     private readonly readFd: number,
     private readonly direct: boolean,
     readonly chunkSize: number,
-  ) {}
+  ) {
+    this.writes = new WriteBatcher({
+      fd: () => this.fh.fd,
+      chunkSize: this.chunkSize,
+      base: 0,
+      // Recorded when the write completes: a write still in flight when a sync starts is not covered
+      // by it, so the next sync must see it (metadata references it only once complete).
+      written: (pos, bytes) => {
+        if (pos < this.dirtyFrom) this.dirtyFrom = pos;
+        if (pos + bytes > this.dirtyTo) this.dirtyTo = pos + bytes;
+      },
+      failure: (err, at) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${at}..: ${err.message}`, { cause: err }),
+    });
+  }
 
   /**
    * Opens (creating it if needed) the chunk file in `dir`. With `readOnly` (an offline fsck)
@@ -112,43 +125,10 @@ export class LocalChunkStore implements ChunkStore {
   // consecutive slots. Slots are handed out in order, so the 32 writes of a queue-depth-32 burst
   // usually form one run: one thread-pool job instead of 32. (Profile of 4 KiB random writes: each
   // fs.write dispatch cost ~23 us on the event loop, 16% of its time.)
-  private pending: BatchedWrite[] = [];
-  private flushQueued = false;
+  private readonly writes: WriteBatcher;
 
   write(slot: number, data: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.pending.push({ at: slot, data, resolve, reject });
-      if (!this.flushQueued) {
-        this.flushQueued = true;
-        setImmediate(this.flushWrites);
-      }
-    });
-  }
-
-  private flushWrites = (): void => {
-    this.flushQueued = false;
-    const batch = this.pending;
-    this.pending = [];
-    for (const run of consecutiveRuns(batch, this.chunkSize)) this.writeRun(run);
-  };
-
-  private writeRun(run: BatchedWrite[]): void {
-    const bufs = run.map((w) => w.data);
-    const total = bufs.reduce((n, b) => n + b.length, 0);
-    const pos = run[0].at * this.chunkSize;
-    writeAll(this.fh.fd, bufs, pos).then(
-      () => {
-        // Recorded when the write completes: a write still in flight when a sync starts is not
-        // covered by it, so the next sync must see it (metadata references it only once complete).
-        if (pos < this.dirtyFrom) this.dirtyFrom = pos;
-        if (pos + total > this.dirtyTo) this.dirtyTo = pos + total;
-        for (const w of run) w.resolve();
-      },
-      (err: NodeJS.ErrnoException) => {
-        const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${run[0].at}..: ${err.message}`, { cause: err });
-        for (const w of run) w.reject(e);
-      },
-    );
+    return this.writes.write(slot, data);
   }
 
   // Bytes [dirtyFrom, dirtyTo) of the file were written since the last sync began.

@@ -9,7 +9,7 @@ import { closeSync, fdatasync, ftruncate, openSync, readv as fsReadv, renameSync
 import { crc32 } from 'node:zlib';
 import { ShoalError } from '../../errors.js';
 import { native } from '../../native.js';
-import { consecutiveRuns, writeAll, type BatchedWrite } from '../batched-writes.js';
+import { WriteBatcher, writeAll } from '../batched-writes.js';
 import { HEADER_BYTES, INDEX_ENTRY_BYTES, TRAILER_BYTES, encodeHeader, encodeIndex, packSize, parseHeader, parseIndex, parseTrailer, type PackEntry } from './pack-format.js';
 
 export type PackState = 'open' | 'sealed' | 'cached';
@@ -24,9 +24,8 @@ export class LocalPack {
   present: Uint8Array | null = null;
   /** Completed writes not yet made durable by sync(). */
   private dirty = false;
-  private pending: BatchedWrite[] = [];
-  private flushQueued = false;
   private inflight = 0;
+  private readonly writes: WriteBatcher;
   private idle: Array<() => void> = [];
   private closed = false;
   private activeReads = 0;
@@ -42,6 +41,13 @@ export class LocalPack {
     /** Most chunks the pack may hold (where its ids area starts). */
     private readonly capacity: number,
   ) {
+    this.writes = new WriteBatcher({
+      fd: () => this.fd,
+      chunkSize: this.chunkSize,
+      base: HEADER_BYTES,
+      written: () => (this.dirty = true),
+      failure: (err) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks into ${this.path}: ${err.message}`, { cause: err }),
+    });
     this.count = count;
   }
 
@@ -129,13 +135,7 @@ export class LocalPack {
   write(index: number, data: Buffer): Promise<void> {
     if (this.closed) return Promise.reject(new ShoalError('shutting_down', 'the local tier is closed'));
     this.inflight++;
-    return new Promise<void>((resolve, reject) => {
-      this.pending.push({ at: index, data, resolve, reject });
-      if (!this.flushQueued) {
-        this.flushQueued = true;
-        setImmediate(this.flushWrites);
-      }
-    }).finally(() => {
+    return this.writes.write(index, data).finally(() => {
       if (--this.inflight === 0) for (const fn of this.idle.splice(0)) fn();
     });
   }
@@ -160,31 +160,6 @@ export class LocalPack {
   /** Resolves once no write is in flight. */
   settled(): Promise<void> {
     return this.inflight === 0 ? Promise.resolve() : new Promise((r) => this.idle.push(r));
-  }
-
-  private flushWrites = (): void => {
-    this.flushQueued = false;
-    const batch = this.pending;
-    this.pending = [];
-    for (const run of consecutiveRuns(batch, this.chunkSize)) this.writeRun(run);
-  };
-
-  private writeRun(run: BatchedWrite[]): void {
-    const pos = HEADER_BYTES + run[0].at * this.chunkSize;
-    writeAll(
-      this.fd,
-      run.map((w) => w.data),
-      pos,
-    ).then(
-      () => {
-        this.dirty = true;
-        for (const w of run) w.resolve();
-      },
-      (err: NodeJS.ErrnoException) => {
-        const e = new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks into ${this.path}: ${err.message}`, { cause: err });
-        for (const w of run) w.reject(e);
-      },
-    );
   }
 
   /** Reads chunks indexes[k] into bufs[k] (each chunkSize bytes), consecutive indexes in one readv. */
