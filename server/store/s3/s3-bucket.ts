@@ -102,15 +102,7 @@ export class S3Bucket {
 
   /** Creates the bucket unless it exists; refuses one that exists but is not ours. */
   async ensureBucket(): Promise<void> {
-    try {
-      await this.request('head_bucket', '', async (signal) => {
-        await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
-        return { value: undefined, bytesDown: 0 };
-      });
-      return;
-    } catch (e) {
-      if (!(e instanceof S3RequestError && e.s3Status === 404)) throw e;
-    }
+    if (await this.bucketAnswers()) return;
     try {
       await this.request('create_bucket', '', async (signal) => {
         await this.client.send(new CreateBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
@@ -119,6 +111,23 @@ export class S3Bucket {
     } catch (e) {
       // Another daemon (or our own earlier attempt, whose answer was lost) created it meanwhile.
       if (e instanceof S3RequestError && (e.cause as { name?: string } | undefined)?.name === 'BucketAlreadyOwnedByYou') return;
+      // RGW answers a create that races another of the same owner with BucketAlreadyExists too: the
+      // bucket is ours if it now answers us (one that is not ours refuses the HEAD).
+      if (e instanceof S3RequestError && (e.cause as { name?: string } | undefined)?.name === 'BucketAlreadyExists' && (await this.bucketAnswers().catch(() => false))) return;
+      throw e;
+    }
+  }
+
+  /** Whether the bucket exists and answers us (false: it does not exist; a refusal throws). */
+  private async bucketAnswers(): Promise<boolean> {
+    try {
+      await this.request('head_bucket', '', async (signal) => {
+        await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), { abortSignal: signal });
+        return { value: undefined, bytesDown: 0 };
+      });
+      return true;
+    } catch (e) {
+      if (e instanceof S3RequestError && e.s3Status === 404) return false;
       throw e;
     }
   }
