@@ -22,6 +22,7 @@ import { TokenStore } from '../api/auth/token-store.js';
 import { readApiCertificates } from '../api/https-certificates.js';
 import { openS3Layers, type S3LayersOptions } from './s3-layers.js';
 import { claimDataDir } from './store/store-marker.js';
+import { DataDirLock } from './data-dir-lock.js';
 
 interface RunningDaemon {
   manager: VolumeManager;
@@ -43,6 +44,27 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
   const https = config.apiTlsCertificates ? readApiCertificates(config.apiTlsCertificates) : null;
   prepareDataDir(config.dataDir);
   native(); // fail at start, with a sentence, if the addon is not built — not on the first write
+  // Before the metadata is opened, held until it is closed (data-dir-lock.ts says why).
+  const lock = DataDirLock.acquire(config.dataDir, 'daemon');
+  try {
+    return await startLocked(config, lock, { logger, nbdLogger, inherited, tlsCredentials, tokens, https });
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+interface Prepared {
+  logger: pino.Logger;
+  nbdLogger: pino.Logger;
+  inherited: ReturnType<typeof inheritedSockets>;
+  tlsCredentials: ReturnType<typeof loadTlsCredentials> | null;
+  tokens: TokenStore | null;
+  https: ReturnType<typeof readApiCertificates> | null;
+}
+
+async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Promise<RunningDaemon> {
+  const { logger, nbdLogger, inherited, tlsCredentials, tokens, https } = p;
   const metrics = new Metrics({ dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   // The layers, bottom up: metadata and chunk store (local, or an S3 bucket with the local disk as a cache
   // tier: s3-layers.ts), shared cache, dedup, then volumes over them.
@@ -116,6 +138,9 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
     // Sockets passed by systemd may be several of a kind ("a, b"): a client needs one.
     nbdEndpoints = { ...nbdEndpoints, tcp: nbdAddr?.split(', ')[0] ?? null, unix: nbdSocket?.split(', ')[0] ?? null };
     if (!apiAddr) apiAddr = await listening('the REST API', formatListenAddress(config.api), () => api.listen({ host: config.api.host, port: config.api.port }));
+    // `shoal fsck DATA_DIR` finds the daemon here and checks through the API.
+    const firstApi = apiAddr.split(', ')[0]!;
+    if (/^https?:\/\//.test(firstApi)) lock.noteApi(firstApi);
     tokens?.watch();
   } catch (e) {
     await nbd.close().catch(() => {});
@@ -156,6 +181,7 @@ async function startDaemon(config: Config): Promise<RunningDaemon> {
         s3?.stopBackground();
         await manager.close();
         await s3?.finish();
+        lock.release();
         logger.info('shoal stopped');
       })();
       return closed;

@@ -34,6 +34,7 @@ export const ErrorCodes = {
   corrupt_metadata: { status: 500, nbd: 'EIO' },
   data_dir_unusable: { status: 500, nbd: 'EIO' }, // at start: the data directory cannot be created or opened
   address_in_use: { status: 500, nbd: 'EIO' }, // at start: a listen address or socket path is taken
+  data_dir_in_use: { status: 500, nbd: 'EIO' }, // at start: another daemon, or an offline fsck, holds the data directory
   internal: { status: 500, nbd: 'EIO' },
   // Object storage (server/store/s3/). A conditional write lost its race: callers of the lease and the
   // commit head turn it into store_fenced or a retry; it reaches a client only as EIO.

@@ -24,6 +24,8 @@ export interface NativeAddon {
   openDirect(path: string, writable?: boolean): number;
   /** posix_fadvise(POSIX_FADV_DONTNEED) on a range: drops its clean page-cache pages. */
   fadviseDontNeed(fd: number, offset: number, length: number): void;
+  /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
+  tryLock(fd: number): boolean;
 }
 
 export interface FingerprintTableHandle {

@@ -1,7 +1,8 @@
-// File calls the local chunk store needs and Node's fs does not offer (server/store/local-chunk-store.ts).
+// File calls Node's fs does not offer: O_DIRECT and fadvise for the local chunk store (server/store/local-chunk-store.ts), flock for the data directory's lock (server/data-dir-lock.ts).
 #include "file-io.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "args.h"
@@ -40,11 +41,28 @@ Napi::Value FadviseDontNeed(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// tryLock(fd): flock(LOCK_EX | LOCK_NB); true if taken, false if another open file holds it. Node's
+// fs has no flock, and the data directory's lock must be one the kernel drops when its holder dies
+// (kill -9 included), so a pid file alone would not do (server/data-dir-lock.ts).
+Napi::Value TryLock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd;
+  if (info.Length() < 1 || !ToInt(info[0], 0, 2147483647.0, &fd)) return ThrowType(env, "tryLock(fd)");
+  int rc;
+  do rc = flock(static_cast<int>(fd), LOCK_EX | LOCK_NB);
+  while (rc < 0 && errno == EINTR);
+  if (rc == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  ErrnoError(env, errno, "flock").ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitFileIo(Napi::Env env, Napi::Object exports) {
   exports.Set("openDirect", Napi::Function::New(env, OpenDirect));
   exports.Set("fadviseDontNeed", Napi::Function::New(env, FadviseDontNeed));
+  exports.Set("tryLock", Napi::Function::New(env, TryLock));
 }
 
 }  // namespace shoal

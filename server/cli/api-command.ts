@@ -8,15 +8,16 @@ import { clientToken, readCaFile } from './client-credentials.js';
 import type { Ctx } from './command-context.js';
 
 /**
+ * `base`: the API's URL when the command found it itself (instead of --api or SHOAL_API).
  * `nbdToo`: the command also speaks NBD, where --cacert may be the CA of the daemon's NBD TLS: the
  * API client then trusts it only for an https API instead of refusing it for an http one.
  */
-export function apiCommand(ctx: Ctx, command: string, flags: Flag[] = [], opts: { nbdToo?: boolean } = {}): { flags: FlagValues; api: () => ApiClient } {
+export function apiCommand(ctx: Ctx, command: string, flags: Flag[] = [], opts: { nbdToo?: boolean; base?: string } = {}): { flags: FlagValues; api: () => ApiClient } {
   const values = commandFlags(ctx.argv, command, [...CLIENT_FLAGS, ...flags]);
   let client: ApiClient | undefined;
   const api = () => {
     if (client) return client;
-    const base = apiBaseUrl(values.api, ctx.env);
+    const base = apiBaseUrl(opts.base ?? values.api, ctx.env);
     const trustCa = values.cacert !== undefined && (!opts.nbdToo || base.startsWith('https:'));
     client = new ApiClient(base, { token: clientToken(values['token-file'], ctx.env), ...(trustCa ? { ca: readCaFile(values.cacert!) } : {}) });
     return client;

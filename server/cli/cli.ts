@@ -2,10 +2,11 @@
 // which edits the daemon's tokens file).
 // Exit codes: 0 success, 1 the operation failed (API error, daemon unreachable, fsck found problems),
 // 2 the command line is wrong, 130 interrupted (Ctrl-C during an import or export).
+import type { DataDirInUse } from '../data-dir-lock.js';
 import { isShoalError } from '../errors.js';
 import { formatSize } from '../size.js';
 import type { ChangeList, FsckReport, SnapshotInfo, Stats, VolumeInfo } from '../volume/control.js';
-import { CliError } from './api-client.js';
+import { CliError, type ApiClient } from './api-client.js';
 import { UsageError, expectPositionals, scanArgs } from './args.js';
 import { apiCommand, sizeArg } from './api-command.js';
 import { fsckText, snapshotTable, statsText, table, volumeDetails, volumeTable } from './render.js';
@@ -254,27 +255,37 @@ async function fsck(ctx: Ctx, args: string[]): Promise<number> {
     if (!ctx.opts.offlineFsck) throw new CliError('offline fsck of a data directory is not available in this build');
     try {
       report = await ctx.opts.offlineFsck(dir, line.enabled ? (p) => line.draw(p) : undefined);
+    } catch (e) {
+      if (!isShoalError(e) || e.code !== 'data_dir_in_use') throw e;
+      // A daemon serves it: opening its metadata beside it is not safe, but the daemon can check itself.
+      const h = (e as DataDirInUse).holder;
+      if (h?.holder !== 'daemon' || !h.api) throw new CliError(`${e.message}; run the check when it is done${h?.holder === 'daemon' ? ', or through the daemon\'s API with --api URL' : ''}.`);
+      ctx.err(`shoal: ${dir} is served by the daemon with pid ${h.pid}: checking it through its API at ${h.api}\n`);
+      report = await onlineFsck(apiCommand(ctx, 'fsck', [], { base: h.api }).api, line);
     } finally {
       line.clear();
     }
-  } else {
-    // A full check can take a while on a big store: no client-side timeout. Its progress is in /v1/stats.
-    const check = api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null });
-    const poll = line.enabled
-      ? setInterval(() => {
-          api()
-            .request<Stats>('GET', '/v1/stats')
-            .then((r) => r.body.fsck?.running && line.draw(r.body.fsck))
-            .catch(() => {}); // the check's own answer says what went wrong
-        }, 300)
-      : null;
-    try {
-      report = (await check).body;
-    } finally {
-      if (poll) clearInterval(poll);
-      line.clear();
-    }
-  }
+  } else report = await onlineFsck(api, line);
   print(ctx, report, () => fsckText(report));
   return report.ok ? 0 : 1;
+}
+
+/** POST /v1/fsck, drawing the check's progress (from /v1/stats) on a terminal. */
+async function onlineFsck(api: () => ApiClient, line: FsckProgressLine): Promise<FsckReport> {
+  // A full check can take a while on a big store: no client-side timeout. Its progress is in /v1/stats.
+  const check = api().request<FsckReport>('POST', '/v1/fsck', undefined, { timeoutMs: null });
+  const poll = line.enabled
+    ? setInterval(() => {
+        api()
+          .request<Stats>('GET', '/v1/stats')
+          .then((r) => r.body.fsck?.running && line.draw(r.body.fsck))
+          .catch(() => {}); // the check's own answer says what went wrong
+      }, 300)
+    : null;
+  try {
+    return (await check).body;
+  } finally {
+    if (poll) clearInterval(poll);
+    line.clear();
+  }
 }

@@ -10,8 +10,8 @@ export function restAfter(t0: number, factor: number): Promise<void> {
  * Cuts a long synchronous walk (fsck) into slices of `sliceMs` with a turn of the event loop
  * between them, so the daemon keeps answering (the API reports the walk's progress meanwhile).
  * `pauseMs`: how long each turn lasts (0: setImmediate). `betweenSlices`, when given, replaces the
- * turn of the loop: it is called and the walk goes on at once, for a walk that must not yield (the
- * offline check reads one LMDB snapshot, which lmdb-js renews at the next turn of the loop).
+ * turn of the loop: it is called and the walk goes on at once, for a walk with nothing else to
+ * serve (the offline check, which reports its progress there).
  */
 export class Slicer {
   private until: number;
