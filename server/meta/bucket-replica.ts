@@ -11,8 +11,7 @@
 // commit has landed; with async once its delta is fsynced in the outbox, the bucket following within about
 // a second plus the uploads (shoal_s3_upload_lag_seconds). While the store is unreachable the uploads are
 // retried until they land; nothing committed locally is dropped.
-import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { open as openFile } from 'node:fs/promises';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ShoalError } from '../errors.js';
@@ -22,9 +21,9 @@ import { untilDone } from '../store/s3/outage-retry.js';
 import type { CommitJournal, CommitOp, CommitPart, TxnWriter } from './commit-pipeline.js';
 import { copyMetadata, removeEnvFile, uploadCheckpoint } from './meta-checkpoint.js';
 import type { MetaStore } from './meta-store.js';
+import { outboxDir, writeOutbox, type OutboxEntry } from './replica-outbox.js';
 import {
   checkpointKey,
-  decodeDelta,
   deltaKey,
   encodeDelta,
   REPLICA_KEY,
@@ -63,17 +62,6 @@ export interface BucketReplicaOptions {
   closeTimeoutMs: number;
 }
 
-/** A commit in the local outbox, not yet named by the bucket's head. */
-export interface OutboxEntry {
-  record: ReplicaRecord;
-  path: string;
-  bytes: number;
-  /** The store's mark when it was committed: the packs to upload before it is named. */
-  mark: number;
-  /** performance.now() at commit, for the lag. */
-  at: number;
-}
-
 /** How the replica takes over from what the disk and the bucket hold (replica-restore.ts decides). */
 export interface ReplicaResume {
   /** Deltas left in the outbox that the bucket does not name yet, in order. */
@@ -82,7 +70,6 @@ export interface ReplicaResume {
   gap: boolean;
 }
 
-const OUTBOX = 'outbox';
 const ASYNC_PUBLISH_MS = 1000;
 const MAX_BATCH = 512;
 const PARALLEL_PUTS = 8;
@@ -117,7 +104,7 @@ export class BucketReplica implements CommitJournal {
     resume: ReplicaResume,
   ) {
     const { meta, head } = opts;
-    this.outbox = join(opts.dir, OUTBOX);
+    this.outbox = outboxDir(opts.dir);
     mkdirSync(this.outbox, { recursive: true });
     this.state = head.state ?? { format: STATE_FORMAT, chunkSize: meta.chunkSize, checkpoint: null, deltas: [], last: { seq: 0, epoch: 0 } };
     this.local = (meta.main.get(REPLICA_KEY) as ReplicaRecord | undefined) ?? null;
@@ -399,52 +386,6 @@ export class BucketReplica implements CommitJournal {
   /** After the last commit (MetaStore.close): publishes what is left, for up to closeTimeoutMs. */
   async close(): Promise<void> {
     this.drainedAll = await this.drain(this.opts.closeTimeoutMs);
-  }
-}
-
-/** Reads the outbox a previous process left: its entries, in order. */
-export function readOutbox(dir: string): OutboxEntry[] {
-  const box = join(dir, OUTBOX);
-  let names: string[];
-  try {
-    names = readdirSync(box);
-  } catch {
-    return [];
-  }
-  const out: OutboxEntry[] = [];
-  for (const name of names) {
-    const path = join(box, name);
-    if (!/^\d+-\d+\.delta$/.test(name)) {
-      rmSync(path, { force: true });
-      continue;
-    }
-    let record: ReplicaRecord;
-    let body: Buffer;
-    try {
-      body = readFileSync(path);
-      record = decodeDelta(body, path).record;
-    } catch {
-      // Written as the process died (the commit's FLUSH never completed): not a commit to publish.
-      rmSync(path, { force: true });
-      continue;
-    }
-    out.push({ record, path, bytes: body.length, mark: Number.MAX_SAFE_INTEGER, at: performance.now() });
-  }
-  return out.sort((a, b) => a.record.seq - b.record.seq);
-}
-
-/** Removes the outbox (the local metadata it belonged to is being replaced). */
-export function clearOutbox(dir: string): void {
-  rmSync(join(dir, OUTBOX), { recursive: true, force: true });
-}
-
-async function writeOutbox(path: string, body: Buffer, durable: boolean): Promise<void> {
-  const fh = await openFile(path, 'w');
-  try {
-    await fh.writeFile(body);
-    if (durable) await fh.datasync();
-  } finally {
-    await fh.close();
   }
 }
 

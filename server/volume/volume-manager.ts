@@ -4,7 +4,7 @@
 // sockets or HTTP.
 import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
-import type { RootRecord, SnapshotRecord, VolumeRecord } from '../meta/volume-records.js';
+import type { RootRecord, VolumeRecord } from '../meta/volume-records.js';
 import { dropRoot, growLevels, shareRoot } from '../meta/map-tree.js';
 import { levelsFor } from '../meta/map-node.js';
 import { SpaceReclaim } from '../meta/space-reclaim.js';
@@ -32,6 +32,7 @@ import {
 import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
+import { SnapshotOperations, snapshotInfo } from './snapshot-operations.js';
 import { checkRangeRequest } from './range-request.js';
 import { ReadPath } from './read-path.js';
 import { VolumeExports } from './volume-exports.js';
@@ -76,6 +77,7 @@ export class VolumeManager implements VolumeControl {
   readonly exports: VolumeExports;
   private readonly changeTracker: ChangeTracker;
   private readonly ranges: RangeOperations;
+  private readonly snapshots: SnapshotOperations;
   private readonly reclaim: SpaceReclaim;
   private readonly indexer: DedupIndexer;
   private readonly commits: CommitScheduler;
@@ -123,6 +125,7 @@ export class VolumeManager implements VolumeControl {
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
     this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick(), pauseAfterIntentMs: opts.pauseAfterIntentMs });
+    this.snapshots = new SnapshotOperations(meta);
     this.fsckRunner = new FsckRunner({ meta, store, dedup, reclaim: this.reclaim, states: () => this.states.values() }, opts.fsckPauseMs);
     for (const rec of meta.volumes.values()) this.addState(rec);
   }
@@ -336,67 +339,28 @@ export class VolumeManager implements VolumeControl {
 
   // ------------------------------------------------------------------ snapshots
 
-  private snapInfo(st: VolumeState, s: SnapshotRecord): SnapshotInfo {
-    return { name: s.name, volume: st.name, size: s.size, createdAt: s.createdAt, exportName: `${st.name}@${s.name}` };
-  }
-
   async createSnapshot(volume: string, name: string): Promise<SnapshotInfo> {
     this.checkOpen();
     if (this.fsckRunner.running) await this.afterFsck();
-    const st = this.state(volume);
-    validName('snapshot', name);
-    if (st.record.snapshots.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume ${volume} already has a snapshot named ${name}`);
-    // Synchronous from here: every write that completed is in the map, none in flight changes it.
-    const snap: SnapshotRecord = { ...shareRoot(this.meta, st.record), name };
-    st.record.snapshots.push(snap);
-    st.touched();
-    await this.meta.commit();
-    return this.snapInfo(st, snap);
+    return this.snapshots.create(this.state(volume), name);
   }
 
   listSnapshots(volume: string): SnapshotInfo[] {
     const st = this.state(volume);
-    return st.record.snapshots.map((s) => this.snapInfo(st, s));
+    return st.record.snapshots.map((s) => snapshotInfo(st, s));
   }
 
   async deleteSnapshot(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<void> {
     this.checkOpen();
     if (this.fsckRunner.running) await this.afterFsck();
-    const st = this.state(volume);
-    const s = st.snapshot(snapshot);
-    const readers = st.readersOf(snapshot);
-    if (readers > 0 && !opts.force)
-      throw new ShoalError('volume_busy', `snapshot ${volume}@${snapshot} has ${readers} NBD client(s) connected; disconnect them or delete with force=true`);
-    st.revoke((c) => c.snapshot === snapshot);
-    st.record.snapshots = st.record.snapshots.filter((x) => x !== s);
-    dropRoot(this.meta, s);
-    st.touched();
-    await this.meta.commit();
+    await this.snapshots.delete(this.state(volume), snapshot, opts);
   }
 
   async rollback(volume: string, snapshot: string, opts: { force?: boolean } = {}): Promise<VolumeInfo> {
     this.checkOpen();
     if (this.fsckRunner.running) await this.afterFsck();
     const st = this.state(volume);
-    const s = st.snapshot(snapshot);
-    const writers = st.writers().length;
-    if (writers > 0 && !opts.force)
-      throw new ShoalError('volume_busy', `volume ${volume} has ${writers} NBD client(s) connected; a rollback under a running client would corrupt what it caches (disconnect it, or force=true to cut it off)`);
-    st.revoke((c) => c.snapshot === undefined);
-    const release = await st.lock.acquire(0, Infinity);
-    try {
-      const r = st.record;
-      const fresh = shareRoot(this.meta, s);
-      dropRoot(this.meta, r);
-      r.root = fresh.root;
-      r.levels = fresh.levels;
-      r.size = fresh.size;
-      r.mapped = fresh.mapped;
-      st.touched();
-    } finally {
-      release();
-    }
-    await this.meta.commit();
+    await this.snapshots.rollback(st, snapshot, opts);
     return this.info(st);
   }
 
