@@ -203,6 +203,42 @@ test("an upload streamed with the SDK's default checksums is refused by Ceph 16 
   assert.equal((await b.head('k'))!.size, 100_000);
 });
 
+test('an upload is sent with an unsigned payload, and a body damaged on the way is refused by its Content-MD5 and stored nowhere', async (t) => {
+  const ceph = await needCeph(t);
+  if (!ceph) return;
+  const name = uniqueBucketName('digest');
+  await openTestBucket(ceph, name);
+  const { client } = await createS3Client({ endpoint: ceph.endpoint, region: ceph.region, credentials: { accessKeyId: ceph.accessKeyId, secretAccessKey: ceph.secretAccessKey } });
+  t.after(() => client.destroy());
+  // After signing, as a flaky network or a bad NIC would: the payload's hash is not in the signature
+  // (s3-client.ts leaves it out to save a pass over every byte), so only Content-MD5 can catch this.
+  let damage = false;
+  const seen: string[] = [];
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as { method?: string; headers: Record<string, string>; body?: unknown };
+      if (req.method === 'PUT' && ArrayBuffer.isView(req.body)) {
+        seen.push(req.headers['x-amz-content-sha256']!);
+        if (damage) {
+          const body = Buffer.from(req.body as Uint8Array);
+          body[1234] ^= 0xff;
+          req.body = body;
+        }
+      }
+      return next(args);
+    },
+    { step: 'finalizeRequest', priority: 'low', name: 'testDamage' },
+  );
+  const b = new S3Bucket({ client, bucket: name, timeoutMs: 30_000 });
+  const bytes = randomBytes(100_000);
+  await b.put('good', bytes);
+  assert.deepEqual((await b.get('good'))!.body, bytes);
+  damage = true;
+  await assert.rejects(b.put('bad', bytes), (e: unknown) => e instanceof S3RequestError && /BadDigest|InvalidDigest/.test(String((e.cause as { name?: string })?.name)));
+  assert.equal(await b.head('bad'), null, 'nothing stored under the damaged upload');
+  assert.deepEqual([...new Set(seen)], ['UNSIGNED-PAYLOAD']);
+});
+
 test('/metrics counts S3 requests by operation and outcome, their durations and the bytes moved', async (t) => {
   const ceph = await needCeph(t);
   if (!ceph) return;

@@ -47,6 +47,17 @@ export async function createS3Client(settings: S3ClientSettings): Promise<{ clie
     },
     { step: 'finalizeRequest', name: 'shoalServerDate' },
   );
+  // An upload's body is covered by its Content-MD5, which S3 checks (400 BadDigest) and the signature
+  // covers: the SDK's own SHA-256 of the body for the signature is a second pass over every byte on the
+  // event loop. Profiled writing 512 MiB to RGW: the two hashes were 23% of the daemon's main thread.
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as { headers?: Record<string, string>; body?: unknown };
+      if (req.headers && req.headers['content-md5'] && ArrayBuffer.isView(req.body)) req.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+      return next(args);
+    },
+    { step: 'build', priority: 'low', name: 'shoalUnsignedPayload' },
+  );
   if (settings.endpoint) {
     // The SDK names the client's region as the LocationConstraint of every bucket it creates outside
     // us-east-1. A gateway's buckets live in its own zonegroup: RGW refuses an AWS region name there
