@@ -133,6 +133,9 @@ export const VolumeInfo = Type.Object(
     mappedBytes: Type.Integer({ description: 'Bytes that map to a stored chunk.' }),
     exclusiveBytes: Type.Integer({ description: 'Mapped bytes whose chunk nothing else references.' }),
     sharedBytes: Type.Integer({ description: 'Mapped bytes whose chunk is shared with another map or by dedup.' }),
+    sharingAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()], {
+      description: 'When exclusiveBytes and sharedBytes were counted: now for one volume, by a background walk (every 30 s or so) in a list and in the metrics; null before the first.',
+    }),
     cacheLoads: Type.Integer({ description: 'Chunks its reads (its snapshots\' included, and their readahead) loaded from the chunk store: its cache misses.' }),
     incomplete: Type.Boolean({ description: 'Created by an import that has not finished (or was interrupted where it could not clean up).' }),
   },

@@ -101,6 +101,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
         // In flush mode a FLUSH waits for the bucket, at most --s3-timeout.
         flushTimeoutMs: config.store.kind === 's3' && config.store.sync === 'flush' ? config.store.timeoutMs : undefined,
         fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
+        sharingRefreshMs: testMs('SHOAL_TEST_SHARING_REFRESH_MS'),
       },
     );
     if (s3?.lease.fenced && config.store.kind === 's3') manager.fence(new ShoalError('store_fenced', `${formatStoreUrl(config.store)} was taken over while this daemon started.`));

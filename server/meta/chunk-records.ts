@@ -87,6 +87,20 @@ export class ChunkRecords implements CommitPart<Taken> {
   }
 
   /**
+   * refCount() for a walk over many chunks read once each (a volume's sharing figures): no record
+   * object and no `recent` entry per chunk, the refcount read straight from LMDB's shared buffer.
+   */
+  refsOf(slot: number): number {
+    let v = this.changes.get(slot);
+    if (v === undefined && this.committing) v = this.committing.get(slot);
+    if (v !== undefined) return v?.refs ?? 0;
+    const r = this.recent.get(slot);
+    if (r !== undefined) return r.refs;
+    const b = this.db.getBinaryFast(slot); // valid until the next read: read at once
+    return b ? b[0]! + b[1]! * 0x100 + b[2]! * 0x10000 + b[3]! * 0x1000000 : 0; // u32 LE, as encode() writes it
+  }
+
+  /**
    * Registers freshly written chunk data with one reference. Its fingerprint is fp[fpOff..+32).
    * (No Buffer per chunk: the records of one write share its buffer of keys, which kept 256 Ki
    * views per GiB written off the GC's hands.)

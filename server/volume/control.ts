@@ -34,6 +34,7 @@ export interface VolumeInfo {
   mappedBytes: number; // bytes that map to a stored chunk (logical, allocated)
   exclusiveBytes: number; // mapped bytes whose chunk nothing else references
   sharedBytes: number; // mapped bytes whose chunk is shared with another map or dedup
+  sharingAt: string | null; // when exclusiveBytes and sharedBytes were walked (a list shows a background walk's); null: not yet
   cacheLoads: number; // chunks its reads (and their readahead) loaded from the store: its cache misses
   incomplete: boolean; // created to be filled (shoal import) and not marked complete yet
 }

@@ -1,7 +1,7 @@
 // Reads of volumes and snapshots: bytes, readahead, NBD_CMD_CACHE, block status, and how much of a
 // map is shared. Maps live in the metadata layer, hot bytes in the shared cache; a read replies
 // with views of the cache's frames, pinned until the socket has taken them (no copy).
-import { FANOUT, FIRST_SLOT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
+import { FANOUT, HOLE, ZERO_CHUNK } from '../meta/map-node.js';
 import { forEachEntry, isStored, leafEntries, lookup } from '../meta/map-tree.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord } from '../meta/volume-records.js';
@@ -202,7 +202,7 @@ export class ReadPath {
     }
   }
 
-  // ------------------------------------------------------------------ block status, sharing
+  // ------------------------------------------------------------------ block status
 
   blockStatus(r: RootRecord, offset: number, length: number): Extent[] {
     const cs = this.chunkSize;
@@ -226,31 +226,5 @@ export class ReadPath {
     if (extents.length < MAX_EXTENTS) push(end - pos, EXTENT_HOLE | EXTENT_ZERO);
     if (extents.length === 0) push(end - offset, EXTENT_HOLE | EXTENT_ZERO);
     return extents;
-  }
-
-  /** Bytes of the map that reference stored chunks, split by whether anything else shares them. */
-  sharing(r: RootRecord): { exclusive: number; shared: number } {
-    let exclusive = 0;
-    let shared = 0;
-    const cs = this.chunkSize;
-    if (r.root === 0) return { exclusive, shared };
-    const nodes = this.meta.nodes;
-    const chunks = this.meta.chunks;
-    const visit = (id: number, inShared: boolean) => {
-      const n = nodes.get(id);
-      const s = inShared || nodes.refCount(id) > 1;
-      const e = n.entries;
-      for (let i = 0; i < e.length; i++) {
-        const v = e[i];
-        if (v === 0) continue;
-        if (n.level > 0) visit(v, s);
-        else if (v >= FIRST_SLOT) {
-          if (s || chunks.refCount(v) > 1) shared += cs;
-          else exclusive += cs;
-        }
-      }
-    };
-    visit(r.root, false);
-    return { exclusive, shared };
   }
 }

@@ -33,6 +33,7 @@ import { checkRecursiveDelete, checkShrink } from './destructive-guards.js';
 import { validName, validSize } from './names.js';
 import { RangeOperations } from './range-operations.js';
 import { SnapshotOperations, snapshotInfo } from './snapshot-operations.js';
+import { SharingFigures, type SharingFigure } from './sharing-figures.js';
 import { checkRangeRequest } from './range-request.js';
 import { ReadPath } from './read-path.js';
 import { VolumeExports } from './volume-exports.js';
@@ -66,6 +67,8 @@ export interface VolumeManagerOptions {
   flushTimeoutMs?: number;
   /** How long a consistency check rests between its slices (ms; default 0): tests slow it down to watch its progress. */
   fsckPauseMs?: number;
+  /** How often the volume list's exclusive and shared bytes are walked again, per volume (ms; default 30 s). */
+  sharingRefreshMs?: number;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -78,6 +81,7 @@ export class VolumeManager implements VolumeControl {
   private readonly changeTracker: ChangeTracker;
   private readonly ranges: RangeOperations;
   private readonly snapshots: SnapshotOperations;
+  private readonly sharing: SharingFigures;
   private readonly reclaim: SpaceReclaim;
   private readonly indexer: DedupIndexer;
   private readonly commits: CommitScheduler;
@@ -126,6 +130,7 @@ export class VolumeManager implements VolumeControl {
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
     this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick(), pauseAfterIntentMs: opts.pauseAfterIntentMs });
     this.snapshots = new SnapshotOperations(meta);
+    this.sharing = new SharingFigures(meta, () => this.states.values(), opts.sharingRefreshMs);
     this.fsckRunner = new FsckRunner({ meta, store, dedup, reclaim: this.reclaim, states: () => this.states.values() }, opts.fsckPauseMs);
     for (const rec of meta.volumes.values()) this.addState(rec);
   }
@@ -137,6 +142,7 @@ export class VolumeManager implements VolumeControl {
     m.reclaim.start();
     m.indexer.start();
     m.commits.start();
+    m.sharing.start();
     return m;
   }
 
@@ -188,12 +194,12 @@ export class VolumeManager implements VolumeControl {
   // ------------------------------------------------------------------ volumes
 
   /**
-   * `sharing` walks the whole map to split exclusive from shared bytes (O(mapped)); create and
-   * clone know the split without it (nothing, or everything, is shared), so they stay O(1).
+   * `sharing`: the split of its mapped bytes into exclusive and shared (sharing-figures.ts); by
+   * default an exact walk of its map now (O(mapped)). Create and clone know it without a walk; a
+   * list shows the background walk's last figures (null before the first).
    */
-  private info(st: VolumeState, known?: { exclusive: number; shared: number }): VolumeInfo {
+  private info(st: VolumeState, sharing: SharingFigure | null = this.sharing.walkNow(st.name, st.record)): VolumeInfo {
     const r = st.record;
-    const sh = known ?? this.reads.sharing(r);
     return {
       name: r.name,
       size: r.size,
@@ -205,8 +211,9 @@ export class VolumeManager implements VolumeControl {
       snapshots: r.snapshots.length,
       connections: st.conns.size,
       mappedBytes: r.mapped * this.meta.chunkSize,
-      exclusiveBytes: sh.exclusive,
-      sharedBytes: sh.shared,
+      exclusiveBytes: sharing?.exclusive ?? 0,
+      sharedBytes: sharing?.shared ?? 0,
+      sharingAt: sharing?.at ?? null,
       cacheLoads: this.exports.cacheLoadsOf(r.name),
       incomplete: r.incomplete === true,
     };
@@ -239,7 +246,7 @@ export class VolumeManager implements VolumeControl {
     this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
     await this.meta.commit();
-    return this.info(st, { exclusive: 0, shared: 0 });
+    return this.info(st, this.sharing.set(name, { exclusive: 0, shared: 0 }));
   }
 
   async cloneVolume(req: { name: string; from: { volume: string; snapshot?: string } }): Promise<VolumeInfo> {
@@ -261,11 +268,11 @@ export class VolumeManager implements VolumeControl {
     this.meta.volumes.put(rec.name, rec);
     const st = this.addState(rec);
     await this.meta.commit();
-    return this.info(st, { exclusive: 0, shared: rec.mapped * this.meta.chunkSize });
+    return this.info(st, this.sharing.set(name, { exclusive: 0, shared: rec.mapped * this.meta.chunkSize }));
   }
 
   listVolumes(): VolumeInfo[] {
-    return [...this.states.values()].map((st) => this.info(st)).sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.states.values()].map((st) => this.info(st, this.sharing.get(st.name))).sort((a, b) => a.name.localeCompare(b.name));
   }
 
   getVolume(name: string): VolumeInfo {
@@ -330,6 +337,7 @@ export class VolumeManager implements VolumeControl {
       dropRoot(this.meta, st.record);
       this.meta.volumes.delete(name);
       this.states.delete(name);
+      this.sharing.forget(name);
     } finally {
       release();
     }
@@ -419,6 +427,7 @@ export class VolumeManager implements VolumeControl {
     for (const st of this.states.values()) st.revoke();
     this.reclaim.stop();
     this.indexer.stop();
+    this.sharing.stop();
     this.layers.dedup.close();
     await this.meta.close();
     await this.layers.store.close();

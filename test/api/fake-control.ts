@@ -40,6 +40,7 @@ export class FakeControl implements VolumeControl {
       mappedBytes: 0,
       exclusiveBytes: 0,
       sharedBytes: 0,
+      sharingAt: null,
       cacheLoads: 0,
       incomplete: false,
     };
