@@ -22,8 +22,8 @@ export interface NativeAddon {
   NativeChunkCache: new (capacityBytes: number, chunkSize: number) => NativeCacheHandle;
   /** Opens a file O_DIRECT (read-only unless `writable`); throws an Error with `code` (EINVAL on tmpfs). */
   openDirect(path: string, writable?: boolean): number;
-  /** posix_fadvise(POSIX_FADV_DONTNEED) on a range: drops its clean page-cache pages. */
-  fadviseDontNeed(fd: number, offset: number, length: number): void;
+  /** posix_fadvise(POSIX_FADV_DONTNEED) on a range, on the thread pool: drops its clean page-cache pages. */
+  fadviseDontNeed(fd: number, offset: number, length: number): Promise<void>;
   /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
   tryLock(fd: number): boolean;
 }

@@ -194,32 +194,45 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
   }
 
   progress.phase = 'chunks';
+  // Every loop over all chunks rests between slices: the daemon's clients wait for no pass of them.
+  const tick = async () => {
+    const pause = slicer.tick();
+    if (pause) await pause;
+  };
   let live = 0;
-  const free = new Set<number>(meta.slots.allFree());
-  let recordMax = -1;
+  const free = new Set<number>();
+  for (const slot of meta.slots.allFree()) {
+    free.add(slot);
+    if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
+    await tick();
+  }
+  // Every slot a record or a map names: the store must serve each.
+  const slots = new Set<number>();
+  let maxSlot = -1;
   for (const [slot, rec] of meta.chunks.all()) {
     progress.checkedChunks++;
     live++;
-    if (slot > recordMax) recordMax = slot;
+    slots.add(slot);
+    if (slot > maxSlot) maxSlot = slot;
     const expected = chunkRefs.get(slot) ?? 0;
     if (expected === 0) err(`chunk ${slot} is leaked: its record says ${rec.refs} reference(s) but no map references it`);
     else if (rec.refs !== expected) err(`chunk ${slot}: refcount is ${rec.refs}, but ${expected} map entr${expected === 1 ? 'y references' : 'ies reference'} it`);
     if (slot >= meta.slotLimit) err(`chunk ${slot} is beyond the allocated slots (${meta.slotLimit})`);
     if (free.has(slot)) err(`chunk ${slot} is live but also on the free list`);
-    const pause = slicer.tick();
-    if (pause) await pause;
+    await tick();
   }
-  for (const [slot, n] of chunkRefs) if (!meta.chunks.get(slot)) err(`chunk ${slot} is referenced by ${n} map entr${n === 1 ? 'y' : 'ies'} but is missing (no chunk record)`);
+  for (const [slot, n] of chunkRefs) {
+    if (!slots.has(slot)) {
+      err(`chunk ${slot} is referenced by ${n} map entr${n === 1 ? 'y' : 'ies'} but is missing (no chunk record)`);
+      slots.add(slot);
+      if (slot > maxSlot) maxSlot = slot;
+    }
+    await tick();
+  }
   if (live !== meta.liveChunks) err(`the superblock counts ${meta.liveChunks} live chunks, but ${live} chunk records exist`);
-  for (const slot of free) if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
 
   progress.phase = 'store';
   // The store must serve every chunk the metadata records (and every one a map references).
-  let maxSlot = -1;
-  for (const s of chunkRefs.keys()) if (s > maxSlot) maxSlot = s;
-  if (recordMax > maxSlot) maxSlot = recordMax;
-  const slots = new Set(chunkRefs.keys());
-  for (const [slot] of meta.chunks.all()) slots.add(slot);
   for (const e of await store.check({ count: Math.max(live, chunkRefs.size), maxSlot, slots })) err(e);
 
   return { ok: errors.list.length === 0, checkedVolumes: volumes, checkedSnapshots: snapshots, checkedNodes, checkedChunks: progress.checkedChunks, errors: errors.list };

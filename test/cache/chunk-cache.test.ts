@@ -28,14 +28,14 @@ function pat(slot: number, version = 0, cs = CS): Buffer {
 }
 
 /** A store directory whose chunk file has `slots` chunks, slot N holding pat(N, version). Page cache dropped after. */
-function chunkFile(name: string, slots: number, version = 0, cs = CS, base = dir): string {
+async function chunkFile(name: string, slots: number, version = 0, cs = CS, base = dir): Promise<string> {
   const d = join(base, name);
   mkdirSync(d, { recursive: true });
   const path = join(d, 'chunks.dat');
   const fd = openSync(path, 'w');
   for (let s = 0; s < slots; s++) writeSync(fd, pat(s, version, cs), 0, cs, s * cs);
   fsyncSync(fd);
-  native().fadviseDontNeed(fd, 0, 0);
+  await native().fadviseDontNeed(fd, 0, 0);
   closeSync(fd);
   return path;
 }
@@ -130,7 +130,7 @@ test('scan resistance: a sequential scan of 5× the cache leaves a re-read worki
   const frames = 1024;
   const W = 512;
   const scanLen = 5 * frames;
-  const path = chunkFile('scan', W + scanLen);
+  const path = await chunkFile('scan', W + scanLen);
   const c = new ChunkCache(frames * CS, CS, await storeOf(path));
   let hits = 0;
   let reads = 0;
@@ -193,7 +193,7 @@ class FetchingStore implements ChunkStore {
 }
 
 test('concurrent misses on one chunk cause one store read (coalesced), through a file or a fetching store', async () => {
-  const path = chunkFile('coalesce', 16);
+  const path = await chunkFile('coalesce', 16);
   for (const store of [await storeOf(path), new FetchingStore()]) {
     const c = new ChunkCache(64 * CS, CS, store);
     const got = await Promise.all(
@@ -229,7 +229,7 @@ test('never stale: a dropped and reused id serves only its new bytes, even with 
   c0.insert(5, pat(5, 3));
   assert.deepEqual(read(c0, 5), pat(5, 3));
 
-  const path = chunkFile('stale', 8, 1);
+  const path = await chunkFile('stale', 8, 1);
   const store = await storeOf(path);
   const c = new ChunkCache(64 * CS, CS, store);
   // A load in flight, then the chunk is freed: the loaded (old) bytes never enter the cache.
@@ -272,7 +272,7 @@ test('never stale: a dropped and reused id serves only its new bytes, even with 
 });
 
 test('the store closes its file only after the reads in flight are done', async () => {
-  const path = chunkFile('close', 8, 1);
+  const path = await chunkFile('close', 8, 1);
   const store = await LocalChunkStore.open(dirname(path), CS);
   const c = new ChunkCache(64 * CS, CS, store);
   const during = c.load([7], 1);
@@ -340,7 +340,7 @@ test('a pinned entry survives eviction and drop; its frame is reused only after 
 });
 
 test('every frame busy: a read still gets its bytes from the store, uncached', async () => {
-  const path = chunkFile('busy', 8);
+  const path = await chunkFile('busy', 8);
   const c = new ChunkCache(2 * CS, CS, await storeOf(path));
   await c.load([1, 2], 1);
   const a = c.pinned(1, 1)!;
@@ -356,7 +356,7 @@ test('every frame busy: a read still gets its bytes from the store, uncached', a
 
 test('O_DIRECT reads go straight into the frames and leave no page-cache copy', async () => {
   for (const cs of [4096, 65536]) {
-    const path = chunkFile(`direct-${cs}`, 40, 0, cs);
+    const path = await chunkFile(`direct-${cs}`, 40, 0, cs);
     const store = await storeOf(path, cs);
     assert.equal(store.stats().direct, true);
     const c = new ChunkCache(64 * cs, cs, store);
@@ -381,7 +381,7 @@ test('without O_DIRECT (tmpfs) the store reads buffered and drops the pages', as
   if (!existsSync('/dev/shm')) return;
   const shm = mkdtempSync('/dev/shm/shoal-cache-test-');
   try {
-    const p = chunkFile('shm', 8, 0, CS, shm);
+    const p = await chunkFile('shm', 8, 0, CS, shm);
     let refused = false; // tmpfs has O_DIRECT only since Linux 6.6
     try {
       closeSync(native().openDirect(p));
@@ -399,7 +399,7 @@ test('without O_DIRECT (tmpfs) the store reads buffered and drops the pages', as
     rmSync(shm, { recursive: true, force: true });
   }
   // The buffered path on a real filesystem (uncached reads): the bytes are right.
-  const path = chunkFile('buffered', 32);
+  const path = await chunkFile('buffered', 32);
   const c = new ChunkCache(64 * CS, CS, await storeOf(path));
   const bufs = [Buffer.alloc(CS), Buffer.alloc(CS), Buffer.alloc(CS)];
   await c.readUncached([1, 2, 40], bufs);
@@ -410,7 +410,7 @@ test('without O_DIRECT (tmpfs) the store reads buffered and drops the pages', as
 });
 
 test('readahead, gathered copies and the sharing factor', async () => {
-  const path = chunkFile('ahead', 64);
+  const path = await chunkFile('ahead', 64);
   const c = new ChunkCache(64 * CS, CS, await storeOf(path));
   c.readahead([10, 11, 12, 13], 7);
   c.readahead([12, 13, 14], 7); // overlaps a readahead in flight: not read twice

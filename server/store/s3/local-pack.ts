@@ -329,9 +329,5 @@ function readvAt(fd: number, bufs: Buffer[], pos: number): Promise<number> {
 }
 
 function dropPages(fd: number, offset: number, length: number): void {
-  try {
-    native().fadviseDontNeed(fd, offset, length);
-  } catch {
-    /* advisory */
-  }
+  native().fadviseDontNeed(fd, offset, length).catch(() => {}); // advisory
 }
