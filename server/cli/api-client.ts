@@ -1,6 +1,10 @@
 // The CLI's only way into the daemon: the REST API. Turns transport failures and API errors into
 // sentences (CliError) the CLI prints as `shoal: <sentence>`.
-import type { Dispatcher } from 'undici';
+//
+// Requests go through node:http and node:https, not fetch: a client command's first fetch loaded
+// Node's bundled undici and the web globals, ~45-55 ms of a `shoal volume list` that took ~230 ms
+// in all (CPU profile), and `shoal import`'s fixed cost counts against its speed.
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 
 export class CliError extends Error {
   constructor(
@@ -50,12 +54,8 @@ export interface ApiClientOptions {
   timeoutMs?: number;
 }
 
-// The fetch both Node's global and undici's satisfy; undici's takes a dispatcher (the Agent that trusts --cacert).
-type Fetch = (url: string, init: RequestInit & { dispatcher?: Dispatcher }) => Promise<Response>;
-
 export class ApiClient {
   private readonly timeoutMs: number;
-  private transport: Promise<{ fetch: Fetch; dispatcher?: Dispatcher }> | undefined;
 
   constructor(
     readonly baseUrl: string,
@@ -65,41 +65,29 @@ export class ApiClient {
     if (opts.ca && !baseUrl.startsWith('https:')) throw new CliError(`--cacert applies to an https:// API, and ${baseUrl} is not one`);
   }
 
-  /** Node's fetch, or, with a CA to trust, undici's with an Agent that trusts it (loaded only then: the CLI starts fast). */
-  private fetcher(): Promise<{ fetch: Fetch; dispatcher?: Dispatcher }> {
-    const ca = this.opts.ca;
-    this.transport ??= ca
-      ? import('undici').then((u) => ({ fetch: u.fetch as unknown as Fetch, dispatcher: new u.Agent({ connect: { ca } }) }))
-      : Promise.resolve({ fetch: globalThis.fetch as Fetch });
-    return this.transport;
-  }
-
   async request<T = unknown>(method: string, path: string, body?: unknown, opts: { timeoutMs?: number | null } = {}): Promise<{ status: number; body: T }> {
     const timeout = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
-    const headers: Record<string, string> = {};
-    if (body !== undefined) headers['content-type'] = 'application/json';
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string | number> = {};
+    if (payload) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = payload.length;
+    }
     if (this.opts.token !== undefined) headers.authorization = `Bearer ${this.opts.token}`;
-    let res: Response;
+    let res: { status: number; text: string };
     try {
-      const { fetch, dispatcher } = await this.fetcher();
-      res = await fetch(this.baseUrl + path, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: timeout === null ? undefined : AbortSignal.timeout(timeout),
-        ...(dispatcher ? { dispatcher } : {}),
-      });
+      res = await this.send(method, this.baseUrl + path, headers, payload, timeout);
     } catch (e) {
       throw this.transportError(e);
     }
-    const text = await res.text();
+    const text = res.text;
     let parsed: unknown;
     try {
       parsed = text === '' ? undefined : JSON.parse(text);
     } catch {
       throw new CliError(`the API at ${this.baseUrl} answered ${method} ${path} with HTTP ${res.status} and a body that is not JSON: is it really Shoal?`);
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       const err = (parsed as { error?: { code?: string; message?: unknown } } | undefined)?.error;
       if (err && typeof err.message === 'string') throw new CliError(err.message.replace(/\.$/, ''), err.code);
       throw new CliError(`the API answered ${method} ${path} with HTTP ${res.status}`);
@@ -107,20 +95,39 @@ export class ApiClient {
     return { status: res.status, body: parsed as T };
   }
 
+  private async send(method: string, url: string, headers: Record<string, string | number>, payload: Buffer | undefined, timeout: number | null): Promise<{ status: number; text: string }> {
+    const https = url.startsWith('https:');
+    // node:https (and TLS) only for an https API: a plain one does not pay for loading them.
+    const request = https ? (await import('node:https')).request : httpRequest;
+    return new Promise((resolve, reject) => {
+      const req = request(
+        url,
+        { method, headers, ...(https && this.opts.ca ? { ca: this.opts.ca } : {}), ...(timeout === null ? {} : { signal: AbortSignal.timeout(timeout) }) },
+        (r: IncomingMessage) => {
+          const chunks: Buffer[] = [];
+          r.on('data', (c: Buffer) => chunks.push(c));
+          r.on('end', () => resolve({ status: r.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+          r.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
   private transportError(e: unknown): CliError {
-    const err = e as Error & { cause?: { code?: string; message?: string; errors?: Array<{ code?: string }> } };
+    const err = e as Error & { code?: string; errors?: Array<{ code?: string }> };
     if (err?.name === 'TimeoutError' || err?.name === 'AbortError') {
       return new CliError(`the Shoal API at ${this.baseUrl} did not answer within ${Math.round(this.timeoutMs / 1000)} s`);
     }
-    // undici hides the socket error in `cause` (an AggregateError when several addresses were tried).
-    const cause = err?.cause;
-    const code: string | undefined = cause?.code ?? cause?.errors?.[0]?.code;
+    // node:http gives the socket's error itself (an AggregateError when several addresses were tried).
+    const code: string | undefined = err?.code ?? err?.errors?.[0]?.code;
     if (code === 'ECONNREFUSED' || code === 'ENOENT') return new CliError(`cannot reach the Shoal API at ${this.baseUrl}: is the daemon running?`);
     if (typeof code === 'string' && TLS_TRUST_ERRORS.has(code)) {
       return new CliError(`the Shoal API at ${this.baseUrl} presented a certificate this client does not trust (${code}): give the CA that signed it with --cacert FILE`);
     }
-    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return new CliError(`the certificate of the Shoal API at ${this.baseUrl} is not for that host name (${cause?.message ?? code})`);
-    const why = code ?? cause?.message ?? err?.message ?? String(e);
+    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return new CliError(`the certificate of the Shoal API at ${this.baseUrl} is not for that host name (${err?.message ?? code})`);
+    const why = code ?? err?.message ?? String(e);
     return new CliError(`cannot reach the Shoal API at ${this.baseUrl} (${why}): is the daemon running, and is --api right?`);
   }
 }
