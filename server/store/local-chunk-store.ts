@@ -151,7 +151,12 @@ export class LocalChunkStore implements ChunkStore {
         // Only the range written since the last sync: over a whole multi-GiB file the call
         // walks (and starts writeback of) far more than the commit wrote.
         const { from, to } = synced;
-        if (to > from) native().fadviseDontNeed(this.fh.fd, from, to - from).catch(() => {}); // advisory
+        if (to > from)
+          try {
+            native().fadviseDontNeed(this.fh.fd, from, to - from).catch(() => {}); // advisory
+          } catch {
+            /* refused arguments: advisory all the same */
+          }
         resolve();
       }),
     );

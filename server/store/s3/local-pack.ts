@@ -328,6 +328,11 @@ function readvAt(fd: number, bufs: Buffer[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => fsReadv(fd, bufs, pos, (err, n) => (err ? reject(new ShoalError('io_error', `reading a pack file: ${err.message}`, { cause: err })) : resolve(n))));
 }
 
+/** Advisory: never fails its caller (a range it cannot take, a closed file, an error of the call). */
 function dropPages(fd: number, offset: number, length: number): void {
-  native().fadviseDontNeed(fd, offset, length).catch(() => {}); // advisory
+  try {
+    native().fadviseDontNeed(fd, offset, length).catch(() => {});
+  } catch {
+    /* refused arguments */
+  }
 }
