@@ -178,7 +178,7 @@ export class LocalPack {
         i = j;
       }
       // The shared cache holds these bytes now: keep them once, not also in the page cache.
-      if (this.state !== 'open') dropPages(this.fd, HEADER_BYTES + indexes[0] * cs, (indexes[indexes.length - 1] - indexes[0] + 1) * cs);
+      if (this.state !== 'open' && indexes.length > 0) dropPages(this.fd, HEADER_BYTES + indexes[0] * cs, (indexes[indexes.length - 1] - indexes[0] + 1) * cs);
     } finally {
       this.activeReads--;
       this.maybeClose();
