@@ -87,17 +87,11 @@ export class ChunkRecords implements CommitPart<Taken> {
   }
 
   /**
-   * refCount() for a walk over many chunks read once each (a volume's sharing figures): no record
-   * object and no `recent` entry per chunk, the refcount read straight from LMDB's shared buffer.
+   * refCount() for a walk over many chunks read once each (a volume's sharing figures): read as
+   * dec() reads, with no record object and no `recent` entry per chunk.
    */
   refsOf(slot: number): number {
-    let v = this.changes.get(slot);
-    if (v === undefined && this.committing) v = this.committing.get(slot);
-    if (v !== undefined) return v?.refs ?? 0;
-    const r = this.recent.get(slot);
-    if (r !== undefined) return r.refs;
-    const b = this.db.getBinaryFast(slot); // valid until the next read: read at once
-    return b ? b[0]! + b[1]! * 0x100 + b[2]! * 0x10000 + b[3]! * 0x1000000 : 0; // u32 LE, as encode() writes it
+    return this.forRelease(slot)?.refs ?? 0;
   }
 
   /**
@@ -131,8 +125,8 @@ export class ChunkRecords implements CommitPart<Taken> {
   }
 
   /**
-   * dec()'s record read: from the overlays as get(), or else from LMDB into one scratch record,
-   * valid until the next call, without allocating. (Space reclaim frees millions of chunks that
+   * dec()'s (and refsOf()'s) record read: from the overlays as get(), or else from LMDB into one
+   * scratch record, valid until the next call, without allocating. (Space reclaim frees millions of chunks that
    * are read once: a Buffer, an object and a `recent` entry each were young garbage, and the
    * delete benchmark ran three times as many scavenges of 5 ms and more as without it.)
    */

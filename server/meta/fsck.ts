@@ -195,16 +195,13 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
 
   progress.phase = 'chunks';
   // Every loop over all chunks rests between slices: the daemon's clients wait for no pass of them.
-  const tick = async () => {
-    const pause = slicer.tick();
-    if (pause) await pause;
-  };
   let live = 0;
   const free = new Set<number>();
   for (const slot of meta.slots.allFree()) {
     free.add(slot);
     if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
-    await tick();
+    const pause = slicer.tick();
+    if (pause) await pause;
   }
   // Every slot a record or a map names: the store must serve each.
   const slots = new Set<number>();
@@ -219,7 +216,8 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
     else if (rec.refs !== expected) err(`chunk ${slot}: refcount is ${rec.refs}, but ${expected} map entr${expected === 1 ? 'y references' : 'ies reference'} it`);
     if (slot >= meta.slotLimit) err(`chunk ${slot} is beyond the allocated slots (${meta.slotLimit})`);
     if (free.has(slot)) err(`chunk ${slot} is live but also on the free list`);
-    await tick();
+    const pause = slicer.tick();
+    if (pause) await pause;
   }
   for (const [slot, n] of chunkRefs) {
     if (!slots.has(slot)) {
@@ -227,7 +225,8 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
       slots.add(slot);
       if (slot > maxSlot) maxSlot = slot;
     }
-    await tick();
+    const pause = slicer.tick();
+    if (pause) await pause;
   }
   if (live !== meta.liveChunks) err(`the superblock counts ${meta.liveChunks} live chunks, but ${live} chunk records exist`);
 

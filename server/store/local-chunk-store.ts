@@ -10,6 +10,7 @@ import { ShoalError } from '../errors.js';
 import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
 import { WriteBatcher } from './batched-writes.js';
 import { native } from '../native.js';
+import { dropCleanPages } from './page-cache.js';
 
 /** The file that holds the chunks in a data directory. */
 export const CHUNK_FILE = 'chunks.dat';
@@ -151,12 +152,7 @@ export class LocalChunkStore implements ChunkStore {
         // Only the range written since the last sync: over a whole multi-GiB file the call
         // walks (and starts writeback of) far more than the commit wrote.
         const { from, to } = synced;
-        if (to > from)
-          try {
-            native().fadviseDontNeed(this.fh.fd, from, to - from).catch(() => {}); // advisory
-          } catch {
-            /* refused arguments: advisory all the same */
-          }
+        if (to > from) dropCleanPages(this.fh.fd, from, to - from);
         resolve();
       }),
     );

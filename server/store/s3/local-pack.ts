@@ -8,8 +8,8 @@
 import { closeSync, fdatasync, ftruncate, openSync, readv as fsReadv, renameSync, unlinkSync, fstatSync, readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { ShoalError } from '../../errors.js';
-import { native } from '../../native.js';
 import { WriteBatcher, writeAll } from '../batched-writes.js';
+import { dropCleanPages } from '../page-cache.js';
 import { HEADER_BYTES, INDEX_ENTRY_BYTES, TRAILER_BYTES, encodeHeader, encodeIndex, packSize, parseHeader, parseIndex, parseTrailer, type PackEntry } from './pack-format.js';
 
 export type PackState = 'open' | 'sealed' | 'cached';
@@ -178,7 +178,7 @@ export class LocalPack {
         i = j;
       }
       // The shared cache holds these bytes now: keep them once, not also in the page cache.
-      if (this.state !== 'open' && indexes.length > 0) dropPages(this.fd, HEADER_BYTES + indexes[0] * cs, (indexes[indexes.length - 1] - indexes[0] + 1) * cs);
+      if (this.state !== 'open' && indexes.length > 0) dropCleanPages(this.fd, HEADER_BYTES + indexes[0] * cs, (indexes[indexes.length - 1] - indexes[0] + 1) * cs);
     } finally {
       this.activeReads--;
       this.maybeClose();
@@ -226,7 +226,7 @@ export class LocalPack {
     const buf = Buffer.allocUnsafe(size);
     const got = await readvAt(this.fd, [buf], 0);
     if (got !== size) throw new ShoalError('io_error', `${this.path}: read ${got} of ${size} bytes`);
-    dropPages(this.fd, 0, size);
+    dropCleanPages(this.fd, 0, size);
     return buf;
   }
 
@@ -326,13 +326,4 @@ function readFully(fd: number, buf: Buffer, pos: number): void {
 
 function readvAt(fd: number, bufs: Buffer[], pos: number): Promise<number> {
   return new Promise((resolve, reject) => fsReadv(fd, bufs, pos, (err, n) => (err ? reject(new ShoalError('io_error', `reading a pack file: ${err.message}`, { cause: err })) : resolve(n))));
-}
-
-/** Advisory: never fails its caller (a range it cannot take, a closed file, an error of the call). */
-function dropPages(fd: number, offset: number, length: number): void {
-  try {
-    native().fadviseDontNeed(fd, offset, length).catch(() => {});
-  } catch {
-    /* refused arguments */
-  }
 }
