@@ -207,6 +207,20 @@ export const Stats = Type.Object(
       },
       { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
     ),
+    flushJournal: Type.Union(
+      [
+        Type.Object(
+          {
+            records: Type.Number({ description: 'Journal records written since the daemon started: FLUSHes (and FUA writes) made durable by one synchronous write each, several arriving together sharing one.' }),
+            commits: Type.Number({ description: 'FLUSHes that committed the metadata instead: a write over 1 MiB, over 32 MiB of writes waiting, or a full journal.' }),
+            replayed: Type.Number({ description: 'Operations replayed from the journal at start (acknowledged by a FLUSH, not yet committed when the daemon stopped).' }),
+          },
+          { additionalProperties: true },
+        ),
+        Type.Null(),
+      ],
+      { description: 'The flush journal (local store); null for an S3 store, whose FLUSH commits.' },
+    ),
     fsck: Type.Object(
       {
         running: Type.Boolean(),

@@ -5,6 +5,7 @@ import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
 import { formatListenAddress, type Config } from './config.js';
 import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
+import { FlushJournal } from './volume/flush-journal.js';
 import { VolumeManager } from './volume/volume-manager.js';
 import { MetaStore } from './meta/meta-store.js';
 import { DEDUP_DATABASES, DedupIndex } from './dedup/dedup-index.js';
@@ -102,6 +103,10 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
         flushTimeoutMs: config.store.kind === 's3' && config.store.sync === 'flush' ? config.store.timeoutMs : undefined,
         fsckPauseMs: testMs('SHOAL_TEST_FSCK_PAUSE_MS'),
         sharingRefreshMs: testMs('SHOAL_TEST_SHARING_REFRESH_MS'),
+        commitIntervalMs: testMs('SHOAL_TEST_COMMIT_INTERVAL_MS'),
+        // A local store's FLUSH is one journal write; an S3 store's must reach the bucket (flush mode) or
+        // its local packs, which its own commits track.
+        flushJournal: s3 ? undefined : FlushJournal.open(config.dataDir),
       },
     );
     if (s3?.lease.fenced && config.store.kind === 's3') manager.fence(new ShoalError('store_fenced', `${formatStoreUrl(config.store)} was taken over while this daemon started.`));
@@ -244,7 +249,9 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
  * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
  * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
- * consistency check rest that long between its slices, so a test can watch its progress.
+ * consistency check rest that long between its slices, so a test can watch its progress;
+ * SHOAL_TEST_COMMIT_INTERVAL_MS sets how often changes are committed when nothing else commits them, so
+ * a test can make acknowledged FLUSHes live only in the flush journal when it kills the daemon.
  */
 function testMs(name: string, unit = 'milliseconds'): number | undefined {
   const v = process.env[name];

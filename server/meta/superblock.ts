@@ -32,6 +32,8 @@ export interface Superblock {
   fpLogNext?: number;
   /** Id of the last intent record (intent-records.ts). */
   nextIntent?: number;
+  /** The last operation of the flush journal this commit covers (volume/flush-journal.ts). */
+  journalApplied?: number;
 }
 
 /** Reads the superblock, or makes a new one for an empty store. */

@@ -96,6 +96,8 @@ export interface Stats {
     entriesPerSecond: number; // over the last 10 s
   };
   fsck: FsckStatus;
+  /** FLUSH and FUA through the flush journal (local store); null without one. */
+  flushJournal: { records: number; commits: number; replayed: number } | null;
   cache: CacheStats;
   store: StoreStats;
 }

@@ -28,6 +28,11 @@ export class RangeLock {
     };
   }
 
+  /** Whether nothing held overlaps [from, to): an acquire() called now takes it at once, before it returns. */
+  isFree(from: number, to: number): boolean {
+    return !this.held.some((h) => h.from < to && from < h.to);
+  }
+
   get busy(): boolean {
     return this.held.length > 0;
   }

@@ -7,6 +7,7 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { RateMeter } from '../rate-meter.js';
 import type { ChunkStore } from '../store/chunk-store.js';
 import type { FsckStatus, Stats, VolumeScope } from './control.js';
+import type { FlushJournalFigures } from './flush-journal.js';
 import type { VolumeState } from './volume-state.js';
 
 export interface StatsSources {
@@ -20,6 +21,7 @@ export interface StatsSources {
   /** Dedup-log entries taken into the index. */
   indexed: RateMeter;
   fsck: FsckStatus;
+  journal: FlushJournalFigures | null;
 }
 
 export function storeStats(s: StatsSources, scope?: VolumeScope): Stats {
@@ -61,6 +63,7 @@ export function storeStats(s: StatsSources, scope?: VolumeScope): Stats {
       entriesPerSecond: Math.round(s.indexed.perSecond()),
     },
     fsck: s.fsck,
+    flushJournal: s.journal && { ...s.journal },
     cache: s.cache.stats(),
     store: s.store.stats(),
   };

@@ -8,6 +8,7 @@ import { DIRTY_BITMAP_PREFIX, type ChangeTracker } from './changes.js';
 import { MAX_REQUEST_BYTES, type BlockExport, type ExportListing, type ExportProvider, type Extent, type NbdSession, type ReadResult, type ZeroOptions } from './export-port.js';
 import { volumeOfExport } from './names.js';
 import type { ReadPath } from './read-path.js';
+import type { FlushJournal } from './flush-journal.js';
 import type { WritePath } from './write-path.js';
 import type { ExportConnection, VolumeState } from './volume-state.js';
 
@@ -18,8 +19,10 @@ export interface ExportContext {
   readonly writes: WritePath;
   readonly cache: ChunkCache;
   readonly changes: ChangeTracker;
-  /** Makes every completed write durable (FLUSH, FUA). */
-  flush(): Promise<void>;
+  /** Makes every write `st` completed durable (FLUSH, FUA). */
+  flush(st: VolumeState): Promise<void>;
+  /** Where FLUSH and FUA make writes durable, if not by a commit: told of each write, trim and zero before its reply. */
+  readonly journal: FlushJournal | null;
   /** False once the daemon is shutting down: no new export is opened. */
   isOpen(): boolean;
   /** Throws if nothing may be written any more (another daemon took the store over). */
@@ -169,26 +172,31 @@ class VolumeExport implements BlockExport, ExportConnection {
     this.writable(offset, data.length);
     this.st.io.writes++;
     this.st.io.writtenBytes += data.length;
+    const j = this.ctx.journal;
+    if (fua && j) return j.writeFua(this.st, offset, data, () => this.ctx.writes.write(this.st, offset, data));
     await this.ctx.writes.write(this.st, offset, data);
-    if (fua) await this.ctx.flush();
+    j?.completed(this.st, 'write', offset, data.length, data);
+    if (fua) await this.ctx.flush(this.st);
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     this.writable(offset, length);
     await this.ctx.writes.trim(this.st, offset, length);
-    if (fua) await this.ctx.flush();
+    this.ctx.journal?.completed(this.st, 'trim', offset, length, null);
+    if (fua) await this.ctx.flush(this.st);
   }
 
   async writeZeroes(offset: number, length: number, o: ZeroOptions): Promise<void> {
     this.writable(offset, length);
     await this.ctx.writes.zero(this.st, offset, length, o.noHole);
-    if (o.fua) await this.ctx.flush();
+    this.ctx.journal?.completed(this.st, 'zero', offset, length, null, o.noHole);
+    if (o.fua) await this.ctx.flush(this.st);
   }
 
   async flush(): Promise<void> {
     this.live();
     if (!this.readOnly) this.ctx.checkWritable();
-    await this.ctx.flush();
+    await this.ctx.flush(this.st);
   }
 
   async cache(offset: number, length: number): Promise<void> {

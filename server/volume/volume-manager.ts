@@ -14,6 +14,7 @@ import type { DedupIndex } from '../dedup/dedup-index.js';
 import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { ChangeTracker } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
+import type { FlushJournal } from './flush-journal.js';
 import { FsckRunner } from './fsck-runner.js';
 import { storeStats } from './store-stats.js';
 import {
@@ -69,6 +70,11 @@ export interface VolumeManagerOptions {
   fsckPauseMs?: number;
   /** How often the volume list's exclusive and shared bytes are walked again, per volume (ms; default 30 s). */
   sharingRefreshMs?: number;
+  /**
+   * Where FLUSH and FUA make writes durable without a commit (flush-journal.ts); without one, each
+   * commits. Not for a store whose FLUSH must reach an object store.
+   */
+  flushJournal?: FlushJournal;
   logger?: { info(obj: unknown, msg?: string): void; warn(obj: unknown, msg?: string): void; error(obj: unknown, msg?: string): void };
 }
 
@@ -85,6 +91,7 @@ export class VolumeManager implements VolumeControl {
   private readonly reclaim: SpaceReclaim;
   private readonly indexer: DedupIndexer;
   private readonly commits: CommitScheduler;
+  private readonly journal: FlushJournal | null;
   private closing = false;
   /** Set once another daemon took the store over: reads go on, nothing is written any more. */
   private fencedBy: ShoalError | null = null;
@@ -112,6 +119,12 @@ export class VolumeManager implements VolumeControl {
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.logger = opts.logger;
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs);
+    const journal = (this.journal = opts.flushJournal ?? null);
+    journal?.attach(
+      meta,
+      () => this.commits.flush(),
+      () => this.commits.commitSoon(),
+    );
     this.changeTracker = new ChangeTracker(meta, this.states);
     this.exports = new VolumeExports({
       states: this.states,
@@ -119,7 +132,8 @@ export class VolumeManager implements VolumeControl {
       writes: this.writes,
       cache,
       changes: this.changeTracker,
-      flush: () => this.commits.flush(),
+      flush: journal ? (st) => journal.flush(st) : () => this.commits.flush(),
+      journal,
       isOpen: () => !this.closing,
       checkWritable: () => {
         if (this.fencedBy) throw this.fencedBy;
@@ -139,6 +153,15 @@ export class VolumeManager implements VolumeControl {
   static async open(layers: StorageLayers, opts: VolumeManagerOptions = {}): Promise<VolumeManager> {
     const m = new VolumeManager(layers, opts);
     await m.ranges.rollForward(opts.logger);
+    // Writes acknowledged by a FLUSH since the last commit: after the operations above (one may have
+    // been followed by such a write), before anything is served.
+    if (m.journal) {
+      const n = await m.journal.replay(m.states, m.writes, opts.logger);
+      if (n > 0) {
+        await layers.meta.commit();
+        opts.logger?.info({ operations: n }, `replayed ${n} operations from the flush journal`);
+      }
+    }
     m.reclaim.start();
     m.indexer.start();
     m.commits.start();
@@ -412,7 +435,7 @@ export class VolumeManager implements VolumeControl {
   /** Figures for the whole store, or (with a scope) for one tenant's volumes. */
   stats(scope?: VolumeScope): Stats {
     const { dedup, cache, store } = this.layers;
-    return storeStats({ meta: this.meta, states: this.states.values(), dedup, cache, store, reclaim: this.reclaim.released, indexed: this.indexer.indexed, fsck: this.fsckRunner.status() }, scope);
+    return storeStats({ meta: this.meta, states: this.states.values(), dedup, cache, store, reclaim: this.reclaim.released, indexed: this.indexer.indexed, fsck: this.fsckRunner.status(), journal: this.journal?.figures ?? null }, scope);
   }
 
   /** A check already running is joined rather than run twice. */
@@ -430,6 +453,7 @@ export class VolumeManager implements VolumeControl {
     this.sharing.stop();
     this.layers.dedup.close();
     await this.meta.close();
+    await this.journal?.close();
     await this.layers.store.close();
   }
 }

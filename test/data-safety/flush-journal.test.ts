@@ -1,0 +1,142 @@
+// The flush journal (server/volume/flush-journal.ts): a FLUSH writes the operations its volume
+// completed since the last commit to DATA_DIR/flush-journal, and a restart after kill -9 replays
+// those the last commit does not cover. Background commits are held off here (every 10 minutes), so
+// what survives the kill survives through the journal alone.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemon } from '../helpers/daemon.js';
+import { needTools } from '../helpers/tools.js';
+import { expectFsckClean, expectPattern, withHandle, MiB } from '../helpers/volume-io.js';
+
+const NO_COMMITS = { NODE_ENV: 'test', SHOAL_TEST_COMMIT_INTERVAL_MS: '600000' };
+
+async function journalStats(d: Awaited<ReturnType<typeof startDaemon>>): Promise<{ records: number; commits: number; replayed: number }> {
+  return (await d.api('GET', '/v1/stats')).body.flushJournal;
+}
+
+test('writes, trims and zeroes acknowledged by FLUSH and FUA come back after kill -9, holes and allocated zeroes as they were', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh', 'qemu-io')) return;
+  const d = await startDaemon({ env: NO_COMMITS });
+  try {
+    await d.createVolume('j', 8 * MiB);
+    await d.createVolume('other', 1 * MiB);
+    // Committed first (the first FLUSH of a volume commits, and so does a snapshot): 0x11 over the first 4 MiB.
+    await withHandle(d, 'j', `for i in range(4):\n    h.pwrite(b'\\x11' * (1024 * 1024), i * 1024 * 1024)\nh.flush()`);
+    assert.equal((await d.api('POST', '/v1/volumes/j/snapshots', { name: 'base' })).status, 201);
+    // Then, journaled only (libnbd's order: count, then offset; each within one map leaf of 1 MiB, so
+    // that no whole leaf is let go, whose reclaim would commit): a sub-chunk write, a whole-chunk FUA write, a trim, zeroes with and
+    // without a hole, a write past the old data, and one on another volume, in one FLUSH and a FUA.
+    await withHandle(
+      d,
+      'j',
+      [
+        `h.pwrite(b'\\x22' * 1000, 100)`,
+        `h.pwrite(b'\\x33' * 8192, 65536, nbd.CMD_FLAG_FUA)`,
+        `h.trim(256 * 1024, (1024 + 128) * 1024)`,
+        `h.zero(512 * 1024, (2048 + 64) * 1024, nbd.CMD_FLAG_NO_HOLE)`,
+        `h.zero(256 * 1024, (3072 + 64) * 1024)`,
+        `h.pwrite(b'\\x44' * 65536, 6 * 1024 * 1024)`,
+        `h.flush()`,
+      ].join('\n'),
+    );
+    await withHandle(d, 'other', `h.flush()\nh.pwrite(b'\\x55' * 4096, 4096, nbd.CMD_FLAG_FUA)`);
+    const before = await journalStats(d);
+    assert.ok(before.records >= 3, `the FLUSH and the FUA writes went to the journal: ${JSON.stringify(before)}`);
+    assert.equal(before.commits, 1, `only the FLUSH after writes made before any FLUSH committed: ${JSON.stringify(before)}`);
+    const mapBefore = await withHandle(d, 'j', BLOCK_STATUS, { structured: true });
+
+    await d.kill9();
+    await d.start();
+    const after = await journalStats(d);
+    assert.equal(after.replayed, 7, `each operation since the snapshot's commit replayed once: ${JSON.stringify(after)}`);
+    await expectPattern(d, 'j', 0x11, 0, 100);
+    await expectPattern(d, 'j', 0x22, 100, 1000);
+    await expectPattern(d, 'j', 0x11, 1100, 65536 - 1100);
+    await expectPattern(d, 'j', 0x33, 65536, 8192);
+    const K = 1024;
+    const expected: Array<[number, number, number]> = [
+      [0x11, 65536 + 8192, (1024 + 128) * K],
+      [0x00, (1024 + 128) * K, (1024 + 384) * K],
+      [0x11, (1024 + 384) * K, (2048 + 64) * K],
+      [0x00, (2048 + 64) * K, (2048 + 576) * K],
+      [0x11, (2048 + 576) * K, (3072 + 64) * K],
+      [0x00, (3072 + 64) * K, (3072 + 320) * K],
+      [0x11, (3072 + 320) * K, 4 * MiB],
+    ];
+    for (const [byte, from, to] of expected) await expectPattern(d, 'j', byte, from, to - from);
+    await expectPattern(d, 'j', 0x44, 6 * MiB, 65536);
+    await expectPattern(d, 'other', 0x55, 4096, 4096);
+    await expectPattern(d, 'j@base', 0x11, 0, 4 * MiB);
+    // Block status as before the kill: which ranges are holes, which allocated zeroes, which data.
+    assert.equal(await withHandle(d, 'j', BLOCK_STATUS, { structured: true }), mapBefore);
+    await expectFsckClean(d);
+
+    // Replayed and committed: a second kill replays nothing more.
+    await d.kill9();
+    await d.start();
+    assert.equal((await journalStats(d)).replayed, 0);
+    await expectPattern(d, 'j', 0x33, 65536, 8192);
+  } finally {
+    await d.dispose();
+  }
+});
+
+// The extents base:allocation reports, as "offset length flags" lines.
+const BLOCK_STATUS = `
+out = []
+def cb(meta, off, entries, err):
+    o = off
+    for i in range(0, len(entries), 2):
+        out.append('%d %d %d' % (o, entries[i], entries[i + 1]))
+        o += entries[i]
+h.block_status(h.get_size(), 0, cb)
+print('\\n'.join(out))
+`;
+
+test('a record torn by the crash ends the replay there: the FLUSHes before it come back, the daemon starts, fsck is clean', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh', 'qemu-io')) return;
+  const d = await startDaemon({ env: NO_COMMITS });
+  try {
+    await d.createVolume('t', 4 * MiB);
+    // The first FLUSH of a volume commits (a volume not flushed lately keeps no writes for the journal).
+    await withHandle(d, 't', `h.flush()\nh.pwrite(b'\\x61' * 4096, 0)\nh.flush()\nh.pwrite(b'\\x62' * 4096, 8192)\nh.flush()`);
+    await d.kill9();
+    // Two records, at the start of the journal's first half, on 512-byte sectors: damage the second's
+    // data as a write cut short by a power cut would.
+    const path = join(d.dataDir, 'flush-journal');
+    const file = readFileSync(path);
+    const starts = [];
+    for (let at = 0; at < 1024 * 1024; at += 512) if (file.toString('latin1', at, at + 4) === 'SHFJ') starts.push(at);
+    assert.equal(starts.length, 2, `two records: ${starts}`);
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from([0xff]), 0, 1, starts[1] + 200);
+    closeSync(fd);
+    await d.start();
+    assert.equal((await journalStats(d)).replayed, 1);
+    await expectPattern(d, 't', 0x61, 0, 4096);
+    await expectPattern(d, 't', 0x00, 8192, 4096);
+    await expectFsckClean(d);
+  } finally {
+    await d.dispose();
+  }
+});
+
+test('a write larger than the journal keeps is made durable by a commit, and survives kill -9', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh', 'qemu-io')) return;
+  const d = await startDaemon({ env: NO_COMMITS });
+  try {
+    await d.createVolume('big', 8 * MiB);
+    await withHandle(d, 'big', `h.pwrite(b'\\x71' * (2 * 1024 * 1024), 1024 * 1024)\nh.pwrite(b'\\x72' * 4096, 0)\nh.flush()`);
+    const s = await journalStats(d);
+    assert.equal(s.commits, 1, `the FLUSH committed: ${JSON.stringify(s)}`);
+    await d.kill9();
+    await d.start();
+    await expectPattern(d, 'big', 0x72, 0, 4096);
+    await expectPattern(d, 'big', 0x71, 1024 * 1024, 2 * 1024 * 1024);
+    await expectFsckClean(d);
+  } finally {
+    await d.dispose();
+  }
+});
