@@ -55,6 +55,8 @@ interface Pending {
   unkept: number;
   /** When the volume was last flushed (performance.now()). */
   flushedAt: number;
+  /** An eager enqueue of its operations is scheduled. */
+  eager: boolean;
 }
 
 interface Batch {
@@ -191,7 +193,15 @@ export class FlushJournal implements CommitPart<number> {
       return;
     }
     this.keep(p, st, kind, opNo, offset, length, data, noHole);
-    if (performance.now() - p.flushedAt < EAGER_WINDOW_MS) this.enqueue(p).catch(() => {}); // a failure sets `broken`: the FLUSH commits
+    // After the write's reply has gone out (it is corked until the next tick); a failure sets `broken`,
+    // and the FLUSH then commits.
+    if (performance.now() - p.flushedAt < EAGER_WINDOW_MS && !p.eager) {
+      p.eager = true;
+      setImmediate(() => {
+        p.eager = false;
+        if (p.ops.length > 0) this.enqueue(p).catch(() => {});
+      });
+    }
   }
 
   private keep(p: Pending, st: WritableMap, kind: JournalOpKind, opNo: number, offset: number, length: number, data: Buffer | null, noHole: boolean): void {
@@ -241,7 +251,7 @@ export class FlushJournal implements CommitPart<number> {
 
   private pendingOf(st: WritableMap): Pending {
     let p = this.pending.get(st);
-    if (!p) this.pending.set(st, (p = { ops: [], unkept: 0, flushedAt: -Infinity }));
+    if (!p) this.pending.set(st, (p = { ops: [], unkept: 0, flushedAt: -Infinity, eager: false }));
     return p;
   }
 
