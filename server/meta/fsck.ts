@@ -198,6 +198,7 @@ export async function checkMetadata(meta: MetaStore, store: ChunkStore, opts: Fs
   let live = 0;
   const free = new Set<number>();
   for (const slot of meta.slots.allFree()) {
+    if (free.has(slot)) err(`slot ${slot} is on the free list twice`);
     free.add(slot);
     if (slot >= meta.slotLimit || slot < FIRST_SLOT) err(`free slot ${slot} is outside the allocated range`);
     const pause = slicer.tick();

@@ -65,6 +65,7 @@ export class MetaStore {
     private readonly sb: Superblock,
     private readonly dbs: Map<string, Database>,
     options: Array<DatabaseOptions & { name: string }>,
+    writable: boolean,
   ) {
     for (const o of options) this.noteEncoding(o);
     const db = <V, K extends Key>(name: string) => dbs.get(name) as unknown as Database<V, K>; // opened by open(), by name
@@ -73,9 +74,15 @@ export class MetaStore {
     this.pipeline = new CommitPipeline(main, () => sb);
     this.nodes = new NodeStore(db('nodes'), db('node-refs'), sb, this.pipeline);
     this.chunks = new ChunkRecords(db('chunks'), sb, this.pipeline);
-    this.slots = new SlotAllocator(db('free-slots'), sb, this.pipeline, (s) => {
-      for (const fn of this.slotReusedListeners) fn(s);
-    });
+    this.slots = new SlotAllocator(
+      db('free-slots'),
+      sb,
+      this.pipeline,
+      (s) => {
+        for (const fn of this.slotReusedListeners) fn(s);
+      },
+      writable,
+    );
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
     this.storeRecords = new StoreRecords(db('store-records'));
@@ -112,7 +119,7 @@ export class MetaStore {
     const hasRecords = () => [...main.getKeys({ limit: 1 })].length > 0 || [...chunks.getKeys({ limit: 1 })].length > 0;
     try {
       const sb = loadSuperblock(main, dir, opts.chunkSize, create, hasRecords);
-      return new MetaStore(dir, env, sb, dbs, options);
+      return new MetaStore(dir, env, sb, dbs, options, create);
     } catch (e) {
       void env.close();
       throw e;

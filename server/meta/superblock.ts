@@ -32,6 +32,8 @@ export interface Superblock {
   fpLogNext?: number;
   /** Id of the last intent record (intent-records.ts). */
   nextIntent?: number;
+  /** Id of the last group of freed slots (slot-allocator.ts). */
+  freeGroupNext?: number;
   /** The last operation of the flush journal this commit covers (volume/flush-journal.ts). */
   journalApplied?: number;
 }
