@@ -1,7 +1,7 @@
 // Shared helpers for the benchmarks: process/temp-dir cleanup (also on Ctrl-C), starting Shoal and
 // nbdkit on Unix sockets, running fio's nbd engine and parsing its JSON, and a system header line.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -354,6 +354,22 @@ export async function freePort(): Promise<number> {
 export function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return (Number(f[11]) + Number(f[12])) / 100; // utime + stime in clock ticks (USER_HZ = 100)
+}
+
+/**
+ * Bytes written so far to the block device that holds `path` (/proc/diskstats, sectors of 512 bytes).
+ * What reaches the disk, after the page cache: a process's write_bytes counts whole large folios when a
+ * 4 KiB write dirties one, here 2.3 GB for 2,000 writes of 4 KiB that put 47 MiB on the disk.
+ */
+export function diskWrittenBytes(path: string): number {
+  const dev = statSync(path).dev;
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+  for (const line of readFileSync('/proc/diskstats', 'utf8').split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (Number(f[0]) === major && Number(f[1]) === minor) return Number(f[9]) * 512;
+  }
+  return NaN;
 }
 
 export function median(xs: number[]): number {

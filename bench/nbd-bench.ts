@@ -33,7 +33,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { makeTlsKeys } from '../test/helpers/tls-keys.js';
 import { fuaWrites } from './fua-writes.js';
-import { cpuSeconds, fio, fix, fmtBytes, freePort, median, waitDedupIndexed, numEnv, parseSizeEnv, onCleanup, randomFile, ROOT, runMain, runOk, startNbdkit, startNbdServer, startShoal, systemHeader, tempDir, type FioJob, type Shoal } from './lib.js';
+import { cpuSeconds, diskWrittenBytes, fio, fix, fmtBytes, freePort, median, waitDedupIndexed, numEnv, parseSizeEnv, onCleanup, randomFile, ROOT, runMain, runOk, startNbdkit, startNbdServer, startShoal, systemHeader, tempDir, type FioJob, type Shoal } from './lib.js';
 
 const FLOOR = 0.5;
 const TARGET = 0.8;
@@ -91,6 +91,8 @@ interface Run {
   flushP50: number;
   flushP99: number;
   cpuUs: number;
+  /** Write runs: bytes that reached the disk (data, metadata, journals) per byte the client wrote. */
+  wa: number;
   errors: number;
 }
 
@@ -254,11 +256,17 @@ runMain(async () => {
       const ow = await fio({ uri, rw: 'randwrite', bs: '4k', iodepth: 32, size, runtimeSec: OVERWRITE_SEC }, tmp);
       console.log(`  (${SERVER_NAME[s]}: ${OVERWRITE_SEC} s of 4K random writes at ${fix(ow.iops)} IOPS)`);
     }
+    // Write runs start and end with a sync: what the run put on the disk, and only that, is counted
+    // (the machine's other writers are few while it runs).
+    if (!w.read) await runOk('sync', []);
+    const disk0 = w.read ? NaN : diskWrittenBytes(tmp);
     const cpu0 = cpuSeconds(pid);
     if (w.fua) {
       const r = await fuaWrites(uri, size, runtime, 1);
       const cpuUs = ((cpuSeconds(pid) - cpu0) / r.total) * 1e6;
-      return { iops: r.iops, mibs: (r.iops * 4096) / 2 ** 20, p50: r.p50Us, p99: r.p99Us, writeP50: r.p50Us, writeP99: r.p99Us, flushP50: 0, flushP99: 0, cpuUs, errors: 0 };
+      await runOk('sync', []);
+      const wa = (diskWrittenBytes(tmp) - disk0) / (r.total * 4096);
+      return { iops: r.iops, mibs: (r.iops * 4096) / 2 ** 20, p50: r.p50Us, p99: r.p99Us, writeP50: r.p50Us, writeP99: r.p99Us, flushP50: 0, flushP99: 0, cpuUs, wa, errors: 0 };
     }
     // Right after the overwrites, count from the first second: that is when their debt is largest.
     const ramp = w.afterOverwrite ? 0 : 1;
@@ -266,6 +274,8 @@ runMain(async () => {
     // The CPU delta spans the ramp too: divide by the requests of the whole run (a write and its
     // FLUSH count as one request in fsync runs).
     const cpuUs = ((cpuSeconds(pid) - cpu0) / (res.iops * (runtime + ramp))) * 1e6;
+    if (!w.read) await runOk('sync', []);
+    const wa = w.read ? NaN : (diskWrittenBytes(tmp) - disk0) / (res.bwBytes * (runtime + ramp));
     return {
       iops: res.iops,
       mibs: res.bwBytes / 2 ** 20,
@@ -276,6 +286,7 @@ runMain(async () => {
       flushP50: res.syncP50Us,
       flushP99: res.syncP99Us,
       cpuUs,
+      wa,
       errors: res.errors,
     };
   };
@@ -297,7 +308,7 @@ runMain(async () => {
   const med = (w: Workload, s: Server) => {
     const rs = results.get(`${w.name}|${s}`)!;
     const m = (f: (x: Run) => number) => median(rs.map(f));
-    return { iops: m((x) => x.iops), mibs: m((x) => x.mibs), p50: m((x) => x.p50), p99: m((x) => x.p99), writeP50: m((x) => x.writeP50), writeP99: m((x) => x.writeP99), flushP50: m((x) => x.flushP50), flushP99: m((x) => x.flushP99), cpu: m((x) => x.cpuUs), errors: rs.reduce((a, x) => a + x.errors, 0) };
+    return { iops: m((x) => x.iops), mibs: m((x) => x.mibs), p50: m((x) => x.p50), p99: m((x) => x.p99), writeP50: m((x) => x.writeP50), writeP99: m((x) => x.writeP99), flushP50: m((x) => x.flushP50), flushP99: m((x) => x.flushP99), cpu: m((x) => x.cpuUs), wa: m((x) => x.wa), errors: rs.reduce((a, x) => a + x.errors, 0) };
   };
   const peers = servers.filter((s) => s !== 'shoal');
   const lines: string[] = [];
@@ -328,6 +339,16 @@ runMain(async () => {
         syncLines.push(`| ${w.name} | ${SERVER_NAME[s]} | ${fix(m.writeP50)} | ${flush(m.flushP50)} | ${fix(m.p50)} | ${fix(m.writeP99)} | ${flush(m.flushP99)} | ${fix(m.p99)} | ${ratio(m.p50, q?.p50)} | ${ratio(m.p99, q?.p99)} |`);
       }
     }
+  }
+
+  // Write amplification: what each server wrote to its disk per byte written by the client (issue 12 point 6).
+  const waLines: string[] = [];
+  const writeWorkloads = workloads.filter((w) => !w.read);
+  if (writeWorkloads.length) {
+    const waServers = servers.filter((s) => s !== 'nbdkit-memory');
+    waLines.push(`| workload | ${waServers.map((s) => SERVER_NAME[s]).join(' | ')} |`);
+    waLines.push(`|---|${waServers.map(() => '---:|').join('')}`);
+    for (const w of writeWorkloads) waLines.push(`| ${w.name} | ${waServers.map((s) => (serversOf(w).includes(s) ? fix(med(w, s).wa, 2) : '')).join(' | ')} |`);
   }
 
   // --- verdicts: the read floor against nbdkit memory, and issue 12's write goals against the qcow2 overlay.
@@ -364,10 +385,11 @@ runMain(async () => {
     ...(settleLine.length ? [`Shoal settling (dedup log indexed, reclaim drained) before each run, median: ${settleLine.join(' · ')}`] : []),
   ];
   const params = `fio ${'`'}--ioengine=nbd${'`'} over Unix sockets, 1 job, ${runtime} s time_based + 1 s ramp (none right after the overwrites), median of ${reps}; writes use refill_buffers (fresh random data); target size ${fmtBytes(size)} pre-filled with random data; shoal --cache-size ${cache}; qemu-nbd --cache=writeback; FUA writes timed one by one with libnbd's Python binding; the fsync row's latency is fio's write completion plus its FLUSH${tlsOn ? '; TLS rows: X.509 (ECDSA P-256), TLS 1.3, nbds:// over loopback TCP, against nbdkit memory --tls=require with the same certificates' : ''}`;
-  const md = [`# nbd-bench`, '', header, '', params, '', ...lines, '', ...(syncLines.length ? ['Sync writes at QD1, latency per request (µs):', '', ...syncLines, ''] : []), ...notes.map((n) => `${n}\n`), 'Checks:', ...checks, ''].join('\n');
+  const md = [`# nbd-bench`, '', header, '', params, '', ...lines, '', ...(syncLines.length ? ['Sync writes at QD1, latency per request (µs):', '', ...syncLines, ''] : []), ...(waLines.length ? ['Write amplification: bytes that reached the disk during the run and the sync after it (/proc/diskstats: data, metadata, journals, the filesystem\'s own) per byte the client wrote, median:', '', ...waLines, ''] : []), ...notes.map((n) => `${n}\n`), 'Checks:', ...checks, ''].join('\n');
 
   console.log('\n' + lines.join('\n'));
   if (syncLines.length) console.log('\n' + syncLines.join('\n'));
+  if (waLines.length) console.log('\n' + waLines.join('\n'));
   console.log('\n' + notes.join('\n'));
   console.log('\nChecks:');
   for (const c of checks) console.log(c);
