@@ -15,7 +15,7 @@ import { IntentRecords } from './intent-records.js';
 import { NodeStore } from './node-store.js';
 import { SlotAllocator } from './slot-allocator.js';
 import { StoreRecords } from './store-records.js';
-import { loadSuperblock, type Superblock } from './superblock.js';
+import { loadSuperblock, META_VERSION, type Superblock } from './superblock.js';
 import { VolumeRecords } from './volume-records.js';
 
 /** The LMDB environment's file in a data directory. */
@@ -72,6 +72,12 @@ export class MetaStore {
     const main = db<unknown, Key>('main');
     this.main = main;
     this.pipeline = new CommitPipeline(main, () => sb);
+    // A store of an older version is upgraded by a daemon (not by a check that must change nothing): the
+    // superblock says so in the transaction that rewrites its free list, or alone if there is none.
+    const upgrade = () => {
+      sb.version = META_VERSION;
+      main.putSync('superblock', sb);
+    };
     this.nodes = new NodeStore(db('nodes'), db('node-refs'), sb, this.pipeline);
     this.chunks = new ChunkRecords(db('chunks'), sb, this.pipeline);
     this.slots = new SlotAllocator(
@@ -81,8 +87,9 @@ export class MetaStore {
       (s) => {
         for (const fn of this.slotReusedListeners) fn(s);
       },
-      writable,
+      writable && upgrade,
     );
+    if (writable && sb.version !== META_VERSION) main.transactionSync(upgrade);
     this.volumes = new VolumeRecords(main, this.pipeline);
     this.intents = new IntentRecords(main, sb, this.pipeline);
     this.storeRecords = new StoreRecords(db('store-records'));

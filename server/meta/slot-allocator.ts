@@ -80,8 +80,11 @@ export class SlotAllocator implements CommitPart<Taken> {
     private readonly pipeline: CommitPipeline,
     /** Told when a slot is handed out again: anything cached under it is stale (invariant 1). */
     private readonly reused: (slot: number) => void,
-    /** Rewrite a free list of before the pages (not for a check that must change nothing). */
-    upgrade = true,
+    /**
+     * Rewrites a free list of before the pages, running this too in the same transaction (the
+     * superblock's new version); false: read it as it is (a check that must change nothing).
+     */
+    upgrade: false | (() => void) = () => {},
   ) {
     const legacy: number[] = [];
     const groups: Group[] = [];
@@ -101,18 +104,19 @@ export class SlotAllocator implements CommitPart<Taken> {
     // they go onto the stack, and their records with the next commit.
     for (const g of groups) this.moveToStack(g);
     if (legacy.length === 0) return;
-    if (upgrade) this.rewriteLegacy(legacy);
+    if (upgrade) this.rewriteLegacy(legacy, upgrade);
     else for (const s of legacy) this.reusable.push(s); // read as it is; the next daemon rewrites it
   }
 
   /** A store of before the pages: its free list (a record per slot) becomes stack pages, in one transaction. */
-  private rewriteLegacy(legacy: number[]): void {
+  private rewriteLegacy(legacy: number[], alsoInTxn: () => void): void {
     for (const s of legacy) this.reusable.push(s);
     const db = this.db;
     db.transactionSync(() => {
       for (const s of legacy) db.removeSync(s);
       for (let k = 0; k < parts(this.reusable.length); k++) db.putSync(['r', k], this.reusable.slice(k * PAGE, (k + 1) * PAGE));
       for (const g of this.moved) for (let i = 0; i < parts(g.slots.length); i++) db.removeSync(['g', g.id, i]);
+      alsoInTxn();
     });
     this.moved = [];
     this.persistedLen = this.dirtyFrom = this.reusable.length;

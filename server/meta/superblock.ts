@@ -5,7 +5,12 @@ import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import { FIRST_SLOT } from './map-node.js';
 
-const META_VERSION = 1;
+/**
+ * 2: the free list as pages and groups (slot-allocator.ts) and the flush journal (volume/flush-journal.ts).
+ * A daemon of before would read the pages' keys as slots and ignore the journal, so it must refuse the
+ * store; this code opens version 1 too, and a daemon's first start upgrades it (MetaStore.open).
+ */
+export const META_VERSION = 2;
 
 export interface Superblock {
   version: number;
@@ -54,7 +59,7 @@ export function loadSuperblock(main: Database, dir: string, chunkSize: number, c
     main.putSync('superblock', sb);
     return sb;
   }
-  if (typeof sb !== 'object' || sb.version !== META_VERSION || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
+  if (typeof sb !== 'object' || (sb.version !== META_VERSION && sb.version !== 1) || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
     throw new ShoalError('corrupt_metadata', `the metadata superblock is damaged or of an unknown version (${JSON.stringify(sb)?.slice(0, 200)})`);
   sb.gcQueue ??= [];
   return sb;

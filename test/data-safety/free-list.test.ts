@@ -14,10 +14,15 @@ import { expectFsckClean, withHandle, MiB } from '../helpers/volume-io.js';
 
 const chunkFileBytes = (d: Daemon) => statSync(join(d.dataDir, 'chunks.dat')).size;
 
-/** The free-slots database of a stopped daemon's metadata: its keys, and every slot it lists. */
-async function freeList(dir: string, rewriteLegacy = false): Promise<{ keys: unknown[]; slots: number[] }> {
+/**
+ * The free-slots database of a stopped daemon's metadata: its keys, every slot it lists, and the
+ * superblock's version; `rewriteLegacy` turns it back into a store of before (version 1, a record per slot).
+ */
+async function freeList(dir: string, rewriteLegacy = false): Promise<{ keys: unknown[]; slots: number[]; version: number }> {
   const env = open({ path: join(dir, 'meta.lmdb'), maxDbs: 16 } as any);
   const db = env.openDB({ name: 'free-slots', encoding: 'msgpack' });
+  const main = env.openDB({ name: 'main', encoding: 'msgpack' });
+  const sb = main.get('superblock') as { version: number };
   const keys: unknown[] = [];
   const slots: number[] = [];
   for (const { key, value } of db.getRange({})) {
@@ -29,9 +34,10 @@ async function freeList(dir: string, rewriteLegacy = false): Promise<{ keys: unk
     env.transactionSync(() => {
       for (const k of keys) db.removeSync(k as any);
       for (const s of slots) db.putSync(s, 1);
+      main.putSync('superblock', { ...sb, version: 1 });
     });
   await env.close();
-  return { keys, slots };
+  return { keys, slots, version: sb.version };
 }
 
 async function writeRandom(d: Daemon, vol: string, bytes: number): Promise<void> {
@@ -63,13 +69,16 @@ test('freed slots are reused after kill -9 and restarts, never twice, and a free
     assert.ok(pages.slots.length >= 4096, `a's chunks are on the free list: ${pages.slots.length}`);
     assert.equal(new Set(pages.slots).size, pages.slots.length, 'no slot listed twice');
     assert.ok(pages.keys.length < pages.slots.length / 100, `the free list is pages and groups, not a record per slot: ${pages.keys.length} records`);
+    assert.equal(pages.version, 2, 'a store with pages says so (a daemon of before refuses it)');
 
     // Back to a record per slot, as a store of before the pages has it: an offline check reads it as
     // it is and changes nothing; the daemon rewrites it as pages and reuses every slot.
     await freeList(d.dataDir, true);
     const offline = await run(process.execPath, [MAIN, 'fsck', d.dataDir]);
     assert.equal(offline.status, 0, offline.stdout + offline.stderr);
-    assert.equal((await freeList(d.dataDir)).keys.length, pages.slots.length, 'the offline check left the records as they were');
+    const unchanged = await freeList(d.dataDir);
+    assert.equal(unchanged.keys.length, pages.slots.length, 'the offline check left the records as they were');
+    assert.equal(unchanged.version, 1, 'and the version');
     await d.start();
     const before = chunkFileBytes(d);
     await d.createVolume('c', 32 * MiB);
@@ -82,6 +91,7 @@ test('freed slots are reused after kill -9 and restarts, never twice, and a free
     await d.stop();
     const after = await freeList(d.dataDir);
     assert.ok(after.keys.every((k) => Array.isArray(k)), 'rewritten as pages');
+    assert.equal(after.version, 2, 'upgraded');
     assert.equal(new Set(after.slots).size, after.slots.length, 'no slot listed twice');
     await d.start();
     await expectFsckClean(d);
