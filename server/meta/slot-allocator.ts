@@ -48,9 +48,8 @@ export class SlotAllocator implements CommitPart<Taken> {
   private readonly reusable: number[] = [];
   /** The lowest stack position changed since the last commit took its pages. */
   private dirtyFrom = 0;
-  /** The stack's length when the last commit took its pages, and the pages it left in LMDB. */
+  /** The stack's length when the last commit took its pages (it left parts() of it in LMDB). */
   private persistedLen = 0;
-  private persistedPages = 0;
   /**
    * Slots freed since the last commit. (Plain numbers: they all get the generation of the commit
    * that makes them durable. An object per freed slot is young garbage that lives until the
@@ -84,7 +83,7 @@ export class SlotAllocator implements CommitPart<Taken> {
      * Rewrites a free list of before the pages, running this too in the same transaction (the
      * superblock's new version); false: read it as it is (a check that must change nothing).
      */
-    upgrade: false | (() => void) = () => {},
+    upgrade: false | (() => void),
   ) {
     const legacy: number[] = [];
     const groups: Group[] = [];
@@ -99,7 +98,6 @@ export class SlotAllocator implements CommitPart<Taken> {
       }
     }
     this.persistedLen = this.dirtyFrom = this.reusable.length;
-    this.persistedPages = parts(this.reusable.length);
     // Frees a crash (or a stop) left waiting for readers: no reader of before the start is left, so
     // they go onto the stack, and their records with the next commit.
     for (const g of groups) this.moveToStack(g);
@@ -120,7 +118,6 @@ export class SlotAllocator implements CommitPart<Taken> {
     });
     this.moved = [];
     this.persistedLen = this.dirtyFrom = this.reusable.length;
-    this.persistedPages = parts(this.reusable.length);
   }
 
   private push(slot: number): void {
@@ -218,10 +215,9 @@ export class SlotAllocator implements CommitPart<Taken> {
     // slot its stack page still listed as free.)
     const same = this.dirtyFrom >= this.persistedLen && len === this.persistedLen;
     if (same && this.freed.length === 0 && this.moved.length === 0) return null;
-    const t: Taken = { gen, pages: [], dropFrom: pages, dropTo: this.persistedPages, group: null, moved: this.moved };
+    const t: Taken = { gen, pages: [], dropFrom: pages, dropTo: parts(this.persistedLen), group: null, moved: this.moved };
     if (!same) for (let k = Math.floor(this.dirtyFrom / PAGE); k < pages; k++) t.pages.push([k, this.reusable.slice(k * PAGE, (k + 1) * PAGE)]);
     if (this.freed.length > 0) t.group = { id: (this.sb.freeGroupNext = (this.sb.freeGroupNext ?? 0) + 1), gen, slots: this.freed };
-    this.persistedPages = pages;
     this.persistedLen = this.dirtyFrom = len;
     this.freed = [];
     this.moved = [];
@@ -234,7 +230,7 @@ export class SlotAllocator implements CommitPart<Taken> {
     for (const [k, slots] of t.pages) w.put('free-slots', db, ['r', k] satisfies PageKey, slots);
     for (let k = t.dropFrom; k < t.dropTo; k++) w.remove('free-slots', db, ['r', k] satisfies PageKey);
     const g = t.group;
-    if (g) for (let i = 0; i < parts(g.slots.length); i++) w.put('free-slots', db, [`g`, g.id, i] satisfies GroupKey, g.slots.slice(i * PAGE, (i + 1) * PAGE));
+    if (g) for (let i = 0; i < parts(g.slots.length); i++) w.put('free-slots', db, ['g', g.id, i] satisfies GroupKey, g.slots.slice(i * PAGE, (i + 1) * PAGE));
     for (const m of t.moved) for (let i = 0; i < parts(m.slots.length); i++) w.remove('free-slots', db, ['g', m.id, i] satisfies GroupKey);
   }
 

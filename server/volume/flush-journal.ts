@@ -20,17 +20,15 @@
 // time (bulk writes pay a commit per FLUSH as before, but their commit is cheap per byte), and only on
 // a volume that was flushed in the last SYNC_WINDOW_MS (a writer that never flushes pays no copies);
 // a volume with an operation not kept makes its FLUSH commit until a commit covers it.
-import { closeSync, constants, fsyncSync, openSync, readFileSync, write as fsWrite, writeSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { ShoalError } from '../errors.js';
 import type { CommitPart } from '../meta/commit-pipeline.js';
 import type { MetaStore } from '../meta/meta-store.js';
+import { writeAll } from '../store/batched-writes.js';
 import { decodeRecords, encodeRecord, recordSize, type JournalOp, type JournalOpKind, type JournalRecord } from './flush-journal-format.js';
 import type { WritableMap } from './volume-state.js';
 import type { WritePath } from './write-path.js';
-
-const pwrite = promisify(fsWrite);
 
 const FLUSH_JOURNAL_FILE = 'flush-journal';
 /** Written larger than this, an operation is not kept: its volume's next FLUSH commits. */
@@ -157,25 +155,25 @@ export class FlushJournal implements CommitPart<number> {
     this.toReplay = null;
     let n = 0;
     for (const op of ops) {
-        // New operations number on past every one in the file, replayed or not.
-        if (op.opNo > this.lastOp) this.lastOp = op.opNo;
-        if (op.opNo <= this.durableOp) continue; // a commit covers it
-        const st = states.get(op.volume);
-        if (!st || st.record.createdAt !== op.createdAt || op.offset + op.length > st.record.size) {
-          logger?.warn({ op: { kind: op.kind, volume: op.volume, offset: op.offset, length: op.length } }, 'flush journal: skipping an operation on a volume that is gone or smaller');
-          continue;
-        }
-        try {
-          if (op.kind === 'write') await writes.write(st, op.offset, op.data!);
-          else if (op.kind === 'trim') await writes.trim(st, op.offset, op.length);
-          else await writes.zero(st, op.offset, op.length, op.noHole);
-        } catch (e) {
-          // As it failed before the crash, perhaps (a FUA write is journaled while it is applied); the
-          // daemon must start all the same.
-          logger?.warn({ err: e, op: { kind: op.kind, volume: op.volume, offset: op.offset, length: op.length } }, 'flush journal: an operation failed to replay');
-          continue;
-        }
-        n++;
+      // New operations number on past every one in the file, replayed or not.
+      if (op.opNo > this.lastOp) this.lastOp = op.opNo;
+      if (op.opNo <= this.durableOp) continue; // a commit covers it
+      const st = states.get(op.volume);
+      if (!st || st.record.createdAt !== op.createdAt || op.offset + op.length > st.record.size) {
+        logger?.warn({ op: { kind: op.kind, volume: op.volume, offset: op.offset, length: op.length } }, 'flush journal: skipping an operation on a volume that is gone or smaller');
+        continue;
+      }
+      try {
+        if (op.kind === 'write') await writes.write(st, op.offset, op.data!);
+        else if (op.kind === 'trim') await writes.trim(st, op.offset, op.length);
+        else await writes.zero(st, op.offset, op.length, op.noHole);
+      } catch (e) {
+        // As it failed before the crash, perhaps (a FUA write is journaled while it is applied); the
+        // daemon must start all the same.
+        logger?.warn({ err: e, op: { kind: op.kind, volume: op.volume, offset: op.offset, length: op.length } }, 'flush journal: an operation failed to replay');
+        continue;
+      }
+      n++;
     }
     this.figures.replayed += n;
     // Everything in the file is covered once the caller's commit is durable.
@@ -188,14 +186,15 @@ export class FlushJournal implements CommitPart<number> {
     const opNo = ++this.lastOp;
     const p = this.pendingOf(st);
     const bytes = kind === 'write' ? length : 0;
-    if (this.broken || bytes > MAX_OP_BYTES || this.retained + bytes > RETAIN_BYTES || performance.now() - p.flushedAt > SYNC_WINDOW_MS) {
+    const sinceFlush = performance.now() - p.flushedAt;
+    if (this.broken || bytes > MAX_OP_BYTES || this.retained + bytes > RETAIN_BYTES || sinceFlush > SYNC_WINDOW_MS) {
       p.unkept = opNo;
       return;
     }
     this.keep(p, st, kind, opNo, offset, length, data, noHole);
     // After the write's reply has gone out (it is corked until the next tick); a failure sets `broken`,
     // and the FLUSH then commits.
-    if (performance.now() - p.flushedAt < EAGER_WINDOW_MS && !p.eager) {
+    if (sinceFlush < EAGER_WINDOW_MS && !p.eager) {
       p.eager = true;
       setImmediate(() => {
         p.eager = false;
@@ -313,7 +312,7 @@ export class FlushJournal implements CommitPart<number> {
       this.writeAt = 0;
     }
     try {
-      await writeAll(this.fd, encodeRecord(this.seq, ops), this.half * HALF_BYTES + this.writeAt);
+      await writeAll(this.fd, [encodeRecord(this.seq, ops)], this.half * HALF_BYTES + this.writeAt);
     } catch (e) {
       // The operations taken stay in memory, and the next commit covers them: from now on every
       // FLUSH commits. This one fails (EIO): what it was to make durable may not be.
@@ -385,10 +384,4 @@ function writeZeroes(fd: number, from: number, n: number): void {
 function writeSyncAll(fd: number, b: Buffer, pos: number): void {
   let off = 0;
   while (off < b.length) off += writeSync(fd, b, off, b.length - off, pos + off);
-}
-
-/** The thread-pool write of all of `b` at `pos` (an O_DSYNC descriptor: durable on return). */
-async function writeAll(fd: number, b: Buffer, pos: number): Promise<void> {
-  let off = 0;
-  while (off < b.length) off += (await pwrite(fd, b, off, b.length - off, pos + off)).bytesWritten;
 }

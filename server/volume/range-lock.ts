@@ -13,11 +13,7 @@ export class RangeLock {
 
   /** Waits until [from, to) overlaps nothing held, takes it, and returns its release function. */
   async acquire(from: number, to: number): Promise<() => void> {
-    for (;;) {
-      const blocker = this.held.find((h) => h.from < to && from < h.to);
-      if (!blocker) break;
-      await blocker.done;
-    }
+    for (let blocker = this.blocker(from, to); blocker; blocker = this.blocker(from, to)) await blocker.done;
     let release!: () => void;
     const h: Held = { from, to, done: new Promise<void>((r) => (release = r)) };
     this.held.push(h);
@@ -30,7 +26,11 @@ export class RangeLock {
 
   /** Whether nothing held overlaps [from, to): an acquire() called now takes it at once, before it returns. */
   isFree(from: number, to: number): boolean {
-    return !this.held.some((h) => h.from < to && from < h.to);
+    return !this.blocker(from, to);
+  }
+
+  private blocker(from: number, to: number): Held | undefined {
+    return this.held.find((h) => h.from < to && from < h.to);
   }
 
   get busy(): boolean {
