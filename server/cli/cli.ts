@@ -11,9 +11,6 @@ import { UsageError, expectPositionals, scanArgs } from './args.js';
 import { apiCommand, sizeArg } from './api-command.js';
 import { fsckText, snapshotTable, statsText, table, volumeDetails, volumeTable } from './render.js';
 import { print, type CliOptions, type Ctx } from './command-context.js';
-import { tokenCommand } from './token-commands.js';
-import { EXIT_INTERRUPTED, exportCommand, importCommand } from './image-commands.js';
-import { topCommand } from './top-command.js';
 import { FsckProgressLine } from './fsck-progress.js';
 import { USAGE } from './usage.js';
 
@@ -50,6 +47,9 @@ export async function runCli(argv: string[], opts: CliOptions = {}): Promise<num
   }
 }
 
+/** Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it. */
+const EXIT_INTERRUPTED = 130;
+
 const trim = (s: string) => s.trim().replace(/\.$/, '');
 
 async function dispatch(ctx: Ctx): Promise<number> {
@@ -73,16 +73,16 @@ async function dispatch(ctx: Ctx): Promise<number> {
     case 'stats':
       return stats(ctx, rest);
     case 'top':
-      return topCommand(ctx, rest);
+      return (await import('./top-command.js')).topCommand(ctx, rest);
     case 'import':
-      return importCommand(ctx, rest);
+      return (await import('./image-commands.js')).importCommand(ctx, rest);
     case 'export':
-      return exportCommand(ctx, rest);
+      return (await import('./image-commands.js')).exportCommand(ctx, rest);
     case 'fsck':
       return fsck(ctx, rest);
     case 'token':
     case 'tokens':
-      return tokenCommand(ctx, rest);
+      return (await import('./token-commands.js')).tokenCommand(ctx, rest);
     case 'serve':
       throw new UsageError('`shoal serve` is handled by the shoal executable, not the client');
     default:

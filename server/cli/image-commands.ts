@@ -27,8 +27,6 @@ import { exportRaw, importRaw, type CopyResult } from './transfer/raw-copy.js';
 
 /** NBD connections a raw copy opens when the daemon allows several (as nbdcopy does). */
 const CONNECTIONS = 4;
-/** Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it. */
-export const EXIT_INTERRUPTED = 130;
 
 const enc = encodeURIComponent;
 

@@ -112,6 +112,30 @@ test('raw import skips zeroes, export keeps holes, bytes round-trip; JSON progre
   }
 });
 
+test('a dense import, read back by nbdcopy, equals the image: the reader buffers are reused only once the kernel has their bytes', async (t) => {
+  if (!needTools(t, 'nbdcopy')) return;
+  const d = await startDaemon();
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-import-dense-'));
+  try {
+    // 48 MiB of random data: each of the 8 reader buffers of 1 MiB carries ~6 pieces, each piece
+    // four WRITEs whose replies come long after the buffer was refilled.
+    const img = join(dir, 'dense.raw');
+    const bytes = makeImage(img, 48, () => true);
+    const r = await shoalIn(d)('import', 'dense', img);
+    assert.equal(r.status, 0, r.stderr);
+    const back = join(dir, 'back.raw');
+    await runOk('nbdcopy', [d.unixUri('dense'), back]);
+    const got = readFileSync(back);
+    assert.equal(got.length, bytes.length);
+    for (let off = 0; off < bytes.length; off += MiB) {
+      assert.ok(got.subarray(off, off + MiB).equals(bytes.subarray(off, off + MiB)), `MiB ${off / MiB} reads back as imported`);
+    }
+  } finally {
+    await d.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('qcow2 round trip through qemu-img: import, compare, export, compare', async (t) => {
   if (!needTools(t, 'qemu-img', 'qemu-io', 'nbdinfo')) return;
   const d = await startDaemon();

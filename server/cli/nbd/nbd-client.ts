@@ -123,8 +123,12 @@ export class NbdClient {
     return this.pending.size;
   }
 
-  write(offset: number, data: Buffer): Promise<void> {
-    return this.request(C.NBD_CMD_WRITE, offset, data.length, data) as Promise<void>;
+  /**
+   * `sent`, if given, is called once the socket has handed `data` to the kernel (or failed to): the
+   * buffer may be reused from then on, while the reply is still to come.
+   */
+  write(offset: number, data: Buffer, sent?: () => void): Promise<void> {
+    return this.request(C.NBD_CMD_WRITE, offset, data.length, data, sent) as Promise<void>;
   }
 
   read(offset: number, length: number): Promise<Buffer> {
@@ -170,8 +174,11 @@ export class NbdClient {
     return h;
   }
 
-  private request(type: number, offset: number, length: number, payload?: Buffer): Promise<Buffer | Extent[] | undefined> {
-    if (this.failure) return Promise.reject(this.failure);
+  private request(type: number, offset: number, length: number, payload?: Buffer, sent?: () => void): Promise<Buffer | Extent[] | undefined> {
+    if (this.failure) {
+      sent?.();
+      return Promise.reject(this.failure);
+    }
     const cookie = this.nextCookie;
     this.nextCookie = this.nextCookie === 0xffffffff ? 1 : this.nextCookie + 1;
     return new Promise((resolve, reject) => {
@@ -181,7 +188,7 @@ export class NbdClient {
       if (payload) {
         this.sock.cork();
         this.sock.write(h);
-        this.sock.write(payload);
+        this.sock.write(payload, sent);
         this.sock.uncork();
       } else this.sock.write(h);
     });

@@ -7,16 +7,21 @@ import type { NbdTarget } from './client-handshake.js';
 export class NbdPool {
   private constructor(readonly conns: NbdClient[]) {}
 
-  /** One connection, then up to `max` in all if the server allows multi-conn. */
+  /**
+   * Up to `max` connections, opened at once (a handshake is a few round trips: one after another
+   * they cost a copy's start ~5 ms); only the first is kept if the server does not allow multi-conn.
+   */
   static async open(t: NbdTarget, max: number): Promise<NbdPool> {
-    const first = await NbdClient.connect(t);
-    if (!first.canMultiConn || max <= 1) return new NbdPool([first]);
-    const more = await Promise.allSettled(Array.from({ length: max - 1 }, () => NbdClient.connect(t)));
-    const failed = more.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    const conns = [first, ...more.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
+    const all = await Promise.allSettled(Array.from({ length: Math.max(1, max) }, () => NbdClient.connect(t)));
+    const conns = all.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = all.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       for (const c of conns) c.destroy();
       throw failed.reason;
+    }
+    if (!conns[0]!.canMultiConn) {
+      for (const c of conns.slice(1)) void c.close();
+      return new NbdPool(conns.slice(0, 1));
     }
     return new NbdPool(conns);
   }
