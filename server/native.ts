@@ -26,6 +26,8 @@ export interface NativeAddon {
   fadviseDontNeed(fd: number, offset: number, length: number): Promise<void>;
   /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
   tryLock(fd: number): boolean;
+  /** MD5 of `data` (16 bytes) on the thread pool, for an upload's Content-MD5; `data` must not change meanwhile. */
+  md5(data: Uint8Array): Promise<Buffer>;
 }
 
 export interface FingerprintTableHandle {

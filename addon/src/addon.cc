@@ -4,12 +4,14 @@
 #include "fingerprint.h"
 #include "fingerprint-table.h"
 #include "file-io.h"
+#include "upload-digest.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprint(env, exports);
   shoal::InitChunkCache(env, exports);
   shoal::InitFingerprintTable(env, exports);
   shoal::InitFileIo(env, exports);
+  shoal::InitUploadDigest(env, exports);
   return exports;
 }
 

@@ -2,12 +2,12 @@
 // If-None-Match: * under PREFIX/packs/EPOCH/ID.pack after the lease is checked (a fenced daemon's next
 // upload fails). An upload is retried until it lands while the store is unreachable; the metadata waits
 // for it with through(id) before it names the pack in the bucket.
-import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ShoalError } from '../../errors.js';
 import type { PrefixLease, LeaseLogger } from './lease.js';
 import type { LocalPack } from './local-pack.js';
 import { packObjectKey } from './pack-records.js';
+import { contentMd5 } from './s3-bucket.js';
 import { untilDone } from './outage-retry.js';
 
 export interface PackUploaderOptions {
@@ -139,7 +139,7 @@ async function putOnce(lease: PrefixLease, key: string, body: Buffer): Promise<v
   } catch (e) {
     if (!(e instanceof ShoalError) || e.code !== 's3_precondition_failed') throw e;
     const there = await lease.bucket.head(key);
-    if (there && there.etag === createHash('md5').update(body).digest('hex')) return;
+    if (there && there.etag === (await contentMd5(body)).toString('hex')) return;
     throw new ShoalError('store_fenced', `${lease.bucket.url(key)} already holds another writer's pack: two writers share epoch ${lease.epoch} on ${lease.url}.`);
   }
 }
