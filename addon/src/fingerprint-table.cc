@@ -9,11 +9,13 @@
 //
 // Open addressing with linear probing and backward-shift deletion (no tombstones); slot 0 marks
 // an empty entry (chunk slots start at 2). The digest is uniform, so its first 8 bytes, mixed
-// with the domain, are the hash.
+// with the domain, are the hash. A full table is drained into one twice its size a few entries
+// per change, not at once (Step()).
 #include "fingerprint-table.h"
 #include "args.h"
 #include <cstring>
-#include <vector>
+#include <algorithm>
+#include <cstdlib>
 
 namespace shoal {
 namespace {
@@ -39,12 +41,34 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   }
 
   explicit FingerprintTable(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FingerprintTable>(info) {
-    tab_.resize(1024);
+    tab_ = Alloc(1024);
+    size_ = 1024;
+  }
+  ~FingerprintTable() override {
+    free(tab_);
+    free(old_);
   }
 
  private:
-  std::vector<Entry> tab_;
+  // The table, and while it grows, the one before it, drained kStep entries per change: moving 256 Ki
+  // entries at once held the event loop 65-140 ms (the longest stall of bench:soak, when the dedup
+  // log passed 262,144 entries). A key is in one of the two; an old entry already moved is kMoved.
+  // The tables come from calloc: a large one is fresh zero pages, faulted in as it fills, where
+  // std::vector's assign wrote 48 MiB of zeroes up front.
+  static constexpr uint64_t kMoved = ~0ull;  // slots are below 2^48
+  static constexpr size_t kStep = 8;         // old entries looked at per change: drained in a quarter of the changes before the next growth
+  Entry* tab_ = nullptr;
+  size_t size_ = 0;
+  Entry* old_ = nullptr;
+  size_t oldSize_ = 0;
+  size_t cursor_ = 0;
   size_t count_ = 0;
+
+  static Entry* Alloc(size_t n) {
+    void* p = calloc(n, sizeof(Entry));
+    if (p == nullptr) abort();  // as std::vector did on bad_alloc: the dedup log cannot go on without its table
+    return static_cast<Entry*>(p);
+  }
 
   static uint64_t Hash(const uint8_t* k) {
     uint64_t d;
@@ -54,43 +78,96 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     return d ^ (static_cast<uint64_t>(dom) * 0x9E3779B97F4A7C15ull);
   }
 
-  size_t Mask() const { return tab_.size() - 1; }
-
-  // Index of the entry holding key, or of the empty entry where it would go.
-  size_t Find(const uint8_t* k) const {
-    size_t i = Hash(k) & Mask();
-    while (tab_[i].slot != 0 && std::memcmp(tab_[i].key, k, kKey) != 0) i = (i + 1) & Mask();
+  // Index in t (of size mask + 1) of the entry holding key k, or of the empty entry that ends its
+  // probe run. Moved entries are passed over, as the rest of their run may hold k.
+  static size_t FindIn(const Entry* t, size_t mask, const uint8_t* k) {
+    size_t i = Hash(k) & mask;
+    while (t[i].slot != 0 && (t[i].slot == kMoved || std::memcmp(t[i].key, k, kKey) != 0)) i = (i + 1) & mask;
     return i;
   }
 
-  void Grow() {
-    std::vector<Entry> old;
-    old.swap(tab_);
-    tab_.assign(old.size() * 2, Entry{});
-    for (const Entry& e : old) {
-      if (e.slot == 0) continue;
+  size_t Mask() const { return size_ - 1; }
+
+  // The slot k maps to, or 0.
+  uint64_t Lookup(const uint8_t* k) const {
+    uint64_t s = tab_[FindIn(tab_, Mask(), k)].slot;
+    if (s == 0 && old_ != nullptr) s = old_[FindIn(old_, oldSize_ - 1, k)].slot;
+    return s;
+  }
+
+  // Moves up to kStep old entries into the table (before a change, so no index found after it moves).
+  void Step() {
+    if (old_ == nullptr) return;
+    const size_t end = std::min(oldSize_, cursor_ + kStep);
+    for (; cursor_ < end; cursor_++) {
+      Entry& e = old_[cursor_];
+      if (e.slot == 0 || e.slot == kMoved) continue;
       size_t i = Hash(e.key) & Mask();
       while (tab_[i].slot != 0) i = (i + 1) & Mask();
       tab_[i] = e;
+      e.slot = kMoved;
     }
+    if (cursor_ == oldSize_) {
+      free(old_);
+      old_ = nullptr;
+      oldSize_ = 0;
+      cursor_ = 0;
+    }
+  }
+
+  void Grow() {
+    while (old_ != nullptr) Step();  // the last growth's draining is done long before this one
+    old_ = tab_;
+    oldSize_ = size_;
+    cursor_ = 0;
+    size_ *= 2;
+    tab_ = Alloc(size_);
   }
 
   // Maps k to slot. Grows only for a new key: growing for a replacement rehashed the whole table
   // (~65 ms at 256 Ki entries) when it was not needed.
   void Put(const uint8_t* k, uint64_t slot) {
-    size_t i = Find(k);
+    Step();
+    size_t i = FindIn(tab_, Mask(), k);
     if (tab_[i].slot == 0) {
-      if ((count_ + 1) * 2 > tab_.size()) {  // load factor <= 1/2: ~2.5 probes for a miss
-        Grow();
-        i = Find(k);
+      bool known = false;
+      if (old_ != nullptr) {
+        Entry& o = old_[FindIn(old_, oldSize_ - 1, k)];
+        if (o.slot != 0) {
+          o.slot = kMoved;  // it moves now, with its new slot
+          known = true;
+        }
+      }
+      if (!known) {
+        if ((count_ + 1) * 2 > size_) {  // load factor <= 1/2: ~2.5 probes for a miss
+          Grow();
+          i = FindIn(tab_, Mask(), k);
+        }
+        count_++;
       }
       std::memcpy(tab_[i].key, k, kKey);
-      count_++;
     }
     tab_[i].slot = slot;
   }
 
-  void Erase(size_t i) {
+  // Removes k if it maps to slot s; true if it did.
+  bool EraseIf(const uint8_t* k, uint64_t s) {
+    Step();
+    size_t i = FindIn(tab_, Mask(), k);
+    if (tab_[i].slot != 0) {
+      if (tab_[i].slot != s) return false;
+      EraseAt(i);
+      return true;
+    }
+    if (old_ == nullptr) return false;
+    Entry& o = old_[FindIn(old_, oldSize_ - 1, k)];
+    if (o.slot == 0 || o.slot != s) return false;
+    o.slot = kMoved;  // gone: the old table is only read from now on
+    count_--;
+    return true;
+  }
+
+  void EraseAt(size_t i) {
     // Backward shift: pull later entries of the probe run into the hole.
     size_t j = i;
     for (;;) {
@@ -128,8 +205,8 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   Napi::Value Get(const Napi::CallbackInfo& info) {
     const uint8_t* k = KeyAt(info, 0, 1, "get(keys: Uint8Array, offset)");
     if (!k) return info.Env().Undefined();
-    const Entry& e = tab_[Find(k)];
-    return Napi::Number::New(info.Env(), e.slot == 0 ? -1.0 : static_cast<double>(e.slot));
+    const uint64_t slot = Lookup(k);
+    return Napi::Number::New(info.Env(), slot == 0 ? -1.0 : static_cast<double>(slot));
   }
 
   // getMany(keys, n, out: Float64Array): out[i] = slot of keys[36i..36i+36), or -1. Returns hits.
@@ -147,9 +224,9 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     }
     uint32_t hits = 0;
     for (uint32_t i = 0; i < n; i++) {
-      const Entry& e = tab_[Find(keys.Data() + static_cast<size_t>(i) * kKey)];
-      out[i] = e.slot == 0 ? -1.0 : static_cast<double>(e.slot);
-      if (e.slot != 0) hits++;
+      const uint64_t slot = Lookup(keys.Data() + static_cast<size_t>(i) * kKey);
+      out[i] = slot == 0 ? -1.0 : static_cast<double>(slot);
+      if (slot != 0) hits++;
     }
     return Napi::Number::New(env, hits);
   }
@@ -215,15 +292,12 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     if (!k) return env.Undefined();
     int64_t s;
     if (info.Length() < 3 || !ToInt(info[2], 0, kMaxSafe, &s)) return ThrowType(env, "deleteIf(keys: Uint8Array, offset, slot)");
-    size_t i = Find(k);
-    if (tab_[i].slot == 0 || tab_[i].slot != static_cast<uint64_t>(s)) return Napi::Boolean::New(env, false);
-    Erase(i);
-    return Napi::Boolean::New(env, true);
+    return Napi::Boolean::New(env, EraseIf(k, static_cast<uint64_t>(s)));
   }
 
   Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(count_)); }
   Napi::Value Bytes(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), static_cast<double>(tab_.size() * sizeof(Entry)));
+    return Napi::Number::New(info.Env(), static_cast<double>((size_ + oldSize_) * sizeof(Entry)));
   }
 };
 

@@ -48,6 +48,40 @@ test('the fingerprint table agrees with a Map through inserts, replacements and 
   assert.ok(t.bytes >= t.size * 48);
 });
 
+test('while a growth drains the old table, every key is found once, replaced in place and deleted from either table', () => {
+  const t = new (native().FingerprintTable)();
+  // 2^17 + 1 keys: the last insert grows the table (load factor 1/2 of 2^18); the old table is then
+  // drained 8 entries per change, so the changes below meet keys on both sides.
+  const n = 2 ** 17 + 1;
+  const keys = randomBytes(36 * n);
+  for (let i = 0; i < n; i++) t.set(keys, i * 36, i + 2);
+  const bytesAfterGrowth = t.bytes;
+  assert.equal(t.size, n);
+  const out = new Float64Array(n);
+  assert.equal(t.getMany(keys, n, out), n);
+  for (let i = 0; i < n; i++) assert.equal(out[i], i + 2, `key ${i} after the growth`);
+  // Delete every fifth key (a wrong slot changes nothing) and replace every third, checking each at
+  // once: the first few thousand changes meet moved and unmoved keys of the old table alike.
+  let deleted = 0;
+  for (let i = 0; i < n; i += 5) {
+    assert.equal(t.deleteIf(keys, i * 36, i + 3), false);
+    assert.equal(t.deleteIf(keys, i * 36, i + 2), true);
+    assert.equal(t.get(keys, i * 36), -1, `key ${i} deleted`);
+    deleted++;
+  }
+  for (let i = 0; i < n; i += 3) {
+    t.set(keys, i * 36, 10_000_000 + i);
+    assert.equal(t.get(keys, i * 36), 10_000_000 + i, `key ${i} replaced`);
+  }
+  assert.equal(t.size, n - deleted + Math.ceil(n / 15)); // every fifteenth key was deleted, then set again
+  for (let i = 0; i < n; i++) {
+    const want = i % 3 === 0 ? 10_000_000 + i : i % 5 === 0 ? -1 : i + 2;
+    assert.equal(t.get(keys, i * 36), want, `key ${i}`);
+  }
+  // The drain is over (each change moved up to 8 old entries): the old table is gone.
+  assert.ok(t.bytes < bytesAfterGrowth, `the old table was freed (${t.bytes} < ${bytesAfterGrowth} bytes)`);
+});
+
 test('the fingerprint table refuses bad arguments with an error, not a crash', () => {
   const t = new (native().FingerprintTable)();
   const k = randomBytes(36);
