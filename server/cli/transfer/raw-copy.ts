@@ -91,11 +91,10 @@ function dataRuns(buf: Buffer, len: number, block: number): Array<[number, numbe
   return runs;
 }
 
-/** `depth` workers per connection; each takes the next piece of work until none is left. */
-async function workers(pool: NbdPool, depth: number, fn: (conn: NbdClient, buf: Buffer) => Promise<void>, bufBytes: number): Promise<void> {
+/** `depth` workers per connection (worker i of all); each takes the next piece of work until none is left. */
+async function workers(pool: NbdPool, depth: number, fn: (conn: NbdClient, i: number) => Promise<void>): Promise<void> {
   const all = pool.conns.flatMap((c) => Array.from({ length: depth }, () => c));
-  const bufs = alignedBuffers(all.length, bufBytes);
-  await Promise.all(all.map((c, i) => fn(c, bufs[i]!)));
+  await Promise.all(all.map((c, i) => fn(c, i)));
 }
 
 /**
@@ -108,7 +107,6 @@ async function workers(pool: NbdPool, depth: number, fn: (conn: NbdClient, buf: 
 function alignedBuffers(n: number, bytes: number): Buffer[] {
   const page = 64 * 1024; // a WebAssembly page
   const stride = Math.ceil(bytes / 4096) * 4096;
-  if (n * stride === 0) return Array.from({ length: n }, () => Buffer.alloc(0));
   const mem = Buffer.from(new WebAssembly.Memory({ initial: Math.ceil((n * stride) / page) }).buffer);
   return Array.from({ length: n }, (_, i) => mem.subarray(i * stride, i * stride + bytes));
 }
@@ -125,10 +123,12 @@ export async function importRaw(path: string, pool: NbdPool, blockSize: number, 
     // Replies still to come, per connection, oldest first.
     const replies = new Map(pool.conns.map((c) => [c, [] as Array<Promise<void>>]));
     let failure: unknown = null;
+    const bufs = alignedBuffers(pool.conns.length * READERS, piece);
     await workers(
       pool,
       READERS,
-      async (conn, buf) => {
+      async (conn, i) => {
+        const buf = bufs[i]!;
         const mine = replies.get(conn)!;
         for (;;) {
           stopped(o.signal);
@@ -158,7 +158,6 @@ export async function importRaw(path: string, pool: NbdPool, blockSize: number, 
           o.progress.add(len);
         }
       },
-      piece,
     );
     for (const r of replies.values()) await Promise.all(r);
     stopped(o.signal);
@@ -236,7 +235,6 @@ export async function exportRaw(path: string, pool: NbdPool, overwrite: boolean,
           o.progress.add(piece.length);
         }
       },
-      0,
     );
     stopped(o.signal);
     await fh.datasync();
