@@ -10,6 +10,8 @@ export interface NativeAddon {
    * domain id, 36 bytes each: the domain (4 bytes, big-endian), then the digest (a dedup key).
    */
   fingerprintSync(data: Uint8Array, chunkSize: number, domain?: number): Buffer;
+  /** fingerprintSync's dedup keys (with a domain), written into out[outOffset..]; a RangeError if they do not fit. */
+  fingerprintInto(data: Uint8Array, chunkSize: number, domain: number, out: Uint8Array, outOffset: number): void;
   /** The same on libuv's thread pool. */
   fingerprint(data: Uint8Array, chunkSize: number, domain?: number): Promise<Buffer>;
   /** The 36-byte keys of several batches (batch i in domain domains[i]), one after another, in one thread-pool job. */

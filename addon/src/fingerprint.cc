@@ -51,10 +51,13 @@ void HashChunksSerial(const uint8_t* data, size_t length, size_t chunk, uint8_t*
 // value is the 32-byte digest. Needs whole chunks of a power of two >= 1 KiB. Measured at 4 KiB:
 // 3.8 GB/s per core, against 2.3 GB/s one chunk at a time.
 constexpr size_t kGroup = 64;
+// Below four chunks the lanes stay mostly idle and the per-call setup dominates: one 4 KiB chunk took
+// 4.9 us here against 2.0 us through the plain hasher (which spreads its own four leaves over SSE4.1).
+constexpr size_t kWideMin = 4;
 
 // From 64 KiB up a chunk fills the lanes by itself (measured: no gain at 64 KiB).
 bool WideApplies(size_t length, size_t chunk) {
-  return chunk >= BLAKE3_CHUNK_LEN && chunk <= 32 * 1024 && (chunk & (chunk - 1)) == 0 && length % chunk == 0;
+  return chunk >= BLAKE3_CHUNK_LEN && chunk <= 32 * 1024 && (chunk & (chunk - 1)) == 0 && length % chunk == 0 && length / chunk >= kWideMin;
 }
 
 void HashChunksWide(const uint8_t* data, size_t length, size_t chunk, uint8_t* out, int64_t domain) {
@@ -126,6 +129,23 @@ Napi::Value FingerprintSync(const Napi::CallbackInfo& info) {
   auto out = Napi::Buffer<uint8_t>::New(env, n * (domain >= 0 ? kDigest + 4 : kDigest));
   HashChunks(arr.Data(), arr.ByteLength(), chunk, out.Data(), domain);
   return out;
+}
+
+// fingerprintInto(data, chunkSize, domain, out, outOffset): the dedup keys of data's chunks, written
+// into out from outOffset. For the event loop's small writes: the caller's pooled Buffer instead of
+// a new external one per call (Napi::Buffer::New, ~0.5 us and a finalizer for the GC each).
+Napi::Value FingerprintInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t chunk;
+  int64_t domain, off;
+  if (info.Length() < 5 || !HashArgs(info, &chunk, &domain) || domain < 0 || !IsTyped(info[3], napi_uint8_array) || !ToInt(info[4], 0, kMaxSafe, &off))
+    return ThrowType(env, "fingerprintInto(data: Uint8Array, chunkSize: 1..2^30, domain: 0..2^32-1, out: Uint8Array, outOffset: integer >= 0)");
+  auto arr = info[0].As<Napi::Uint8Array>();
+  auto out = info[3].As<Napi::Uint8Array>();
+  size_t n = (arr.ByteLength() + chunk - 1) / chunk;
+  if (static_cast<size_t>(off) + n * (kDigest + 4) > out.ByteLength()) return ThrowRange(env, "fingerprintInto: out is too small for the keys");
+  HashChunks(arr.Data(), arr.ByteLength(), chunk, out.Data() + off, domain);
+  return env.Undefined();
 }
 
 class FingerprintWorker : public Napi::AsyncWorker {
@@ -275,6 +295,7 @@ Napi::Value FingerprintReference(const Napi::CallbackInfo& info) {
 void InitFingerprint(Napi::Env env, Napi::Object exports) {
   exports.Set("fingerprintReference", Napi::Function::New(env, FingerprintReference));
   exports.Set("fingerprintSync", Napi::Function::New(env, FingerprintSync));
+  exports.Set("fingerprintInto", Napi::Function::New(env, FingerprintInto));
   exports.Set("fingerprint", Napi::Function::New(env, Fingerprint));
   exports.Set("fingerprintMany", Napi::Function::New(env, FingerprintMany));
 }

@@ -54,10 +54,13 @@ export class Fingerprinter {
       }
       return keys;
     }
-    if (contiguous) return contiguous.length >= ASYNC_HASH_BYTES ? this.pooled(contiguous, domain) : addon.fingerprintSync(contiguous, cs, domain);
-    if (chunks.length * cs >= ASYNC_HASH_BYTES) return this.pooled(Buffer.concat(chunks), domain);
+    if (contiguous && contiguous.length >= ASYNC_HASH_BYTES) return this.pooled(contiguous, domain);
+    if (!contiguous && chunks.length * cs >= ASYNC_HASH_BYTES) return this.pooled(Buffer.concat(chunks), domain);
+    // Into a Buffer from Node's pool: a new external Buffer from the addon per write cost more than
+    // hashing a 4 KiB chunk.
     const keys = Buffer.allocUnsafe(chunks.length * KEY_BYTES);
-    for (let i = 0; i < chunks.length; i++) addon.fingerprintSync(chunks[i], cs, domain).copy(keys, i * KEY_BYTES);
+    if (contiguous) addon.fingerprintInto(contiguous, cs, domain, keys, 0);
+    else for (let i = 0; i < chunks.length; i++) addon.fingerprintInto(chunks[i], cs, domain, keys, i * KEY_BYTES);
     return keys;
   }
 

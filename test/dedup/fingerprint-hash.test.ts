@@ -69,3 +69,20 @@ test('fingerprintMany rejects bad arguments with a TypeError, never a crash', ()
   assert.throws(() => (a.fingerprintMany as any)(['not bytes'], new Float64Array([1]), 4096), TypeError);
   assert.throws(() => (a.fingerprintMany as any)(one, new Uint32Array([1]), 4096), TypeError);
 });
+
+test('fingerprintInto writes the keys fingerprintSync gives, at the offset, for one to five chunks', () => {
+  const a = native();
+  const cs = 4 * KiB;
+  for (let n = 1; n <= 5; n++) {
+    const data = randomBytes(n * cs);
+    const out = Buffer.alloc(7 + n * 36 + 3, 0xee);
+    a.fingerprintInto(data, cs, 42, out, 7);
+    assert.deepEqual(out.subarray(7, 7 + n * 36), a.fingerprintSync(data, cs, 42), `${n} chunks`);
+    // Nothing outside its place is touched.
+    assert.ok(out.subarray(0, 7).every((b) => b === 0xee) && out.subarray(7 + n * 36).every((b) => b === 0xee));
+    // Each chunk by itself, into its own place: the same keys.
+    const each = Buffer.alloc(n * 36);
+    for (let i = 0; i < n; i++) a.fingerprintInto(data.subarray(i * cs, (i + 1) * cs), cs, 42, each, i * 36);
+    assert.deepEqual(each, out.subarray(7, 7 + n * 36));
+  }
+});

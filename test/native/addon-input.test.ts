@@ -40,6 +40,14 @@ test('fingerprint functions check the data, the chunk size and the domain', asyn
     refuses(name, f as (...x: unknown[]) => unknown, [data, CS, 1], 1, [...BAD_NUMBERS, 0]);
     refuses(name, f as (...x: unknown[]) => unknown, [data, CS, 1], 2, [NaN, -2, 1.5, 2 ** 33, 'a', null]);
   }
+  const into = a.fingerprintInto as (...x: unknown[]) => unknown;
+  const out = Buffer.alloc(2 * 36);
+  refuses('fingerprintInto', into, [data, CS, 1, out, 0], 0, notA(Uint8Array));
+  refuses('fingerprintInto', into, [data, CS, 1, out, 0], 1, [...BAD_NUMBERS, 0]);
+  refuses('fingerprintInto', into, [data, CS, 1, out, 0], 2, [NaN, -1, 1.5, 2 ** 33, 'a', null, undefined]);
+  refuses('fingerprintInto', into, [data, CS, 1, out, 0], 3, notA(Uint8Array, 2 * 36));
+  refuses('fingerprintInto', into, [data, CS, 1, out, 0], 4, [...BAD_NUMBERS, 1]); // 1: the keys would overrun out
+  assert.throws(() => into(data, CS, 1, Buffer.alloc(2 * 36 - 1), 0), RangeError);
   refuses('fingerprintReference', a.fingerprintReference as (...x: unknown[]) => unknown, [data, CS], 0, notA(Uint8Array));
   refuses('fingerprintReference', a.fingerprintReference as (...x: unknown[]) => unknown, [data, CS], 1, [...BAD_NUMBERS, 0]);
   const many = a.fingerprintMany as (...x: unknown[]) => unknown;
