@@ -1,7 +1,14 @@
 // Chunk writes issued in one turn of the event loop, gathered and sent as one pwritev per run of
 // consecutive positions: the local store's chunk file and the S3 store's pack files both place chunks
 // in order, so a queue-depth-32 burst usually forms one run (one thread-pool job instead of 32).
-import { writev as fsWritev } from 'node:fs';
+//
+// A small run is written on the event loop itself: it only copies into the page cache, and the
+// thread-pool hop (queueing, waking a pool thread that then competes for one of two cores, the
+// callback) cost more. 4K random writes at QD32 on a filled volume: 32-33k IOPS and 39-40 us of CPU
+// per request, against 26-28k and 46-49 us through the pool. The price is that the rare write that
+// waits in the kernel (for the filesystem's journal, or page writeback) holds the loop: the longest
+// seen in that run was 8 ms, with 3-6 writes in 40,000-100,000 over 1 ms.
+import { writev as fsWritev, writevSync } from 'node:fs';
 
 interface BatchedWrite {
   /** Position in chunks. */
@@ -13,6 +20,8 @@ interface BatchedWrite {
 
 /** Most buffers one pwritev takes (IOV_MAX). */
 const MAX_IOVECS = 1024;
+/** Runs up to this size are written synchronously (see the top of the file). */
+const SYNC_RUN_BYTES = 128 * 1024;
 
 /** Splits writes into runs of back-to-back positions (sorted in place), each at most MAX_IOVECS buffers. */
 function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number): T[][] {
@@ -32,6 +41,26 @@ function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number):
   return runs;
 }
 
+/** After a short write of n bytes: the part of `bufs` not yet written. */
+function unwritten(bufs: Buffer[], n: number): Buffer[] {
+  let skip = n;
+  const rest: Buffer[] = [];
+  for (const b of bufs) {
+    if (skip >= b.length) skip -= b.length;
+    else {
+      rest.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+  }
+  return rest;
+}
+
+function totalBytes(bufs: Buffer[]): number {
+  let n = 0;
+  for (const b of bufs) n += b.length;
+  return n;
+}
+
 /** pwritev until everything is written (a short write carries on where it stopped). */
 export function writeAll(fd: number, bufs: Buffer[], pos: number): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -39,20 +68,23 @@ export function writeAll(fd: number, bufs: Buffer[], pos: number): Promise<void>
       fsWritev(fd, bufs, pos, (err, n) => {
         if (err) return reject(err);
         if (n >= left) return resolve();
-        let skip = n;
-        const rest: Buffer[] = [];
-        for (const b of bufs) {
-          if (skip >= b.length) skip -= b.length;
-          else {
-            rest.push(skip > 0 ? b.subarray(skip) : b);
-            skip = 0;
-          }
-        }
-        loop(rest, pos + n, left - n);
+        loop(unwritten(bufs, n), pos + n, left - n);
       });
     };
-    loop(bufs, pos, bufs.reduce((n, b) => n + b.length, 0));
+    loop(bufs, pos, totalBytes(bufs));
   });
+}
+
+/** writeAll() on the calling thread. */
+function writeAllSync(fd: number, bufs: Buffer[], pos: number): void {
+  let left = totalBytes(bufs);
+  for (;;) {
+    const n = writevSync(fd, bufs, pos);
+    if (n >= left) return;
+    bufs = unwritten(bufs, n);
+    pos += n;
+    left -= n;
+  }
 }
 
 export interface WriteBatcherOptions {
@@ -96,15 +128,25 @@ export class WriteBatcher {
     const { opts } = this;
     const bufs = run.map((w) => w.data);
     const pos = opts.base + run[0].at * opts.chunkSize;
-    writeAll(opts.fd(), bufs, pos).then(
-      () => {
-        opts.written?.(pos, bufs.reduce((n, b) => n + b.length, 0));
-        for (const w of run) w.resolve();
-      },
-      (err: NodeJS.ErrnoException) => {
-        const e = opts.failure(err, run[0].at);
-        for (const w of run) w.reject(e);
-      },
-    );
+    const bytes = totalBytes(bufs);
+    const done = () => {
+      opts.written?.(pos, bytes);
+      for (const w of run) w.resolve();
+    };
+    const failed = (err: NodeJS.ErrnoException) => {
+      const e = opts.failure(err, run[0].at);
+      for (const w of run) w.reject(e);
+    };
+    if (bytes > SYNC_RUN_BYTES) {
+      writeAll(opts.fd(), bufs, pos).then(done, failed);
+      return;
+    }
+    try {
+      writeAllSync(opts.fd(), bufs, pos);
+    } catch (err) {
+      failed(err as NodeJS.ErrnoException);
+      return;
+    }
+    done();
   }
 }
