@@ -9,6 +9,7 @@
 // The cache never knows where a chunk lies in the store.
 import { native, type NativeCacheHandle } from '../native.js';
 import { BufferTargets, type ChunkStore, type ChunkTargets } from '../store/chunk-store.js';
+import { float64s, int32s } from '../native-arrays.js';
 
 /** What the shared cache reports (REST /v1/stats `cache`, Prometheus shoal_cache_*). */
 export interface CacheStats {
@@ -132,7 +133,7 @@ export class ChunkCache {
    * pinned until release(), or undefined if any stored slot is not cached (nothing stays pinned).
    */
   pinnedRun(slots: Float64Array, n: number, reader: number, zero: Buffer, count = true): Pinned | undefined {
-    const frames = new Int32Array(n);
+    const frames = int32s(n);
     if (this.h.pinMany(slots, n, frames, reader, count) > 0) return undefined;
     // Chunks in consecutive frames of one view (a run loaded together usually is) become one
     // view: a 1 MiB reply is then a few socket writes instead of 256.
@@ -198,7 +199,7 @@ export class ChunkCache {
     if (loads > 0 && reader >= 0) this.storeLoads.set(reader, (this.storeLoads.get(reader) ?? 0) + loads);
     if (got === 0) return waits === undefined ? settled : Promise.all(waits).then(noop);
     const frames = this.reserved.slice(0, got);
-    const mine = new Float64Array(got);
+    const mine = float64s(got);
     for (let i = 0, k = 0; i < n; i++) if (out[i] === 2) mine[k++] = s[i];
     const p = this.fill(mine, frames);
     for (let k = 0; k < got; k++) this.inflight.set(mine[k], p);

@@ -11,6 +11,7 @@ import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
 import { WriteBatcher } from './batched-writes.js';
 import { native } from '../native.js';
 import { dropCleanPages } from './page-cache.js';
+import { float64s } from '../native-arrays.js';
 
 /** The file that holds the chunks in a data directory. */
 export const CHUNK_FILE = 'chunks.dat';
@@ -84,7 +85,7 @@ export class LocalChunkStore implements ChunkStore {
     this.activeReads++;
     try {
       if (targets.readFile) {
-        const offsets = new Float64Array(n);
+        const offsets = float64s(n);
         for (let i = 0; i < n; i++) offsets[i] = slots[i] * cs;
         this.reads += await targets.readFile(this.readFd, offsets);
       } else {

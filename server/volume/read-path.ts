@@ -7,6 +7,7 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord } from '../meta/volume-records.js';
 import type { ChunkCache } from '../cache/chunk-cache.js';
 import { EXTENT_HOLE, EXTENT_ZERO, type Extent, type ReadResult } from './export-port.js';
+import { uint8s } from '../native-arrays.js';
 
 /** How far ahead of a sequential reader to load. */
 const READAHEAD_BYTES = 2 * 1024 * 1024;
@@ -114,7 +115,7 @@ export class ReadPath {
   private async readCopy(slots: Float64Array, n: number, skip: number, length: number, reader: number): Promise<Buffer> {
     const cs = this.chunkSize;
     const out = Buffer.allocUnsafe(length);
-    const hit = new Uint8Array(n);
+    const hit = uint8s(n);
     // Counted already by the load before: copies only.
     let misses = this.cache.readChunks(slots, n, out, 0, skip, length, reader, hit, false);
     for (let k = 0; k < n; k++) {
@@ -125,7 +126,7 @@ export class ReadPath {
     const missing: number[] = [];
     for (let k = 0; k < n; k++) if (hit[k] === 0) missing.push(slots[k]);
     await this.cache.load(missing, reader);
-    const again = new Uint8Array(n);
+    const again = uint8s(n);
     const rest = Float64Array.from(slots);
     for (let k = 0; k < n; k++) if (hit[k] !== 0) rest[k] = -1; // done already: skip
     misses = this.cache.readChunks(rest, n, out, 0, skip, length, reader, again, false);

@@ -12,6 +12,7 @@ import type { ChunkCache } from '../cache/chunk-cache.js';
 import type { DedupIndex } from '../dedup/dedup-index.js';
 import { KEY_BYTES } from '../dedup/fingerprinter.js';
 import type { WritableMap } from './volume-state.js';
+import { float64s, uint32s } from '../native-arrays.js';
 
 /** The fingerprint recorded for chunks written with dedup off (never indexed). */
 const NO_FINGERPRINT = Buffer.alloc(32);
@@ -90,7 +91,7 @@ export class WritePath {
     const keys = this.opts.dedup && nz > 0 ? await this.dedup.keys(all ? chunks : nonZero.map((i) => chunks[i]), all ? contiguous : null, m.domain) : null;
 
     // 3. Find identical chunks already stored in this domain (and repeated within this write).
-    const candidates = new Float64Array(nz).fill(-1); // slot, or -1
+    const candidates = float64s(nz).fill(-1); // slot, or -1
     if (keys) this.dedup.lookup(keys, nz, candidates);
     const verify = this.opts.verifyDedup || this.dedup.weakFingerprints;
     if (verify) {
@@ -272,8 +273,8 @@ class NewFingerprints {
   private n = 0;
 
   constructor(max: number) {
-    this.which = new Uint32Array(max);
-    this.slots = new Float64Array(max);
+    this.which = uint32s(max);
+    this.slots = float64s(max);
   }
 
   add(k: number, slot: number): void {
