@@ -36,8 +36,16 @@ export function encodeNode(node: MapNode): Buffer {
   for (let i = 0; i < FANOUT; i++) {
     const v = e[i];
     if (v !== 0) {
+      // The 48-bit id byte by byte: writeUIntLE's checks and dispatch were half of a commit's encoding.
+      const lo = v >>> 0; // ToUint32: the low 32 bits of any integer below 2^53
+      const hi = (v / 4294967296) >>> 0;
       buf[p] = i;
-      buf.writeUIntLE(v, p + 1, 6);
+      buf[p + 1] = lo;
+      buf[p + 2] = lo >>> 8;
+      buf[p + 3] = lo >>> 16;
+      buf[p + 4] = lo >>> 24;
+      buf[p + 5] = hi;
+      buf[p + 6] = hi >>> 8;
       p += ENTRY_BYTES;
     }
   }
