@@ -26,14 +26,17 @@ export class FingerprintIndex implements CommitPart<Taken> {
 
   /** The slot the index gives for the key at keys[off..off+36), or -1. */
   lookup(keys: Buffer, off: number): number {
+    // Most new data is not stored yet: the filter says so without touching the disk. First, before
+    // the overlays: every key put there came from the dedup log, which added it to the filter (a
+    // removal needs no check: a key the filter never had maps nowhere), and a lookup in them built a
+    // string per write.
+    if (this.filter.ready && !this.filter.mayContainKey(keys, off)) return -1;
     if (this.changes.size > 0 || (this.committing !== null && this.committing.size > 0)) {
       const k = keys.toString('latin1', off, off + KEY_BYTES);
       let v = this.changes.get(k);
       if (v === undefined && this.committing) v = this.committing.get(k);
       if (v !== undefined) return v ?? -1;
     }
-    // Most new data is not stored yet: the filter says so without touching the disk.
-    if (this.filter.ready && !this.filter.mayContainKey(keys, off)) return -1;
     return this.db.get(keys.subarray(off, off + KEY_BYTES)) ?? -1;
   }
 
