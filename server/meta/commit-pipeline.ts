@@ -32,8 +32,15 @@ export interface CommitJournal {
 
 /** Queues a commit's writes into its LMDB transaction, and records them when a journal is attached. */
 export class TxnWriter {
-  /** The promise of the last write queued: it settles when the whole transaction is durable. */
-  last: Promise<boolean> | undefined;
+  /**
+   * The distinct promises of the writes queued: lmdb-js gives every write of one transaction the
+   * same promise, which settles when the transaction is durable. All are awaited (were the writes
+   * ever split over two transactions, the first one's failure must fail the commit), and each one
+   * is handled: when a commit fails (a full disk), lmdb-js rejects them all, and one left unhandled
+   * ended the daemon.
+   */
+  readonly settled: Array<Promise<boolean>> = [];
+  private last: Promise<boolean> | undefined;
   readonly ops: CommitOp[] | null;
 
   constructor(journaled: boolean) {
@@ -41,13 +48,24 @@ export class TxnWriter {
   }
 
   put<K extends Key, V>(name: string, db: Database<V, K>, key: K, value: V): void {
-    this.last = db.put(key, value);
+    this.track(db.put(key, value));
     this.ops?.push({ db: name, key, value });
   }
 
   remove<K extends Key>(name: string, db: Database<unknown, K>, key: K): void {
-    this.last = db.remove(key);
+    this.track(db.remove(key));
     this.ops?.push({ db: name, key, value: undefined });
+  }
+
+  private track(p: Promise<boolean>): void {
+    if (p === this.last) return;
+    this.last = p;
+    this.settled.push(p);
+  }
+
+  /** Resolves once every write is durable; rejects with the first failure. */
+  durable(): Promise<unknown> {
+    return Promise.all(this.settled);
   }
 }
 
@@ -145,12 +163,15 @@ export class CommitPipeline {
       w.put('main', this.main, 'superblock', sb);
       for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].write(taken[i], w);
       w.put('main', this.main, 'superblock', sb);
-      await w.last;
+      await w.durable();
     } catch (e) {
       // The in-memory state is ahead of the disk and cannot be reconciled: stop accepting work.
       this.closed = true;
       for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], false);
-      throw new ShoalError('io_error', `metadata commit failed: ${(e as Error).message}`, { cause: e });
+      // lmdb-js hangs the write's own error (ENOSPC, EIO) on a promise rejected with it: the cause.
+      const detail = (e as { commitError?: Promise<unknown> }).commitError;
+      const cause = detail instanceof Promise ? await Promise.race([detail.then(() => e, (x: unknown) => x), new Promise((r) => setTimeout(r, 100, e))]) : e;
+      throw new ShoalError('io_error', `metadata commit failed: ${(cause as Error).message}`, { cause });
     }
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], true);
     this.committed();

@@ -7,7 +7,10 @@
 // callback) cost more. 4K random writes at QD32 on a filled volume: 32-33k IOPS and 39-40 us of CPU
 // per request, against 26-28k and 46-49 us through the pool. The price is that the rare write that
 // waits in the kernel (for the filesystem's journal, or page writeback) holds the loop: the longest
-// seen in that run was 8 ms, with 3-6 writes in 40,000-100,000 over 1 ms.
+// seen in that run was 8 ms, with 3-6 writes in 40,000-100,000 over 1 ms. A write alone in its turn
+// still goes through the pool: at queue depth 1 (a database's FUA writes) the synchronous form made
+// the median FUA write slower, 285-297 us against 249-258 (the cause not pinned down; the flush
+// journal's O_DSYNC write runs beside it), while batches of two and more keep the gain above.
 import { writev as fsWritev, writevSync } from 'node:fs';
 
 interface BatchedWrite {
@@ -121,10 +124,12 @@ export class WriteBatcher {
     this.queued = false;
     const batch = this.pending;
     this.pending = [];
-    for (const run of consecutiveRuns(batch, this.opts.chunkSize)) this.writeRun(run);
+    const alone = batch.length === 1;
+    for (const run of consecutiveRuns(batch, this.opts.chunkSize)) this.writeRun(run, alone);
   };
 
-  private writeRun(run: BatchedWrite[]): void {
+  /** `alone`: the only write of its turn (see the top of the file). */
+  private writeRun(run: BatchedWrite[], alone: boolean): void {
     const { opts } = this;
     const bufs = run.map((w) => w.data);
     const pos = opts.base + run[0].at * opts.chunkSize;
@@ -137,7 +142,7 @@ export class WriteBatcher {
       const e = opts.failure(err, run[0].at);
       for (const w of run) w.reject(e);
     };
-    if (bytes > SYNC_RUN_BYTES) {
+    if (alone || bytes > SYNC_RUN_BYTES) {
       writeAll(opts.fd(), bufs, pos).then(done, failed);
       return;
     }
