@@ -282,7 +282,26 @@ function testS3Hooks(): S3LayersOptions['test'] {
   };
 }
 
+/** The error lmdb-js rejects a failed transaction's write promises with. */
+const LMDB_TXN_FAILED = 'Commit failed (see commitError for details)';
+
+/**
+ * lmdb-js opens each event turn's batch with a write whose promise nobody holds. When a transaction
+ * fails (a full disk), that promise is rejected unhandled, and Node ends the process: a full data
+ * disk took the daemon down with every volume. The commit pipeline reports the failure through its
+ * own promises (and stops taking changes), so these rejections are dropped; any other unhandled
+ * rejection still ends the daemon, as Node's default does.
+ */
+function dropFailedTxnRejections(reason: unknown): void {
+  if (reason instanceof Error && reason.message === LMDB_TXN_FAILED) {
+    (reason as { commitError?: Promise<unknown> }).commitError?.catch?.(() => {});
+    return;
+  }
+  throw reason;
+}
+
 export async function runDaemon(config: Config): Promise<void> {
+  process.on('unhandledRejection', dropFailedTxnRejections);
   const d = await startDaemon(config);
   // SIGHUP re-reads the tokens file (it would otherwise end the process).
   const reload = () => d.reload();

@@ -1,0 +1,69 @@
+// A full disk fails writes, not the daemon. With the data directory on a 64 MiB tmpfs, a volume
+// written and flushed first must read back intact after another volume's write runs out of space;
+// that write must fail with ENOSPC; the daemon must stay up and keep serving reads and the API
+// (a failed metadata commit once ended it: lmdb-js rejected a promise nobody held); the log must
+// name the cause; and after it stops, the offline fsck must find the metadata consistent.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MAIN, startDaemon } from '../helpers/daemon.js';
+import { needTools, run, runOk } from '../helpers/tools.js';
+
+const MiB = 2 ** 20;
+
+test('a full disk fails the write with ENOSPC; the daemon, earlier data and the metadata survive', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdcopy', 'mount', 'umount')) return;
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('this test mounts a tmpfs: run it as root');
+    t.skip('mounting a tmpfs needs root');
+    return;
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'shoal-full-'));
+  const mnt = join(tmp, 'mnt');
+  await runOk('mkdir', [mnt]);
+  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', mnt]);
+  try {
+    const dataDir = join(mnt, 'd');
+    const d = await startDaemon({ dataDir, args: ['--cache-size', '16M'] });
+    try {
+      await d.createVolume('a', 64 * MiB);
+      await d.createVolume('b', 256 * MiB);
+      const first = randomBytes(16 * MiB);
+      const firstFile = join(tmp, 'first.img');
+      writeFileSync(firstFile, first);
+      await runOk('nbdcopy', ['--flush', firstFile, d.unixUri('a')], { timeoutMs: 60_000 });
+
+      const bigFile = join(tmp, 'big.img');
+      writeFileSync(bigFile, randomBytes(128 * MiB));
+      const r = await run('nbdcopy', ['--flush', bigFile, d.unixUri('b')], { timeoutMs: 60_000 });
+      assert.notEqual(r.status, 0, 'writing 128 MiB into 64 MiB of disk must fail');
+      assert.match(r.stderr, /No space left on device/, `the write fails with ENOSPC: ${r.stderr}`);
+
+      await d.waitForLog(/metadata commit failed/, 20_000);
+      // The cause as the disk gave it: ENOSPC, or EIO when LMDB's sync after a short write fails.
+      assert.match(d.log, /metadata commit failed: .*(no space left on device|input\/output error)/i, 'the log names the cause');
+      assert.equal(d.proc.exitCode, null, `the daemon must stay up; log:\n${d.log.slice(-2000)}`);
+      assert.equal(d.proc.signalCode, null);
+      const list = await d.api('GET', '/v1/volumes');
+      assert.equal(list.status, 200);
+      const back = join(tmp, 'back.img');
+      await runOk('nbdcopy', [d.unixUri('a'), back], { timeoutMs: 60_000 });
+      const { readFileSync } = await import('node:fs');
+      assert.ok(readFileSync(back).subarray(0, first.length).equals(first), 'the volume flushed before the disk filled reads back intact');
+      // A write now fails cleanly too (the metadata store stopped taking changes), without hanging.
+      const w = await run('nbdcopy', ['--flush', firstFile, d.unixUri('a')], { timeoutMs: 60_000 });
+      assert.notEqual(w.status, 0);
+    } finally {
+      await d.stop();
+    }
+    const fsck = await run(process.execPath, [MAIN, 'fsck', dataDir], { timeoutMs: 60_000 });
+    assert.equal(fsck.status, 0, `offline fsck after the full disk: ${fsck.stdout}${fsck.stderr}`);
+    assert.match(fsck.stdout + fsck.stderr, /no problems found/);
+  } finally {
+    await run('umount', [mnt]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
