@@ -40,7 +40,6 @@ export class TxnWriter {
    * ended the daemon.
    */
   readonly settled: Array<Promise<boolean>> = [];
-  private last: Promise<boolean> | undefined;
   readonly ops: CommitOp[] | null;
 
   constructor(journaled: boolean) {
@@ -58,9 +57,7 @@ export class TxnWriter {
   }
 
   private track(p: Promise<boolean>): void {
-    if (p === this.last) return;
-    this.last = p;
-    this.settled.push(p);
+    if (p !== this.settled[this.settled.length - 1]) this.settled.push(p);
   }
 
   /** Resolves once every write is durable; rejects with the first failure. */

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, startDaemon } from '../helpers/daemon.js';
@@ -51,7 +51,6 @@ test('a full disk fails the write with ENOSPC; the daemon, earlier data and the 
       assert.equal(list.status, 200);
       const back = join(tmp, 'back.img');
       await runOk('nbdcopy', [d.unixUri('a'), back], { timeoutMs: 60_000 });
-      const { readFileSync } = await import('node:fs');
       assert.ok(readFileSync(back).subarray(0, first.length).equals(first), 'the volume flushed before the disk filled reads back intact');
       // A write now fails cleanly too (the metadata store stopped taking changes), without hanging.
       const w = await run('nbdcopy', ['--flush', firstFile, d.unixUri('a')], { timeoutMs: 60_000 });
