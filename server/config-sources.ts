@@ -39,6 +39,7 @@ const SETTINGS = {
   'lease-seconds': 'leaseSeconds',
   's3-timeout': 's3Timeout',
   's3-compact-below': 's3CompactBelow',
+  's3-upload-delay': 's3UploadDelay',
   config: 'config',
 } as const;
 export type Flag = keyof typeof SETTINGS;

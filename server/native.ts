@@ -30,6 +30,8 @@ export interface NativeAddon {
   tryLock(fd: number): boolean;
   /** MD5 of `data` (16 bytes) on the thread pool, for an upload's Content-MD5; `data` must not change meanwhile. */
   md5(data: Uint8Array): Promise<Buffer>;
+  /** zlib's CRC-32 of each chunkSize piece of data (4 bytes little-endian each), on the thread pool; `data` must not change meanwhile. */
+  crc32Chunks(data: Uint8Array, chunkSize: number): Promise<Buffer>;
 }
 
 export interface FingerprintTableHandle {

@@ -96,6 +96,7 @@ export async function openS3Layers(cfg: S3StoreConfig, o: S3LayersOptions): Prom
       logger: log,
       packBytes: o.test?.packBytes,
       pauseAfterUploadMs: o.test?.uploadPauseMs,
+      uploadDelayMs: cfg.sync === 'async' ? cfg.uploadDelayMs : 0,
     }));
     const replica = (parts.replica = BucketReplica.open(
       { meta, head, lease, store, dir: s3Dir, sync: cfg.sync, logger: log, checkpointDeltas: o.test?.checkpointDeltas, pauseAfterCheckpointMs: o.test?.checkpointPauseMs, closeTimeoutMs: cfg.timeoutMs },
@@ -130,6 +131,7 @@ export async function openS3Layers(cfg: S3StoreConfig, o: S3LayersOptions): Prom
       },
       stopBackground() {
         compactor.stop();
+        store.expedite();
       },
       async finish() {
         if (fenced) return;

@@ -13,6 +13,7 @@ Daemon:
               [--store local|s3://BUCKET/PREFIX] [--s3-endpoint URL] [--s3-region R]
               [--s3-sync flush|async] [--local-cache-size SIZE|N%] [--lease-seconds N]
               [--s3-timeout DURATION] [--s3-compact-below FRACTION]
+              [--s3-upload-delay DURATION]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
       --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
@@ -29,6 +30,7 @@ Daemon:
       --store s3://BUCKET/PREFIX keep chunks and metadata in an S3 bucket (AWS credentials from
                                  the environment); the data directory becomes a cache
       --s3-sync flush|async      flush: a FLUSH waits for the bucket; async: for the local disk
+      --s3-upload-delay DURATION async: a full pack waits this long before its upload (5s)
 
 Volumes:
   shoal volume create NAME SIZE [--tenant T] [--domain DOMAIN]

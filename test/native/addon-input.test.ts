@@ -4,6 +4,8 @@
 // write), and after all of this the objects still work.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { native } from '../../server/native.js';
 
 const CS = 4096;
@@ -154,4 +156,19 @@ test('file helpers check their arguments', () => {
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent'], 0, [1, undefined, null]);
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent', false], 1, [1, 'yes']);
   for (const i of [0, 1, 2]) refuses('fadviseDontNeed', a.fadviseDontNeed as (...x: unknown[]) => unknown, [0, 0, 0], i);
+});
+
+test('upload digests check their arguments; crc32Chunks gives zlib.crc32 of each chunk', async () => {
+  const a = native();
+  refuses('md5', a.md5 as (...x: unknown[]) => unknown, [Buffer.alloc(16)], 0, [new Float64Array(4), 'x', undefined]);
+  const crc = a.crc32Chunks as (...x: unknown[]) => unknown;
+  refuses('crc32Chunks', crc, [Buffer.alloc(CS), CS], 0, [new Float64Array(CS), [1, 2], 'x', undefined]);
+  refuses('crc32Chunks', crc, [Buffer.alloc(CS), CS], 1, [...BAD_NUMBERS, 0]);
+  refuses('crc32Chunks', crc, [Buffer.alloc(CS + 1), CS], 0, [Buffer.alloc(CS + 1)]); // not whole chunks
+  const data = randomBytes(5 * CS);
+  const got = await a.crc32Chunks(data.subarray(CS), CS); // at an offset into its buffer
+  assert.equal(got.length, 16);
+  for (let i = 0; i < 4; i++) assert.equal(got.readUInt32LE(i * 4), crc32(data.subarray((i + 1) * CS, (i + 2) * CS)), `chunk ${i}`);
+  assert.equal((await a.crc32Chunks(Buffer.alloc(0), CS)).length, 0);
+  assert.equal((await a.md5(Buffer.from('abc'))).toString('hex'), '900150983cd24fb0d6963f7d28e17f72');
 });

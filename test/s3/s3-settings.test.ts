@@ -37,13 +37,14 @@ test('--store s3://BUCKET/PREFIX with its defaults', () => {
     leaseSeconds: 30,
     timeoutMs: 30_000,
     compactBelow: 0.5,
+    uploadDelayMs: 5_000,
   });
   assert.equal((loadConfig(['--store', 's3://vm-disks'], {}).store as { prefix: string }).prefix, '', 'no prefix: the bucket root');
 });
 
 test('every S3 flag, from flags, environment and a config file', () => {
   const store = loadConfig(
-    ['--store=s3://bk1/p', '--s3-endpoint', 'http://127.0.0.1:7480/', '--s3-region', 'eu-west-1', '--s3-sync', 'async', '--local-cache-size', '64G', '--lease-seconds', '10'],
+    ['--store=s3://bk1/p', '--s3-endpoint', 'http://127.0.0.1:7480/', '--s3-region', 'eu-west-1', '--s3-sync', 'async', '--local-cache-size', '64G', '--lease-seconds', '10', '--s3-upload-delay', '0'],
     { SHOAL_S3_TIMEOUT: '2m', SHOAL_S3_COMPACT_BELOW: '0.25' },
   ).store;
   assert.deepEqual(store, {
@@ -57,13 +58,14 @@ test('every S3 flag, from flags, environment and a config file', () => {
     leaseSeconds: 10,
     timeoutMs: 120_000,
     compactBelow: 0.25,
+    uploadDelayMs: 0,
   });
   const dir = mkdtempSync(join(tmpdir(), 'shoal-s3-conf-'));
   try {
     const file = join(dir, 'shoal.json');
     writeFileSync(file, JSON.stringify({ store: 's3://bk2/q', 's3-endpoint': 'https://s3.example.net', leaseSeconds: 12, s3Timeout: '45s' }));
     const fromFile = loadConfig(['--config', file], {}).store;
-    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: { percentOfFree: 10 }, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5 });
+    assert.deepEqual(fromFile, { ...store, bucket: 'bk2', prefix: 'q/', endpoint: 'https://s3.example.net', region: null, sync: 'flush', localCacheSize: { percentOfFree: 10 }, leaseSeconds: 12, timeoutMs: 45_000, compactBelow: 0.5, uploadDelayMs: 5_000 });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -97,6 +99,9 @@ test('bad S3 settings are refused with a sentence naming the flag', () => {
     [[...s3, '--s3-compact-below', '1.5'], /--s3-compact-below "1.5" must be a fraction from 0/],
     [[...s3, '--s3-compact-below', 'half'], /--s3-compact-below/],
     [[...s3, '--s3-compact-below', ''], /--s3-compact-below/],
+    [[...s3, '--s3-upload-delay', '2s'], /--s3-upload-delay applies only to --s3-sync async/],
+    [[...s3, '--s3-sync', 'async', '--s3-upload-delay', 'later'], /--s3-upload-delay "later" is not a duration/],
+    [[...s3, '--s3-sync', 'async', '--s3-upload-delay', '11m'], /--s3-upload-delay "11m" is too long/],
     // An S3 setting without an S3 store would silently do nothing.
     [['--s3-endpoint', 'http://127.0.0.1:7480'], /--s3-endpoint applies only to an S3 store/],
     [['--store', 'local', '--lease-seconds', '10'], /--lease-seconds applies only to an S3 store/],

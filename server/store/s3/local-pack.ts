@@ -6,8 +6,8 @@
 // a cached copy; a pack fetched from the bucket is cached the same way, sparse, with a map of the chunks
 // present. Writes issued in one turn of the event loop go out as one pwritev per run of indexes.
 import { closeSync, fdatasync, ftruncate, openSync, readv as fsReadv, renameSync, unlinkSync, fstatSync, readSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
 import { ShoalError } from '../../errors.js';
+import { native } from '../../native.js';
 import { WriteBatcher, writeAll } from '../batched-writes.js';
 import { dropCleanPages } from '../page-cache.js';
 import { HEADER_BYTES, INDEX_ENTRY_BYTES, TRAILER_BYTES, encodeHeader, encodeIndex, packSize, parseHeader, parseIndex, parseTrailer, type PackEntry } from './pack-format.js';
@@ -19,13 +19,13 @@ export class LocalPack {
   count: number;
   /** Slot of each chunk (open packs, until sealed). */
   private ids: number[] = [];
-  private crcs: number[] = [];
   /** For a sparse copy of a remote pack: which chunks are in the file. null: all of them. */
   present: Uint8Array | null = null;
   /** Completed writes not yet made durable by sync(). */
   private dirty = false;
   private inflight = 0;
   private readonly writes: WriteBatcher;
+  private readonly idWrites: WriteBatcher;
   private idle: Array<() => void> = [];
   private closed = false;
   private activeReads = 0;
@@ -39,7 +39,7 @@ export class LocalPack {
     public state: PackState,
     count: number,
     /** Most chunks the pack may hold (where its ids area starts). */
-    private readonly capacity: number,
+    capacity: number,
   ) {
     this.writes = new WriteBatcher({
       fd: () => this.fd,
@@ -48,11 +48,14 @@ export class LocalPack {
       written: () => (this.dirty = true),
       failure: (err) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks into ${this.path}: ${err.message}`, { cause: err }),
     });
+    this.idWrites = new WriteBatcher({
+      fd: () => this.fd,
+      chunkSize: ID_BYTES,
+      base: idsOffset(capacity, chunkSize),
+      written: () => (this.dirty = true),
+      failure: (err) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunk ids into ${this.path}: ${err.message}`, { cause: err }),
+    });
     this.count = count;
-  }
-
-  private get idsOffset(): number {
-    return idsOffset(this.capacity, this.chunkSize);
   }
 
   /** A new open pack (the file is created, or emptied if a dead process left one). */
@@ -83,13 +86,7 @@ export class LocalPack {
       let count = 0;
       while (count < capacity && ids.readUIntLE(count * ID_BYTES, 6) !== 0) count++;
       const p = new LocalPack(id, epoch, path, fd, chunkSize, 'open', count, capacity);
-      const chunk = Buffer.alloc(chunkSize);
-      for (let i = 0; i < count; i++) {
-        chunk.fill(0); // a chunk whose data never reached the file reads as zeroes
-        readSync(fd, chunk, 0, chunkSize, HEADER_BYTES + i * chunkSize);
-        p.ids.push(ids.readUIntLE(i * ID_BYTES, 6));
-        p.crcs.push(crc32(chunk));
-      }
+      for (let i = 0; i < count; i++) p.ids.push(ids.readUIntLE(i * ID_BYTES, 6));
       return p;
     } catch (e) {
       closeSync(fd);
@@ -119,11 +116,9 @@ export class LocalPack {
   append(first: number, data: Buffer, n: number): { index: number; written: Promise<void> } {
     const index = this.count;
     this.count += n;
-    const cs = this.chunkSize;
     const ids = Buffer.allocUnsafe(n * ID_BYTES);
     for (let k = 0; k < n; k++) {
       this.ids.push(first + k);
-      this.crcs.push(crc32(data.subarray(k * cs, (k + 1) * cs)));
       ids.writeUIntLE(first + k, k * ID_BYTES, 6);
       ids.writeUInt16LE(0, k * ID_BYTES + 6);
     }
@@ -140,16 +135,12 @@ export class LocalPack {
     });
   }
 
-  /** The slots of chunks from `index` on, into the ids area. */
+  /** The slots of chunks from `index` on, into the ids area (a turn's appends in one pwritev). */
   private writeIds(index: number, ids: Buffer): Promise<void> {
     this.inflight++;
-    return writeAll(this.fd, [ids], this.idsOffset + index * ID_BYTES)
-      .catch((err: NodeJS.ErrnoException) => {
-        throw new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunk ids into ${this.path}: ${err.message}`, { cause: err });
-      })
-      .finally(() => {
-        if (--this.inflight === 0) for (const fn of this.idle.splice(0)) fn();
-      });
+    return this.idWrites.write(index, ids).finally(() => {
+      if (--this.inflight === 0) for (const fn of this.idle.splice(0)) fn();
+    });
   }
 
   /** Marks chunks [index, index + n) of a sparse copy present once written. */
@@ -197,16 +188,21 @@ export class LocalPack {
     if (n === 0) throw new ShoalError('internal', `pack ${this.id} is empty`);
     const cs = this.chunkSize;
     const dataBytes = n * cs;
-    // The chunks' bytes are in place already: the header before them, the index and trailer after.
+    // The chunks' bytes are in place already: the header before them, the index and trailer after. Their
+    // CRCs are taken from the file now, on the thread pool (see crc32Chunks in the addon); a chunk whose
+    // bytes never reached the file (a crash between its two writes) reads as zeroes.
+    const data = Buffer.allocUnsafe(dataBytes);
+    const got = await readvAt(this.fd, [data], HEADER_BYTES);
+    if (got < dataBytes) data.fill(0, got);
+    const crcs = await native().crc32Chunks(data, cs);
     const entries: PackEntry[] = [];
-    for (let i = 0; i < n; i++) entries.push({ id: this.ids[i], offset: HEADER_BYTES + i * cs, length: cs, crc32: this.crcs[i] });
+    for (let i = 0; i < n; i++) entries.push({ id: this.ids[i], offset: HEADER_BYTES + i * cs, length: cs, crc32: crcs.readUInt32LE(i * 4) });
     const tail = encodeIndex(entries, HEADER_BYTES + dataBytes);
     await writeAll(this.fd, [encodeHeader(n, dataBytes)], 0);
     await writeAll(this.fd, [tail], HEADER_BYTES + dataBytes);
     await truncate(this.fd, HEADER_BYTES + dataBytes + tail.length); // the ids area goes
     if (durable) await this.sync(true);
     this.ids = [];
-    this.crcs = [];
     return HEADER_BYTES + dataBytes + tail.length;
   }
 

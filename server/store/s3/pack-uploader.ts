@@ -2,6 +2,14 @@
 // If-None-Match: * under PREFIX/packs/EPOCH/ID.pack after the lease is checked (a fenced daemon's next
 // upload fails). An upload is retried until it lands while the store is unreachable; the metadata waits
 // for it with through(id) before it names the pack in the bucket.
+//
+// With --s3-sync async a sealed pack may wait (delayMs, --s3-upload-delay) before its upload starts, as
+// the kernel's page cache holds dirty pages for dirty_expire_centisecs: a burst of writes then runs at
+// the local disk's speed instead of sharing the CPU, the disk and the network with its own uploads, and
+// the bucket trails by the delay plus the upload. Measured writing 1 GiB with nbdcopy to the test Ceph on
+// this 2-core machine: 0.24x the local store's rate uploading at once, against 0.6x (bench/s3.ts).
+// A pack goes at once whatever its age when the local tier fills (pressing()) and when the daemon stops
+// (expedite()).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ShoalError } from '../../errors.js';
 import type { PrefixLease, LeaseLogger } from './lease.js';
@@ -17,6 +25,10 @@ export interface PackUploaderOptions {
   parallel: number;
   /** Told once a pack is in the bucket (the store moves its file to the cache). */
   uploaded: (pack: LocalPack) => void;
+  /** How long a sealed pack waits before its upload starts (0: at once). */
+  delayMs?: number;
+  /** Whether uploads should start at once, whatever the delay (the local tier is filling). */
+  pressing?: () => boolean;
   /** Test-only: a pause after each pack's PUT, before it counts as uploaded, so a test can kill there. */
   pauseAfterUploadMs?: number;
 }
@@ -29,6 +41,10 @@ export class PackUploader {
   private running = 0;
   private failure: Error | null = null;
   private stopped = false;
+  /** Every queued pack goes at once from now on (the daemon is stopping). */
+  private expedited = false;
+  /** A pump() waits for the oldest queued pack's delay to pass. */
+  private timer: NodeJS.Timeout | null = null;
   uploads = 0;
 
   constructor(private readonly opts: PackUploaderOptions) {}
@@ -63,8 +79,36 @@ export class PackUploader {
     return false;
   }
 
+  /** Starts every queued upload now, whatever the delay (a stopping daemon hands its backlog over). */
+  expedite(): void {
+    this.expedited = true;
+    this.pump();
+  }
+
+  /** Looks again whether queued packs may go (the local tier may be pressing). */
+  nudge(): void {
+    if (this.queue.length > 0 && this.running < this.opts.parallel) this.pump();
+  }
+
+  /** ms until the oldest queued pack may go: 0 when it may now. */
+  private waitMs(): number {
+    const delay = this.opts.delayMs ?? 0;
+    if (delay <= 0 || this.expedited || this.opts.pressing?.()) return 0;
+    const since = this.pendingIds.get(this.queue[0].id)?.since ?? 0;
+    return Math.max(0, since + delay - performance.now());
+  }
+
   private pump(): void {
     while (!this.stopped && !this.failure && this.running < this.opts.parallel && this.queue.length > 0) {
+      const wait = this.waitMs();
+      if (wait > 0) {
+        // Unref'd: a waiting upload does not keep a stopping process alive (stop() expedites first).
+        this.timer ??= setTimeout(() => {
+          this.timer = null;
+          this.pump();
+        }, Math.ceil(wait)).unref();
+        return;
+      }
       const pack = this.queue.shift()!;
       this.running++;
       this.upload(pack)
@@ -118,6 +162,7 @@ export class PackUploader {
   /** Stops starting uploads; waiters of packs not uploaded are told the store is closing. */
   stop(): void {
     this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
     const e = new ShoalError('shutting_down', 'the S3 store is closing');
     for (const w of this.waiters.splice(0)) w.reject(e);
   }

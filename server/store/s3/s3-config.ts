@@ -16,17 +16,18 @@ export interface S3StoreConfig extends StoreLocation {
   leaseSeconds: number; // a dead holder's lease lapses after this long
   timeoutMs: number; // how long one S3 operation may take, retries included
   compactBelow: number; // a pack whose live fraction falls below this is rewritten
+  uploadDelayMs: number; // async mode: how long a sealed pack waits before its upload
 }
 
 /** Bytes, or a percentage of the space free on the data directory's file system when the daemon starts. */
 type LocalCacheSize = { bytes: number } | { percentOfFree: number };
 
-const DEFAULTS = { s3Sync: 'flush', localCacheSize: '10%', leaseSeconds: 30, s3Timeout: '30s', s3CompactBelow: 0.5 } as const;
+const DEFAULTS = { s3Sync: 'flush', localCacheSize: '10%', leaseSeconds: 30, s3Timeout: '30s', s3CompactBelow: 0.5, s3UploadDelay: '5s' } as const;
 
 /** The tier must hold at least the open pack and one being uploaded. */
 export const MIN_LOCAL_CACHE_BYTES = 64 * 2 ** 20;
 
-const S3_ONLY = ['s3Endpoint', 's3Region', 's3Sync', 'localCacheSize', 'leaseSeconds', 's3Timeout', 's3CompactBelow'] as const;
+const S3_ONLY = ['s3Endpoint', 's3Region', 's3Sync', 'localCacheSize', 'leaseSeconds', 's3Timeout', 's3CompactBelow', 's3UploadDelay'] as const;
 
 export function storeConfig(pick: Pick): StoreConfig {
   const storeRaw = pick('store');
@@ -88,6 +89,11 @@ export function storeConfig(pick: Pick): StoreConfig {
   const compactBelow = Number(compactRaw?.value ?? DEFAULTS.s3CompactBelow);
   if (!(compactBelow >= 0 && compactBelow <= 1) || compactRaw?.value.trim() === '') bad(`${compactRaw!.source} "${compactRaw!.value}" must be a fraction from 0 (never compact) to 1.`);
 
-  return { kind: 's3', ...location, endpoint, region: regionRaw?.value ?? null, sync, localCacheSize, leaseSeconds, timeoutMs, compactBelow };
+  const delayRaw = pick('s3UploadDelay');
+  if (delayRaw && sync !== 'async') bad(`${delayRaw.source} applies only to --s3-sync async: in flush mode a FLUSH waits for the upload.`);
+  const uploadDelayMs = parseDuration(delayRaw?.value ?? DEFAULTS.s3UploadDelay, delayRaw?.source ?? 'default S3 upload delay');
+  if (uploadDelayMs > 600_000) bad(`${delayRaw!.source} "${delayRaw!.value}" is too long: the bucket may trail the local disk by at most 10m.`);
+
+  return { kind: 's3', ...location, endpoint, region: regionRaw?.value ?? null, sync, localCacheSize, leaseSeconds, timeoutMs, compactBelow, uploadDelayMs };
 }
 

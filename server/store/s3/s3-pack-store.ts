@@ -53,6 +53,8 @@ export interface S3PackStoreOptions {
   packBytes?: number;
   /** Uploads in flight at once (default 4). */
   uploadParallel?: number;
+  /** How long a sealed pack waits before its upload (--s3-upload-delay, async mode; default 0). */
+  uploadDelayMs?: number;
   /** Test-only: pause after each pack upload (see PackUploader). */
   pauseAfterUploadMs?: number;
 }
@@ -118,6 +120,9 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
       logger: opts.logger,
       parallel: opts.uploadParallel ?? 4,
       pauseAfterUploadMs: opts.pauseAfterUploadMs,
+      delayMs: opts.uploadDelayMs,
+      // Half the tier staged: waiting longer would soon make writes wait for room.
+      pressing: () => this.tier.staged * 2 > this.tier.limitBytes,
       uploaded: (p) => this.uploaded(p),
     });
     let maxId = -1;
@@ -177,6 +182,7 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     const n = data.length / cs;
     await this.tier.reserve(data.length);
     this.checkWritable();
+    this.uploader.nudge();
     const writes: Array<Promise<void>> = [];
     for (let done = 0; done < n; ) {
       const p = this.openPack();
@@ -504,6 +510,11 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     return { bytes: up.bytes + open, oldestSeconds: up.oldestSeconds };
   }
 
+  /** Uploads everything staged now, whatever --s3-upload-delay says (the daemon is stopping). */
+  expedite(): void {
+    this.uploader.expedite();
+  }
+
   /**
    * Seals the open pack and waits (up to `timeoutMs`) for staged packs to reach the bucket, then stops.
    * What is still staged stays on the local disk for the next start.
@@ -511,6 +522,7 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
   async close(timeoutMs = 0): Promise<void> {
     if (this.closed) return;
     if (!this.fencedBy && timeoutMs > 0) {
+      this.expedite();
       const drained = this.uploadedThrough(this.mark()).catch(() => {});
       await Promise.race([drained, new Promise((r) => setTimeout(r, timeoutMs).unref())]);
     }
