@@ -1,0 +1,118 @@
+// A pack file in the local tier: sealed, it is byte for byte a valid pack object (every chunk's CRC, taken
+// at the seal, matches its bytes); left open by a crash, the next process finds every chunk a sync()
+// covered (their slots are in the ids area), seals it, and the result decodes; syncs around a seal leave
+// no ids past its trailer.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LocalPack } from '../../server/store/s3/local-pack.js';
+import { decodePack } from '../../server/store/s3/pack-format.js';
+
+const CS = 4096;
+const CAPACITY = 64;
+
+function withDir(fn: (dir: string) => Promise<void>): () => Promise<void> {
+  return async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'shoal-local-pack-'));
+    try {
+      await fn(dir);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+}
+
+/** Appends `n` random chunks with slots from `first` (in runs of 1 to 4), each run's bytes awaited. */
+async function appendChunks(p: LocalPack, first: number, n: number): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  const writes: Promise<void>[] = [];
+  for (let done = 0; done < n; ) {
+    const k = Math.min(n - done, 1 + (done % 4));
+    const data = randomBytes(k * CS);
+    for (let i = 0; i < k; i++) out.push(data.subarray(i * CS, (i + 1) * CS));
+    writes.push(p.append(first + done, data, k).written);
+    done += k;
+  }
+  await Promise.all(writes);
+  return out;
+}
+
+function expectPack(path: string, slots: number[], chunks: Buffer[]): void {
+  const file = readFileSync(path);
+  const entries = decodePack(file, path); // header, trailer, index and every CRC
+  assert.deepEqual(
+    entries.map((e) => e.id),
+    slots,
+  );
+  entries.forEach((e, i) => assert.ok(file.subarray(e.offset, e.offset + e.length).equals(chunks[i]), `chunk ${i}`));
+}
+
+test('a sealed pack is a valid pack object: every chunk in place, every CRC matching', withDir(async (dir) => {
+  const path = join(dir, '1-7.pack');
+  const p = LocalPack.create(7, 1, path, CS, CAPACITY);
+  const chunks = await appendChunks(p, 1000, 40);
+  const bytes = await p.seal(true);
+  assert.equal(readFileSync(path).length, bytes, 'the ids area is cut off');
+  expectPack(
+    path,
+    chunks.map((_, i) => 1000 + i),
+    chunks,
+  );
+  p.close();
+}));
+
+test('an open pack left by a crash: every chunk a sync covered comes back, sealed into a valid pack', withDir(async (dir) => {
+  const path = join(dir, '1-8.pack');
+  const p = LocalPack.create(8, 1, path, CS, CAPACITY);
+  const synced = await appendChunks(p, 500, 21);
+  await p.sync();
+  // Appended after the last sync: a commit could not have named these yet.
+  await appendChunks(p, 521, 5);
+  p.close(); // the process dies: no seal, no further sync
+
+  const r = LocalPack.recover(8, 1, path, CS, CAPACITY);
+  assert.equal(r.state, 'open');
+  assert.ok(r.count >= 21, `the ${21} synced chunks are found (found ${r.count})`);
+  assert.deepEqual(
+    r.slots.slice(0, 21),
+    synced.map((_, i) => 500 + i),
+  );
+  // The recovered pack takes more chunks and seals like any other.
+  const more = await appendChunks(r, 2000, 3);
+  const n = r.count;
+  const slots = [...r.slots];
+  await r.seal(true);
+  const file = readFileSync(path);
+  const entries = decodePack(file, path);
+  assert.equal(entries.length, n);
+  assert.deepEqual(
+    entries.map((e) => e.id),
+    slots,
+  );
+  for (let i = 0; i < 21; i++) assert.ok(file.subarray(entries[i].offset, entries[i].offset + CS).equals(synced[i]), `synced chunk ${i}`);
+  for (let i = 0; i < 3; i++) assert.ok(file.subarray(entries[n - 3 + i].offset, entries[n - 3 + i].offset + CS).equals(more[i]), `chunk ${i} appended after the recovery`);
+  r.close();
+}));
+
+test('syncs called around a seal: the file still ends at its trailer and decodes', withDir(async (dir) => {
+  for (let round = 0; round < 20; round++) {
+    const path = join(dir, `1-${round}.pack`);
+    const p = LocalPack.create(round, 1, path, CS, CAPACITY);
+    const chunks = await appendChunks(p, 10 * round, 9);
+    const syncs = [p.sync(), p.sync(true)];
+    const sealed = p.seal(true);
+    syncs.push(p.sync());
+    await Promise.all(syncs);
+    const bytes = await sealed;
+    assert.equal(readFileSync(path).length, bytes, `round ${round}: the file ends at the trailer`);
+    expectPack(
+      path,
+      chunks.map((_, i) => 10 * round + i),
+      chunks,
+    );
+    p.close();
+  }
+}));
