@@ -13,7 +13,7 @@
 
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { nbdErrnoOf, isShoalError } from '../errors.js';
+import { ErrorCodes, nbdErrnoOf, isShoalError } from '../errors.js';
 import type { BlockExport, Extent, ReadResult } from '../volume/export-port.js';
 import type { NbdObserver } from './observer.js';
 import type { Logger, Negotiated } from './handshake.js';
@@ -23,6 +23,9 @@ import * as C from './constants.js';
 const TWO_32 = 4294967296;
 
 /** One request in flight. A class so every instance has the same hidden shape. */
+/** At most one log line per connection for failed requests this often (see logFault). */
+const FAULT_LOG_MS = 10_000;
+
 export class Request {
   replied = false;
   start = 0;
@@ -100,6 +103,9 @@ export class Transmission {
   private readonly unreplied = new Set<Request>();
   /** Write-type operations in flight, so FLUSH can wait for those received before it. */
   private readonly writes = new Set<Promise<unknown>>();
+  /** Storage faults not logged since the last one was (one line per FAULT_LOG_MS, not one per request). */
+  private faultsUnlogged = 0;
+  private faultLoggedAt = -Infinity;
   /** Message of the last validate() failure. */
   lastError = '';
 
@@ -213,8 +219,8 @@ export class Transmission {
       }
     } catch (e) {
       const errno = C.ERRNO[nbdErrnoOf(e)] ?? C.NBD_EIO;
-      if (isShoalError(e)) this.log.debug({ err: e, op: C.CMD_NAMES[req.type], export: this.neg.exportName }, 'nbd: request failed');
-      else this.log.warn({ err: e, op: C.CMD_NAMES[req.type], export: this.neg.exportName }, 'nbd: request failed');
+      if (isShoalError(e) && (ErrorCodes[e.code].status < 500 || ErrorCodes[e.code].status === 503)) this.log.debug({ err: e, op: C.CMD_NAMES[req.type], export: this.neg.exportName }, 'nbd: request failed');
+      else this.logFault(e, req.type);
       this.replyError(req, errno, isShoalError(e) ? e.message : 'I/O error');
     } finally {
       this.inFlight--;
@@ -234,6 +240,22 @@ export class Transmission {
     if (c.id === C.BASE_ALLOCATION_ID) return this.exp.blockStatus(req.offset, req.length);
     if (!this.exp.metaContextStatus) throw new Error(`export ${this.neg.exportName} offered meta context ${c.name} but answers no status for it`);
     return this.exp.metaContextStatus(c.name, req.offset, req.length);
+  }
+
+  /**
+   * A request failed on the server's side (a disk error, a pack or metadata that does not check out): an
+   * operator must hear of it, at error level, but a guest retrying a damaged block must not flood the log.
+   */
+  private logFault(e: unknown, type: number): void {
+    const now = performance.now();
+    if (now - this.faultLoggedAt < FAULT_LOG_MS) {
+      this.faultsUnlogged++;
+      return;
+    }
+    const suppressed = this.faultsUnlogged;
+    this.faultsUnlogged = 0;
+    this.faultLoggedAt = now;
+    this.log.error({ err: e, op: C.CMD_NAMES[type], export: this.neg.exportName, suppressed }, `nbd: ${C.CMD_NAMES[type]} failed: ${(e as Error).message}${suppressed ? ` (and ${suppressed} more since the last report)` : ''}`);
   }
 
   private async trackWrite(p: Promise<void>): Promise<void> {

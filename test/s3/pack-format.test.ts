@@ -11,12 +11,14 @@ import {
   parseIndex,
   parseTrailer,
   verifyChunk,
+  verifyCrcs,
   HEADER_BYTES,
   INDEX_ENTRY_BYTES,
   TRAILER_BYTES,
   type PackChunk,
 } from '../../server/store/s3/pack-format.js';
 import { ShoalError } from '../../server/errors.js';
+import { native } from '../../server/native.js';
 
 const WHAT = 's3://b/p/packs/00000001/0000000000.pack';
 
@@ -121,4 +123,16 @@ test('bad input to the encoder is refused and makes nothing', () => {
   assert.throws(() => encodePack([{ id: -1, data: Buffer.alloc(1) }]), invalid(/not a non-negative integer/));
   assert.throws(() => encodePack([{ id: 1.5, data: Buffer.alloc(1) }]), invalid(/not a non-negative integer/));
   assert.throws(() => encodePack([{ id: 3, data: Buffer.alloc(0) }]), invalid(/chunk 3 is empty/));
+});
+
+test('a ranged read checked on the thread pool (crc32Chunks, verifyCrcs) passes whole and refuses a flipped byte', async () => {
+  const cs = 4096;
+  const chunks: PackChunk[] = Array.from({ length: 6 }, (_, i) => ({ id: 100 + i, data: randomBytes(cs) }));
+  const { pack, entries } = encodePack(chunks);
+  // Chunks 2..5 as one GET brings them: back to back from chunk 2's offset.
+  const range = Buffer.from(pack.subarray(entries[2]!.offset, entries[5]!.offset + cs));
+  verifyCrcs(await native().crc32Chunks(range, cs), entries, 2, WHAT);
+  range[2 * cs + 17]! ^= 0x01; // inside chunk 4
+  const crcs = await native().crc32Chunks(range, cs);
+  assert.throws(() => verifyCrcs(crcs, entries, 2, WHAT), corrupt(/chunk 104 \(at \d+\) does not match its checksum\.$/));
 });

@@ -164,6 +164,17 @@ export function decodePack(pack: Buffer, what: string): PackEntry[] {
   return entries;
 }
 
+/**
+ * Throws corrupt_pack unless `crcs` (4 bytes little-endian per chunk, as the addon's crc32Chunks gives them)
+ * match the index entries of chunks first.. .
+ */
+export function verifyCrcs(crcs: Buffer, entries: readonly PackEntry[], first: number, what: string): void {
+  for (let k = 0; k < crcs.length / 4; k++) {
+    const e = entries[first + k];
+    if (crcs.readUInt32LE(k * 4) !== e.crc32) throw corrupt(what, `chunk ${e.id} (at ${e.offset}) does not match its checksum`);
+  }
+}
+
 /** Throws corrupt_pack if `data` (the chunk's bytes as read) does not match its index entry. */
 export function verifyChunk(data: Buffer, entry: PackEntry, what: string): void {
   if (data.length !== entry.length) throw corrupt(what, `chunk ${entry.id} came back as ${data.length} bytes, not ${entry.length}`);
