@@ -117,6 +117,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
     throw e;
   }
   metrics.setControl(manager);
+  meta.pipeline.timed = (seconds) => metrics.commitTimed(seconds);
   if (s3) metrics.setS3Backlog(() => s3.backlog());
   const nbd = new NbdServer({
     provider: manager.exports,

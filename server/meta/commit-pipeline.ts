@@ -97,6 +97,8 @@ export class CommitPipeline {
   syncData: () => Promise<void> = () => Promise.resolve();
   /** Called after each durable commit. */
   committed: () => void = () => {};
+  /** Told how long each durable commit took, from taking the changes to LMDB's fsync (its data sync included). */
+  timed: (seconds: number) => void = () => {};
   /** Where commits go once durable in LMDB (none for a purely local store). */
   journal: CommitJournal | null = null;
 
@@ -147,6 +149,7 @@ export class CommitPipeline {
     if (this.closed) throw new ShoalError('shutting_down', 'the metadata store is closed');
     if (this.changes === 0) return;
     // 1. Take the overlays as they are now, synchronously: later changes go to the next commit.
+    const started = performance.now();
     const gen = this.gen++;
     const taken = this.parts.map((p) => p.take(gen));
     const sb = structuredClone(this.sb());
@@ -171,6 +174,7 @@ export class CommitPipeline {
       throw new ShoalError('io_error', `metadata commit failed: ${(cause as Error).message}`, { cause });
     }
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], true);
+    this.timed((performance.now() - started) / 1000);
     this.committed();
     // 4. The journal (an object store's copy of the metadata), if any: a FLUSH completes with it.
     if (this.journal) await this.journal.committed(w.ops!, gen);

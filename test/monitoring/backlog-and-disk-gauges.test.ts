@@ -54,3 +54,25 @@ test('shoal_data_dir_size_bytes and shoal_data_dir_free_bytes match df on the da
     await d.dispose();
   }
 });
+
+test('shoal_meta_commit_seconds counts each metadata commit and how long it took', async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon();
+  try {
+    const count = async () => gauge(d, 'shoal_meta_commit_seconds_count');
+    const before = await count();
+    await d.createVolume('c', 8 * MiB);
+    await withHandle(d, 'c', 'import os\nh.pwrite(os.urandom(1024 * 1024), 0)\nh.flush()');
+    // A snapshot is one durable commit of its own, whatever the FLUSH left.
+    assert.equal((await d.api('POST', '/v1/volumes/c/snapshots', { name: 's' })).status, 201);
+    const after = await count();
+    assert.ok(after >= before + 2, `the volume's creation and the snapshot each committed (${before} -> ${after})`);
+    const sum = await gauge(d, 'shoal_meta_commit_seconds_sum');
+    assert.ok(sum > 0 && sum < after * 10, `their time is counted (${sum} s over ${after} commits)`);
+    const text = (await d.api('GET', '/metrics')).body as string;
+    assert.match(text, /^# TYPE shoal_meta_commit_seconds histogram$/m);
+    assert.match(text, new RegExp(`^shoal_meta_commit_seconds_bucket\\{le="\\+Inf"\\} ${after}$`, 'm'));
+  } finally {
+    await d.dispose();
+  }
+});
