@@ -22,10 +22,10 @@ import * as C from './constants.js';
 
 const TWO_32 = 4294967296;
 
-/** One request in flight. A class so every instance has the same hidden shape. */
 /** At most one log line per connection for failed requests this often (see logFault). */
 const FAULT_LOG_MS = 10_000;
 
+/** One request in flight. A class so every instance has the same hidden shape. */
 export class Request {
   replied = false;
   start = 0;

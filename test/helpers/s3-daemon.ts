@@ -64,6 +64,19 @@ else:
     for b in spec['blocks']:
         for off, d in blocks(b, total):
             want[off:off + len(d)] = d
+if spec['op'] == 'scan':
+    # Block by block, so one failing read does not hide the others: which fail (and how), which differ.
+    import errno
+    failed, wrong, names = [], [], set()
+    for off in range(0, total, 4096):
+        try:
+            if h.pread(4096, off) != want[off:off + 4096]:
+                wrong.append(off)
+        except nbd.Error as e:
+            failed.append(off)
+            names.add(errno.errorcode.get(e.errnum, str(e.errnum)))
+    print(json.dumps({'failed': failed, 'wrong': wrong, 'errnos': sorted(names)}))
+elif spec['op'] == 'check':
     got = bytearray()
     for off in range(0, total, 4 << 20):
         got += h.pread(min(4 << 20, total - off), off)
@@ -84,6 +97,16 @@ export async function expectBlocks(d: Daemon, exportName: string, blocks: Blocks
   assert.equal(r.status, 0, `reading ${exportName} failed:\n${r.stderr}`);
   const out = JSON.parse(r.stdout) as { bad: number[]; badCount: number };
   assert.equal(out.badCount, 0, `${exportName}: ${out.badCount} 4 KiB block(s) differ from what was written, first at offsets ${out.bad.join(', ')}`);
+}
+
+/**
+ * Reads an export 4 KiB block at a time against what `blocks` wrote over zeroes: the offsets whose read
+ * failed (with the errno names) and those that read back anything else.
+ */
+export async function scanBlocks(d: Daemon, exportName: string, blocks: Blocks[]): Promise<{ failed: number[]; wrong: number[]; errnos: string[] }> {
+  const r = await run(PY, ['-c', PY_BLOCKS, JSON.stringify({ op: 'scan', uri: d.unixUri(exportName), blocks })], { timeoutMs: 120_000 });
+  assert.equal(r.status, 0, `scanning ${exportName} failed:\n${r.stderr}`);
+  return JSON.parse(r.stdout) as { failed: number[]; wrong: number[]; errnos: string[] };
 }
 
 /**

@@ -48,7 +48,7 @@ export class LocalPack {
       chunkSize: this.chunkSize,
       base: HEADER_BYTES,
       written: () => (this.dirty = true),
-      failure: (err) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks into ${this.path}: ${err.message}`, { cause: err }),
+      failure: (err) => this.writeError(err, 'chunks'),
     });
     this.count = count;
   }
@@ -216,6 +216,11 @@ export class LocalPack {
     return buf;
   }
 
+  /** A failed write into the file: no_space for a full disk, else io_error, naming what was written. */
+  private writeError(err: NodeJS.ErrnoException, what: string): ShoalError {
+    return new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing ${what} into ${this.path}: ${err.message}`, { cause: err });
+  }
+
   /**
    * Makes completed writes durable: the slots appended since the last sync go into the ids area (an open
    * pack), then fdatasync if anything changed (or always, with `force`). Syncs run one after another, so
@@ -234,7 +239,7 @@ export class LocalPack {
       const buf = Buffer.alloc((to - from) * ID_BYTES);
       for (let k = from; k < to; k++) buf.writeUIntLE(this.ids[k], (k - from) * ID_BYTES, 6);
       await writeAll(this.fd, [buf], idsOffset(this.capacity, this.chunkSize) + from * ID_BYTES).catch((err: NodeJS.ErrnoException) => {
-        throw new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunk ids into ${this.path}: ${err.message}`, { cause: err });
+        throw this.writeError(err, 'chunk ids');
       });
       this.idsWritten = to;
       this.dirty = true;
