@@ -32,6 +32,8 @@ export interface NativeAddon {
   md5(data: Uint8Array): Promise<Buffer>;
   /** zlib's CRC-32 of each chunkSize piece of data (4 bytes little-endian each), on the thread pool; `data` must not change meanwhile. */
   crc32Chunks(data: Uint8Array, chunkSize: number): Promise<Buffer>;
+  /** The same at once, into out[at..]: for a pack's chunks as they are appended (addon/src/crc32-fold.cc). */
+  crc32ChunksInto(data: Uint8Array, chunkSize: number, out: Uint32Array, at: number): void;
 }
 
 export interface FingerprintTableHandle {

@@ -172,3 +172,29 @@ test('upload digests check their arguments; crc32Chunks gives zlib.crc32 of each
   assert.equal((await a.crc32Chunks(Buffer.alloc(0), CS)).length, 0);
   assert.equal((await a.md5(Buffer.from('abc'))).toString('hex'), '900150983cd24fb0d6963f7d28e17f72');
 });
+
+test('crc32ChunksInto checks its arguments and, like crc32Chunks, gives zlib.crc32 at every length the fold splits', async () => {
+  const a = native();
+  const into = a.crc32ChunksInto as (...x: unknown[]) => unknown;
+  const args = [Buffer.alloc(CS), CS, new Uint32Array(1), 0];
+  refuses('crc32ChunksInto', into, args, 0, [new Float64Array(CS), [1, 2], 'x', undefined]);
+  refuses('crc32ChunksInto', into, args, 1, [...BAD_NUMBERS, 0]);
+  refuses('crc32ChunksInto', into, args, 2, notA(Uint32Array));
+  refuses('crc32ChunksInto', into, args, 3, [-1, 0.5, NaN, 'x', undefined]);
+  refuses('crc32ChunksInto', into, args, 3, [1, 2]); // no room in out from there
+  refuses('crc32ChunksInto', into, [Buffer.alloc(2 * CS), CS, new Uint32Array(1), 0], 2, [new Uint32Array(1)]); // two chunks, room for one
+  refuses('crc32ChunksInto', into, [Buffer.alloc(CS + 1), CS, new Uint32Array(2), 0], 0, [Buffer.alloc(CS + 1)]); // not whole chunks
+  // The folded CRC takes 64 bytes and up, in 16-byte blocks; zlib the rest: lengths on each side of those edges.
+  for (const len of [1, 15, 16, 63, 64, 65, 79, 80, 127, 128, 129, 4095, 4096, 4097, 65543, 1 << 20]) {
+    const data = randomBytes(3 * len + 1).subarray(1); // at an odd offset into its buffer
+    const out = new Uint32Array(5).fill(7);
+    a.crc32ChunksInto(data, len, out, 1);
+    const pooled = await a.crc32Chunks(data, len);
+    for (let i = 0; i < 3; i++) {
+      const want = crc32(data.subarray(i * len, (i + 1) * len));
+      assert.equal(out[1 + i], want, `length ${len}, chunk ${i}`);
+      assert.equal(pooled.readUInt32LE(i * 4), want, `length ${len}, chunk ${i}, on the pool`);
+    }
+    assert.deepEqual([out[0], out[4]], [7, 7], 'nothing outside out[at..at+n) changes');
+  }
+});

@@ -31,6 +31,12 @@ export class LocalPack {
   private idle: Array<() => void> = [];
   private closed = false;
   private activeReads = 0;
+  /**
+   * The CRC-32 of each chunk this process appended, taken as it is appended, for the index at seal
+   * (~0.1 s per GiB on the event loop, where summing at seal on the pool cost ~0.4 s plus a read-back of
+   * the whole pack). null for a pack recovered after a crash: its chunks are summed from the file.
+   */
+  private crcs: Uint32Array | null = null;
 
   private constructor(
     readonly id: number,
@@ -55,7 +61,9 @@ export class LocalPack {
 
   /** A new open pack (the file is created, or emptied if a dead process left one). */
   static create(id: number, epoch: number, path: string, chunkSize: number, capacity: number): LocalPack {
-    return new LocalPack(id, epoch, path, openFile(path, 'w+'), chunkSize, 'open', 0, capacity);
+    const p = new LocalPack(id, epoch, path, openFile(path, 'w+'), chunkSize, 'open', 0, capacity);
+    p.crcs = new Uint32Array(capacity);
+    return p;
   }
 
   /** An empty sparse copy of a remote pack of `chunks` chunks, to be filled by fetched ranges. */
@@ -119,6 +127,7 @@ export class LocalPack {
     const index = this.count;
     this.count += n;
     for (let k = 0; k < n; k++) this.ids.push(first + k);
+    if (this.crcs) native().crc32ChunksInto(data, this.chunkSize, this.crcs, index);
     return { index, written: this.write(index, data) };
   }
 
@@ -178,22 +187,33 @@ export class LocalPack {
     if (n === 0) throw new ShoalError('internal', `pack ${this.id} is empty`);
     const cs = this.chunkSize;
     const dataBytes = n * cs;
-    // The chunks' bytes are in place already: the header before them, the index and trailer after. Their
-    // CRCs are taken from the file now, on the thread pool (see crc32Chunks in the addon); a chunk whose
-    // bytes never reached the file (a crash between its two writes) reads as zeroes.
-    const data = Buffer.allocUnsafe(dataBytes);
-    const got = await readvAt(this.fd, [data], HEADER_BYTES);
-    if (got < dataBytes) data.fill(0, got);
-    const crcs = await native().crc32Chunks(data, cs);
+    // The chunks' bytes are in place already: the header before them, the index and trailer after.
+    const crcs = this.crcs ?? (await this.sumFromFile(n));
     const entries: PackEntry[] = [];
-    for (let i = 0; i < n; i++) entries.push({ id: this.ids[i], offset: HEADER_BYTES + i * cs, length: cs, crc32: crcs.readUInt32LE(i * 4) });
+    for (let i = 0; i < n; i++) entries.push({ id: this.ids[i], offset: HEADER_BYTES + i * cs, length: cs, crc32: crcs[i] });
     const tail = encodeIndex(entries, HEADER_BYTES + dataBytes);
     await writeAll(this.fd, [encodeHeader(n, dataBytes)], 0);
     await writeAll(this.fd, [tail], HEADER_BYTES + dataBytes);
     await truncate(this.fd, HEADER_BYTES + dataBytes + tail.length); // the ids area goes
     if (durable) await this.sync(true);
     this.ids = [];
+    this.crcs = null;
     return HEADER_BYTES + dataBytes + tail.length;
+  }
+
+  /**
+   * The CRC-32 of the first n chunks as the file holds them, on the thread pool (a recovered pack); a chunk
+   * whose bytes never reached the file (a crash between its two writes) reads as zeroes.
+   */
+  private async sumFromFile(n: number): Promise<Uint32Array> {
+    const cs = this.chunkSize;
+    const data = Buffer.allocUnsafe(n * cs);
+    const got = await readvAt(this.fd, [data], HEADER_BYTES);
+    if (got < data.length) data.fill(0, got);
+    const sums = await native().crc32Chunks(data, cs);
+    const out = new Uint32Array(n);
+    for (let i = 0; i < n; i++) out[i] = sums.readUInt32LE(i * 4);
+    return out;
   }
 
   /** The index of a sealed pack whose file is whole (null for a sparse copy, or if it cannot be read). */
