@@ -1,10 +1,12 @@
 // A pack file in the local tier: sealed, it is byte for byte a valid pack object (every chunk's CRC, taken
 // at the seal, matches its bytes); left open by a crash, the next process finds every chunk a sync()
 // covered (their slots are in the ids area), seals it, and the result decodes; syncs around a seal leave
-// no ids past its trailer.
+// no ids past its trailer; a pack told to, and a sparse copy, drop what a sync made clean from the page
+// cache (fincore sees it go).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -115,4 +117,69 @@ test('syncs called around a seal: the file still ends at its trailer and decodes
     );
     p.close();
   }
+}));
+
+/** Bytes of the file in the page cache (util-linux fincore). */
+function residentBytes(path: string): number {
+  const out = execFileSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES', path], { encoding: 'utf8' });
+  return Number(out.trim());
+}
+
+/** Polls until the file's resident bytes are at most `max` (the drop runs on the thread pool); the last figure. */
+async function residentAtMost(path: string, max: number): Promise<number> {
+  let res = residentBytes(path);
+  for (let i = 0; i < 100 && res > max; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    res = residentBytes(path);
+  }
+  return res;
+}
+
+test('a pack told to drop synced pages leaves the page cache at each sync and the seal, and still seals into a valid pack', withDir(async (dir) => {
+  const big = 1024; // 4 MiB of chunks: well above what a few stray pages could account for
+  const keep = LocalPack.create(1, 1, join(dir, 'keep.pack'), CS, big);
+  const drop = LocalPack.create(2, 1, join(dir, 'drop.pack'), CS, big);
+  drop.dropWhenSynced();
+  const kept = await appendChunks(keep, 0, 512);
+  const dropped = await appendChunks(drop, 0, 512);
+  await Promise.all([keep.sync(), drop.sync()]);
+  assert.ok((await residentAtMost(join(dir, 'drop.pack'), 64 * 1024)) <= 64 * 1024, 'the synced chunks left the page cache');
+  assert.ok(residentBytes(join(dir, 'keep.pack')) >= 512 * CS, 'a pack not told to keeps its pages');
+  const more = await appendChunks(drop, 512, 100);
+  await drop.seal(true);
+  assert.ok((await residentAtMost(join(dir, 'drop.pack'), 16 * 1024)) <= 16 * 1024, 'the seal dropped the rest');
+  expectPack(
+    join(dir, 'drop.pack'),
+    [...dropped, ...more].map((_, i) => i),
+    [...dropped, ...more],
+  );
+  await keep.seal(true);
+  expectPack(
+    join(dir, 'keep.pack'),
+    kept.map((_, i) => i),
+    kept,
+  );
+  keep.close();
+  drop.close();
+}));
+
+test('a sparse copy is synced and dropped from the page cache every 4 MiB fetched into it, and reads back what was written', withDir(async (dir) => {
+  const path = join(dir, 'sparse.pack');
+  const chunks = 2048;
+  const copy = LocalPack.sparse(3, 1, path, CS, chunks);
+  const data = randomBytes(1024 * CS);
+  await copy.write(100, data);
+  copy.markPresent(100, 1024);
+  assert.ok((await residentAtMost(path, 64 * 1024)) <= 64 * 1024, '4 MiB fetched: synced and dropped');
+  const small = randomBytes(8 * CS);
+  await copy.write(1500, small);
+  copy.markPresent(1500, 8);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.ok(residentBytes(path) >= 8 * CS, 'below 4 MiB since the last sync: no sync, the pages stay');
+  const bufs = Array.from({ length: 4 }, () => Buffer.alloc(CS));
+  await copy.read([100, 101, 1123, 1507], bufs);
+  assert.ok(bufs[0].equals(data.subarray(0, CS)) && bufs[1].equals(data.subarray(CS, 2 * CS)), 'dropped chunks read back from the disk');
+  assert.ok(bufs[2].equals(data.subarray(1023 * CS)), 'the last chunk of the range');
+  assert.ok(bufs[3].equals(small.subarray(7 * CS)), 'a chunk still in the page cache');
+  copy.close();
 }));

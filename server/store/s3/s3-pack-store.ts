@@ -246,6 +246,9 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     const id = this.nextPackId++;
     const epoch = this.opts.lease.epoch;
     const p = LocalPack.create(id, epoch, this.tier.stagingPath(epoch, id), this.chunkSize, this.capacity);
+    // Its upload waits (async): it will be read back from the disk, not the page cache. In flush mode the
+    // upload follows the next FLUSH, and reads the pages, then drops them.
+    if ((this.opts.uploadDelayMs ?? 0) > 0) p.dropWhenSynced();
     this.open = p;
     this.local.set(id, p);
     this.packs.set(id, { id, epoch, chunks: 0, dead: new Uint8Array(0), deadCount: 0, state: 'open', dirty: true, dropped: false, lastGen: this.gen });
