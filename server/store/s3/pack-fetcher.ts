@@ -59,9 +59,15 @@ export class PackFetcher {
 
   /** Fills bufs[k] with chunk indexes[k] of `pack` (indexes sorted, distinct). */
   async read(pack: RemotePack, indexes: number[], bufs: Buffer[]): Promise<void> {
-    const cs = this.chunkSize;
-    const waits: Array<Promise<void>> = [];
-    const copy = (range: Fetch, idx: number, into: Buffer) => waits.push(range.body.then((b) => void b.copy(into, 0, (idx - range.from) * cs, (idx - range.from + 1) * cs)));
+    // The chunks each range serves, copied out in one callback per range (not a promise per chunk: a
+    // streaming read asks for 64 chunks a request).
+    const served = new Map<Fetch, { idx: number[]; into: Buffer[] }>();
+    const copy = (range: Fetch, idx: number, into: Buffer) => {
+      let s = served.get(range);
+      if (!s) served.set(range, (s = { idx: [], into: [] }));
+      s.idx.push(idx);
+      s.into.push(into);
+    };
     const flying = this.inflight.get(pack.id);
     const missing: number[] = [];
     const missingAt: number[] = [];
@@ -73,6 +79,7 @@ export class PackFetcher {
         missingAt.push(k);
       }
     }
+    const cs = this.chunkSize;
     const gap = Math.max(1, Math.floor(MERGE_GAP_BYTES / cs));
     let i = 0;
     while (i < missing.length) {
@@ -81,6 +88,14 @@ export class PackFetcher {
       const range = this.start(pack, ...this.widen(pack, missing[i], missing[j - 1] + 1));
       for (let k = i; k < j; k++) copy(range, missing[k], bufs[missingAt[k]]);
       i = j;
+    }
+    const waits: Array<Promise<void>> = [];
+    for (const [range, s] of served) {
+      waits.push(
+        range.body.then((b) => {
+          for (let k = 0; k < s.idx.length; k++) b.copy(s.into[k], 0, (s.idx[k] - range.from) * cs, (s.idx[k] - range.from + 1) * cs);
+        }),
+      );
     }
     await Promise.all(waits);
   }
