@@ -33,7 +33,7 @@ import type { WritePath } from './write-path.js';
 const FLUSH_JOURNAL_FILE = 'flush-journal';
 /** Written larger than this, an operation is not kept: its volume's next FLUSH commits. */
 const MAX_OP_BYTES = 1024 * 1024;
-/** Bytes of written data kept in memory for FLUSHes to come. */
+/** Bytes of written data kept in memory for FLUSHes to come (at most twice this held: see keep()). */
 const RETAIN_BYTES = 32 * 1024 * 1024;
 /** Operations are kept for a volume flushed this recently (a filesystem's journal flushes every few seconds). */
 const SYNC_WINDOW_MS = 30_000;
@@ -204,10 +204,15 @@ export class FlushJournal implements CommitPart<number> {
   }
 
   private keep(p: Pending, st: WritableMap, kind: JournalOpKind, opNo: number, offset: number, length: number, data: Buffer | null, noHole: boolean): void {
-    // A copy: the request's buffer may be the connection's to reuse once the write is answered.
-    const copy = data && Buffer.from(data.subarray(0, length));
-    if (copy) this.retained += length;
-    p.ops.push({ kind, opNo, volume: st.record.name, createdAt: st.record.createdAt, offset, length, noHole, data: copy });
+    // The request's payload is never reused once handed on: the connection gathers one that spans socket
+    // reads into a buffer of its exact size, or passes a view into the socket chunk it arrived in (a new
+    // buffer each read). It is kept as it is when that holds at most twice its bytes in memory; a small
+    // view into a larger chunk is copied. Copying each kept write cost 1M writes at QD8 ~1.3 ms of CPU a
+    // request (fresh memory for every copy, and the collector's work for it).
+    const view = data && data.subarray(0, length);
+    const kept = view && (view.byteLength * 2 >= view.buffer.byteLength ? view : Buffer.from(view));
+    if (kept) this.retained += length;
+    p.ops.push({ kind, opNo, volume: st.record.name, createdAt: st.record.createdAt, offset, length, noHole, data: kept });
   }
 
   /** The next record will hold `p`'s operations; resolves once it is durable. */
