@@ -12,7 +12,7 @@
 //
 // crc32ChunksInto(data, chunkSize, out, at): the same into out[at..] (a Uint32Array), at once: a pack's
 // chunks as they are appended. zlib.crc32 of each chunk there was 11% of the event loop (3.5 GB/s); the
-// folded CRC (crc32-fold.cc) is ~4x faster, so summing each chunk as it is written costs less than the
+// folded CRC (crc32-fold.cc) is ~3x faster, so summing each chunk as it is written costs less than the
 // read-back of the whole pack at seal that summing on the pool needed.
 #include "upload-digest.h"
 
