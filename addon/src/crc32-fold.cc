@@ -4,8 +4,8 @@
 // pack it writes (each pack's index) and every range it fetches. The crc32 of the zlib Node links ran
 // at ~2.4-3.5 GB/s here (profiled writing 1 GiB with --s3-sync async: 0.33-0.46 s of a 5.5 s daemon);
 // this one ran at 9.8 GiB/s against zlib's 3.2 on the same 4 KiB chunks, so a pack's chunks can be
-// summed as they are appended, with no read-back of the pack at seal. Lengths under 64 bytes, the last len % 16 bytes, and CPUs without PCLMULQDQ go
-// to zlib's own crc32.
+// summed as they are appended, with no read-back of the pack at seal. Lengths under 64 bytes, the last
+// len % 16 bytes, and CPUs without PCLMULQDQ go to zlib's own crc32.
 #include "crc32-fold.h"
 
 #include <zlib.h>

@@ -305,7 +305,8 @@ export class LocalPack {
     else if (upTo > this.droppedTo) {
       // From the file's start each time: the page cache holds large folios, and one that begins before the
       // range is kept whole (a range from the last sync's end left up to 1 MiB behind, never dropped). Pages
-      // still dirty (written after the sync began) stay for the next sync.
+      // still dirty (written after the sync began) stay for the next sync, and so does the ids area past
+      // the data, which every sync rewrites a few bytes of.
       dropCleanPages(this.fd, 0, HEADER_BYTES + upTo * this.chunkSize);
       this.droppedTo = upTo;
     }

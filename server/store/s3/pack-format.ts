@@ -171,14 +171,18 @@ export function decodePack(pack: Buffer, what: string): PackEntry[] {
 export function verifyCrcs(crcs: Buffer, entries: readonly PackEntry[], first: number, what: string): void {
   for (let k = 0; k < crcs.length / 4; k++) {
     const e = entries[first + k];
-    if (crcs.readUInt32LE(k * 4) !== e.crc32) throw corrupt(what, `chunk ${e.id} (at ${e.offset}) does not match its checksum`);
+    if (crcs.readUInt32LE(k * 4) !== e.crc32) throw checksumMismatch(e, what);
   }
 }
 
 /** Throws corrupt_pack if `data` (the chunk's bytes as read) does not match its index entry. */
 export function verifyChunk(data: Buffer, entry: PackEntry, what: string): void {
   if (data.length !== entry.length) throw corrupt(what, `chunk ${entry.id} came back as ${data.length} bytes, not ${entry.length}`);
-  if (crc32(data) !== entry.crc32) throw corrupt(what, `chunk ${entry.id} (at ${entry.offset}) does not match its checksum`);
+  if (crc32(data) !== entry.crc32) throw checksumMismatch(entry, what);
+}
+
+function checksumMismatch(entry: PackEntry, what: string): ShoalError {
+  return corrupt(what, `chunk ${entry.id} (at ${entry.offset}) does not match its checksum`);
 }
 
 function safe(n: bigint, what: string): number {
