@@ -28,6 +28,8 @@ export interface NativeAddon {
   fadviseDontNeed(fd: number, offset: number, length: number): Promise<void>;
   /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
   tryLock(fd: number): boolean;
+  /** A Buffer of `bytes` at a page boundary (for O_DIRECT), outside the V8 heap; unmapped when collected. */
+  alignedBuffer(bytes: number): Buffer;
   /** MD5 of `data` (16 bytes) on the thread pool, for an upload's Content-MD5; `data` must not change meanwhile. */
   md5(data: Uint8Array): Promise<Buffer>;
   /** zlib's CRC-32 of each chunkSize piece of data (4 bytes little-endian each), on the thread pool; `data` must not change meanwhile. */

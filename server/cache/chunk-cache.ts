@@ -74,8 +74,11 @@ class FrameTargets implements ChunkTargets {
   view(i: number): Buffer {
     return this.cache.frameView(this.frames[i]);
   }
-  readFile(fd: number, offsets: Float64Array): Promise<number> {
-    return this.cache.h.readFile(fd, this.frames, offsets, this.frames.length);
+  readFile(fd: number, offsets: Float64Array, which?: ArrayLike<number>): Promise<number> {
+    if (!which) return this.cache.h.readFile(fd, this.frames, offsets, this.frames.length);
+    const frames = new Uint32Array(which.length);
+    for (let k = 0; k < which.length; k++) frames[k] = this.frames[which[k]];
+    return this.cache.h.readFile(fd, frames, offsets, frames.length);
   }
 }
 

@@ -15,9 +15,10 @@ export interface ChunkTargets {
   /**
    * Present when the targets can be filled straight from a local file on the thread pool (the
    * cache's page-aligned frames: with an O_DIRECT fd no copy passes through the page cache).
-   * Target i is read from byte offset offsets[i]; back-to-back offsets are one preadv.
+   * Target i is read from byte offset offsets[i]; back-to-back offsets are one preadv. With `which`,
+   * only targets which[k], each from offsets[k].
    */
-  readFile?(fd: number, offsets: Float64Array): Promise<number>;
+  readFile?(fd: number, offsets: Float64Array, which?: ArrayLike<number>): Promise<number>;
 }
 
 /** What a store reports about itself (REST /v1/stats `store`). */

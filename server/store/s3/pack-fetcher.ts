@@ -10,6 +10,7 @@ import type { LocalTier } from './local-tier.js';
 import { HEADER_BYTES, INDEX_ENTRY_BYTES, TRAILER_BYTES, parseIndex, parseTrailer, verifyCrcs, type PackEntry } from './pack-format.js';
 import { native } from '../../native.js';
 import { packObjectKey } from './pack-records.js';
+import { FetchBuffers } from './fetch-buffers.js';
 
 /** Chunks between two wanted ones that are read through (one request) rather than skipped (two). */
 const MERGE_GAP_BYTES = 256 * 1024;
@@ -29,6 +30,8 @@ interface Fetch {
   from: number;
   to: number;
   body: Promise<Buffer>;
+  /** The write of the range into the pack's local copy, once started. */
+  kept?: Promise<void>;
 }
 
 export interface RemotePack {
@@ -44,6 +47,8 @@ export class PackFetcher {
   private readonly inflight = new Map<number, Fetch[]>();
   private active = 0;
   private readonly queue: Array<() => void> = [];
+  /** What ranges are read into: one window each, reused (two GETs' worth kept per GET in flight, ≤ 64 MiB). */
+  private readonly buffers: FetchBuffers;
   /** GETs of chunk data, and bytes they brought. */
   gets = 0;
   bytes = 0;
@@ -55,7 +60,9 @@ export class PackFetcher {
     private readonly tier: LocalTier,
     /** Most chunks a pack holds: how much of an object's tail its index may take. */
     private readonly maxChunks: number,
-  ) {}
+  ) {
+    this.buffers = new FetchBuffers(Math.max(1, Math.floor(WINDOW_BYTES / chunkSize)) * chunkSize, 2 * MAX_PARALLEL_GETS);
+  }
 
   /** Fills bufs[k] with chunk indexes[k] of `pack` (indexes sorted, distinct). */
   async read(pack: RemotePack, indexes: number[], bufs: Buffer[]): Promise<void> {
@@ -116,7 +123,9 @@ export class PackFetcher {
 
   /** Starts fetching chunks [from, to) of a pack; later readers of them wait for it. */
   private start(pack: RemotePack, from: number, to: number): Fetch {
-    const f: Fetch = { from, to, body: this.fetchRange(pack, from, to) };
+    const buf = this.buffers.take((to - from) * this.chunkSize);
+    const f: Fetch = { from, to, body: Promise.resolve(buf) };
+    f.body = this.fetchRange(pack, f, buf);
     let list = this.inflight.get(pack.id);
     if (!list) this.inflight.set(pack.id, (list = []));
     list.push(f);
@@ -126,16 +135,22 @@ export class PackFetcher {
       l.splice(l.indexOf(f), 1);
       if (l.length === 0) this.inflight.delete(pack.id);
     };
+    // The buffer is reused once nothing reads it: its readers copy out in reactions to the body, all run in
+    // the microtask checkpoint that settles it (a reader arriving after `done` no longer finds this fetch),
+    // so before the next setImmediate; and the local copy's write must have finished.
+    const release = () => setImmediate(() => void (f.kept ?? Promise.resolve()).finally(() => this.buffers.give(buf)));
     f.body.then(done, done);
+    f.body.then(release, release);
     return f;
   }
 
-  /** Chunks [from, to) of a pack, checked, and kept in its cached copy. */
-  private async fetchRange(pack: RemotePack, from: number, to: number): Promise<Buffer> {
+  /** Chunks [from, to) of a pack, read into `buf`, checked, and kept in its cached copy. */
+  private async fetchRange(pack: RemotePack, f: Fetch, buf: Buffer): Promise<Buffer> {
+    const { from, to } = f;
     const cs = this.chunkSize;
     const key = packObjectKey(this.prefix, pack.epoch, pack.id);
     const index = this.index(pack);
-    const obj = await this.limited(() => this.bucket.get(key, { offset: HEADER_BYTES + from * cs, length: (to - from) * cs }));
+    const obj = await this.limited(() => this.bucket.get(key, { offset: HEADER_BYTES + from * cs, length: (to - from) * cs }, buf));
     if (!obj) throw new ShoalError('io_error', `${this.bucket.url(key)} is missing from the bucket: chunks of pack ${pack.id} cannot be read`);
     this.gets++;
     this.bytes += obj.body.length;
@@ -143,16 +158,16 @@ export class PackFetcher {
     if (obj.body.length !== (to - from) * cs || to > entries.length) throw new ShoalError('corrupt_pack', `${this.bucket.url(key)} is not a valid pack: chunks ${from}..${to - 1} are not all in it.`);
     // Checked on the thread pool: zlib.crc32 of every chunk on the event loop was ~0.3 s per GiB read.
     verifyCrcs(await native().crc32Chunks(obj.body, cs), entries, from, this.bucket.url(key));
-    this.keepLocally(pack, entries.length, from, obj.body);
+    f.kept = this.keepLocally(pack, entries.length, from, obj.body);
     return obj.body;
   }
 
   /** Writes fetched chunks into the pack's cached copy, if the local tier has room (best effort). */
-  private keepLocally(pack: RemotePack, chunks: number, from: number, body: Buffer): void {
+  private keepLocally(pack: RemotePack, chunks: number, from: number, body: Buffer): Promise<void> | undefined {
     const copy = this.tier.sparse(pack.id, pack.epoch, this.chunkSize, chunks, body.length);
-    if (!copy || copy.state !== 'cached' || copy.present === null) return;
+    if (!copy || copy.state !== 'cached' || copy.present === null) return undefined;
     const n = body.length / this.chunkSize;
-    copy.write(from, body).then(
+    return copy.write(from, body).then(
       () => {
         let added = 0;
         for (let i = from; i < from + n; i++) if (copy.present![i] === 0) added++;

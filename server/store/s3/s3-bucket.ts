@@ -145,14 +145,17 @@ export class S3Bucket {
     }
   }
 
-  /** The object, or the `range` of it; null if there is no such key. */
-  async get(key: string, range?: ByteRange): Promise<S3Object | null> {
+  /**
+   * The object, or the `range` of it; null if there is no such key. With `into`, the body is read into
+   * it (its start: `body` is a view of it) rather than into new memory; a longer body is an error.
+   */
+  async get(key: string, range?: ByteRange, into?: Buffer): Promise<S3Object | null> {
     const header = range === undefined ? undefined : rangeHeader(range, this.url(key));
     try {
       return await this.request('get', key, async (signal) => {
         const cmd = new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(header ? { Range: header } : {}) });
         const out = await this.client.send(cmd, { abortSignal: signal });
-        const body = await readBody(out.Body, signal);
+        const body = await readBody(out.Body, signal, into, () => this.url(key));
         const size = out.ContentRange ? Number(/\/(\d+)$/.exec(out.ContentRange)?.[1] ?? body.length) : body.length;
         return { value: { body, etag: bare(out.ETag), lastModified: out.LastModified ?? new Date(0), size, serverDate: serverDateOf(out) }, bytesDown: body.length };
       });
@@ -345,8 +348,11 @@ function bare(etag: string | undefined): string {
   return (etag ?? '').replace(/^"|"$/g, '');
 }
 
-/** The whole body; an abort (the attempt's timeout) destroys the stream, so a stalled body ends the attempt. */
-async function readBody(body: unknown, signal: AbortSignal): Promise<Buffer> {
+/**
+ * The whole body, in `into` if given; an abort (the attempt's timeout) destroys the stream, so a stalled
+ * body ends the attempt.
+ */
+async function readBody(body: unknown, signal: AbortSignal, into: Buffer | undefined, url: () => string): Promise<Buffer> {
   if (!(body instanceof Readable)) throw new ShoalError('internal', 'the S3 client returned a body that is not a Node stream.');
   const onAbort = () => body.destroy(new Error('the S3 read timed out'));
   signal.addEventListener('abort', onAbort, { once: true });
@@ -354,9 +360,14 @@ async function readBody(body: unknown, signal: AbortSignal): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
     for await (const part of body) {
-      parts.push(part as Buffer);
-      n += (part as Buffer).length;
+      const b = part as Buffer;
+      if (into) {
+        if (n + b.length > into.length) throw new ShoalError('io_error', `${url()} returned more bytes than the ${into.length} asked for`);
+        b.copy(into, n);
+      } else parts.push(b);
+      n += b.length;
     }
+    if (into) return into.subarray(0, n);
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   } finally {
     signal.removeEventListener('abort', onAbort);

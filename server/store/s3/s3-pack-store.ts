@@ -317,36 +317,46 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     const n = targets.count;
     if (n === 0) return;
     if (this.closed) throw new ShoalError('shutting_down', 'the chunk store is closed');
-    const groups = new Map<number, { indexes: number[]; bufs: Buffer[] }>();
+    const groups = new Map<number, { indexes: number[]; bufs: Buffer[]; at: number[] }>();
     let run: Run | undefined;
     for (let i = 0; i < n; i++) {
       const s = slots[i];
       if (!run || s < run.first || s >= run.first + run.count) run = this.locate(s);
       if (!run) throw new ShoalError('io_error', `chunk ${s} has no place in the S3 store (no pack holds it)`);
       let g = groups.get(run.pack);
-      if (!g) groups.set(run.pack, (g = { indexes: [], bufs: [] }));
+      if (!g) groups.set(run.pack, (g = { indexes: [], bufs: [], at: [] }));
       g.indexes.push(run.index + s - run.first);
       g.bufs.push(targets.view(i));
+      g.at.push(i);
     }
-    await Promise.all([...groups].map(([pack, g]) => this.readFromPack(pack, g.indexes, g.bufs)));
+    await Promise.all([...groups].map(([pack, g]) => this.readFromPack(pack, g.indexes, g.bufs, { targets, at: g.at })));
     this.reads++;
     this.readBytes += n * this.chunkSize;
   }
 
-  /** Chunks `indexes` of pack `id` into `bufs`: from the local disk where they are, else from the bucket. */
-  async readFromPack(id: number, indexes: number[], bufs: Buffer[]): Promise<void> {
-    sortTogether(indexes, bufs);
+  /**
+   * Chunks `indexes` of pack `id` into `bufs`: from the local disk where they are, else from the bucket.
+   * With `frames` (bufs[k] is target at[k]), a local copy may read straight into the targets' frames.
+   */
+  async readFromPack(id: number, indexes: number[], bufs: Buffer[], frames?: { targets: ChunkTargets; at: number[] }): Promise<void> {
+    sortTogether(indexes, bufs, frames?.at);
     const local = this.local.get(id) ?? this.tier.get(id);
-    if (local && indexes.every((i) => local.has(i))) return local.read(indexes, bufs);
+    if (local && indexes.every((i) => local.has(i))) return local.read(indexes, bufs, frames);
     const info = this.packs.get(id);
     if (!info) throw new ShoalError('io_error', `pack ${id} is not known to the S3 store`);
     if (!local) return this.fetcher.read(info, indexes, bufs);
     const here: number[] = [];
     const hereBufs: Buffer[] = [];
+    const hereAt: number[] = [];
     const there: number[] = [];
     const thereBufs: Buffer[] = [];
-    indexes.forEach((i, k) => (local.has(i) ? (here.push(i), hereBufs.push(bufs[k])) : (there.push(i), thereBufs.push(bufs[k]))));
-    await Promise.all([local.read(here, hereBufs), this.fetcher.read(info, there, thereBufs)]);
+    indexes.forEach((i, k) => {
+      if (!local.has(i)) return void (there.push(i), thereBufs.push(bufs[k]));
+      here.push(i);
+      hereBufs.push(bufs[k]);
+      if (frames) hereAt.push(frames.at[k]);
+    });
+    await Promise.all([local.read(here, hereBufs, frames && { targets: frames.targets, at: hereAt }), this.fetcher.read(info, there, thereBufs)]);
   }
 
   /** The run holding `slot`: uncommitted runs first, then the committed records. */
@@ -537,8 +547,8 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
   }
 }
 
-/** Sorts indexes ascending, keeping bufs in step. */
-function sortTogether(indexes: number[], bufs: Buffer[]): void {
+/** Sorts indexes ascending, keeping bufs (and at) in step. */
+function sortTogether(indexes: number[], bufs: Buffer[], at?: number[]): void {
   let sorted = true;
   for (let i = 1; i < indexes.length && sorted; i++) if (indexes[i] < indexes[i - 1]) sorted = false;
   if (sorted) return;
@@ -547,5 +557,9 @@ function sortTogether(indexes: number[], bufs: Buffer[]): void {
   const bs = order.map((i) => bufs[i]);
   indexes.splice(0, indexes.length, ...ix);
   bufs.splice(0, bufs.length, ...bs);
+  if (at) {
+    const as = order.map((i) => at[i]);
+    at.splice(0, at.length, ...as);
+  }
 }
 
