@@ -135,12 +135,14 @@ export class PackFetcher {
       l.splice(l.indexOf(f), 1);
       if (l.length === 0) this.inflight.delete(pack.id);
     };
-    // The buffer is reused once nothing reads it: its readers copy out in reactions to the body, all run in
-    // the microtask checkpoint that settles it (a reader arriving after `done` no longer finds this fetch),
-    // so before the next setImmediate; and the local copy's write must have finished.
-    const release = () => setImmediate(() => void (f.kept ?? Promise.resolve()).finally(() => this.buffers.give(buf)));
-    f.body.then(done, done);
-    f.body.then(release, release);
+    // Readers find the range here until its chunks are in the local copy (else one arriving in between
+    // would fetch them again). Then the buffer is reused once nothing reads it: readers copy out in
+    // reactions to the settled body, queued as they find it, so all run before the next setImmediate.
+    const finish = () => {
+      done();
+      setImmediate(() => this.buffers.give(buf));
+    };
+    f.body.then(() => (f.kept ?? Promise.resolve()).then(finish, finish), finish);
     return f;
   }
 
