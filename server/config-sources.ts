@@ -21,6 +21,7 @@ const SETTINGS = {
   'log-level': 'logLevel',
   dedup: 'dedup',
   'dedup-verify': 'dedupVerify',
+  'cache-prefault': 'cachePrefault',
   tls: 'tls',
   'tls-certificates': 'tlsCertificates',
   'tls-psk': 'tlsPsk',
@@ -48,7 +49,7 @@ type Key = (typeof SETTINGS)[Flag];
 /** Switches: given alone they mean "on" (`--insecure`); `--insecure=off` still works. */
 const SWITCHES: ReadonlySet<Flag> = new Set(['tls-verify-peer', 'insecure']);
 /** Settings a config file may give as JSON booleans. */
-const BOOLEAN_KEYS: ReadonlySet<Key> = new Set(['dedup', 'dedupVerify', 'tlsVerifyPeer', 'insecure']);
+const BOOLEAN_KEYS: ReadonlySet<Key> = new Set(['dedup', 'dedupVerify', 'cachePrefault', 'tlsVerifyPeer', 'insecure']);
 
 /** Where a raw value came from: sentences name it, and relative paths resolve against its base. */
 export interface Raw {

@@ -23,6 +23,7 @@ export interface Config {
   nbdSocket: string | null; // absolute Unix socket path for NBD; null = disabled
   api: ListenAddress; // REST + /metrics
   cacheSize: number; // bytes
+  cachePrefault: boolean; // fault the cache's memory in at start, at idle priority
   chunkSize: number | undefined; // bytes; only used when creating a new store (undefined = the store's default)
   logLevel: LogLevel;
   dedup: boolean; // inline deduplication of written chunks (on by default)
@@ -117,6 +118,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
   const dedup = onOff(pick('dedup'), true);
   const dedupVerify = onOff(pick('dedupVerify'), false);
+  const cachePrefault = onOff(pick('cachePrefault'), false);
 
   // Safe by default: what anyone on the network can reach must be protected, unless told not to.
   const tls = tlsConfig(pick);
@@ -141,5 +143,5 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const nbdSocketMode = modeRaw ? parseMode(modeRaw) : DEFAULTS.nbdSocketMode;
 
   const store = storeConfig(pick);
-  return { dataDir, nbd, nbdSocket, api, cacheSize, chunkSize, logLevel, dedup, dedupVerify, tls, insecure, maxConnections, nbdSocketMode, apiTokens, apiTlsCertificates, store, configFile };
+  return { dataDir, nbd, nbdSocket, api, cacheSize, cachePrefault, chunkSize, logLevel, dedup, dedupVerify, tls, insecure, maxConnections, nbdSocketMode, apiTokens, apiTlsCertificates, store, configFile };
 }

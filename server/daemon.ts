@@ -88,6 +88,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
   try {
     const store = s3?.store ?? (await LocalChunkStore.open(config.dataDir, meta.chunkSize));
     const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
+    if (config.cachePrefault && !cache.prefault()) logger.warn('--cache-prefault on: this kernel cannot fault memory in ahead (MADV_POPULATE_WRITE needs Linux 5.14); the cache fills lazily');
     const dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
     manager = await VolumeManager.open(
       { meta, store, cache, dedup },

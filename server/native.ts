@@ -79,6 +79,8 @@ interface NativeCacheStats {
   /** Chunks loaded by readahead (not counted as misses). */
   readahead: number;
   ghosts: number;
+  /** Arena bytes faulted in by prefault() so far. */
+  prefaultedBytes: number;
 }
 
 /** The native cache object; slots are non-negative integers, frames index the arena. */
@@ -120,6 +122,11 @@ export interface NativeCacheHandle {
   /** External Buffers over the arena, one per GiB: frame f is at (f % perView) × chunkSize of views[f / perView]. */
   views(): Buffer[];
   stats(): NativeCacheStats;
+  /**
+   * Faults the arena's pages in on a thread of idle priority (chunk-cache.cc says why); false if the
+   * kernel cannot (no MADV_POPULATE_WRITE before Linux 5.14).
+   */
+  prefault(): boolean;
 }
 
 function findRoot(): string {

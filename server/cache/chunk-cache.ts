@@ -35,6 +35,8 @@ export interface CacheStats {
   /** Reads the cache asked of the store, and the bytes they brought in. */
   storeReads: number;
   storeReadBytes: number;
+  /** Bytes of the arena faulted in ahead of use (--cache-prefault on), 0 otherwise. */
+  prefaultedBytes: number;
 }
 
 /**
@@ -284,6 +286,14 @@ export class ChunkCache {
     return this.h.has(slot);
   }
 
+  /**
+   * Faults the whole arena in now, in the background at idle priority (--cache-prefault on), so that
+   * the first fill does not pay for it; false if the kernel cannot.
+   */
+  prefault(): boolean {
+    return this.h.prefault();
+  }
+
   // ------------------------------------------------------------------ figures
 
   stats(): CacheStats {
@@ -306,6 +316,7 @@ export class ChunkCache {
       readahead: s.readahead,
       storeReads: this.storeReads,
       storeReadBytes: this.storeReadBytes,
+      prefaultedBytes: s.prefaultedBytes,
     };
   }
 }

@@ -4,7 +4,7 @@ export const USAGE = `Usage: shoal <command> [options]
 
 Daemon:
   shoal serve [--data-dir DIR] [--nbd HOST:PORT|none] [--nbd-socket PATH|none]
-              [--api HOST:PORT] [--cache-size SIZE] [--chunk-size SIZE]
+              [--api HOST:PORT] [--cache-size SIZE] [--cache-prefault on|off] [--chunk-size SIZE]
               [--dedup on|off] [--dedup-verify on|off] [--log-level LEVEL] [--config FILE]
               [--tls off|on|require] [--tls-certificates DIR | --tls-psk FILE]
               [--tls-verify-peer] [--tls-admins ID,...] [--insecure]
@@ -16,6 +16,9 @@ Daemon:
               [--s3-upload-delay DURATION]
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
+      --cache-prefault on|off    fault the RAM cache's memory in at start, at idle priority
+                                 (default off): RSS is the full --cache-size within seconds,
+                                 and the first fill of the cache does not pay for its pages
       --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
       --tls-certificates DIR     X.509: DIR/ca-cert.pem, server-cert.pem, server-key.pem
       --tls-psk FILE             pre-shared keys, psktool's identity:hexkey lines

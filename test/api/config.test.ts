@@ -69,6 +69,7 @@ test('defaults', () => {
   assert.equal(c.nbdSocket, join(resolve('./shoal-data'), 'nbd.sock'));
   assert.deepEqual(c.api, { host: '127.0.0.1', port: 10880 });
   assert.equal(c.cacheSize, 2 ** 30);
+  assert.equal(c.cachePrefault, false);
   assert.equal(c.chunkSize, undefined);
   assert.equal(c.logLevel, 'info');
   assert.equal(c.configFile, null);
@@ -87,6 +88,8 @@ test('flags, both spellings; the socket follows the data directory', () => {
   assert.equal(c.cacheSize, 256 * 2 ** 20);
   assert.equal(c.chunkSize, 128 * 1024);
   assert.equal(c.logLevel, 'debug');
+  assert.equal(loadConfig(['--cache-prefault', 'on'], {}).cachePrefault, true);
+  assert.equal(loadConfig([], { SHOAL_CACHE_PREFAULT: 'on' }).cachePrefault, true);
 });
 
 test('"none" disables an NBD listener, but not both', () => {
@@ -238,6 +241,7 @@ test('bad TLS, limit and mode settings are refused with a sentence', () => {
     [['--tls', 'on', '--tls-psk', 'k', '--tls-admins', 'a,,b'], /--tls-admins "a,,b" must be a comma-separated list/],
     [['--tls', 'on', '--tls-psk', ''], /--tls-psk must not be empty/],
     [['--tls-verify-peer=perhaps'], /--tls-verify-peer "perhaps" must be on or off/],
+    [['--cache-prefault', 'always'], /--cache-prefault "always" must be on or off/],
     [['--max-connections', '0'], /--max-connections "0" must be a whole number of connections from 1/],
     [['--max-connections', 'many'], /--max-connections "many"/],
     [['--max-connections', '1.5'], /--max-connections "1.5"/],
