@@ -231,7 +231,9 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     smallTarget_ = nframes_ / 10 > 0 ? nframes_ / 10 : 1;
   }
 
-  ~ChunkCache() { arena_->Stop(); }
+  ~ChunkCache() {
+    if (arena_) arena_->Stop();  // null if the constructor threw on its arguments
+  }
 
   uint8_t* FramePtr(uint32_t f) const { return arena_->base + static_cast<size_t>(f) * cs_; }
 
