@@ -24,13 +24,11 @@
 
 #include <atomic>
 #include <cerrno>
-#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -51,30 +49,11 @@ enum Queue : uint8_t { kNone, kSmall, kMain };
 struct Arena {
   uint8_t* base = nullptr;
   size_t size = 0;
-  // The populator (StartPopulator): faults [prefaulted, want) in; stop ends it.
-  std::mutex m;
-  std::condition_variable cv;
-  size_t want = 0;
-  bool stop = false;
+  // The populator (StartPopulator): bytes faulted in from the start so far; stop ends it early.
   std::atomic<uint64_t> prefaulted{0};
+  std::atomic<bool> stop{false};
   ~Arena() {
     if (base) munmap(base, size);
-  }
-  // Asks the populator to reach `bytes` (never backwards).
-  void Want(size_t bytes) {
-    {
-      std::lock_guard<std::mutex> lk(m);
-      if (bytes <= want) return;
-      want = bytes < size ? bytes : size;
-    }
-    cv.notify_one();
-  }
-  void Stop() {
-    {
-      std::lock_guard<std::mutex> lk(m);
-      stop = true;
-    }
-    cv.notify_one();
   }
 };
 
@@ -97,23 +76,11 @@ bool StartPopulator(const std::shared_ptr<Arena>& arena) {
   std::thread([a = arena] {
     sched_param sp{};
     if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) != 0) setpriority(PRIO_PROCESS, 0, 19);
-    size_t done = 0;
-    for (;;) {
-      size_t target;
-      {
-        std::unique_lock<std::mutex> lk(a->m);
-        a->cv.wait(lk, [&] { return a->stop || a->want > done; });
-        if (a->stop) return;
-        target = a->want;
-      }
-      while (done < target) {
-        size_t len = target - done < kPopulateStep ? target - done : kPopulateStep;
-        if (madvise(a->base + done, len, MADV_POPULATE_WRITE) != 0) return;  // ENOMEM: what the host cannot give stays lazy
-        done += len;
-        a->prefaulted.store(done, std::memory_order_relaxed);
-        std::lock_guard<std::mutex> lk(a->m);
-        if (a->stop) return;
-      }
+    for (size_t done = 0; done < a->size && !a->stop.load(std::memory_order_relaxed);) {
+      size_t len = a->size - done < kPopulateStep ? a->size - done : kPopulateStep;
+      if (madvise(a->base + done, len, MADV_POPULATE_WRITE) != 0) return;  // ENOMEM: what the host cannot give stays lazy
+      done += len;
+      a->prefaulted.store(done, std::memory_order_relaxed);
     }
   }).detach();
   return true;
@@ -232,7 +199,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   }
 
   ~ChunkCache() {
-    if (arena_) arena_->Stop();  // null if the constructor threw on its arguments
+    if (arena_) arena_->stop = true;  // null if the constructor threw on its arguments
   }
 
   uint8_t* FramePtr(uint32_t f) const { return arena_->base + static_cast<size_t>(f) * cs_; }
@@ -742,10 +709,9 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     return arr;
   }
 
-  // prefault(): faults the whole arena in, in the background (StartPopulator); false if the kernel cannot.
+  // prefault(): faults the whole arena in, in the background (StartPopulator, once); false if the kernel cannot.
   Napi::Value Prefault(const Napi::CallbackInfo& info) {
     if (!populating_) populating_ = StartPopulator(arena_);
-    if (populating_) arena_->Want(arena_->size);
     return Napi::Boolean::New(info.Env(), populating_);
   }
 

@@ -27,9 +27,4 @@ export class FetchBuffers {
   give(buf: Buffer): void {
     if (buf.length === this.bytes && this.free.length < this.keep) this.free.push(buf);
   }
-
-  /** Buffers idle in the pool. */
-  get idle(): number {
-    return this.free.length;
-  }
 }

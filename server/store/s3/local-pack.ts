@@ -170,9 +170,10 @@ export class LocalPack {
   }
 
   /**
-   * Marks chunks [index, index + n) of a sparse copy present once written. Every SPARSE_SYNC_BYTES fetched,
-   * the copy is synced in the background, which drops those pages (see dropWhenSynced): the shared cache
-   * holds the chunks just read, and a pack's copy is read again only once they have left it.
+   * Marks chunks [index, index + n) of a sparse copy present once written. A copy without O_DIRECT is
+   * synced in the background every SPARSE_SYNC_BYTES fetched, which drops those pages (see
+   * dropWhenSynced): the shared cache holds the chunks just read, and a pack's copy is read again only
+   * once they have left it.
    */
   markPresent(index: number, n: number): void {
     if (!this.present) return;

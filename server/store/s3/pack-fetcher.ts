@@ -30,8 +30,6 @@ interface Fetch {
   from: number;
   to: number;
   body: Promise<Buffer>;
-  /** The write of the range into the pack's local copy, once started. */
-  kept?: Promise<void>;
 }
 
 export interface RemotePack {
@@ -124,8 +122,8 @@ export class PackFetcher {
   /** Starts fetching chunks [from, to) of a pack; later readers of them wait for it. */
   private start(pack: RemotePack, from: number, to: number): Fetch {
     const buf = this.buffers.take((to - from) * this.chunkSize);
-    const f: Fetch = { from, to, body: Promise.resolve(buf) };
-    f.body = this.fetchRange(pack, f, buf);
+    const fetched = this.fetchRange(pack, from, to, buf);
+    const f: Fetch = { from, to, body: fetched.then((r) => r.body) };
     let list = this.inflight.get(pack.id);
     if (!list) this.inflight.set(pack.id, (list = []));
     list.push(f);
@@ -142,13 +140,16 @@ export class PackFetcher {
       done();
       setImmediate(() => this.buffers.give(buf));
     };
-    f.body.then(() => (f.kept ?? Promise.resolve()).then(finish, finish), finish);
+    fetched.then((r) => (r.kept ?? Promise.resolve()).then(finish, finish), finish);
+    f.body.catch(() => {}); // its readers get the error; a range is never left without one, but never unhandled
     return f;
   }
 
-  /** Chunks [from, to) of a pack, read into `buf`, checked, and kept in its cached copy. */
-  private async fetchRange(pack: RemotePack, f: Fetch, buf: Buffer): Promise<Buffer> {
-    const { from, to } = f;
+  /**
+   * Chunks [from, to) of a pack, read into `buf` and checked; `kept` is their write into the pack's cached
+   * copy, if one was started.
+   */
+  private async fetchRange(pack: RemotePack, from: number, to: number, buf: Buffer): Promise<{ body: Buffer; kept: Promise<void> | undefined }> {
     const cs = this.chunkSize;
     const key = packObjectKey(this.prefix, pack.epoch, pack.id);
     const index = this.index(pack);
@@ -160,8 +161,7 @@ export class PackFetcher {
     if (obj.body.length !== (to - from) * cs || to > entries.length) throw new ShoalError('corrupt_pack', `${this.bucket.url(key)} is not a valid pack: chunks ${from}..${to - 1} are not all in it.`);
     // Checked on the thread pool: zlib.crc32 of every chunk on the event loop was ~0.3 s per GiB read.
     verifyCrcs(await native().crc32Chunks(obj.body, cs), entries, from, this.bucket.url(key));
-    f.kept = this.keepLocally(pack, entries.length, from, obj.body);
-    return obj.body;
+    return { body: obj.body, kept: this.keepLocally(pack, entries.length, from, obj.body) };
   }
 
   /** Writes fetched chunks into the pack's cached copy, if the local tier has room (best effort). */
