@@ -260,6 +260,7 @@ export const Stats = Type.Object(
         coalesced: Type.Number(),
         sharingFactor: Type.Number({ description: 'Average number of volumes/snapshots reading each cached chunk.' }),
         servedBytes: Type.Number(),
+        prefaultedBytes: Type.Number({ description: 'Bytes of the cache\'s memory faulted in at start so far (--cache-prefault on); 0 without it.' }),
       },
       { additionalProperties: true },
     ),
