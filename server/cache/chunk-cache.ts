@@ -179,6 +179,15 @@ export class ChunkCache {
    * readUncached() when the following lookup misses.
    */
   load(slots: ArrayLike<number>, reader: number, readahead = false): Promise<void> {
+    return this.loadOnce(slots, reader, readahead, true);
+  }
+
+  /**
+   * load(). `retry`: a load of others this one waits for (a readahead run, say) may fail for a chunk
+   * this one does not need (a damaged one further on): then the chunks it waited for are loaded again,
+   * by themselves, once, and only their own failure fails this load.
+   */
+  private loadOnce(slots: ArrayLike<number>, reader: number, readahead: boolean, retry: boolean): Promise<void> {
     const n = slots.length;
     if (n === 0) return settled;
     if (this.outcome.length < n) {
@@ -192,17 +201,25 @@ export class ChunkCache {
     const out = this.outcome;
     const got = this.h.reserve(s, n, reader, readahead, out, this.reserved);
     let waits: Promise<void>[] | undefined;
+    let waited: number[] | undefined; // the slots those loads bring
     let loads = 0;
     for (let i = 0; i < n; i++) {
       const o = out[i];
       if (o === 2 || (o === 3 && !readahead)) loads++; // 3: the caller reads it from the store itself
       if (o === 1) {
         const w = this.inflight.get(s[i]);
-        if (w !== undefined && (waits === undefined || waits[waits.length - 1] !== w)) (waits ??= []).push(w);
+        if (w === undefined) continue;
+        if (waits === undefined || waits[waits.length - 1] !== w) (waits ??= []).push(w);
+        (waited ??= []).push(s[i]);
       }
     }
     if (loads > 0 && reader >= 0) this.storeLoads.set(reader, (this.storeLoads.get(reader) ?? 0) + loads);
-    if (got === 0) return waits === undefined ? settled : Promise.all(waits).then(noop);
+    let others: Promise<void> | undefined;
+    if (waits !== undefined) {
+      const again = waited!;
+      others = Promise.all(waits).then(noop, (e) => (retry ? this.loadOnce(again, reader, readahead, false) : Promise.reject(e)));
+    }
+    if (got === 0) return others ?? settled;
     const frames = this.reserved.slice(0, got);
     const mine = float64s(got);
     for (let i = 0, k = 0; i < n; i++) if (out[i] === 2) mine[k++] = s[i];
@@ -212,9 +229,7 @@ export class ChunkCache {
       for (let k = 0; k < got; k++) if (this.inflight.get(mine[k]) === p) this.inflight.delete(mine[k]);
     };
     p.then(forget, forget);
-    if (waits === undefined) return p;
-    waits.push(p);
-    return Promise.all(waits).then(noop);
+    return others === undefined ? p : Promise.all([p, others]).then(noop);
   }
 
   /** Has the store fill reserved frames, then admits them (or frees them if the read failed). */

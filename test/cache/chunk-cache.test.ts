@@ -177,11 +177,15 @@ class FetchingStore implements ChunkStore {
   readonly reusesSlots = true;
   calls: number[][] = [];
   version = new Map<number, number>();
+  /** Slots whose reads fail, as a damaged pack's do: the whole read they are part of. */
+  damaged = new Set<number>();
   constructor(private readonly delayMs = 10) {}
   async readChunks(slots: ArrayLike<number>, targets: ChunkTargets): Promise<void> {
     const mine = Array.from({ length: targets.count }, (_, i) => slots[i]);
     this.calls.push(mine);
     await new Promise((r) => setTimeout(r, this.delayMs));
+    const bad = mine.find((x) => this.damaged.has(x));
+    if (bad !== undefined) throw new Error(`chunk ${bad} does not match its checksum`);
     for (let i = 0; i < mine.length; i++) pat(mine[i], this.version.get(mine[i]) ?? 0).copy(targets.view(i));
   }
   write = () => Promise.reject(new Error('unused'));
@@ -216,6 +220,22 @@ test('concurrent misses on one chunk cause one store read (coalesced), through a
     assert.equal(st.storeReadBytes, 6 * CS);
     for (let s = 8; s <= 12; s++) assert.deepEqual(read(c, s), pat(s));
   }
+});
+
+test('a readahead run that fails for a damaged chunk fails no read of the other chunks waiting on it', async () => {
+  const store = new FetchingStore(30);
+  store.damaged.add(12);
+  const c = new ChunkCache(64 * CS, CS, store);
+  c.readahead([10, 11, 12, 13], 1); // in flight: later loads of these wait for it
+  const b = Buffer.alloc(CS);
+  await c.copyChunk(11, 2, b); // waits for the readahead, which fails for chunk 12, then loads 11 alone
+  assert.deepEqual(b, pat(11));
+  assert.deepEqual(store.calls, [[10, 11, 12, 13], [11]]);
+  // The damaged chunk itself still fails, and is never cached.
+  c.readahead([12, 13], 1);
+  await assert.rejects(c.load([12, 13], 2), /chunk 12 does not match its checksum/);
+  assert.equal(c.has(12), false);
+  assert.deepEqual(read(c, 11), pat(11));
 });
 
 test('never stale: a dropped and reused id serves only its new bytes, even with a load in flight', async () => {
