@@ -34,6 +34,10 @@ export class RecordSet<K extends string | number, T> implements CommitPart<Taken
     return this.records.get(key);
   }
 
+  get size(): number {
+    return this.records.size;
+  }
+
   values(): IterableIterator<T> {
     return this.records.values();
   }

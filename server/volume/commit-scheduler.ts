@@ -25,6 +25,8 @@ export class CommitScheduler {
     private readonly intervalMs = 2000,
     /** A FLUSH that is not durable within this long fails (the commit goes on); none if undefined. */
     private readonly flushTimeoutMs?: number,
+    /** Changes after which a commit starts (tests raise it to keep operations for the journal alone). */
+    private readonly batch = WRITE_COMMIT_BATCH,
   ) {}
 
   start(): void {
@@ -32,7 +34,7 @@ export class CommitScheduler {
     this.timer = setInterval(() => {
       const now = performance.now();
       const pending = this.meta.pendingChanges;
-      if (pending >= WRITE_COMMIT_BATCH || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
+      if (pending >= this.batch || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
       if (now >= trimAt) {
         trimAt = now + this.intervalMs;
         this.meta.nodes.trim(MAX_CACHED_NODES);
@@ -43,7 +45,7 @@ export class CommitScheduler {
 
   /** After a change: commits in the background once enough has piled up. */
   changed(): void {
-    if (this.meta.pendingChanges >= WRITE_COMMIT_BATCH) this.commitSoon();
+    if (this.meta.pendingChanges >= this.batch) this.commitSoon();
   }
 
   /** A background commit, once per burst of changes. */

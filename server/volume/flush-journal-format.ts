@@ -5,9 +5,14 @@
 //     u32 magic 'SHFJ' · u32 crc32 of bytes [8, 32 + payload) · f64 record sequence ·
 //     u32 payload bytes · u32 operations · u64 reserved (0)
 //   then per operation
-//     u8 kind (1 write, 2 trim, 3 zero) · u8 flags (1: zero without holes) · u16 volume name bytes ·
-//     u16 createdAt bytes · u16 reserved · f64 operation number · f64 offset · f64 length ·
-//     the volume name, its createdAt (UTF-8), and for a write its `length` bytes
+//     u8 kind (1 write, 2 trim, 3 zero, 4 snapshot, 5 clone) · u8 flags (1: zero without holes) ·
+//     u16 volume name bytes · u16 createdAt bytes · u16 reserved · f64 operation number · f64 offset ·
+//     f64 length · the volume name, its createdAt (UTF-8), and then `length` bytes: for a write its
+//     data; for a snapshot or a clone of the volume the JSON of a VolumeOp (offset is 0)
+//
+// A daemon older than the snapshot and clone operations stops its replay at the first record that
+// holds one, as at a torn record: stop the daemon cleanly (its last commit covers the whole journal)
+// before going back to such a version.
 //
 // Records start on 512-byte sector boundaries, so writing one never changes a sector an earlier
 // record (already acknowledged) lives in: the page the two share goes to the disk again, but with
@@ -20,9 +25,20 @@ const MAGIC = 0x4a464853; // 'SHFJ' read little-endian
 const HEADER = 32;
 const OP_HEADER = 40;
 
-export type JournalOpKind = 'write' | 'trim' | 'zero';
-const KIND_CODE: Record<JournalOpKind, number> = { write: 1, trim: 2, zero: 3 };
-const KIND_OF = [undefined, 'write', 'trim', 'zero'] as const;
+export type JournalOpKind = 'write' | 'trim' | 'zero' | 'snapshot' | 'clone';
+const KIND_CODE: Record<JournalOpKind, number> = { write: 1, trim: 2, zero: 3, snapshot: 4, clone: 5 };
+const KIND_OF = [undefined, 'write', 'trim', 'zero', 'snapshot', 'clone'] as const;
+
+/**
+ * A change to a volume's metadata journaled among its writes (snapshot-operations.ts): a snapshot of
+ * it, or a clone of it (of the volume itself, or of one of its snapshots).
+ */
+export type VolumeOp = { kind: 'snapshot'; name: string; createdAt: string } | { kind: 'clone'; name: string; createdAt: string; snapshot?: string };
+
+/** Whether an operation of this kind carries `length` bytes after its names. */
+function carriesData(kind: JournalOpKind): boolean {
+  return kind !== 'trim' && kind !== 'zero';
+}
 
 export interface JournalOp {
   kind: JournalOpKind;
@@ -35,7 +51,7 @@ export interface JournalOp {
   length: number;
   /** zero: allocated zeroes (NBD_CMD_FLAG_NO_HOLE). */
   noHole: boolean;
-  /** write: the bytes (length of them). */
+  /** write: the bytes (length of them); snapshot, clone: the JSON of its VolumeOp (length bytes). */
   data: Buffer | null;
 }
 
@@ -47,7 +63,7 @@ export interface JournalRecord {
 }
 
 function opBytes(op: JournalOp): number {
-  return OP_HEADER + Buffer.byteLength(op.volume) + Buffer.byteLength(op.createdAt) + (op.kind === 'write' ? op.length : 0);
+  return OP_HEADER + Buffer.byteLength(op.volume) + Buffer.byteLength(op.createdAt) + (carriesData(op.kind) ? op.length : 0);
 }
 
 /** Bytes a record of these operations takes in the file. */
@@ -73,7 +89,7 @@ export function encodeRecord(seq: number, ops: readonly JournalOp[]): Buffer {
     b.writeDoubleLE(op.offset, p + 16);
     b.writeDoubleLE(op.length, p + 24);
     p += OP_HEADER + nameLen + createdLen;
-    if (op.kind === 'write') {
+    if (carriesData(op.kind)) {
       op.data!.copy(b, p, 0, op.length);
       p += op.length;
     }
@@ -110,7 +126,8 @@ export function* decodeRecords(file: Buffer): Generator<JournalRecord> {
       const nameLen = file.readUInt16LE(p + 2);
       const createdLen = file.readUInt16LE(p + 4);
       const length = file.readDoubleLE(p + 24);
-      const dataLen = kind === 'write' ? length : 0;
+      const carries = kind !== undefined && carriesData(kind);
+      const dataLen = carries ? length : 0;
       const body = p + OP_HEADER;
       if (kind === undefined || body + nameLen + createdLen + dataLen > end) return;
       ops.push({
@@ -121,7 +138,7 @@ export function* decodeRecords(file: Buffer): Generator<JournalRecord> {
         length,
         volume: file.toString('utf8', body, body + nameLen),
         createdAt: file.toString('utf8', body + nameLen, body + nameLen + createdLen),
-        data: kind === 'write' ? file.subarray(body + nameLen + createdLen, body + nameLen + createdLen + dataLen) : null,
+        data: carries ? file.subarray(body + nameLen + createdLen, body + nameLen + createdLen + dataLen) : null,
       });
       p = body + nameLen + createdLen + dataLen;
     }

@@ -4,7 +4,8 @@
 // fdatasync, then its meta page): ~1.1 ms for a 4 KiB write at QD1, against ~0.3 ms for a qcow2
 // overlay's one fdatasync, and a commit carries every volume's changes since the last one. So a
 // FLUSH does not commit. It appends the operations its volume completed since the last commit (the
-// writes with their bytes, trims, zeroes) to this journal, one record with O_DSYNC, and answers.
+// writes with their bytes, trims, zeroes) to this journal, one record with O_DSYNC, and answers. A
+// snapshot or a clone is journaled the same way, as an operation of its volume (durable-change.ts).
 // Commits go on in the background (commit-scheduler.ts); once one is durable, every operation it
 // covers is dropped from memory. The file is two halves: records go into one until it fills, then
 // into the other once a durable commit covers everything in that one (a background commit is asked
@@ -26,7 +27,7 @@ import { ShoalError } from '../errors.js';
 import type { CommitPart } from '../meta/commit-pipeline.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { writeAll } from '../store/batched-writes.js';
-import { decodeRecords, encodeRecord, recordSize, type JournalOp, type JournalOpKind, type JournalRecord } from './flush-journal-format.js';
+import { decodeRecords, encodeRecord, recordSize, type JournalOp, type JournalOpKind, type JournalRecord, type VolumeOp } from './flush-journal-format.js';
 import type { WritableMap } from './volume-state.js';
 import type { WritePath } from './write-path.js';
 
@@ -45,6 +46,9 @@ const SYNC_WINDOW_MS = 30_000;
 const EAGER_WINDOW_MS = 10;
 /** Each half of the file; a FLUSH that finds its half full and the other not yet covered commits. */
 const HALF_BYTES = 8 * 1024 * 1024;
+
+/** Makes a journaled snapshot or clone again during replay, at its place among the volume's operations. */
+export type ReplayVolumeOp = (st: WritableMap, op: VolumeOp) => void;
 
 interface Pending {
   /** Completed operations not yet in the journal, oldest first. */
@@ -150,7 +154,7 @@ export class FlushJournal implements CommitPart<number> {
    * returns how many. Before anything is served, after interrupted multi-step operations are
    * finished (a write that followed one must land after it). The caller commits.
    */
-  async replay(states: ReadonlyMap<string, WritableMap>, writes: WritePath, logger?: { warn(obj: unknown, msg?: string): void }): Promise<number> {
+  async replay(states: ReadonlyMap<string, WritableMap>, writes: WritePath, volumeOp: ReplayVolumeOp, logger?: { warn(obj: unknown, msg?: string): void }): Promise<number> {
     const ops = (this.toReplay ?? []).flatMap((r) => r.ops).sort((a, b) => a.opNo - b.opNo);
     this.toReplay = null;
     let n = 0;
@@ -159,12 +163,14 @@ export class FlushJournal implements CommitPart<number> {
       if (op.opNo > this.lastOp) this.lastOp = op.opNo;
       if (op.opNo <= this.durableOp) continue; // a commit covers it
       const st = states.get(op.volume);
-      if (!st || st.record.createdAt !== op.createdAt || op.offset + op.length > st.record.size) {
+      const isVolumeOp = op.kind === 'snapshot' || op.kind === 'clone';
+      if (!st || st.record.createdAt !== op.createdAt || (!isVolumeOp && op.offset + op.length > st.record.size)) {
         logger?.warn({ op: { kind: op.kind, volume: op.volume, offset: op.offset, length: op.length } }, 'flush journal: skipping an operation on a volume that is gone or smaller');
         continue;
       }
       try {
-        if (op.kind === 'write') await writes.write(st, op.offset, op.data!);
+        if (isVolumeOp) volumeOp(st, JSON.parse(op.data!.toString('utf8')) as VolumeOp);
+        else if (op.kind === 'write') await writes.write(st, op.offset, op.data!);
         else if (op.kind === 'trim') await writes.trim(st, op.offset, op.length);
         else await writes.zero(st, op.offset, op.length, op.noHole);
       } catch (e) {
@@ -213,6 +219,29 @@ export class FlushJournal implements CommitPart<number> {
     const kept = view && (view.byteLength * 2 >= view.buffer.byteLength ? view : Buffer.from(view));
     if (kept) this.retained += length;
     p.ops.push({ kind, opNo, volume: st.record.name, createdAt: st.record.createdAt, offset, length, noHole, data: kept });
+  }
+
+  /**
+   * A snapshot or a clone of `st` was just made, every change in its map told here (VolumeState.quiesce):
+   * journals it after the volume's operations before it, so that a replay makes it at the same point.
+   * Resolves once durable; null if the volume's FLUSH would commit (an operation not kept, or the
+   * journal broken): then the caller commits.
+   */
+  volumeOp(st: WritableMap, op: VolumeOp): Promise<void> | null {
+    const p = this.pendingOf(st);
+    if (this.broken || p.unkept > this.durableOp) return null;
+    const data = Buffer.from(JSON.stringify(op));
+    p.ops.push({ kind: op.kind, opNo: ++this.lastOp, volume: st.record.name, createdAt: st.record.createdAt, offset: 0, length: data.length, noHole: false, data });
+    return this.enqueue(p);
+  }
+
+  /**
+   * `st` changed outside the journal (a resize, a rollback): until a commit covers that, its FLUSHes,
+   * snapshots and clones commit (a replay would otherwise put them on the volume as it was before).
+   * Called in the change's synchronous stretch, so that no commit can claim to cover it before it is made.
+   */
+  changedOutside(st: WritableMap): void {
+    this.pendingOf(st).unkept = ++this.lastOp;
   }
 
   /** The next record will hold `p`'s operations; resolves once it is durable. */
@@ -301,7 +330,7 @@ export class FlushJournal implements CommitPart<number> {
       if (p.unkept > this.durableOp) commit = true;
       for (const op of p.ops) {
         ops.push(op);
-        if (op.data) this.retained -= op.length;
+        this.retained -= heldBytes(op);
       }
       p.ops = [];
     }
@@ -354,7 +383,7 @@ export class FlushJournal implements CommitPart<number> {
     for (const [st, p] of this.pending) {
       let k = 0;
       while (k < p.ops.length && p.ops[k].opNo <= upTo) {
-        if (p.ops[k].data) this.retained -= p.ops[k].length;
+        this.retained -= heldBytes(p.ops[k]);
         k++;
       }
       if (k > 0) p.ops.splice(0, k);
@@ -368,6 +397,11 @@ export class FlushJournal implements CommitPart<number> {
     while (this.writing || this.gathering) await (this.inFlight ?? this.gathering?.done ?? Promise.resolve()).catch(() => {});
     closeSync(this.fd);
   }
+}
+
+/** Bytes of written data an operation holds in memory (counted against RETAIN_BYTES). */
+function heldBytes(op: JournalOp): number {
+  return op.kind === 'write' && op.data ? op.length : 0;
 }
 
 function newBatch(): Batch {

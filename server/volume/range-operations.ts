@@ -53,6 +53,8 @@ export interface RangeContext {
   state(name: string): VolumeState | undefined;
   /** Released map nodes are waiting: let space reclaim run. */
   reclaim(): void;
+  /** A volume's size changed, outside the flush journal (FlushJournal.changedOutside). */
+  changedOutside(st: VolumeState): void;
   /** Test-only: how long to wait once an intent is committed, before its work (a window to crash in). */
   readonly pauseAfterIntentMs?: number;
 }
@@ -235,6 +237,7 @@ export class RangeOperations {
       r.size = size;
       const intent = size < end ? this.ctx.meta.intents.create('shrink', [], { volume: st.name, from: size, to: end } satisfies ShrinkState) : null;
       st.touched();
+      this.ctx.changedOutside(st);
       await this.ctx.meta.commit();
       if (intent) {
         await this.testPause();

@@ -1,5 +1,5 @@
-// Snapshots of a volume: create (one refcount increment on the map's root, whatever its size),
-// list, delete (the map is released by space reclaim) and rollback (the volume takes a snapshot's
+// Snapshots of a volume: create (one refcount increment on the map's root, whatever its size, made
+// durable by the flush journal where it can be: durable-change.ts), list, delete (the map is released by space reclaim) and rollback (the volume takes a snapshot's
 // map). The volume manager checks that the daemon may change things and finds the volume; these
 // change its record and commit.
 import { ShoalError } from '../errors.js';
@@ -8,6 +8,9 @@ import type { MetaStore } from '../meta/meta-store.js';
 import type { SnapshotRecord } from '../meta/volume-records.js';
 import type { SnapshotInfo } from './control.js';
 import { validName } from './names.js';
+import { durableChange } from './durable-change.js';
+import type { FlushJournal } from './flush-journal.js';
+import type { VolumeOp } from './flush-journal-format.js';
 import type { VolumeState } from './volume-state.js';
 
 export function snapshotInfo(st: VolumeState, s: SnapshotRecord): SnapshotInfo {
@@ -15,17 +18,40 @@ export function snapshotInfo(st: VolumeState, s: SnapshotRecord): SnapshotInfo {
 }
 
 export class SnapshotOperations {
-  constructor(private readonly meta: MetaStore) {}
+  constructor(
+    private readonly meta: MetaStore,
+    private readonly journal: FlushJournal | null,
+  ) {}
 
   async create(st: VolumeState, name: string): Promise<SnapshotInfo> {
     validName('snapshot', name);
+    this.checkNew(st, name);
+    let snap!: SnapshotRecord;
+    await durableChange(this.meta, this.journal, st, () => {
+      // Synchronous: every write that completed is in the map, none in flight changes it.
+      snap = this.take(st, name);
+      return { kind: 'snapshot', name, createdAt: snap.createdAt };
+    });
+    return snapshotInfo(st, snap);
+  }
+
+  /** A snapshot journaled before a crash, made again at its place in the replay (the caller commits). */
+  replay(st: VolumeState, op: VolumeOp & { kind: 'snapshot' }): void {
+    this.take(st, op.name).createdAt = op.createdAt;
+  }
+
+  /** Checked again once a snapshot waited for the volume's writes. */
+  private checkNew(st: VolumeState, name: string): void {
+    if (st.deleted) throw new ShoalError('volume_not_found', `volume ${st.name} was deleted`);
     if (st.record.snapshots.some((s) => s.name === name)) throw new ShoalError('snapshot_exists', `volume ${st.name} already has a snapshot named ${name}`);
-    // Synchronous from here: every write that completed is in the map, none in flight changes it.
+  }
+
+  private take(st: VolumeState, name: string): SnapshotRecord {
+    this.checkNew(st, name);
     const snap: SnapshotRecord = { ...shareRoot(this.meta, st.record), name };
     st.record.snapshots.push(snap);
     st.touched();
-    await this.meta.commit();
-    return snapshotInfo(st, snap);
+    return snap;
   }
 
   async delete(st: VolumeState, snapshot: string, opts: { force?: boolean }): Promise<void> {
@@ -57,6 +83,7 @@ export class SnapshotOperations {
       r.size = fresh.size;
       r.mapped = fresh.mapped;
       st.touched();
+      this.journal?.changedOutside(st);
     } finally {
       release();
     }

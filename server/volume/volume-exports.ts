@@ -170,27 +170,56 @@ class VolumeExport implements BlockExport, ExportConnection {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.writable(offset, data.length);
+    const wait = this.st.changeStarts();
+    if (wait) await this.startChange(wait, offset, data.length);
     this.st.io.writes++;
     this.st.io.writtenBytes += data.length;
     const j = this.ctx.journal;
-    if (fua && j) return j.writeFua(this.st, offset, data, () => this.ctx.writes.write(this.st, offset, data));
-    await this.ctx.writes.write(this.st, offset, data);
-    j?.completed(this.st, 'write', offset, data.length, data);
+    try {
+      if (fua && j) return await j.writeFua(this.st, offset, data, () => this.ctx.writes.write(this.st, offset, data));
+      await this.ctx.writes.write(this.st, offset, data);
+      j?.completed(this.st, 'write', offset, data.length, data);
+    } finally {
+      this.st.changeDone();
+    }
     if (fua) await this.ctx.flush(this.st);
   }
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     this.writable(offset, length);
-    await this.ctx.writes.trim(this.st, offset, length);
-    this.ctx.journal?.completed(this.st, 'trim', offset, length, null);
+    const wait = this.st.changeStarts();
+    if (wait) await this.startChange(wait, offset, length);
+    try {
+      await this.ctx.writes.trim(this.st, offset, length);
+      this.ctx.journal?.completed(this.st, 'trim', offset, length, null);
+    } finally {
+      this.st.changeDone();
+    }
     if (fua) await this.ctx.flush(this.st);
   }
 
   async writeZeroes(offset: number, length: number, o: ZeroOptions): Promise<void> {
     this.writable(offset, length);
-    await this.ctx.writes.zero(this.st, offset, length, o.noHole);
-    this.ctx.journal?.completed(this.st, 'zero', offset, length, null, o.noHole);
+    const wait = this.st.changeStarts();
+    if (wait) await this.startChange(wait, offset, length);
+    try {
+      await this.ctx.writes.zero(this.st, offset, length, o.noHole);
+      this.ctx.journal?.completed(this.st, 'zero', offset, length, null, o.noHole);
+    } finally {
+      this.st.changeDone();
+    }
     if (o.fua) await this.ctx.flush(this.st);
+  }
+
+  /**
+   * A change held back while a snapshot is taken (VolumeState.quiesce): waits, checks again that it
+   * may go on, and counts it as under way. The fast path (nothing held back) does not come here.
+   */
+  private async startChange(wait: Promise<void>, offset: number, length: number): Promise<void> {
+    for (let w: Promise<void> | null = wait; w; w = this.st.changeStarts()) {
+      await w;
+      this.writable(offset, length);
+    }
   }
 
   async flush(): Promise<void> {

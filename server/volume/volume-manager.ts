@@ -15,6 +15,8 @@ import { DedupIndexer } from '../dedup/dedup-indexer.js';
 import { ChangeTracker } from './changes.js';
 import { CommitScheduler } from './commit-scheduler.js';
 import type { FlushJournal } from './flush-journal.js';
+import type { VolumeOp } from './flush-journal-format.js';
+import { durableChange } from './durable-change.js';
 import { FsckRunner } from './fsck-runner.js';
 import { storeStats } from './store-stats.js';
 import {
@@ -38,7 +40,7 @@ import { SharingFigures, type SharingFigure } from './sharing-figures.js';
 import { checkRangeRequest } from './range-request.js';
 import { ReadPath } from './read-path.js';
 import { VolumeExports } from './volume-exports.js';
-import { VolumeState } from './volume-state.js';
+import { VolumeState, type WritableMap } from './volume-state.js';
 import { WritePath } from './write-path.js';
 
 /** The layers below, opened by the daemon. */
@@ -56,6 +58,8 @@ export interface VolumeManagerOptions {
   verifyDedup?: boolean;
   /** Commit at least this often when there are changes (ms). */
   commitIntervalMs?: number;
+  /** Test-only: changes after which a background commit starts. */
+  commitBatch?: number;
   /** How long writes must pause before logged fingerprints go into the index (ms). */
   dedupLogIdleMs?: number;
   /** Longest slice of space reclaim on the event loop (ms); tests set 0 to split every map leaf. */
@@ -118,7 +122,7 @@ export class VolumeManager implements VolumeControl {
     this.reads = new ReadPath(meta, cache);
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.logger = opts.logger;
-    this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs);
+    this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs, opts.commitBatch);
     const journal = (this.journal = opts.flushJournal ?? null);
     journal?.attach(
       meta,
@@ -142,8 +146,16 @@ export class VolumeManager implements VolumeControl {
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
     this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
-    this.ranges = new RangeOperations({ meta, reads: this.reads, writes: this.writes, state: (n) => this.states.get(n), reclaim: () => this.reclaim.kick(), pauseAfterIntentMs: opts.pauseAfterIntentMs });
-    this.snapshots = new SnapshotOperations(meta);
+    this.ranges = new RangeOperations({
+      meta,
+      reads: this.reads,
+      writes: this.writes,
+      state: (n) => this.states.get(n),
+      reclaim: () => this.reclaim.kick(),
+      changedOutside: (st) => journal?.changedOutside(st),
+      pauseAfterIntentMs: opts.pauseAfterIntentMs,
+    });
+    this.snapshots = new SnapshotOperations(meta, journal);
     this.sharing = new SharingFigures(meta, () => this.states.values(), opts.sharingRefreshMs);
     this.fsckRunner = new FsckRunner({ meta, store, dedup, reclaim: this.reclaim, states: () => this.states.values() }, opts.fsckPauseMs);
     for (const rec of meta.volumes.values()) this.addState(rec);
@@ -156,7 +168,12 @@ export class VolumeManager implements VolumeControl {
     // Writes acknowledged by a FLUSH since the last commit: after the operations above (one may have
     // been followed by such a write), before anything is served.
     if (m.journal) {
-      const n = await m.journal.replay(m.states, m.writes, opts.logger);
+      const volumeOp = (w: WritableMap, op: VolumeOp) => {
+        const st = m.state(w.name);
+        if (op.kind === 'snapshot') m.snapshots.replay(st, op);
+        else m.clone(st, op.name, op.snapshot).record.createdAt = op.createdAt;
+      };
+      const n = await m.journal.replay(m.states, m.writes, volumeOp, opts.logger);
       if (n > 0) {
         await layers.meta.commit();
         opts.logger?.info({ operations: n }, `replayed ${n} operations from the flush journal`);
@@ -278,20 +295,37 @@ export class VolumeManager implements VolumeControl {
     const name = validName('volume', req.name);
     if (!req.from || typeof req.from.volume !== 'string') throw new ShoalError('invalid_request', 'from.volume is required to clone');
     const src = this.state(req.from.volume);
-    const from: RootRecord = req.from.snapshot !== undefined ? src.snapshot(req.from.snapshot) : src.record;
+    const snapshot = req.from.snapshot;
+    this.checkClone(src, name, snapshot);
+    let st!: VolumeState;
+    await durableChange(this.meta, this.journal, src, () => {
+      st = this.clone(src, name, snapshot);
+      return { kind: 'clone', name, createdAt: st.record.createdAt, ...(snapshot !== undefined ? { snapshot } : {}) };
+    });
+    return this.info(st, this.sharing.set(name, { exclusive: 0, shared: st.record.mapped * this.meta.chunkSize }));
+  }
+
+  /** Checked again once a clone waited for its origin's writes. */
+  private checkClone(src: VolumeState, name: string, snapshot: string | undefined): RootRecord {
+    if (src.deleted) throw new ShoalError('volume_not_found', `volume ${src.name} was deleted`);
+    const from: RootRecord = snapshot !== undefined ? src.snapshot(snapshot) : src.record;
     if (this.states.has(name)) throw new ShoalError('volume_exists', `volume ${name} already exists`);
+    return from;
+  }
+
+  /** A new volume sharing the map of `src` (or of its snapshot), synchronously; the caller makes it durable. */
+  private clone(src: VolumeState, name: string, snapshot: string | undefined): VolumeState {
+    const from = this.checkClone(src, name, snapshot);
     const rec: VolumeRecord = {
       ...shareRoot(this.meta, from),
       name,
       domain: src.record.domain, // clones share chunks, so they stay in their origin's domain
       ...(src.record.tenant !== undefined ? { tenant: src.record.tenant } : {}),
-      origin: { volume: src.name, ...(req.from.snapshot !== undefined ? { snapshot: req.from.snapshot } : {}) },
+      origin: { volume: src.name, ...(snapshot !== undefined ? { snapshot } : {}) },
       snapshots: [],
     };
     this.meta.volumes.put(rec.name, rec);
-    const st = this.addState(rec);
-    await this.meta.commit();
-    return this.info(st, this.sharing.set(name, { exclusive: 0, shared: rec.mapped * this.meta.chunkSize }));
+    return this.addState(rec);
   }
 
   listVolumes(): VolumeInfo[] {
@@ -337,6 +371,7 @@ export class VolumeManager implements VolumeControl {
         growLevels(this.meta, st.record, Math.ceil(size / this.meta.chunkSize));
         st.record.size = size;
         st.touched();
+        this.journal?.changedOutside(st);
       } finally {
         release();
       }

@@ -29,6 +29,11 @@ export class VolumeState implements WritableMap {
   deleted = false;
   /** NBD reads and writes accepted on the volume and its snapshots, and their bytes (shoal top, metrics). */
   readonly io = { reads: 0, writes: 0, readBytes: 0, writtenBytes: 0 };
+  /** Writes, trims and zeroes between their start and their journal entry (see quiesce()). */
+  private changing = 0;
+  /** Set while quiesce() holds new changes back; they start once it is resolved. */
+  private gate: Promise<void> | null = null;
+  private idle: Array<() => void> = [];
 
   constructor(
     public record: VolumeRecord,
@@ -42,6 +47,50 @@ export class VolumeState implements WritableMap {
 
   touched(): void {
     this.onTouched(this);
+  }
+
+  /**
+   * A write, trim or zero starts: null, or a promise to wait for before calling this again (quiesce()
+   * holds changes back). Every start is paired with changeDone() once the change is in the journal.
+   */
+  changeStarts(): Promise<void> | null {
+    if (this.gate) return this.gate;
+    this.changing++;
+    return null;
+  }
+
+  changeDone(): void {
+    if (--this.changing === 0) for (const wake of this.idle.splice(0)) wake();
+  }
+
+  /**
+   * Holds new changes back and waits (at most `maxMs`) until none is under way: then every change in
+   * the map has been told to the flush journal, and none is half applied. Returns whether it got there,
+   * and the function that lets changes go on (to be called either way).
+   */
+  async quiesce(maxMs: number): Promise<{ idle: boolean; release: () => void }> {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    while (this.gate) await this.gate;
+    this.gate = gate;
+    const release = () => {
+      if (this.gate === gate) this.gate = null;
+      open();
+    };
+    if (this.changing === 0) return { idle: true, release };
+    let timer: NodeJS.Timeout | undefined;
+    const idle = await new Promise<boolean>((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.idle.push(wake);
+      timer = setTimeout(() => {
+        this.idle = this.idle.filter((w) => w !== wake);
+        resolve(false);
+      }, maxMs);
+    });
+    return { idle, release };
   }
 
   /** Its snapshot `name`; snapshot_not_found if it has none. */

@@ -51,9 +51,19 @@ export class WritePath {
 
   async write(m: WritableMap, offset: number, data: Buffer): Promise<void> {
     const cs = this.chunkSize;
+    const release = await m.lock.acquire(Math.floor(offset / cs), Math.floor((offset + data.length - 1) / cs) + 1);
+    try {
+      await this.writeLocked(m, offset, data);
+    } finally {
+      release();
+    }
+  }
+
+  /** write() with the chunks it touches already held in the volume's range lock. */
+  private async writeLocked(m: WritableMap, offset: number, data: Buffer): Promise<void> {
+    const cs = this.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + data.length - 1) / cs);
-    const release = await m.lock.acquire(first, last + 1);
     const g = this.meta.slots.enterRead();
     try {
       // 1. The new content of every chunk touched.
@@ -76,7 +86,6 @@ export class WritePath {
       await this.commitChunks(m, first, chunks, offset % cs === 0 && data.length % cs === 0 ? data : null);
     } finally {
       this.meta.slots.exitRead(g);
-      release();
     }
   }
 
@@ -229,21 +238,26 @@ export class WritePath {
     }
   }
 
-  /** Makes the range read as zeroes: whole chunks released (or marked zero), edges rewritten. */
+  /**
+   * Makes the range read as zeroes: whole chunks released (or marked zero), edges rewritten. All of
+   * it under one hold of the range lock: an overlapping write waits for the whole zero, not only for
+   * the step it overlaps, so the two map in the order the flush journal numbers them (at completion),
+   * and a replay puts them back the same way.
+   */
   async zero(m: WritableMap, offset: number, length: number, noHole: boolean): Promise<void> {
     const cs = this.chunkSize;
     const end = offset + length;
     const from = Math.ceil(offset / cs);
     const to = Math.floor(end / cs);
-    if (from >= to) {
-      // Within one chunk, or across one boundary without a whole chunk.
-      await this.write(m, offset, Buffer.alloc(length));
-      return;
-    }
-    if (offset < from * cs) await this.write(m, offset, Buffer.alloc(from * cs - offset));
-    if (end > to * cs) await this.write(m, to * cs, Buffer.alloc(end - to * cs));
-    const release = await m.lock.acquire(from, to);
+    const release = await m.lock.acquire(Math.floor(offset / cs), Math.ceil(end / cs));
     try {
+      if (from >= to) {
+        // Within one chunk, or across one boundary without a whole chunk.
+        await this.writeLocked(m, offset, Buffer.alloc(length));
+        return;
+      }
+      if (offset < from * cs) await this.writeLocked(m, offset, Buffer.alloc(from * cs - offset));
+      if (end > to * cs) await this.writeLocked(m, to * cs, Buffer.alloc(end - to * cs));
       releaseRange(this.meta, m.record, from, to);
       // Allocated zeroes: no chunk is stored, but block status reports data, not a hole.
       if (noHole) for (let ci = from; ci < to; ci++) setEntry(this.meta, m.record, ci, ZERO_CHUNK);
