@@ -108,10 +108,11 @@ export interface NativeCacheHandle {
   has(slot: number): boolean;
   /**
    * The first half of a load: for each of slots[0..n), outcome[i] = 0 cached (a hit), 1 already
-   * loading (coalesced), 2 a frame reserved now, 3 no frame free. The reserved frames go to
-   * frames[0..r) in slot order; returns r. Each reserved frame must be completed once.
+   * loading (coalesced: loads[i] is that load's id), 2 a frame reserved now for load `loadId` (≥ 1),
+   * 3 no frame free. The reserved frames go to frames[0..r) in slot order; returns r. Each reserved
+   * frame must be completed once.
    */
-  reserve(slots: Float64Array, n: number, reader: number, readahead: boolean, outcome: Uint8Array, frames: Uint32Array): number;
+  reserve(slots: Float64Array, n: number, reader: number, readahead: boolean, outcome: Uint8Array, frames: Uint32Array, loadId: number, loads: Uint32Array): number;
   /** The second half: the frames were filled (ok) and enter the cache, or they go back to the free list. */
   complete(frames: Uint32Array, n: number, ok: boolean): void;
   /**

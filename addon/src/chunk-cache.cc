@@ -124,6 +124,7 @@ struct Frame {
   Queue queue = kNone;
   uint8_t freq = 0;  // 0..3, S3-FIFO use counter
   bool ahead = false;  // loaded by readahead and not read yet: its first read is not a re-use
+  uint32_t load = 0;   // while loading: the id of the load filling it (reserve()'s loadId)
   std::vector<int32_t> readers;
 };
 
@@ -589,25 +590,30 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     return Napi::Boolean::New(env, Cached(slot, &f) != nullptr);
   }
 
-  // reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array): reserved.
+  // reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array,
+  //         loadId, loads: Uint32Array): reserved.
   // The first half of the cache's one miss path (server/cache/chunk-cache.ts): for each slot,
-  // outcome[i] = 0 cached (a hit), 1 already loading (coalesced: await that load), 2 reserved now
-  // (a frame is set aside, indexed so later misses coalesce, hidden from lookups), 3 not cacheable
-  // now (every frame pinned or loading). The frames reserved are written to frames[0..reserved),
-  // in slot order; the caller has the store fill them, then calls complete().
+  // outcome[i] = 0 cached (a hit), 1 already loading (coalesced: await that load, whose id is
+  // loads[i]), 2 reserved now for load `loadId` (a frame is set aside, indexed so later misses
+  // coalesce, hidden from lookups), 3 not cacheable now (every frame pinned or loading). The frames
+  // reserved are written to frames[0..reserved), in slot order; the caller has the store fill them,
+  // then calls complete(). (The load's id lives in its frames, so the caller keeps one entry per load
+  // to find it by, not one per chunk: a cold read of 1 GiB set and deleted 262,144 map entries.)
   Napi::Value Reserve(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int64_t n;
+    int64_t n, loadId;
     int32_t reader;
     bool ahead;
-    if (info.Length() < 6 || !IsTyped(info[0], napi_float64_array) || !ToInt(info[1], 0, 4294967295.0, &n) || !ToReader(info[2], &reader) ||
-        !ToBoolArg(info, 3, false, &ahead) || !IsTyped(info[4], napi_uint8_array) || !IsTyped(info[5], napi_uint32_array))
-      return ThrowType(env, "reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array)");
+    if (info.Length() < 8 || !IsTyped(info[0], napi_float64_array) || !ToInt(info[1], 0, 4294967295.0, &n) || !ToReader(info[2], &reader) ||
+        !ToBoolArg(info, 3, false, &ahead) || !IsTyped(info[4], napi_uint8_array) || !IsTyped(info[5], napi_uint32_array) ||
+        !ToInt(info[6], 1, 4294967295.0, &loadId) || !IsTyped(info[7], napi_uint32_array))
+      return ThrowType(env, "reserve(slots: Float64Array, n, reader, readahead: boolean, outcome: Uint8Array, frames: Uint32Array, loadId, loads: Uint32Array)");
     auto slots = info[0].As<Napi::Float64Array>();
     auto outcome = info[4].As<Napi::Uint8Array>();
     auto frames = info[5].As<Napi::Uint32Array>();
+    auto loads = info[7].As<Napi::Uint32Array>();
     if (static_cast<uint64_t>(n) > slots.ElementLength() || static_cast<uint64_t>(n) > outcome.ByteLength() ||
-        static_cast<uint64_t>(n) > frames.ElementLength())
+        static_cast<uint64_t>(n) > frames.ElementLength() || static_cast<uint64_t>(n) > loads.ElementLength())
       return ThrowRange(env, "reserve: n exceeds an array");
     // Every id is checked before any state changes.
     for (size_t i = 0; i < static_cast<size_t>(n); i++) {
@@ -630,6 +636,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
           }
         } else {
           out[i] = 1;
+          loads[i] = fr.load;
           if (!ahead) coalesced_++;
         }
         if (!ahead) NoteReaderOn(fr, reader);
@@ -647,6 +654,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
       fr.slot = s;
       fr.state = kLoading;  // indexed (so it coalesces) but hidden from lookups until complete()
       fr.ahead = ahead;
+      fr.load = static_cast<uint32_t>(loadId);
       index_[s] = f;
       if (!ahead) NoteReaderOn(fr, reader);
       loading_++;

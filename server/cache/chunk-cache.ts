@@ -89,11 +89,14 @@ export class ChunkCache {
   readonly h: NativeCacheHandle;
   private readonly views: Buffer[];
   private readonly framesPerView: number;
-  // Loads in flight, by slot: a coalesced caller awaits the load already running.
+  // Loads in flight, by the id the native cache keeps in their frames: a coalesced caller awaits the
+  // load already running. One entry per load, not per chunk.
   private readonly inflight = new Map<number, Promise<void>>();
+  private lastLoad = 0;
   // Scratch for reserve(): reused, since a load copies out what it keeps before awaiting.
   private outcome = new Uint8Array(256);
   private reserved = new Uint32Array(256);
+  private loadIds = new Uint32Array(256);
   private slotsScratch = new Float64Array(256);
   private storeReads = 0;
   private storeReadBytes = 0;
@@ -194,12 +197,14 @@ export class ChunkCache {
       const size = Math.max(n, this.outcome.length * 2);
       this.outcome = new Uint8Array(size);
       this.reserved = new Uint32Array(size);
+      this.loadIds = new Uint32Array(size);
       this.slotsScratch = new Float64Array(size);
     }
     const s = this.slotsScratch;
     for (let i = 0; i < n; i++) s[i] = slots[i];
     const out = this.outcome;
-    const got = this.h.reserve(s, n, reader, readahead, out, this.reserved);
+    const id = this.lastLoad === 0xffffffff ? (this.lastLoad = 1) : ++this.lastLoad;
+    const got = this.h.reserve(s, n, reader, readahead, out, this.reserved, id, this.loadIds);
     let waits: Promise<void>[] | undefined;
     let waited: number[] | undefined; // the slots those loads bring
     let loads = 0;
@@ -207,7 +212,7 @@ export class ChunkCache {
       const o = out[i];
       if (o === 2 || (o === 3 && !readahead)) loads++; // 3: the caller reads it from the store itself
       if (o === 1) {
-        const w = this.inflight.get(s[i]);
+        const w = this.inflight.get(this.loadIds[i]);
         if (w === undefined) continue;
         if (waits === undefined || waits[waits.length - 1] !== w) (waits ??= []).push(w);
         (waited ??= []).push(s[i]);
@@ -224,10 +229,8 @@ export class ChunkCache {
     const mine = float64s(got);
     for (let i = 0, k = 0; i < n; i++) if (out[i] === 2) mine[k++] = s[i];
     const p = this.fill(mine, frames);
-    for (let k = 0; k < got; k++) this.inflight.set(mine[k], p);
-    const forget = () => {
-      for (let k = 0; k < got; k++) if (this.inflight.get(mine[k]) === p) this.inflight.delete(mine[k]);
-    };
+    this.inflight.set(id, p);
+    const forget = () => this.inflight.delete(id);
     p.then(forget, forget);
     return others === undefined ? p : Promise.all([p, others]).then(noop);
   }
@@ -293,8 +296,7 @@ export class ChunkCache {
 
   /** The slot's chunk was freed or its slot reused: forget it and any load of it in flight (invariant 1). */
   drop(slot: number): void {
-    this.h.drop(slot);
-    this.inflight.delete(slot);
+    this.h.drop(slot); // a load of it in flight no longer coalesces: its frame is unindexed
   }
 
   has(slot: number): boolean {

@@ -125,18 +125,25 @@ test('the cache arena checks every array, number and frame', async () => {
   refuses('unpinMany', call('unpinMany'), [frames, 2], 1, [...BAD_NUMBERS, 3]);
   const outcome = new Uint8Array(2);
   const res = new Uint32Array(2);
-  const rargs = [new Float64Array([3, 4]), 2, 1, false, outcome, res];
+  const ids = new Uint32Array(2);
+  const rargs = [new Float64Array([3, 4]), 2, 1, false, outcome, res, 7, ids];
   refuses('reserve', call('reserve'), rargs, 0, notA(Float64Array));
   refuses('reserve', call('reserve'), rargs, 1, [...BAD_NUMBERS, 3]);
   refuses('reserve', call('reserve'), rargs, 3, ['no', 0]);
   refuses('reserve', call('reserve'), rargs, 4, notA(Uint8Array));
   refuses('reserve', call('reserve'), rargs, 5, notA(Uint32Array));
-  assert.throws(() => h.reserve(new Float64Array([3, NaN]), 2, 1, false, outcome, res), TypeError, 'a NaN slot');
+  refuses('reserve', call('reserve'), rargs, 6, [...BAD_NUMBERS, 0]);
+  refuses('reserve', call('reserve'), rargs, 7, notA(Uint32Array));
+  refuses('reserve', call('reserve'), [new Float64Array([3, 4]), 2, 1, false, outcome, res, 7, new Uint32Array(1)], 1, [2]);
+  assert.throws(() => h.reserve(new Float64Array([3, NaN]), 2, 1, false, outcome, res, 7, ids), TypeError, 'a NaN slot');
   assert.equal(h.stats().loading, 0, 'nothing was reserved by refused calls');
   // complete() and readFile() only take frames reserved for a load.
   assert.throws(() => h.complete(new Uint32Array([0]), 1, true), RangeError);
   assert.throws(() => h.readFile(0, new Uint32Array([0]), new Float64Array([0]), 1), RangeError);
-  assert.equal(h.reserve(new Float64Array([3]), 1, 1, false, outcome, res), 1);
+  assert.equal(h.reserve(new Float64Array([3]), 1, 1, false, outcome, res, 7, ids), 1);
+  // A second load of the slot coalesces: it is told the first one's id.
+  assert.equal(h.reserve(new Float64Array([3]), 1, 1, false, outcome, res.subarray(1), 8, ids), 0);
+  assert.deepEqual([outcome[0], ids[0]], [1, 7]);
   const f = new Uint32Array([res[0]]);
   refuses('readFile', call('readFile'), [0, f, new Float64Array([0]), 1], 0);
   refuses('readFile', call('readFile'), [0, f, new Float64Array([0]), 1], 1, notA(Uint32Array));
