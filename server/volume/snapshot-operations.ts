@@ -1,7 +1,7 @@
 // Snapshots of a volume: create (one refcount increment on the map's root, whatever its size, made
-// durable by the flush journal where it can be: durable-change.ts), list, delete (the map is released by space reclaim) and rollback (the volume takes a snapshot's
-// map). The volume manager checks that the daemon may change things and finds the volume; these
-// change its record and commit.
+// durable by the flush journal where it can be: durable-change.ts), list, delete (the map is released
+// by space reclaim) and rollback (the volume takes a snapshot's map). The volume manager checks that
+// the daemon may change things and finds the volume; these change its record and commit.
 import { ShoalError } from '../errors.js';
 import { dropRoot, shareRoot } from '../meta/map-tree.js';
 import type { MetaStore } from '../meta/meta-store.js';

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { needTools, nbdPython } from '../helpers/tools.js';
 import { expectFsckClean, expectPattern, withHandle, MiB } from '../helpers/volume-io.js';
+import { VolumeState } from '../../server/volume/volume-state.js';
 
 // The dedup log's indexing commits once writes pause: held off too.
 /** Each step writes this much: few enough changes that none reaches the commit that 4,096 changes start. */
@@ -172,4 +173,33 @@ test('snapshots and clones taken while writes, trims and zeroes are in flight, a
   } finally {
     await d.dispose();
   }
+});
+
+test('quiesce holds new changes back until those under way are done, and gives up after its limit', async () => {
+  const st = new VolumeState({ name: 'q', size: 0, root: 0, levels: 1, mapped: 0, createdAt: '', domain: 'd', origin: null, snapshots: [] }, 0, () => {});
+  assert.equal(st.changeStarts(), null); // a change under way
+  const q = st.quiesce(1000);
+  const held = st.changeStarts();
+  assert.ok(held, 'a new change waits while a snapshot is taken');
+  let heldGoesOn = false;
+  void held.then(() => (heldGoesOn = true));
+  await new Promise((r) => setTimeout(r, 20));
+  st.changeDone();
+  const got = await q;
+  assert.equal(got.idle, true, 'the change under way finished');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(heldGoesOn, false, 'still held until released');
+  got.release();
+  await held;
+  assert.equal(st.changeStarts(), null, 'changes start again');
+  // A change that does not finish in time: the snapshot is told so (and commits instead).
+  const t0 = performance.now();
+  const late = await st.quiesce(30);
+  assert.equal(late.idle, false);
+  assert.ok(performance.now() - t0 >= 25, 'it waited its limit');
+  late.release();
+  st.changeDone();
+  const again = await st.quiesce(30);
+  assert.equal(again.idle, true);
+  again.release();
 });
