@@ -16,10 +16,11 @@ async function packObjects(bucket: S3Bucket, prefix: string): Promise<string[]> 
   return keys.sort();
 }
 
-async function until(what: string, ok: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+/** Polls `ok` until it holds; on a timeout the error carries `diag()` (what the daemon logged and counts). */
+async function until(what: string, ok: () => Promise<boolean>, timeoutMs: number, diag: () => Promise<string> = async () => ''): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}\n${await diag()}`);
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -56,7 +57,12 @@ test('deleted volumes free their packs, sparse packs are compacted, a kill -9 mi
 
   // A deleted volume: its packs hold no live chunk any more and go from the bucket.
   assert.equal((await a.api('DELETE', '/v1/volumes/gone')).status, 204);
-  await until('the deleted volume\'s packs to go', async () => (await packObjects(bucket, 'r/')).length <= full.length - 8, 90_000);
+  await until(
+    "the deleted volume's packs to go",
+    async () => (await packObjects(bucket, 'r/')).length <= full.length - 8,
+    90_000,
+    async () => `packs before ${full.length}, now ${(await packObjects(bucket, 'r/')).length}; /v1/stats ${JSON.stringify((await a.api('GET', '/v1/stats')).body)}\nthe daemon's log, last lines:\n${a.log.slice(-6000)}`,
+  );
   await a.waitForLog(/holds no live chunk: dropped/);
   await expectBlocks(a, 'keep', [keepData]);
   await expectFsckClean(a);
