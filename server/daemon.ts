@@ -15,6 +15,7 @@ import { DEFAULT_CHUNK_SIZE } from './store/chunk-size.js';
 import { native } from './native.js';
 import { NbdServer } from './nbd/server.js';
 import { loadTlsCredentials } from './nbd/tls-credentials.js';
+import type { RequestLoad } from './nbd/transmission.js';
 import { buildApi } from '../api/app.js';
 import type { NbdEndpoints } from '../api/routes/system.js';
 import { Metrics } from '../api/metrics.js';
@@ -70,6 +71,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
   // The layers, bottom up: metadata and chunk store (local, or an S3 bucket with the local disk as a cache
   // tier: s3-layers.ts), shared cache, dedup, then volumes over them.
   let manager: VolumeManager | undefined;
+  let requestLoad: RequestLoad | null = null; // the NBD server's, once it exists (the cache's prefault reads it)
   const s3 =
     config.store.kind === 's3'
       ? await openS3Layers(config.store, {
@@ -88,7 +90,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
   try {
     const store = s3?.store ?? (await LocalChunkStore.open(config.dataDir, meta.chunkSize));
     const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
-    if (config.cachePrefault && !cache.prefault()) logger.warn('--cache-prefault on: this kernel cannot fault memory in ahead (MADV_POPULATE_WRITE needs Linux 5.14); the cache fills lazily');
+    if (config.cachePrefault && !cache.prefault(() => requestLoad)) logger.warn('--cache-prefault on: this kernel cannot fault memory in ahead (MADV_POPULATE_WRITE needs Linux 5.14); the cache fills lazily');
     const dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
     manager = await VolumeManager.open(
       { meta, store, cache, dedup },
@@ -129,6 +131,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
     maxConnections: config.maxConnections,
     handshakeTimeoutMs: testMs('SHOAL_TEST_HANDSHAKE_TIMEOUT_MS'),
   });
+  requestLoad = nbd.load;
   // Filled in once the listeners are open.
   let nbdEndpoints: NbdEndpoints = { tcp: null, unix: null, tls: config.tls.mode };
   const api = await buildApi({ control: manager, metrics, logger: logger.child({ c: 'api' }), tokens, https, nbdEndpoints: () => nbdEndpoints });

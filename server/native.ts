@@ -124,10 +124,11 @@ export interface NativeCacheHandle {
   views(): Buffer[];
   stats(): NativeCacheStats;
   /**
-   * Faults the arena's pages in on a thread of idle priority (chunk-cache.cc says why); false if the
-   * kernel cannot (no MADV_POPULATE_WRITE before Linux 5.14).
+   * Faults the arena's pages in on a thread of idle priority (chunk-cache.cc says why), or with
+   * `false` holds that thread until the next prefault(); false if the kernel cannot (no
+   * MADV_POPULATE_WRITE before Linux 5.14).
    */
-  prefault(): boolean;
+  prefault(run?: boolean): boolean;
 }
 
 function findRoot(): string {

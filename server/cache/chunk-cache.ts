@@ -63,6 +63,7 @@ export class Pinned {
 
 const VIEW_BYTES = 2 ** 30; // kViewBytes in chunk-cache.cc
 const settled = Promise.resolve();
+const PREFAULT_CHECK_MS = 100;
 
 /** Frames reserved for one load: the store fills them by view or straight from a file. */
 class FrameTargets implements ChunkTargets {
@@ -305,10 +306,30 @@ export class ChunkCache {
 
   /**
    * Faults the whole arena in now, in the background at idle priority (--cache-prefault on), so that
-   * the first fill does not pay for it; false if the kernel cannot.
+   * the first fill does not pay for it; false if the kernel cannot. `load` counts the clients'
+   * requests. Every 100 ms until the arena is in, the faulting waits if requests ran and none had the
+   * cache read the store: it slows them (addon/src/chunk-cache.cc says by how much), while a fill
+   * needs the pages anyway.
    */
-  prefault(): boolean {
-    return this.h.prefault();
+  prefault(load?: () => { started: number; inFlight: number } | null): boolean {
+    if (!this.h.prefault(true)) return false;
+    if (!load) return true;
+    const arena = this.h.stats().arenaBytes;
+    let started = 0;
+    let filled = this.storeReads;
+    const timer = setInterval(() => {
+      if (this.h.stats().prefaultedBytes >= arena) {
+        clearInterval(timer);
+        return;
+      }
+      const l = load();
+      const busy = l !== null && (l.started !== started || l.inFlight > 0);
+      this.h.prefault(!busy || this.storeReads !== filled);
+      started = l?.started ?? 0;
+      filled = this.storeReads;
+    }, PREFAULT_CHECK_MS);
+    timer.unref(); // the populator thread ends with the arena; this only steers it
+    return true;
   }
 
   // ------------------------------------------------------------------ figures

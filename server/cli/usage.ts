@@ -17,8 +17,9 @@ Daemon:
       Run the daemon. Every flag can also be set as SHOAL_<FLAG> (SHOAL_DATA_DIR, …)
       or in a JSON config file.
       --cache-prefault on|off    fault the RAM cache's memory in at start, at idle priority
-                                 (default off): RSS is the full --cache-size within seconds,
-                                 and the first fill of the cache does not pay for its pages
+                                 (default on with an S3 store, off with the local one): RSS is
+                                 the full --cache-size within seconds, and the first fill of
+                                 the cache does not pay for its pages
       --tls on|require           NBD over TLS (NBD_OPT_STARTTLS); require refuses plaintext
       --tls-certificates DIR     X.509: DIR/ca-cert.pem, server-cert.pem, server-key.pem
       --tls-psk FILE             pre-shared keys, psktool's identity:hexkey lines

@@ -7,7 +7,7 @@ import type { Socket } from 'node:net';
 import type { ExportProvider, NbdSession } from '../volume/export-port.js';
 import type { NbdObserver } from './observer.js';
 import { negotiate, ProtocolError, type Logger, type Negotiated, type TlsMode } from './handshake.js';
-import { Request, Transmission } from './transmission.js';
+import { Request, Transmission, type RequestLoad } from './transmission.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { TlsHandshakeError, upgradeToTls } from './tls-session.js';
 import * as C from './constants.js';
@@ -19,6 +19,8 @@ const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
 export interface ConnectionOptions {
   provider: ExportProvider;
   observer?: NbdObserver;
+  /** The server's request count, shared by its connections. */
+  load?: RequestLoad;
   log: Logger;
   /** A client that has not entered transmission after this long is disconnected. */
   handshakeTimeoutMs: number;
@@ -196,7 +198,7 @@ export class NbdConnection {
       return;
     }
     this.phase = Phase.Transmission;
-    this.tx = new Transmission({ sock: this.sock, neg, observer: this.opts.observer, log: this.log, onSettled: () => this.onSettled() });
+    this.tx = new Transmission({ sock: this.sock, neg, observer: this.opts.observer, load: this.opts.load, log: this.log, onSettled: () => this.onSettled() });
     this.log.debug({ peer: this.peer, export: neg.exportName, structured: neg.structured, tls: neg.session.tls, identity: neg.session.identity }, 'nbd: transmission');
     if (this.revokedEarly) this.revoke();
     for (const b of this.hq.drain()) this.onData(b);

@@ -11,6 +11,7 @@ import type { NbdObserver } from './observer.js';
 import type { Logger, TlsMode } from './handshake.js';
 import type { TlsCredentials } from './tls-credentials.js';
 import { NbdConnection } from './connection.js';
+import type { RequestLoad } from './transmission.js';
 
 export type { Logger } from './handshake.js';
 
@@ -52,6 +53,8 @@ export class NbdServer {
   private closing = false;
   private readonly tls: { mode: 'on' | 'require'; credentials: TlsCredentials } | undefined;
   private readonly maxConnections: number;
+  /** Requests over every connection: dispatched since start, and running now (read by the cache's prefault). */
+  readonly load: RequestLoad = { started: 0, inFlight: 0 };
 
   constructor(opts: NbdServerOptions) {
     this.opts = opts;
@@ -142,6 +145,7 @@ export class NbdServer {
       const conn = new NbdConnection(sock, {
         provider: this.opts.provider,
         observer: this.opts.observer,
+        load: this.load,
         log: this.log,
         handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 30_000,
         maxInFlightBytes: this.opts.maxInFlightBytes ?? 64 * 1024 * 1024,

@@ -71,10 +71,18 @@ function allowedFlags(type: number, structured: boolean): number {
   }
 }
 
+/** Requests over every connection of a server: dispatched since start, and running now. */
+export interface RequestLoad {
+  started: number;
+  inFlight: number;
+}
+
 export interface TransmissionOptions {
   sock: Socket;
   neg: Negotiated;
   observer?: NbdObserver;
+  /** The server's count, shared by its connections. */
+  load?: RequestLoad;
   log: Logger;
   /** Called after every request settles (reply queued), for backpressure and teardown. */
   onSettled: () => void;
@@ -85,6 +93,7 @@ export class Transmission {
   readonly exp: BlockExport;
   readonly neg: Negotiated;
   private readonly observer?: NbdObserver;
+  private readonly load: RequestLoad;
   private readonly log: Logger;
   private readonly onSettled: () => void;
   private readonly structured: boolean;
@@ -114,6 +123,7 @@ export class Transmission {
     this.neg = o.neg;
     this.exp = o.neg.export;
     this.observer = o.observer;
+    this.load = o.load ?? { started: 0, inFlight: 0 };
     this.log = o.log;
     this.onSettled = o.onSettled;
     this.structured = o.neg.structured;
@@ -151,6 +161,8 @@ export class Transmission {
   /** Runs a validated request. For WRITE, `payload` holds exactly `length` bytes. */
   dispatch(req: Request, payload: Buffer | null): void {
     this.inFlight++;
+    this.load.started++;
+    this.load.inFlight++;
     if (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE) this.inFlightBytes += req.length;
     this.unreplied.add(req);
     if (this.observer) req.start = performance.now();
@@ -224,6 +236,7 @@ export class Transmission {
       this.replyError(req, errno, isShoalError(e) ? e.message : 'I/O error');
     } finally {
       this.inFlight--;
+      this.load.inFlight--;
       if (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE) this.inFlightBytes -= req.length;
       if (this.observer) {
         try {

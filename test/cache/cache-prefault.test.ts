@@ -1,7 +1,7 @@
 // --cache-prefault on: the cache's arena is faulted in at start by a thread of idle priority, while the
 // daemon serves: reads and writes during it come back byte for byte (the fault-in never changes a page),
 // the stats say when it is done, and the daemon's RSS then holds the whole arena; without the flag the
-// arena stays lazy.
+// arena stays lazy. The faulting holds while clients write (requests that do not fill the cache).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomFillSync, createHash } from 'node:crypto';
@@ -54,4 +54,23 @@ test('--cache-prefault on: the whole arena is faulted in while the daemon serves
   await runOk('nbdcopy', ['--flush', image, off.unixUri('v')]);
   assert.equal(await prefaulted(off), 0);
   assert.ok(rss(off) < rss(on) - 64 * MiB, `off: RSS ${rss(off)} against ${rss(on)} with the whole arena`);
+});
+
+test('--cache-prefault on: the faulting waits while clients write (it would slow them) and finishes once they stop', async (t) => {
+  if (!needTools(t, 'fio')) return;
+  const ARENA = 3 * 1024 * MiB; // several seconds of faulting here: the writes start well before its end
+  const d = await startDaemon({ args: ['--cache-size', '3G', '--cache-prefault', 'on'] });
+  t.after(() => d.dispose());
+  await d.createVolume('v', 256 * MiB);
+  const fio = runOk('fio', ['--ioengine=nbd', `--uri=${d.unixUri('v')}`, '--name=w', '--rw=randwrite', '--bs=4k', '--iodepth=8', '--size=256m', '--time_based', '--runtime=4'], { cwd: d.dataDir });
+  await new Promise((r) => setTimeout(r, 1000)); // fio is writing, and the daemon has seen it
+  const during = await prefaulted(d);
+  await new Promise((r) => setTimeout(r, 2000));
+  const later = await prefaulted(d);
+  await fio;
+  assert.ok(during < ARENA, `the arena was not all in (${during} bytes) before the writes: the test shows nothing`);
+  assert.ok(later - during <= 8 * MiB, `${later - during} bytes faulted in during 2 s of writes: at most the step under way when they began`);
+  const deadline = Date.now() + 120_000;
+  while ((await prefaulted(d)) < ARENA && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(await prefaulted(d), ARENA, 'the whole arena faulted in once the writes stopped');
 });

@@ -42,6 +42,14 @@ test('--store s3://BUCKET/PREFIX with its defaults', () => {
   assert.equal((loadConfig(['--store', 's3://vm-disks'], {}).store as { prefix: string }).prefix, '', 'no prefix: the bucket root');
 });
 
+test('an S3 store faults the cache in at start unless told not to; the local store stays lazy', () => {
+  assert.equal(loadConfig(['--store', 's3://vm-disks/p'], {}).cachePrefault, true);
+  assert.equal(loadConfig(['--store', 's3://vm-disks/p', '--cache-prefault', 'off'], {}).cachePrefault, false);
+  assert.equal(loadConfig(['--store', 's3://vm-disks/p'], { SHOAL_CACHE_PREFAULT: 'off' }).cachePrefault, false);
+  assert.equal(loadConfig(['--store', 'local'], {}).cachePrefault, false);
+  assert.equal(loadConfig([], {}).cachePrefault, false);
+});
+
 test('every S3 flag, from flags, environment and a config file', () => {
   const store = loadConfig(
     ['--store=s3://bk1/p', '--s3-endpoint', 'http://127.0.0.1:7480/', '--s3-region', 'eu-west-1', '--s3-sync', 'async', '--local-cache-size', '64G', '--lease-seconds', '10', '--s3-upload-delay', '0'],
