@@ -13,7 +13,8 @@
 //                               priority) and with --cache-prefault off
 //   plain ranged GETs           the same pack objects read with the same SDK (S3Bucket), RANGE_MIB ranges,
 //                               GETS_PARALLEL at a time: what the store gives without Shoal (target ≥ 0.8×)
-//   warm read, S3 / local       the same volume read again (RAM cache), against the local store's
+//   warm read, S3 / local       the same volume read again (RAM cache), against the local store's:
+//                               WARM_ROUNDS each, alternating which goes first, with each daemon's CPU
 //   4K random writes + FLUSH/64 flush mode: 4 KiB writes at random places, 64 in flight, a FLUSH after each 64
 //   clone storm                 16 clones of a snapshot read at once by 16 nbdcopy, cold: bytes downloaded
 //                               against the image's pack bytes (each pack read once: ≈ 1×)
@@ -31,7 +32,7 @@ import { s3Daemon } from '../test/helpers/s3-daemon.js';
 import { startCeph, type CephS3 } from '../test/helpers/ceph.js';
 import { createS3Client } from '../server/store/s3/s3-client.js';
 import { S3Bucket } from '../server/store/s3/s3-bucket.js';
-import { fix, median, numEnv, onCleanup, PY, randomFile, ROOT, run, runMain, runOk, systemHeader, tempDir } from './lib.js';
+import { cpuSeconds, fix, median, numEnv, onCleanup, PY, randomFile, ROOT, run, runMain, runOk, systemHeader, tempDir } from './lib.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -41,6 +42,7 @@ const GETS_PARALLEL = 16;
 const CLONES = 16;
 /** Rounds of the writes and the warm reads, interleaved between stores; medians are reported. */
 const ROUNDS = 3;
+const WARM_ROUNDS = 7;
 const CACHE = `${Math.ceil((SIZE / MiB) * 1.5)}M`;
 
 async function started(d: Daemon): Promise<Daemon> {
@@ -215,16 +217,32 @@ runMain(async () => {
   if (!warmLocal) throw new Error('no local daemon');
   await copy(cold.unixUri('img'), 'null:');
   await copy(warmLocal.unixUri('img'), 'null:');
+  // Warm reads take under a second each, so single samples swing with whatever else the two cores do:
+  // WARM_ROUNDS of them, the order alternating, and each daemon's CPU for its read (what a busy machine
+  // would feel) beside the time.
   const warms: number[] = [];
   const localWarms: number[] = [];
-  for (let r = 0; r < ROUNDS; r++) {
-    localWarms.push(await copy(warmLocal.unixUri('img'), 'null:'));
-    warms.push(await copy(cold.unixUri('img'), 'null:'));
+  const warmCpu: number[] = [];
+  const localWarmCpu: number[] = [];
+  const timedRead = async (d: Daemon, times: number[], cpu: number[]) => {
+    const c0 = cpuSeconds(d.proc.pid!);
+    times.push(await copy(d.unixUri('img'), 'null:'));
+    cpu.push(cpuSeconds(d.proc.pid!) - c0);
+  };
+  for (let r = 0; r < WARM_ROUNDS; r++) {
+    const s3First = r % 2 === 1;
+    if (s3First) await timedRead(cold, warms, warmCpu);
+    await timedRead(warmLocal, localWarms, localWarmCpu);
+    if (!s3First) await timedRead(cold, warms, warmCpu);
   }
   await warmLocal.dispose();
   const warm = median(warms);
   const localWarm = median(localWarms);
-  row('warm read, S3 (RAM cache)', warm, `${fix(localWarm / warm, 2)}× the local store's warm read (${fix(rate(localWarm))} MiB/s), medians of ${secondsList(warms)} and ${secondsList(localWarms)}`);
+  row(
+    'warm read, S3 (RAM cache)',
+    warm,
+    `${fix(localWarm / warm, 2)}× the local store's warm read (${fix(rate(localWarm))} MiB/s), medians of ${WARM_ROUNDS}: ${secondsList(warms)} and ${secondsList(localWarms)}; daemon CPU ${fix(median(warmCpu), 2)} s against ${fix(median(localWarmCpu), 2)} s`,
+  );
   await cold.stop();
 
   // Clone storm: 16 clones read at once by a fresh daemon: each pack downloaded once.
