@@ -18,9 +18,6 @@ function rss(d: Daemon): number {
   return Number(kb) * 1024;
 }
 
-async function prefaulted(d: Daemon): Promise<number> {
-  return ((await d.api('GET', '/v1/stats')).body as { cache: { prefaultedBytes: number } }).cache.prefaultedBytes;
-}
 
 test('--cache-prefault on: the whole arena is faulted in while the daemon serves, every byte read back as written; off: it stays lazy', async (t) => {
   if (!needTools(t, 'nbdcopy')) return;
@@ -42,9 +39,7 @@ test('--cache-prefault on: the whole arena is faulted in while the daemon serves
   const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
   assert.equal(sha(readFileSync(back)), sha(data), 'read back as written');
 
-  const deadline = Date.now() + 60_000;
-  while ((await prefaulted(on)) < CACHE && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.equal(await prefaulted(on), CACHE, 'the whole arena faulted in');
+  assert.equal(await on.waitPrefaulted(CACHE, 60_000), CACHE, 'the whole arena faulted in');
   assert.ok(rss(on) >= CACHE, `RSS ${rss(on)} holds the ${CACHE}-byte arena`);
   await runOk('nbdcopy', [on.unixUri('v'), back]);
   assert.equal(sha(readFileSync(back)), sha(data), 'and again after it');
@@ -52,7 +47,7 @@ test('--cache-prefault on: the whole arena is faulted in while the daemon serves
   // Without the flag the arena stays lazy: only what the cache used is in memory.
   await off.createVolume('v', 64 * MiB);
   await runOk('nbdcopy', ['--flush', image, off.unixUri('v')]);
-  assert.equal(await prefaulted(off), 0);
+  assert.equal(await off.prefaultedBytes(), 0);
   assert.ok(rss(off) < rss(on) - 64 * MiB, `off: RSS ${rss(off)} against ${rss(on)} with the whole arena`);
 });
 
@@ -64,13 +59,11 @@ test('--cache-prefault on: the faulting waits while clients write (it would slow
   await d.createVolume('v', 256 * MiB);
   const fio = runOk('fio', ['--ioengine=nbd', `--uri=${d.unixUri('v')}`, '--name=w', '--rw=randwrite', '--bs=4k', '--iodepth=8', '--size=256m', '--time_based', '--runtime=4'], { cwd: d.dataDir });
   await new Promise((r) => setTimeout(r, 1000)); // fio is writing, and the daemon has seen it
-  const during = await prefaulted(d);
+  const during = await d.prefaultedBytes();
   await new Promise((r) => setTimeout(r, 2000));
-  const later = await prefaulted(d);
+  const later = await d.prefaultedBytes();
   await fio;
   assert.ok(during < ARENA, `the arena was not all in (${during} bytes) before the writes: the test shows nothing`);
   assert.ok(later - during <= 8 * MiB, `${later - during} bytes faulted in during 2 s of writes: at most the step under way when they began`);
-  const deadline = Date.now() + 120_000;
-  while ((await prefaulted(d)) < ARENA && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.equal(await prefaulted(d), ARENA, 'the whole arena faulted in once the writes stopped');
+  assert.equal(await d.waitPrefaulted(ARENA, 120_000), ARENA, 'the whole arena faulted in once the writes stopped');
 });

@@ -104,6 +104,22 @@ export class Daemon {
     }
   }
 
+  /** Bytes of the RAM cache's arena faulted in so far (--cache-prefault), from /v1/stats. */
+  async prefaultedBytes(): Promise<number> {
+    return ((await this.api('GET', '/v1/stats')).body as { cache: { prefaultedBytes: number } }).cache.prefaultedBytes;
+  }
+
+  /** Polls prefaultedBytes() until it reaches `bytes` or `timeoutMs` passes; returns the last figure. */
+  async waitPrefaulted(bytes: number, timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    let got = await this.prefaultedBytes();
+    while (got < bytes && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      got = await this.prefaultedBytes();
+    }
+    return got;
+  }
+
   /** Graceful stop (SIGTERM), waits for exit. */
   async stop(): Promise<void> {
     if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;

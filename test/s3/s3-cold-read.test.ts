@@ -47,10 +47,7 @@ test('a cold volume read by several readers at once, then again past a small RAM
   await a.stop(); // the bucket holds it all
 
   await b.start();
-  const stats = async () => ((await b.api('GET', '/v1/stats')).body as { cache: { prefaultedBytes: number } }).cache;
-  const deadline = Date.now() + 30_000;
-  while ((await stats()).prefaultedBytes < 16 * 2 ** 20 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.equal((await stats()).prefaultedBytes, 16 * 2 ** 20, 'an S3 store faults its RAM cache in at start by default');
+  assert.equal(await b.waitPrefaulted(16 * 2 ** 20, 30_000), 16 * 2 ** 20, 'an S3 store faults its RAM cache in at start by default');
   const outs = Array.from({ length: READERS }, (_, i) => join(b.dataDir, `out-${i}.raw`));
   await Promise.all(outs.map((o) => runOk('nbdcopy', [b.unixUri('img'), o])));
   for (const o of outs) assert.equal(sha(o), want, `${o}: every byte as written`);
