@@ -213,8 +213,11 @@ export function decodeDelta(body: Buffer, url: string): Delta {
   for (let i = 0; i < db.length; i++) {
     const name = names[db[i]];
     if (name === undefined) throw bad('it writes to a database it does not name');
-    if (Number.isNaN(key[i]) && k >= raw.keys.length) throw bad('an op has no key');
-    const opKey = Number.isNaN(key[i]) ? raw.keys[k++] : key[i];
+    let opKey: unknown = key[i];
+    if (Number.isNaN(key[i])) {
+      if (k >= raw.keys.length) throw bad('an op has no key');
+      opKey = raw.keys[k++];
+    }
     let value: unknown;
     if (len[i] === DELETED) value = undefined;
     else if (len[i] === NOT_BYTES) {
