@@ -12,6 +12,7 @@ import type { TlsCredentials } from './tls-credentials.js';
 import { TlsHandshakeError, upgradeToTls } from './tls-session.js';
 import * as C from './constants.js';
 import { ByteQueue } from './byte-queue.js';
+import { payloads } from '../payload-pool.js';
 
 /** Stop reading requests while this many reply bytes wait for the socket (bounds pinned cache frames). */
 const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
@@ -302,7 +303,7 @@ export class NbdConnection {
             pos += need;
             this.onPayload(data);
           } else {
-            if (!this.payload) this.payload = Buffer.allocUnsafe(this.payloadLen);
+            if (!this.payload) this.payload = payloads.take(this.payloadLen);
             const n = Math.min(need, avail);
             b.copy(this.payload, this.payloadFill, pos, pos + n);
             this.payloadFill += n;

@@ -19,6 +19,7 @@ import type { NbdObserver } from './observer.js';
 import type { Logger, Negotiated } from './handshake.js';
 import type { SelectedContext } from './meta-context.js';
 import * as C from './constants.js';
+import { payloads } from '../payload-pool.js';
 
 const TWO_32 = 4294967296;
 
@@ -188,6 +189,7 @@ export class Transmission {
         }
         case C.NBD_CMD_WRITE:
           await this.trackWrite(exp.write(req.offset, payload!, fua));
+          payloads.give(payload!); // done with it (a failed write's may still be read: not given back)
           ok = true;
           this.replyOk(req);
           break;

@@ -43,6 +43,10 @@ export interface BlockExport {
   /** Whether a completed write is visible on every connection and a flush covers all of them. */
   readonly multiConn: boolean;
   read(offset: number, length: number): Promise<ReadResult>;
+  /**
+   * `data` may be reused for another request once the returned promise resolves: what keeps a view
+   * of it longer marks it with payloads.keep() (server/payload-pool.ts).
+   */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
   writeZeroes(offset: number, length: number, opts: ZeroOptions): Promise<void>;

@@ -27,6 +27,7 @@ import { ShoalError } from '../errors.js';
 import type { CommitPart } from '../meta/commit-pipeline.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { writeAll } from '../store/batched-writes.js';
+import { payloads } from '../payload-pool.js';
 import { decodeRecords, encodeRecord, recordSize, type JournalOp, type JournalOpKind, type JournalRecord, type VolumeOp } from './flush-journal-format.js';
 import type { WritableMap } from './volume-state.js';
 import type { WritePath } from './write-path.js';
@@ -210,13 +211,13 @@ export class FlushJournal implements CommitPart<number> {
   }
 
   private keep(p: Pending, st: WritableMap, kind: JournalOpKind, opNo: number, offset: number, length: number, data: Buffer | null, noHole: boolean): void {
-    // The request's payload is never reused once handed on: the connection gathers one that spans socket
-    // reads into a buffer of its exact size, or passes a view into the socket chunk it arrived in (a new
-    // buffer each read). It is kept as it is when that holds at most twice its bytes in memory; a small
-    // view into a larger chunk is copied. Copying each kept write cost 1M writes at QD8 ~1.3 ms of CPU a
-    // request (fresh memory for every copy, and the collector's work for it).
+    // The request's payload is kept as it is when that holds at most twice its bytes in memory (a buffer
+    // of the payload pool, held until it is in a record or a commit covers it; or a view into the socket
+    // chunk it arrived in); a small view into a larger chunk is copied. Copying each kept write cost 1M
+    // writes at QD8 ~1.3 ms of CPU a request (fresh memory for every copy, and the collector's work for it).
     const view = data && data.subarray(0, length);
     const kept = view && (view.byteLength * 2 >= view.buffer.byteLength ? view : Buffer.from(view));
+    if (kept === view && view) payloads.keep(view);
     if (kept) this.retained += length;
     p.ops.push({ kind, opNo, volume: st.record.name, createdAt: st.record.createdAt, offset, length, noHole, data: kept });
   }
@@ -301,6 +302,12 @@ export class FlushJournal implements CommitPart<number> {
   /** The record being written, if any: a FLUSH whose operations it holds waits for it. */
   private inFlight: Promise<void> | null = null;
 
+  /** Operations taken for a record that a commit makes durable instead: their bytes are not needed. */
+  private dropAndCommit(ops: JournalOp[]): Promise<void> {
+    for (const op of ops) if (op.data) payloads.give(op.data);
+    return this.viaCommit();
+  }
+
   private viaCommit(): Promise<void> {
     this.figures.commits++;
     return this.commitAll();
@@ -336,17 +343,19 @@ export class FlushJournal implements CommitPart<number> {
     }
     if (ops.length === 0 && !commit) return;
     const size = recordSize(ops);
-    if (commit || size > HALF_BYTES) return this.viaCommit();
+    if (commit || size > HALF_BYTES) return this.dropAndCommit(ops);
     // Everything in this half is covered by a durable commit: start it over.
     if (this.durableOp >= this.lastInHalf[this.half]) this.writeAt = 0;
     if (this.writeAt + size > HALF_BYTES) {
       // Full: on into the other half if a commit covers all it holds, else this FLUSH commits.
-      if (this.durableOp < this.lastInHalf[1 - this.half]) return this.viaCommit();
+      if (this.durableOp < this.lastInHalf[1 - this.half]) return this.dropAndCommit(ops);
       this.half = 1 - this.half;
       this.writeAt = 0;
     }
+    const record = encodeRecord(this.seq, ops);
+    for (const op of ops) if (op.data) payloads.give(op.data); // copied into the record
     try {
-      await writeAll(this.fd, [encodeRecord(this.seq, ops)], this.half * HALF_BYTES + this.writeAt);
+      await writeAll(this.fd, [record], this.half * HALF_BYTES + this.writeAt);
     } catch (e) {
       // The operations taken stay in memory, and the next commit covers them: from now on every
       // FLUSH commits. This one fails (EIO): what it was to make durable may not be.
@@ -383,7 +392,9 @@ export class FlushJournal implements CommitPart<number> {
     for (const [st, p] of this.pending) {
       let k = 0;
       while (k < p.ops.length && p.ops[k].opNo <= upTo) {
-        this.retained -= heldBytes(p.ops[k]);
+        const op = p.ops[k];
+        this.retained -= heldBytes(op);
+        if (op.data) payloads.give(op.data);
         k++;
       }
       if (k > 0) p.ops.splice(0, k);
