@@ -152,6 +152,19 @@ export class SlotAllocator implements CommitPart<Taken> {
     return s;
   }
 
+  /**
+   * alloc() for the n chunks of one write, lowest first. The stack hands freed slots out last freed
+   * first, so the slots of an overwritten range come back in descending order; sorted, they form runs
+   * the store writes with one pwritev each, where descending they were n one-chunk writes for the
+   * write batcher to sort and join again.
+   */
+  allocMany(n: number): number[] {
+    const out = new Array<number>(n);
+    for (let i = 0; i < n; i++) out[i] = this.alloc();
+    if (n > 1) out.sort((a, b) => a - b);
+    return out;
+  }
+
   /** Returns a slot from alloc() that ended up unused (e.g. the write failed). */
   releaseUnused(slot: number): void {
     if (!this.reuse) return this.unused(slot);

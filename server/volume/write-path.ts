@@ -202,7 +202,8 @@ export class WritePath {
 
   private async storePlans(stores: StorePlan[]): Promise<void> {
     if (stores.length === 0) return;
-    for (const p of stores) p.slot = this.meta.slots.alloc();
+    const slots = this.meta.slots.allocMany(stores.length);
+    for (let k = 0; k < stores.length; k++) stores[k].slot = slots[k];
     const writes: Promise<void>[] = [];
     let i = 0;
     while (i < stores.length) {
