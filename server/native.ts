@@ -26,6 +26,12 @@ export interface NativeAddon {
   openDirect(path: string, writable?: boolean): number;
   /** posix_fadvise(POSIX_FADV_DONTNEED) on a range, on the thread pool: drops its clean page-cache pages. */
   fadviseDontNeed(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * Writes run r, the next counts[r] buffers of bufs, at byte positions[r], all runs in one thread-pool
+   * job (pwritev each, a short write carried on). Rejects with the first failure's errno error, its
+   * `runsWritten` the runs before it.
+   */
+  writeRuns(fd: number, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs: number): Promise<void>;
   /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
   tryLock(fd: number): boolean;
   /** A Buffer of `bytes` at a page boundary (for O_DIRECT), outside the V8 heap; unmapped when collected. */

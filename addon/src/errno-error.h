@@ -23,6 +23,7 @@ inline const char* ErrnoName(int e) {
     case EROFS: return "EROFS";
     case ENOTSUP: return "ENOTSUP";
     case ENOSPC: return "ENOSPC";
+    case EFBIG: return "EFBIG";
     default: return "EUNKNOWN";
   }
 }

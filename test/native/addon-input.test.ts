@@ -6,6 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { native } from '../../server/native.js';
 
 const CS = 4096;
@@ -163,6 +166,47 @@ test('file helpers check their arguments', () => {
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent'], 0, [1, undefined, null]);
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent', false], 1, [1, 'yes']);
   for (const i of [0, 1, 2]) refuses('fadviseDontNeed', a.fadviseDontNeed as (...x: unknown[]) => unknown, [0, 0, 0], i);
+});
+
+test('writeRuns checks its arguments, writes each run at its position, and tells how many runs a failure left written', async () => {
+  const a = native();
+  const wr = a.writeRuns as (...x: unknown[]) => unknown;
+  const b = Buffer.alloc(CS);
+  const ok = [0, [b, b], new Uint32Array([1, 1]), new Float64Array([0, CS]), 2];
+  refuses('writeRuns', wr, ok, 0);
+  refuses('writeRuns', wr, ok, 1, [b, 'x', undefined, [b, 'x'], [b, new Float64Array(4)]]);
+  refuses('writeRuns', wr, ok, 2, [new Float64Array([1, 1]), new Uint32Array([2, 1]), new Uint32Array([0, 2]), new Uint32Array([1]), new Uint32Array([1025, 1])]);
+  refuses('writeRuns', wr, ok, 3, [new Uint32Array([0, 1]), new Float64Array([0, -1]), new Float64Array([0, 1.5]), new Float64Array([0, NaN]), new Float64Array([0])]);
+  refuses('writeRuns', wr, ok, 4, [...BAD_NUMBERS, 0, 3]);
+
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-writeruns-'));
+  const path = join(dir, 'f');
+  const fd = openSync(path, 'w+');
+  try {
+    // Three runs out of order, one of two buffers (one a view at an offset), over 64 KiB apart.
+    const x = randomBytes(3 * CS);
+    const runs = [x.subarray(0, CS), x.subarray(CS, 2 * CS), x.subarray(2 * CS, 3 * CS)];
+    await a.writeRuns(fd, runs, new Uint32Array([1, 2]), new Float64Array([20 * CS, 3 * CS]), 2);
+    const f = readFileSync(path);
+    assert.equal(f.length, 21 * CS);
+    assert.ok(f.subarray(20 * CS, 21 * CS).equals(runs[0]));
+    assert.ok(f.subarray(3 * CS, 5 * CS).equals(x.subarray(CS, 3 * CS)));
+    assert.ok(f.subarray(0, 3 * CS).equals(Buffer.alloc(3 * CS)));
+    // The third run lies past the largest file the filesystem allows: the two before it are written.
+    const y = Buffer.alloc(CS, 0x5a);
+    await assert.rejects(a.writeRuns(fd, [y, y, y], new Uint32Array([1, 1, 1]), new Float64Array([0, 8 * CS, 2 ** 52]), 3), (e: NodeJS.ErrnoException & { runsWritten: number }) => {
+      assert.equal(e.code, 'EFBIG');
+      assert.equal(e.runsWritten, 2);
+      return true;
+    });
+    const g = readFileSync(path);
+    assert.ok(g.subarray(0, CS).equals(y) && g.subarray(8 * CS, 9 * CS).equals(y));
+  } finally {
+    closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  // A closed descriptor: nothing written, the error says so.
+  await assert.rejects(a.writeRuns(fd, [b], new Uint32Array([1]), new Float64Array([0]), 1), (e: NodeJS.ErrnoException & { runsWritten: number }) => e.code === 'EBADF' && e.runsWritten === 0);
 });
 
 test('upload digests check their arguments; crc32Chunks gives zlib.crc32 of each chunk', async () => {
