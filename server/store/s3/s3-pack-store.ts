@@ -489,12 +489,17 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
       }
     }
     const { bucket, prefix } = this.opts.lease;
+    // Which packs were in the bucket before the listing began: one whose upload ends while the listing
+    // runs (a compaction's new pack, a FLUSH's) is uploaded by the time it is looked at, but may be missing
+    // from a listing that passed its name already. That read as a pack missing from the bucket, in a CI run.
+    const uploaded = new Set<number>();
+    for (const id of byPack.keys()) if (this.packs.get(id)?.state === 'uploaded') uploaded.add(id);
     const inBucket = new Set<string>();
     for await (const o of bucket.list(`${prefix}packs/`)) inBucket.add(o.key);
     await Promise.all(
       [...byPack].map(async ([id, chunks]) => {
-        const info = this.packs.get(id)!;
-        if (info.state !== 'uploaded') return; // staged on the local disk, read from there
+        const info = this.packs.get(id);
+        if (!info || !uploaded.has(id)) return; // staged on the local disk, read from there (or dropped since)
         const key = packObjectKey(prefix, info.epoch, id);
         if (!inBucket.has(key)) return errors.push(`pack ${id} holds ${chunks.length} live chunk(s) but ${bucket.url(key)} is missing`);
         const entries = await this.fetcher.index(info).catch((e: Error) => e);
