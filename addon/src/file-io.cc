@@ -74,7 +74,7 @@ Napi::Value FadviseDontNeed(const Napi::CallbackInfo& info) {
 // Writes run r, the next counts[r] buffers of bufs, at byte positions[r] (pwritev, a short write
 // carried on), every run on one thread-pool thread. Why: a write batch of many short runs (a 1 MiB
 // write whose chunks go to freed slots scattered over the chunk file) was one pwritev per run on the
-// event loop: after 30 s of 4K random writes, 23% of the event loop's time in 1M writes at QD8
+// event loop: after 15 s of 4K random writes, 23% of the event loop's time in 1M writes at QD8
 // (server/store/batched-writes.ts). Rejects with the errno error of the first run that failed, its
 // `runsWritten` the runs before it (written).
 class WriteRunsWorker : public Napi::AsyncWorker {

@@ -14,7 +14,7 @@
 //
 // Many short runs in one turn are another matter: a 1 MiB write whose chunks go to freed slots
 // scattered over the file is up to 256 one-chunk runs, and one pwritev each on the event loop was 23%
-// of its time in 1M writes at QD8 after 30 s of 4K random writes. Past MAX_SYNC_RUNS they all go to
+// of its time in 1M writes at QD8 after 15 s of 4K random writes. Past MAX_SYNC_RUNS they all go to
 // the thread pool in one job (the addon's writeRuns).
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { native } from '../native.js';
