@@ -3,9 +3,9 @@
 //
 // A fresh 1 MiB buffer per request is fresh memory: glibc returns a freed one to the kernel, so each
 // request faulted its 256 pages in again (~150-220 us per MiB here against ~19 us for the same copy
-// into a reused buffer), and V8 tracked and swept each one. 1M writes at QD8 over a filled volume:
-// 356-391 requests/s with reuse against 275-335 without, the event loop's CPU per request 1.98-2.13 ms
-// against 2.24-2.69, the other threads' 1.3-1.5 ms against 1.8-2.2 (run in alternation).
+// into a reused buffer), and V8 tracked and swept each one. 1M writes at QD8 over a filled volume,
+// run in alternation: 324-360 requests/s with reuse against 283-313 without, the event loop's CPU per
+// request ~2.1 ms against ~2.5.
 //
 // A buffer goes back once every holder is done with it: the request, when it succeeded (a failed one
 // may still be read by a write on the thread pool: it is left to the collector), and whoever kept a

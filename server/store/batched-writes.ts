@@ -135,18 +135,14 @@ export class WriteBatcher {
     this.pending = [];
     const runs = consecutiveRuns(batch, this.opts.chunkSize);
     if (batch.length === 1) return this.writeRun(runs[0], true);
-    let short = 0;
-    for (const run of runs) if (runBytes(run) <= SYNC_RUN_BYTES) short++;
-    if (short <= MAX_SYNC_RUNS) {
-      for (const run of runs) this.writeRun(run, false);
-      return;
-    }
-    const together: BatchedWrite[][] = [];
+    // Long runs go to the thread pool one by one; the short ones on the event loop, or all together.
+    const short: BatchedWrite[][] = [];
     for (const run of runs) {
-      if (runBytes(run) <= SYNC_RUN_BYTES) together.push(run);
-      else this.writeRun(run, false);
+      if (runBytes(run) > SYNC_RUN_BYTES) this.writeRun(run, false);
+      else short.push(run);
     }
-    this.writeRuns(together);
+    if (short.length > MAX_SYNC_RUNS) this.writeRuns(short);
+    else for (const run of short) this.writeRun(run, false);
   };
 
   /** `alone`: the only write of its turn (see the top of the file). */

@@ -304,7 +304,7 @@ export class FlushJournal implements CommitPart<number> {
 
   /** Operations taken for a record that a commit makes durable instead: their bytes are not needed. */
   private dropAndCommit(ops: JournalOp[]): Promise<void> {
-    for (const op of ops) if (op.data) payloads.give(op.data);
+    giveBack(ops);
     return this.viaCommit();
   }
 
@@ -353,7 +353,7 @@ export class FlushJournal implements CommitPart<number> {
       this.writeAt = 0;
     }
     const record = encodeRecord(this.seq, ops);
-    for (const op of ops) if (op.data) payloads.give(op.data); // copied into the record
+    giveBack(ops); // copied into the record
     try {
       await writeAll(this.fd, [record], this.half * HALF_BYTES + this.writeAt);
     } catch (e) {
@@ -408,6 +408,11 @@ export class FlushJournal implements CommitPart<number> {
     while (this.writing || this.gathering) await (this.inFlight ?? this.gathering?.done ?? Promise.resolve()).catch(() => {});
     closeSync(this.fd);
   }
+}
+
+/** The journal is done with these operations' bytes: pooled payload buffers may serve other requests. */
+function giveBack(ops: JournalOp[]): void {
+  for (const op of ops) if (op.data) payloads.give(op.data);
 }
 
 /** Bytes of written data an operation holds in memory (counted against RETAIN_BYTES). */

@@ -18,7 +18,6 @@ function rss(d: Daemon): number {
   return Number(kb) * 1024;
 }
 
-
 test('--cache-prefault on: the whole arena is faulted in while the daemon serves, every byte read back as written; off: it stays lazy', async (t) => {
   if (!needTools(t, 'nbdcopy')) return;
   const on = await startDaemon({ args: ['--cache-size', '256M', '--cache-prefault', 'on'] });
