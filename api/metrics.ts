@@ -271,6 +271,8 @@ export class Metrics implements NbdObserver, S3Observer {
     gauge('shoal_reclaim_pending_bytes', 'Estimate (an upper bound) of what background reclaim has left: chunk references under its queued nodes times the chunk size.', (s) => s.reclaim.pendingBytes);
     counter('shoal_reclaim_released_bytes_total', 'Chunk references released by background reclaim, times the chunk size.', (s) => s.reclaim.releasedBytes);
     counter('shoal_dedup_log_indexed_total', 'Dedup log entries taken into the on-disk fingerprint index.', (s) => s.dedupIndexing.indexedEntries);
+    gauge('shoal_dedup_index_stale_entries', 'Fingerprint index entries left behind by freed chunks, not swept yet (an estimate, an upper bound).', (s) => s.dedupIndexing.staleEntries);
+    counter('shoal_dedup_index_swept_total', 'Fingerprint index entries the background sweep looked at.', (s) => s.dedupIndexing.sweptEntries);
     counter('shoal_flush_journal_records_total', 'Flush journal records written: FLUSHes and FUA writes made durable without a metadata commit.', (s) => s.flushJournal?.records ?? 0);
     counter('shoal_flush_journal_commits_total', 'FLUSHes and FUA writes that committed the metadata instead of using the flush journal.', (s) => s.flushJournal?.commits ?? 0);
     gauge('shoal_fsck_running', '1 while a consistency check runs.', (s) => (s.fsck.running ? 1 : 0));

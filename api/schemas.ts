@@ -218,6 +218,11 @@ export const Stats = Type.Object(
         logEntries: Type.Integer({ description: 'As dedupLogEntries.' }),
         indexedEntries: Type.Number({ description: 'Log entries taken into the on-disk index since the daemon started.' }),
         entriesPerSecond: Type.Number({ description: 'indexedEntries per second over the last 10 s.' }),
+        staleEntries: Type.Integer({
+          description:
+            'Index entries left behind by freed chunks, not swept yet: an estimate, an upper bound. Every index hit is checked against the chunk it names, so they cost only space; a background sweep removes them once 4,096 have gathered and writes pause (at once past 524,288).',
+        }),
+        sweptEntries: Type.Number({ description: 'Index entries the sweep has looked at since the daemon started.' }),
       },
       { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
     ),

@@ -3,8 +3,9 @@
 // Behind it: the fingerprinter (BLAKE3 in the addon), the dedup log (new fingerprints, in memory
 // and one sequential record per commit), the fingerprint index on disk with its Bloom filter, and
 // the indexer that moves the log into the index in the background. Its records live in the
-// metadata's LMDB environment and are committed with the chunk records they name; when a chunk is
-// freed, its fingerprint is forgotten in the same commit.
+// metadata's LMDB environment and are committed with the chunk records they name. When a chunk is
+// freed, the log forgets its fingerprint in the same commit; the index keeps a stale entry, which
+// every hit checks against the chunk's record and a background sweep removes.
 import type { DatabaseOptions } from 'lmdb';
 import type { ChunkRecord } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
@@ -23,12 +24,19 @@ export const DEDUP_DATABASES = [
   { name: 'fingerprint-log', encoding: 'binary' },
 ] as const satisfies ReadonlyArray<DatabaseOptions & { name: string }>;
 
+/** How often forget() tells the indexer the stale count grew, in entries. */
+const STALE_NOTICE = 1024;
+
 export class DedupIndex {
   readonly log: DedupLog;
   readonly index: FingerprintIndex;
   readonly fingerprinter: Fingerprinter;
   /** forget()'s scratch key (no Buffer per freed chunk). */
   private readonly freeKey = Buffer.allocUnsafe(KEY_BYTES);
+  /** Told every STALE_NOTICE stale entries (the indexer, which sweeps them). */
+  staleGrew: () => void = () => {};
+  /** The stale count when the sweep's current pass began (null: no pass under way). */
+  private passStale: number | null = null;
 
   private constructor(
     private readonly meta: MetaStore,
@@ -90,6 +98,14 @@ export class DedupIndex {
         continue;
       }
       out[i] = this.index.lookup(keys, off);
+      // The entry may be stale (its chunk freed, the slot perhaps holding other bytes now): a hit
+      // counts only if the chunk's record still carries this key (invariant 6). Its record is read
+      // for the reference anyway, and kept for that (ChunkRecords.recent).
+      if (out[i] >= 0 && !chunks.hasKey(out[i], keys, off)) {
+        this.index.remove(keys, off);
+        this.staleDropped(1);
+        out[i] = -1;
+      }
       guess = out[i] >= 0 ? out[i] + 1 : -1;
     }
   }
@@ -113,14 +129,55 @@ export class DedupIndex {
     return this.meta.superblock.dedupHits;
   }
 
-  /** A chunk was freed: its fingerprint must not find it any more (invariant 1). */
+  /**
+   * A chunk was freed: its fingerprint must not find it any more (invariants 1 and 6). The log's
+   * table drops it. An index entry stays, stale, until the sweep: lookup() checks every index hit
+   * against the chunk's record. (Removing it here was a random b-tree delete per freed chunk.)
+   */
   private forget(slot: number, rec: ChunkRecord): void {
     const key = this.freeKey;
     key.writeUInt32BE(rec.domain, 0);
     rec.fp.copy(key, 4, rec.fpOff, rec.fpOff + 32);
     // In the log, it never reached the index; chunks written with dedup off (an all-zero
     // fingerprint) were never indexed at all.
-    if (!this.log.forget(key, slot) && !isZero(rec.fp, rec.fpOff)) this.index.remove(key);
+    if (this.log.forget(key, slot) || isZero(rec.fp, rec.fpOff)) return;
+    const sb = this.meta.superblock;
+    sb.staleIndexEntries = (sb.staleIndexEntries ?? 0) + 1;
+    if (sb.staleIndexEntries % STALE_NOTICE === 0) this.staleGrew();
+  }
+
+  /** Index entries left behind by freed chunks and not swept yet (an estimate, an upper bound). */
+  get staleEntries(): number {
+    return this.meta.superblock.staleIndexEntries ?? 0;
+  }
+
+  /** Whether the sweep has a pass under way (it finishes the pass once begun). */
+  get sweeping(): boolean {
+    return this.passStale !== null;
+  }
+
+  private staleDropped(n: number): void {
+    const sb = this.meta.superblock;
+    sb.staleIndexEntries = Math.max(0, (sb.staleIndexEntries ?? 0) - n);
+  }
+
+  /**
+   * Looks at up to `max` index entries where the sweep left off and removes the stale ones
+   * (committed with the next commit). A pass walks the whole index in key order, so its removals
+   * share b-tree pages. At the end of a pass, what was stale when it began is swept: the count
+   * keeps only what was freed since. Returns how many entries it looked at.
+   */
+  sweepSlice(max: number): number {
+    const chunks = this.meta.chunks;
+    const sb = this.meta.superblock;
+    if (this.passStale === null) this.passStale = sb.staleIndexEntries ?? 0;
+    const r = this.index.sweepSlice(max, (key, slot) => chunks.holdsKey(slot, key, 0));
+    if (r.wrapped) {
+      sb.staleIndexEntries = Math.max(0, (sb.staleIndexEntries ?? 0) - this.passStale);
+      this.passStale = null;
+    }
+    this.meta.pipeline.changed();
+    return r.looked;
   }
 
   /** Moves up to `max` logged fingerprints into the index (committed with the next commit). */

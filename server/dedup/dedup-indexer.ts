@@ -1,7 +1,8 @@
-// Moves the dedup log into the fingerprint index in the background, a batch per commit. Each
-// random insert copies an index page, which is cheap only when nothing else needs the disk: so
-// it waits until writes have paused (a timer notes the write-activity count and goes ahead only
-// if it has not moved), unless the log grows past its bound, and it rests between batches.
+// Moves the dedup log into the fingerprint index in the background, a batch per commit, and then
+// sweeps the index of the entries freed chunks left behind. Each random insert copies an index
+// page, which is cheap only when nothing else needs the disk: so it waits until writes have paused
+// (a timer notes the write-activity count and goes ahead only if it has not moved), unless the log
+// (or the stale count) grows past its bound, and it rests between batches.
 import type { ChunkRecords } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { restAfter } from '../meta/pacing.js';
@@ -18,6 +19,16 @@ const INDEX_BATCH = 1024;
  */
 export const LOG_MAX = 512 * 1024;
 const LOG_IDLE_MS = 2000;
+/**
+ * A sweep pass begins once this many index entries are stale, when writes pause; at once past
+ * STALE_MAX. A pass reads the record of every indexed chunk (~1-5 us each), so it waits for enough
+ * to find; below STALE_MAX a stale entry costs only its ~50 bytes in the index and a record read
+ * if its fingerprint is written again.
+ */
+const SWEEP_MIN = 4096;
+const STALE_MAX = 512 * 1024;
+/** Index entries looked at per sweep commit. */
+const SWEEP_BATCH = 2048;
 
 export class DedupIndexer {
   private running = false;
@@ -28,6 +39,8 @@ export class DedupIndexer {
   private readonly chunks: ChunkRecords;
   /** Log entries taken into the on-disk index. */
   readonly indexed = new RateMeter();
+  /** Index entries the sweep looked at. */
+  readonly swept = new RateMeter();
 
   constructor(
     private readonly meta: MetaStore,
@@ -38,16 +51,27 @@ export class DedupIndexer {
     this.idleMs = opts.idleMs ?? LOG_IDLE_MS;
     this.chunks = meta.chunks;
     dedup.log.logged = () => this.kick();
+    dedup.staleGrew = () => this.kick();
   }
 
   start(): void {
     this.kick();
   }
 
-  /** Indexes at once if the log is too long, else once writes pause. Cheap to call often. */
+  /** Log entries to index, or stale index entries to sweep. */
+  private get work(): boolean {
+    return this.dedup.log.backlog > 0 || this.dedup.sweeping || this.dedup.staleEntries >= SWEEP_MIN;
+  }
+
+  /** Past its bounds, the log is indexed (and the index swept) while writes go on. */
+  private get pressing(): boolean {
+    return this.dedup.log.size > LOG_MAX || this.dedup.staleEntries > STALE_MAX;
+  }
+
+  /** Indexes (or sweeps) at once if the log is too long, else once writes pause. Cheap to call often. */
   kick(): void {
-    if (this.stopped || this.running || this.dedup.log.backlog === 0) return;
-    if (this.dedup.log.size > LOG_MAX) {
+    if (this.stopped || this.running || !this.work) return;
+    if (this.pressing) {
       this.due = true;
       void this.run();
       return;
@@ -72,19 +96,24 @@ export class DedupIndexer {
     this.running = true;
     const log = this.dedup.log;
     try {
-      while (!this.stopped && log.backlog > 0 && (this.due || log.size > LOG_MAX)) {
+      while (!this.stopped && this.work && (this.due || this.pressing)) {
         // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
         const n = this.chunks.writeActivity;
-        const n0 = this.dedup.indexSlice(INDEX_BATCH);
-        // Counted as the slice leaves the log, so /v1/stats never shows an empty log with entries
-        // missing from the count while the commit is under way.
-        this.indexed.add(n0);
         const t0 = performance.now();
+        if (log.backlog > 0) {
+          const n0 = this.dedup.indexSlice(INDEX_BATCH);
+          // Counted as the slice leaves the log, so /v1/stats never shows an empty log with entries
+          // missing from the count while the commit is under way.
+          this.indexed.add(n0);
+        } else {
+          // The log first: a sweep pass would otherwise look again at entries a merge replaces.
+          this.swept.add(this.dedup.sweepSlice(SWEEP_BATCH));
+        }
         await this.meta.commit();
-        if (log.backlog === 0 || this.chunks.writeActivity !== n) this.due = false;
-        // Paced: idle for three times as long as the commit took, so a snapshot or a write's
-        // FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
-        if (log.backlog > 0) await restAfter(t0, 3);
+        if (!this.work || this.chunks.writeActivity !== n) this.due = false;
+        // Paced: idle for three times as long as the slice and its commit took, so a snapshot or a
+        // write's FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
+        if (this.work) await restAfter(t0, 3);
       }
     } catch (e) {
       this.logger?.error({ err: e }, 'indexing the dedup log failed; it will stop until restart');

@@ -82,6 +82,15 @@ export class ChunkRecords implements CommitPart<Taken> {
     return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
   }
 
+  /**
+   * hasKey() for a walk over many chunks read once each (the fingerprint index's sweep): read as
+   * dec() reads, with no record object and no `recent` entry per chunk.
+   */
+  holdsKey(slot: number, keys: Buffer, off: number): boolean {
+    const c = this.forRelease(slot);
+    return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
+  }
+
   refCount(slot: number): number {
     return this.get(slot)?.refs ?? 0;
   }

@@ -35,6 +35,11 @@ export interface Superblock {
   gcPendingChunks?: number;
   /** Sequence number of the next dedup-log record (dedup/dedup-log.ts). */
   fpLogNext?: number;
+  /**
+   * Fingerprint index entries left behind by freed chunks since the sweep's pass began, as far as
+   * known (dedup/dedup-index.ts): an upper bound, since a chunk stored unindexed counts too.
+   */
+  staleIndexEntries?: number;
   /** Id of the last intent record (intent-records.ts). */
   nextIntent?: number;
   /** Id of the last group of freed slots (slot-allocator.ts). */

@@ -94,6 +94,8 @@ export interface Stats {
     logEntries: number;
     indexedEntries: number; // taken into the on-disk index since start
     entriesPerSecond: number; // over the last 10 s
+    staleEntries: number; // index entries freed chunks left behind, not swept yet (an estimate, an upper bound)
+    sweptEntries: number; // index entries the sweep looked at since start
   };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */

@@ -20,6 +20,7 @@ export interface StatsSources {
   reclaim: RateMeter;
   /** Dedup-log entries taken into the index. */
   indexed: RateMeter;
+  swept: RateMeter;
   fsck: FsckStatus;
   journal: FlushJournalFigures | null;
 }
@@ -61,6 +62,8 @@ export function storeStats(s: StatsSources, scope?: VolumeScope): Stats {
       logEntries: s.dedup.log.size,
       indexedEntries: s.indexed.total,
       entriesPerSecond: Math.round(s.indexed.perSecond()),
+      staleEntries: s.dedup.staleEntries,
+      sweptEntries: s.swept.total,
     },
     fsck: s.fsck,
     flushJournal: s.journal && { ...s.journal },

@@ -470,7 +470,7 @@ export class VolumeManager implements VolumeControl {
   /** Figures for the whole store, or (with a scope) for one tenant's volumes. */
   stats(scope?: VolumeScope): Stats {
     const { dedup, cache, store } = this.layers;
-    return storeStats({ meta: this.meta, states: this.states.values(), dedup, cache, store, reclaim: this.reclaim.released, indexed: this.indexer.indexed, fsck: this.fsckRunner.status(), journal: this.journal?.figures ?? null }, scope);
+    return storeStats({ meta: this.meta, states: this.states.values(), dedup, cache, store, reclaim: this.reclaim.released, indexed: this.indexer.indexed, swept: this.indexer.swept, fsck: this.fsckRunner.status(), journal: this.journal?.figures ?? null }, scope);
   }
 
   /** A check already running is joined rather than run twice. */

@@ -1,45 +1,22 @@
 // The dedup log: new fingerprints are logged at commit and taken into the on-disk index later,
-// while writes pause. Whatever state a crash leaves it in, dedup must keep finding stored data,
-// must never map a write to a chunk that was freed (and its slot reused) since it was logged, and
-// the index must never point at a freed chunk (fsck checks that).
+// while writes pause. Whatever state a crash leaves it in, dedup must keep finding stored data, and
+// must never map a write to a chunk that was freed (and its slot reused) since it was logged. (The
+// index's own stale entries: test/dedup/stale-index-entries.test.ts.)
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { needTools } from '../helpers/tools.js';
-import { withHandle, expectFsckClean, MiB } from '../helpers/volume-io.js';
+import { withHandle, expectFsckClean, seededData as seeded, stats, waitForStats, MiB } from '../helpers/volume-io.js';
 
 const daemons: Daemon[] = [];
 after(async () => {
   for (const d of daemons) await d.dispose().catch(() => {});
 });
 
-/** Writes (or, with check, compares) `mib` MiB of seeded pseudo-random data at `offset`. */
-const seeded = (seed: number, mib: number, offset: number, check = false) => `
-import random
-rnd = random.Random(${seed})
-ok = True
-for i in range(${mib}):
-    b = rnd.randbytes(1024 * 1024)
-    ${check ? `ok = ok and h.pread(1024 * 1024, ${offset} + i * 1024 * 1024) == b` : `h.pwrite(b, ${offset} + i * 1024 * 1024)`}
-h.flush()
-print(ok)
-`;
-
-async function stats(d: Daemon): Promise<any> {
-  const r = await d.api('GET', '/v1/stats');
-  assert.equal(r.status, 200);
-  return r.body;
-}
-
-async function waitIndexed(d: Daemon): Promise<void> {
-  for (let i = 0; ; i++) {
-    if ((await stats(d)).dedupLogEntries === 0) return;
-    assert.ok(i < 300, 'the dedup log was not taken into the index within 30 s of idleness');
-    await sleep(100);
-  }
+function waitIndexed(d: Daemon): Promise<void> {
+  return waitForStats(d, 'the dedup log taken into the index once writes pause', (s) => s.dedupLogEntries === 0);
 }
 
 test('a write after kill -9 still finds data whose fingerprints were only in the log', { timeout: 120_000 }, async (t) => {
@@ -72,10 +49,16 @@ test('a write after kill -9 still finds data whose fingerprints were only in the
   assert.equal(s3.physicalBytes, before3.physicalBytes, 'the copy in c must store nothing: the index has the fingerprints');
   for (const [v, off] of [['a', 0], ['b', 4 * MiB], ['c', 8 * MiB]] as const) assert.match(await withHandle(d, v, seeded(1, 16, off, true)), /True/, `${v} reads back`);
 
-  // Freeing everything leaves no index entry behind (fsck checks every one points at a live chunk).
+  // Freeing everything leaves the index's 4096 entries stale, counted (fsck checks the count covers
+  // them); once writes pause, the sweep removes them.
   for (const v of ['a', 'b', 'c']) assert.equal((await d.api('DELETE', `/v1/volumes/${v}`)).status, 204);
   await expectFsckClean(d);
   assert.equal((await stats(d)).physicalBytes, 0);
+  assert.ok((await stats(d)).dedupIndexing.staleEntries >= 4096, 'the freed chunks\' index entries are counted stale');
+  await waitForStats(d, 'the sweep once writes pause', (s) => s.dedupIndexing.staleEntries === 0);
+  assert.ok((await stats(d)).dedupIndexing.sweptEntries >= 4096, 'the sweep looked at every entry');
+  await expectFsckClean(d);
+  assert.equal((await stats(d)).fsck.totalIndexEntries, 0, 'the sweep removed every stale entry');
 });
 
 test('a logged fingerprint whose chunk was freed and its slot reused is never used for dedup', { timeout: 120_000 }, async (t) => {

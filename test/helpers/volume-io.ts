@@ -36,6 +36,40 @@ export async function withHandle(d: Daemon, exportName: string, body: string, op
 }
 
 /**
+ * Python for withHandle: writes `mib` MiB of seeded pseudo-random data at `offset` (the same seed
+ * gives the same bytes), then FLUSHes; with `check`, compares them instead and prints True or False.
+ */
+export function seededData(seed: number, mib: number, offset: number, check = false): string {
+  return `
+import random
+rnd = random.Random(${seed})
+ok = True
+for i in range(${mib}):
+    b = rnd.randbytes(1024 * 1024)
+    ${check ? `ok = ok and h.pread(1024 * 1024, ${offset} + i * 1024 * 1024) == b` : `h.pwrite(b, ${offset} + i * 1024 * 1024)`}
+h.flush()
+print(ok)
+`;
+}
+
+/** GET /v1/stats, asserting it answered. */
+export async function stats(d: Daemon): Promise<any> {
+  const r = await d.api('GET', '/v1/stats');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body;
+}
+
+/** Polls GET /v1/stats every 100 ms until `ok` holds (failing after 30 s, with `what`); returns the stats that passed. */
+export async function waitForStats(d: Daemon, what: string, ok: (s: any) => boolean): Promise<any> {
+  for (let i = 0; ; i++) {
+    const s = await stats(d);
+    if (ok(s)) return s;
+    assert.ok(i < 300, `${what}: not within 30 s (${JSON.stringify(s.dedupIndexing ?? s)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
  * GET /v1/stats once space reclaim has settled: whole subtrees released by a delete or a TRIM
  * are freed by the background collector, which the consistency check drains first.
  */

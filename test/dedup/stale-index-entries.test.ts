@@ -1,0 +1,87 @@
+// Stale fingerprint index entries: a freed chunk's entry stays in the on-disk index until the
+// background sweep (server/dedup/dedup-index.ts). A hit on one must never map a write to the bytes
+// its slot holds now, the count the sweep goes by must survive kill -9 (fsck checks it covers every
+// stale entry), and the sweep must remove them.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDaemon, type Daemon } from '../helpers/daemon.js';
+import { needTools } from '../helpers/tools.js';
+import { withHandle, expectFsckClean, seededData as seeded, stats, waitForStats, MiB } from '../helpers/volume-io.js';
+
+const daemons: Daemon[] = [];
+after(async () => {
+  for (const d of daemons) await d.dispose().catch(() => {});
+});
+
+test('an index entry whose chunk was freed and its slot reused is never used for dedup, and its count survives kill -9', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  // The log is indexed 200 ms after writes pause; 2048 stale entries stay below the sweep's threshold.
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200' } });
+  daemons.push(d);
+  await d.createVolume('x', 64 * MiB);
+  await withHandle(d, 'x', seeded(2, 8, 0));
+  await waitForStats(d, 'seed 2 indexed', (s) => s.dedupLogEntries === 0 && s.dedupIndexing.indexedEntries >= 2048);
+  // Seed 2 is freed: its 2048 index entries go stale, counted.
+  await withHandle(d, 'x', `h.trim(8 * 1024 * 1024, 0)\nh.flush()`);
+  await expectFsckClean(d); // commits the free: the slots are reusable
+  assert.ok((await stats(d)).dedupIndexing.staleEntries >= 2048, 'the freed chunks are counted stale');
+  // Other data takes the freed slots; the count is committed with the frees and comes back after kill -9.
+  const fileSize = () => statSync(join(d.dataDir, 'chunks.dat')).size;
+  const size0 = fileSize();
+  await withHandle(d, 'x', seeded(3, 8, 16 * MiB));
+  assert.equal(fileSize(), size0, 'seed 3 should have reused the freed slots (the chunk file did not grow)');
+  await d.kill9();
+  await d.start();
+  const reloaded = await stats(d);
+  assert.ok(reloaded.dedupIndexing.staleEntries >= 2048, `the stale count survives the crash: ${JSON.stringify(reloaded.dedupIndexing)}`);
+  await expectFsckClean(d); // the count covers every stale entry in the index
+
+  // Seed 2's fingerprints still name the reused slots in the index: writing its bytes again must
+  // store them, not map them to seed 3's chunks.
+  const before = await stats(d);
+  await withHandle(d, 'x', seeded(2, 8, 32 * MiB));
+  const s = await stats(d);
+  assert.equal(s.physicalBytes - before.physicalBytes, 8 * MiB, 'seed 2 had been freed: it must be stored again');
+  assert.equal(s.dedupHits, before.dedupHits, 'no dedup hit on a stale entry');
+  assert.match(await withHandle(d, 'x', seeded(2, 8, 32 * MiB, true)), /True/, 'seed 2 reads back');
+  assert.match(await withHandle(d, 'x', seeded(3, 8, 16 * MiB, true)), /True/, 'seed 3 reads back');
+  // The hits found them stale and dropped them: the count went down with them.
+  assert.ok(s.dedupIndexing.staleEntries < reloaded.dedupIndexing.staleEntries, JSON.stringify(s.dedupIndexing));
+  // Seed 2 is in the index again once writes pause, and a copy of it deduplicates against it.
+  await waitForStats(d, 'seed 2 indexed again', (x) => x.dedupLogEntries === 0);
+  const before2 = await stats(d);
+  await withHandle(d, 'x', seeded(2, 8, 48 * MiB));
+  const s2 = await stats(d);
+  assert.equal(s2.physicalBytes, before2.physicalBytes, 'the copy stores nothing');
+  assert.equal(s2.dedupHits - before2.dedupHits, 2048);
+  await expectFsckClean(d);
+});
+
+test('the sweep removes stale entries once writes pause, and a kill -9 mid-sweep leaves the index consistent', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200' } });
+  daemons.push(d);
+  await d.createVolume('y', 128 * MiB);
+  await withHandle(d, 'y', seeded(5, 48, 0));
+  await waitForStats(d, 'seed 5 indexed', (s) => s.dedupLogEntries === 0 && s.dedupIndexing.indexedEntries >= 12288);
+  // Overwriting 40 of the 48 MiB leaves 10240 entries stale: past the sweep's threshold.
+  await withHandle(d, 'y', seeded(6, 40, 0));
+  // Kill the daemon as soon as the sweep has looked at something: a pass cut short.
+  await waitForStats(d, 'the sweep began', (s) => s.dedupIndexing.sweptEntries > 0);
+  await d.kill9();
+  await d.start();
+  await expectFsckClean(d);
+  const s = await waitForStats(d, 'the sweep finished', (x) => x.dedupLogEntries === 0 && x.dedupIndexing.staleEntries === 0);
+  assert.ok(s.dedupIndexing.sweptEntries > 0, 'the restarted daemon swept');
+  await expectFsckClean(d);
+  // What is left: seed 5's last 8 MiB and seed 6's 40 MiB, each entry naming its live chunk.
+  assert.equal((await stats(d)).fsck.totalIndexEntries, 12288, 'the index holds exactly the live chunks');
+  assert.match(await withHandle(d, 'y', seeded(6, 40, 0, true)), /True/, 'seed 6 reads back');
+  // Dedup still finds every live chunk through the swept index.
+  await d.createVolume('z', 128 * MiB);
+  const before = await stats(d);
+  await withHandle(d, 'z', seeded(6, 40, 0));
+  assert.equal((await stats(d)).dedupHits - before.dedupHits, 10240, 'a copy of seed 6 is all dedup hits');
+});
