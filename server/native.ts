@@ -87,6 +87,8 @@ interface NativeCacheStats {
   ghosts: number;
   /** Arena bytes faulted in by prefault() so far. */
   prefaultedBytes: number;
+  /** Whether prefault()'s thread is still at work (false once it has ended, however far it got). */
+  prefaulting: boolean;
 }
 
 /** The native cache object; slots are non-negative integers, frames index the arena. */
@@ -131,8 +133,9 @@ export interface NativeCacheHandle {
   stats(): NativeCacheStats;
   /**
    * Faults the arena's pages in on a thread of idle priority (chunk-cache.cc says why), or with
-   * `false` holds that thread until the next prefault(); false if the kernel cannot (no
-   * MADV_POPULATE_WRITE before Linux 5.14).
+   * `false` holds that thread until the next prefault(). True if that thread was started (now or
+   * before): false if the kernel cannot (no MADV_POPULATE_WRITE before Linux 5.14), and for a hold
+   * before any start.
    */
   prefault(run?: boolean): boolean;
 }

@@ -54,6 +54,9 @@ struct Arena {
   std::atomic<uint64_t> prefaulted{0};
   std::atomic<bool> stop{false};
   std::atomic<bool> paused{false};
+  // Set as the populator ends, however it ends (the whole arena in, stop, or ENOMEM part way): what
+  // the daemon's steering timer waits for, since prefaulted may never reach the arena's size.
+  std::atomic<bool> populatorDone{false};
   ~Arena() {
     if (base) munmap(base, size);
   }
@@ -86,10 +89,11 @@ bool StartPopulator(const std::shared_ptr<Arena>& arena) {
         continue;
       }
       size_t len = a->size - done < kPopulateStep ? a->size - done : kPopulateStep;
-      if (madvise(a->base + done, len, MADV_POPULATE_WRITE) != 0) return;  // ENOMEM: what the host cannot give stays lazy
+      if (madvise(a->base + done, len, MADV_POPULATE_WRITE) != 0) break;  // ENOMEM: what the host cannot give stays lazy
       done += len;
       a->prefaulted.store(done, std::memory_order_relaxed);
     }
+    a->populatorDone.store(true, std::memory_order_release);
   }).detach();
   return true;
 #else
@@ -726,12 +730,13 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
   }
 
   // prefault(run = true): faults the whole arena in, in the background (StartPopulator, once), or holds
-  // the populator (false) until the next prefault(true); false if the kernel cannot.
+  // the populator (false) until the next prefault(true). True if a populator was started (now or
+  // before): false where the kernel cannot, and for a hold with none to hold.
   Napi::Value Prefault(const Napi::CallbackInfo& info) {
     const bool run = info.Length() == 0 || info[0].ToBoolean().Value();
     arena_->paused.store(!run, std::memory_order_relaxed);
     if (!populating_ && run) populating_ = StartPopulator(arena_);
-    return Napi::Boolean::New(info.Env(), populating_ || !run);
+    return Napi::Boolean::New(info.Env(), populating_);
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
@@ -741,6 +746,7 @@ class ChunkCache : public Napi::ObjectWrap<ChunkCache> {
     num("capacityBytes", static_cast<double>(capacity_));
     num("arenaBytes", static_cast<double>(nframes_) * cs_);
     num("prefaultedBytes", static_cast<double>(arena_->prefaulted.load(std::memory_order_relaxed)));
+    o.Set("prefaulting", Napi::Boolean::New(env, populating_ && !arena_->populatorDone.load(std::memory_order_acquire)));
     num("frames", nframes_);
     num("bytes", static_cast<double>(entries_) * cs_);
     num("entries", static_cast<double>(entries_));

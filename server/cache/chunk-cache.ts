@@ -314,11 +314,11 @@ export class ChunkCache {
   prefault(load?: () => { started: number; inFlight: number } | null): boolean {
     if (!this.h.prefault(true)) return false;
     if (!load) return true;
-    const arena = this.h.stats().arenaBytes;
     let started = 0;
     let filled = this.storeReads;
     const timer = setInterval(() => {
-      if (this.h.stats().prefaultedBytes >= arena) {
+      // Until the thread ends: the whole arena in, or short of it where the host gave no more (ENOMEM).
+      if (!this.h.stats().prefaulting) {
         clearInterval(timer);
         return;
       }
