@@ -27,8 +27,13 @@ const LOG_IDLE_MS = 2000;
  */
 const SWEEP_MIN = 4096;
 const STALE_MAX = 512 * 1024;
-/** Index entries looked at per sweep commit. */
+/**
+ * Index entries looked at per sweep commit: 2,048 while writes pause; 256, resting ten times as long
+ * as the slice took, when the stale count presses while writes go on (each entry is a record read on
+ * the event loop, and the writes need it).
+ */
 const SWEEP_BATCH = 2048;
+const SWEEP_BATCH_BUSY = 256;
 
 export class DedupIndexer {
   private running = false;
@@ -100,6 +105,7 @@ export class DedupIndexer {
         // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
         const n = this.chunks.writeActivity;
         const t0 = performance.now();
+        let sweepingBusy = false;
         if (log.backlog > 0) {
           const n0 = this.dedup.indexSlice(INDEX_BATCH);
           // Counted as the slice leaves the log, so /v1/stats never shows an empty log with entries
@@ -107,13 +113,14 @@ export class DedupIndexer {
           this.indexed.add(n0);
         } else {
           // The log first: a sweep pass would otherwise look again at entries a merge replaces.
-          this.swept.add(this.dedup.sweepSlice(SWEEP_BATCH));
+          sweepingBusy = !this.due;
+          this.swept.add(this.dedup.sweepSlice(sweepingBusy ? SWEEP_BATCH_BUSY : SWEEP_BATCH));
         }
         await this.meta.commit();
         if (!this.work || this.chunks.writeActivity !== n) this.due = false;
         // Paced: idle for three times as long as the slice and its commit took, so a snapshot or a
         // write's FLUSH seldom queues behind an index commit (random inserts: ~10-30 ms each).
-        if (this.work) await restAfter(t0, 3);
+        if (this.work) await restAfter(t0, sweepingBusy ? 10 : 3);
       }
     } catch (e) {
       this.logger?.error({ err: e }, 'indexing the dedup log failed; it will stop until restart');
