@@ -8,9 +8,13 @@ import { FIRST_SLOT } from './map-node.js';
 /**
  * 2: the free list as pages and groups (slot-allocator.ts) and the flush journal (volume/flush-journal.ts).
  * A daemon of before would read the pages' keys as slots and ignore the journal, so it must refuse the
- * store; this code opens version 1 too, and a daemon's first start upgrades it (MetaStore.open).
+ * store.
+ * 3: fingerprint index entries may be stale, left by freed chunks until the sweep (dedup/dedup-index.ts).
+ * A daemon of before trusts every index hit, and would map writes to the bytes a reused slot holds now.
+ * This code opens versions 1 and 2 too (neither has stale entries), and a daemon's first start upgrades
+ * them (MetaStore.open).
  */
-export const META_VERSION = 2;
+export const META_VERSION = 3;
 
 export interface Superblock {
   version: number;
@@ -64,7 +68,7 @@ export function loadSuperblock(main: Database, dir: string, chunkSize: number, c
     main.putSync('superblock', sb);
     return sb;
   }
-  if (typeof sb !== 'object' || (sb.version !== META_VERSION && sb.version !== 1) || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
+  if (typeof sb !== 'object' || (sb.version !== META_VERSION && sb.version !== 1 && sb.version !== 2) || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
     throw new ShoalError('corrupt_metadata', `the metadata superblock is damaged or of an unknown version (${JSON.stringify(sb)?.slice(0, 200)})`);
   sb.gcQueue ??= [];
   return sb;

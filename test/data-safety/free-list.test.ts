@@ -11,6 +11,7 @@ import { open } from 'lmdb';
 import { startDaemon, MAIN, type Daemon } from '../helpers/daemon.js';
 import { needTools, run } from '../helpers/tools.js';
 import { expectFsckClean, withHandle, MiB } from '../helpers/volume-io.js';
+import { META_VERSION } from '../../server/meta/superblock.js';
 
 const chunkFileBytes = (d: Daemon) => statSync(join(d.dataDir, 'chunks.dat')).size;
 
@@ -69,7 +70,7 @@ test('freed slots are reused after kill -9 and restarts, never twice, and a free
     assert.ok(pages.slots.length >= 4096, `a's chunks are on the free list: ${pages.slots.length}`);
     assert.equal(new Set(pages.slots).size, pages.slots.length, 'no slot listed twice');
     assert.ok(pages.keys.length < pages.slots.length / 100, `the free list is pages and groups, not a record per slot: ${pages.keys.length} records`);
-    assert.equal(pages.version, 2, 'a store with pages says so (a daemon of before refuses it)');
+    assert.equal(pages.version, META_VERSION, 'a store with pages says so (a daemon of before refuses it)');
 
     // Back to a record per slot, as a store of before the pages has it: an offline check reads it as
     // it is and changes nothing; the daemon rewrites it as pages and reuses every slot.
@@ -91,7 +92,7 @@ test('freed slots are reused after kill -9 and restarts, never twice, and a free
     await d.stop();
     const after = await freeList(d.dataDir);
     assert.ok(after.keys.every((k) => Array.isArray(k)), 'rewritten as pages');
-    assert.equal(after.version, 2, 'upgraded');
+    assert.equal(after.version, META_VERSION, 'upgraded');
     assert.equal(new Set(after.slots).size, after.slots.length, 'no slot listed twice');
     await d.start();
     await expectFsckClean(d);

@@ -1,13 +1,16 @@
 // Stale fingerprint index entries: a freed chunk's entry stays in the on-disk index until the
 // background sweep (server/dedup/dedup-index.ts). A hit on one must never map a write to the bytes
 // its slot holds now, the count the sweep goes by must survive kill -9 (fsck checks it covers every
-// stale entry), and the sweep must remove them.
+// stale entry), and the sweep must remove them. Such a store says so (version 3): a daemon of before
+// would trust the entries.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { startDaemon, type Daemon } from '../helpers/daemon.js';
-import { needTools } from '../helpers/tools.js';
+import { open } from 'lmdb';
+import { startDaemon, MAIN, type Daemon } from '../helpers/daemon.js';
+import { needTools, run } from '../helpers/tools.js';
+import { META_VERSION } from '../../server/meta/superblock.js';
 import { withHandle, expectFsckClean, seededData as seeded, stats, waitForStats, MiB } from '../helpers/volume-io.js';
 
 const daemons: Daemon[] = [];
@@ -84,4 +87,31 @@ test('the sweep removes stale entries once writes pause, and a kill -9 mid-sweep
   const before = await stats(d);
   await withHandle(d, 'z', seeded(6, 40, 0));
   assert.equal((await stats(d)).dedupHits - before.dedupHits, 10240, 'a copy of seed 6 is all dedup hits');
+});
+
+test('a store of version 2 (no stale entries yet) opens as it is to an offline check, and a daemon upgrades it', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon();
+  daemons.push(d);
+  await d.createVolume('v', 32 * MiB);
+  await withHandle(d, 'v', seeded(8, 8, 0));
+  await d.stop();
+  // What this stop's daemon wrote says it may hold stale entries: a daemon of before must refuse it.
+  const version = async (set?: number): Promise<number> => {
+    const env = open({ path: join(d.dataDir, 'meta.lmdb'), maxDbs: 16 } as any);
+    const main = env.openDB({ name: 'main', encoding: 'msgpack' });
+    const sb = main.get('superblock') as { version: number };
+    if (set !== undefined) env.transactionSync(() => main.putSync('superblock', { ...sb, version: set }));
+    await env.close();
+    return sb.version;
+  };
+  assert.equal(await version(2), META_VERSION);
+  const offline = await run(process.execPath, [MAIN, 'fsck', d.dataDir]);
+  assert.equal(offline.status, 0, offline.stdout + offline.stderr);
+  assert.equal(await version(), 2, 'the offline check left the version as it was');
+  await d.start();
+  assert.match(await withHandle(d, 'v', seeded(8, 8, 0, true)), /True/, 'the data reads back');
+  await expectFsckClean(d);
+  await d.stop();
+  assert.equal(await version(), META_VERSION, 'the daemon upgraded the store');
 });
