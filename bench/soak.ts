@@ -11,6 +11,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { apiOk, fix, fmtBytes, numEnv, parseSizeEnv, randomFile, ROOT, run, runMain, runOk, startShoal, systemHeader, tempDir } from './lib.js';
+import { SWEEP_MIN } from '../server/dedup/dedup-indexer.js';
 
 const MiB = 2 ** 20;
 /** What the daemon may hold beyond its cache budget: the stated bound RSS is checked against. */
@@ -97,12 +98,12 @@ runMain(async () => {
   const tLoadEnd = Date.now();
 
   // Drain: how long until the backlogs are gone once the load stops (stale index entries: below the
-  // sweep's threshold, SWEEP_MIN in server/dedup/dedup-indexer.ts, which waits for more).
+  // sweep's threshold, which waits for more).
   let drainSec = NaN;
   let staleLeft = NaN;
   for (;;) {
     const st = await apiOk(s, 'GET', '/v1/stats');
-    if (st.dedupLogEntries === 0 && st.reclaimPendingNodes === 0 && st.dedupIndexing.staleEntries < 4096) {
+    if (st.dedupLogEntries === 0 && st.reclaimPendingNodes === 0 && st.dedupIndexing.staleEntries < SWEEP_MIN) {
       staleLeft = st.dedupIndexing.staleEntries;
       drainSec = (Date.now() - tLoadEnd) / 1000;
       break;
@@ -151,7 +152,7 @@ runMain(async () => {
     `- last minute / first minute: **${fix(last / first, 2)}** (${fix(last)} / ${fix(first)} IOPS; target ≥ 0.8): ${last >= 0.8 * first ? 'PASS' : 'MISSED'}`,
     `- longest event-loop stall: **${fix(maxLag)} ms** (target ≤ 50 ms): ${maxLag <= 50 ? 'PASS' : 'MISSED'}`,
     `- RSS at most ${fmtBytes(maxRss)}: cache ${fmtBytes(cacheBytes)} ${maxRss >= cacheBytes ? `+ ${fmtBytes(maxRss - cacheBytes)}` : '(the cache was not full)'} (stated bound: cache + ${fmtBytes(RSS_OVERHEAD)}): ${maxRss <= cacheBytes + RSS_OVERHEAD ? 'PASS' : 'MISSED'}`,
-    `- backlogs during the load: dedup log at most ${maxLog} entries, reclaim at most ${maxReclaim} nodes, stale index entries at most ${maxStale}; drained ${Number.isFinite(drainSec) ? `${fix(drainSec, 1)} s after the load stopped (${staleLeft} stale index entries left, under the sweep's threshold of 4096)` : 'NOT within 30 min after the load stopped'}`,
+    `- backlogs during the load: dedup log at most ${maxLog} entries, reclaim at most ${maxReclaim} nodes, stale index entries at most ${maxStale}; drained ${Number.isFinite(drainSec) ? `${fix(drainSec, 1)} s after the load stopped (${staleLeft} stale index entries left, under the sweep's threshold of ${SWEEP_MIN})` : 'NOT within 30 min after the load stopped'}`,
     `- fsck after the drain: ${fsck.ok ? 'clean' : `${fsck.errors.length} problem(s): ${fsck.errors.slice(0, 3).join('; ')}`} (physicalBytes ${fmtBytes(samples[samples.length - 1]?.physical ?? 0)} during the last window)`,
   ];
   console.log('\n' + lines.join('\n') + '\n\n' + verdicts.join('\n'));

@@ -25,7 +25,7 @@ const LOG_IDLE_MS = 2000;
  * to find; below STALE_MAX a stale entry costs only its ~50 bytes in the index and a record read
  * if its fingerprint is written again.
  */
-const SWEEP_MIN = 4096;
+export const SWEEP_MIN = 4096;
 const STALE_MAX = 512 * 1024;
 /**
  * Index entries looked at per sweep commit: 2,048 while writes pause; 256, resting ten times as long

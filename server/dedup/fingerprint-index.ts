@@ -69,10 +69,10 @@ export class FingerprintIndex implements CommitPart<Taken> {
   /**
    * Looks at up to `max` committed entries from where the last slice stopped, and removes those
    * `live` disowns (the chunk freed, or its slot holding other bytes). Entries with an uncommitted
-   * change are left to it. Returns how many it looked at and removed, and whether it reached the end
-   * of the index (the next slice starts over).
+   * change are left to it. Returns how many it looked at, and whether it reached the end of the index
+   * (the next slice starts over).
    */
-  sweepSlice(max: number, live: (key: Buffer, slot: number) => boolean): { looked: number; removed: number; wrapped: boolean } {
+  sweepSlice(max: number, live: (key: Buffer, slot: number) => boolean): { looked: number; wrapped: boolean } {
     let looked = 0;
     let removed = 0;
     let last = this.sweepFrom;
@@ -91,9 +91,8 @@ export class FingerprintIndex implements CommitPart<Taken> {
     if (removed > 0) this.pipeline.changed(removed);
     const wrapped = looked < max;
     this.sweepFrom = wrapped ? undefined : last;
-    return { looked, removed, wrapped };
+    return { looked, wrapped };
   }
-
 
   /**
    * Fills the filter (not yet ready) from the on-disk index a slice at a time; then it answers

@@ -32,6 +32,11 @@ function decode(b: Uint8Array): ChunkRecord {
   return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: buf, fpOff: 8 };
 }
 
+/** Whether `c` is a live chunk's record carrying the key keys[off..off+36) (domain, fingerprint). */
+function carriesKey(c: ChunkRecord | undefined, keys: Buffer, off: number): boolean {
+  return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
+}
+
 /** Told when a chunk is freed; `rec` is valid only during the call. */
 export type ChunkFreedListener = (slot: number, rec: ChunkRecord) => void;
 
@@ -78,8 +83,7 @@ export class ChunkRecords implements CommitPart<Taken> {
 
   /** Whether slot holds a live chunk with the fingerprint key keys[off..off+36) (domain, fingerprint). */
   hasKey(slot: number, keys: Buffer, off: number): boolean {
-    const c = this.get(slot);
-    return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
+    return carriesKey(this.get(slot), keys, off);
   }
 
   /**
@@ -87,8 +91,7 @@ export class ChunkRecords implements CommitPart<Taken> {
    * dec() reads, with no record object and no `recent` entry per chunk.
    */
   holdsKey(slot: number, keys: Buffer, off: number): boolean {
-    const c = this.forRelease(slot);
-    return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
+    return carriesKey(this.forRelease(slot), keys, off);
   }
 
   refCount(slot: number): number {

@@ -75,7 +75,7 @@ export async function waitForStats(d: Daemon, what: string, ok: (s: any) => bool
  */
 export async function settledStats(d: Daemon): Promise<any> {
   await expectFsckClean(d);
-  return (await d.api('GET', '/v1/stats')).body;
+  return stats(d);
 }
 
 /** POST /v1/fsck on the running daemon, asserting it is clean. */
