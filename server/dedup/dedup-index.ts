@@ -10,6 +10,7 @@ import type { DatabaseOptions } from 'lmdb';
 import type { ChunkRecord } from '../meta/chunk-records.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { DedupLog } from './dedup-log.js';
+import { native, type FingerprintTableHandle } from '../native.js';
 import { FingerprintIndex } from './fingerprint-index.js';
 import { Fingerprinter, KEY_BYTES } from './fingerprinter.js';
 
@@ -26,6 +27,11 @@ export const DEDUP_DATABASES = [
 
 /** How often forget() tells the indexer the stale count grew, in entries. */
 const STALE_NOTICE = 1024;
+/**
+ * Freed keys remembered at most (see `freed`): below the table's growth to 1 Mi entries, so it holds
+ * at most 512 Ki entries of 48 bytes, 24 MiB.
+ */
+const FREED_KEYS_MAX = 256 * 1024 - 1;
 
 export class DedupIndex {
   readonly log: DedupLog;
@@ -37,6 +43,17 @@ export class DedupIndex {
   staleGrew: () => void = () => {};
   /** The stale count when the sweep's current pass began (null: no pass under way). */
   private passStale: number | null = null;
+  /**
+   * Keys of freed chunks whose index entries are stale, key -> the freed slot, up to FREED_KEYS_MAX
+   * (not kept across a restart). Data freed and then written again (a guest rewriting what it
+   * wrote, a benchmark's same pseudo-random bytes) finds its key here and is a miss at once: without
+   * it each such chunk paid an index read, the freed chunk's record read to see the entry stale, and
+   * a random b-tree delete in the next commit (1 MiB writes ran at half the rate of fresh data,
+   * docs/write-path.md). A lookup that finds a key takes it out: the chunk written for those bytes
+   * next is found in the log, then in the index. Only a miss comes from here, never a hit, so a key
+   * left here wrongly (two live chunks with one key, one freed) costs a lost dedup, no wrong data.
+   */
+  private readonly freed: FingerprintTableHandle = new (native().FingerprintTable)();
 
   private constructor(
     private readonly meta: MetaStore,
@@ -97,6 +114,16 @@ export class DedupIndex {
         out[i] = guess++;
         continue;
       }
+      if (this.freed.size > 0) {
+        const s = this.freed.get(keys, off);
+        if (s >= 0) {
+          // Stale in the index: a miss, and the entry is left for the sweep (or for the index to
+          // take the new chunk's entry over it).
+          this.freed.deleteIf(keys, off, s);
+          out[i] = guess = -1;
+          continue;
+        }
+      }
       out[i] = this.index.lookup(keys, off);
       // The entry may be stale (its chunk freed, the slot perhaps holding other bytes now): a hit
       // counts only if the chunk's record still carries this key (invariant 6). Its record is read
@@ -143,7 +170,13 @@ export class DedupIndex {
     if (this.log.forget(key, slot) || isZero(rec.fp, rec.fpOff)) return;
     const sb = this.meta.superblock;
     sb.staleIndexEntries = (sb.staleIndexEntries ?? 0) + 1;
+    if (this.freed.size < FREED_KEYS_MAX) this.freed.set(key, 0, slot);
     if (sb.staleIndexEntries % STALE_NOTICE === 0) this.staleGrew();
+  }
+
+  /** Freed chunks' keys held for lookups (see `freed`). */
+  get freedKeys(): number {
+    return this.freed.size;
   }
 
   /** Index entries left behind by freed chunks and not swept yet (an estimate, an upper bound). */
@@ -171,7 +204,12 @@ export class DedupIndex {
     const chunks = this.meta.chunks;
     const sb = this.meta.superblock;
     if (this.passStale === null) this.passStale = sb.staleIndexEntries ?? 0;
-    const r = this.index.sweepSlice(max, (key, slot) => chunks.holdsKey(slot, key, 0));
+    const freed = this.freed;
+    const r = this.index.sweepSlice(max, (key, slot) => {
+      if (chunks.holdsKey(slot, key, 0)) return true;
+      if (freed.size > 0) freed.deleteIf(key, 0, slot); // removed from the index: no lookup will find it
+      return false;
+    });
     if (r.wrapped) {
       sb.staleIndexEntries = Math.max(0, (sb.staleIndexEntries ?? 0) - this.passStale);
       this.passStale = null;

@@ -96,6 +96,7 @@ export interface Stats {
     entriesPerSecond: number; // over the last 10 s
     staleEntries: number; // index entries freed chunks left behind, not swept yet (an estimate, an upper bound)
     sweptEntries: number; // index entries the sweep looked at since start
+    freedKeys: number; // freed chunks' keys held in memory so that their bytes written again skip the stale entries (at most 262,143)
   };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */

@@ -64,6 +64,7 @@ export function storeStats(s: StatsSources, scope?: VolumeScope): Stats {
       entriesPerSecond: Math.round(s.indexed.perSecond()),
       staleEntries: s.dedup.staleEntries,
       sweptEntries: s.swept.total,
+      freedKeys: s.dedup.freedKeys,
     },
     fsck: s.fsck,
     flushJournal: s.journal && { ...s.journal },

@@ -18,14 +18,20 @@ after(async () => {
   for (const d of daemons) await d.dispose().catch(() => {});
 });
 
-test('an index entry whose chunk was freed and its slot reused is never used for dedup, and its count survives kill -9', { timeout: 180_000 }, async (t) => {
-  if (!needTools(t, 'nbdsh')) return;
-  // The log is indexed 200 ms after writes pause; 2048 stale entries stay below the sweep's threshold.
+/** A daemon that indexes the log 200 ms after writes pause, with volume `name` holding seed `seed`'s first `mib` MiB, indexed. */
+async function indexedVolume(name: string, size: number, seed: number, mib: number): Promise<Daemon> {
   const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200' } });
   daemons.push(d);
-  await d.createVolume('x', 64 * MiB);
-  await withHandle(d, 'x', seeded(2, 8, 0));
-  await waitForStats(d, 'seed 2 indexed', (s) => s.dedupLogEntries === 0 && s.dedupIndexing.indexedEntries >= 2048);
+  await d.createVolume(name, size);
+  await withHandle(d, name, seeded(seed, mib, 0));
+  await waitForStats(d, `seed ${seed} indexed`, (s) => s.dedupLogEntries === 0 && s.dedupIndexing.indexedEntries >= mib * 256);
+  return d;
+}
+
+test('an index entry whose chunk was freed and its slot reused is never used for dedup, and its count survives kill -9', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  // 2048 stale entries stay below the sweep's threshold.
+  const d = await indexedVolume('x', 64 * MiB, 2, 8);
   // Seed 2 is freed: its 2048 index entries go stale, counted.
   await withHandle(d, 'x', `h.trim(8 * 1024 * 1024, 0)\nh.flush()`);
   await expectFsckClean(d); // commits the free: the slots are reusable
@@ -62,13 +68,42 @@ test('an index entry whose chunk was freed and its slot reused is never used for
   await expectFsckClean(d);
 });
 
+test('bytes freed and written again skip their stale entries, and a later copy deduplicates against the new chunks', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await indexedVolume('w', 64 * MiB, 9, 8);
+  await withHandle(d, 'w', `h.trim(8 * 1024 * 1024, 0)\nh.flush()`);
+  // (A trim's chunks are released in the background.)
+  const freed = await waitForStats(d, 'the freed keys held', (x) => x.dedupIndexing.freedKeys === 2048 && x.dedupIndexing.staleEntries === 2048);
+  // Written again: stored anew, each key taken from the freed ones (a miss at once), its stale index
+  // entry left for the sweep rather than found, checked and dropped one by one.
+  await withHandle(d, 'w', seeded(9, 8, 16 * MiB));
+  const again = await stats(d);
+  assert.equal(again.physicalBytes - freed.physicalBytes, 8 * MiB, 'seed 9 had been freed: it must be stored again');
+  assert.equal(again.dedupHits, freed.dedupHits, 'no dedup hit on a freed chunk');
+  assert.equal(again.dedupIndexing.freedKeys, 0, 'each lookup took its key');
+  assert.equal(again.dedupIndexing.staleEntries, freed.dedupIndexing.staleEntries, 'no stale entry was read and dropped');
+  // Once the new chunks are indexed (over their stale entries), a copy finds every one of them.
+  await waitForStats(d, 'seed 9 indexed again', (x) => x.dedupLogEntries === 0);
+  await expectFsckClean(d);
+  const before = await stats(d);
+  await withHandle(d, 'w', seeded(9, 8, 32 * MiB));
+  const copy = await stats(d);
+  assert.equal(copy.physicalBytes, before.physicalBytes, 'the copy stores nothing');
+  assert.equal(copy.dedupHits - before.dedupHits, 2048);
+  assert.match(await withHandle(d, 'w', seeded(9, 8, 16 * MiB, true)), /True/, 'seed 9 reads back');
+  // Keys freed and never written again go when the sweep removes their entries (20 MiB: 5120
+  // entries, past its threshold).
+  await withHandle(d, 'w', seeded(10, 20, 40 * MiB));
+  await waitForStats(d, 'seed 10 indexed', (x) => x.dedupLogEntries === 0);
+  await withHandle(d, 'w', `h.trim(20 * 1024 * 1024, 40 * 1024 * 1024)\nh.flush()`);
+  await waitForStats(d, 'their keys held', (x) => x.dedupIndexing.freedKeys === 5120 || x.dedupIndexing.sweptEntries > 0);
+  await waitForStats(d, 'the sweep removed them', (x) => x.dedupIndexing.staleEntries === 0 && x.dedupIndexing.freedKeys === 0);
+  await expectFsckClean(d);
+});
+
 test('the sweep removes stale entries once writes pause, and a kill -9 mid-sweep leaves the index consistent', { timeout: 180_000 }, async (t) => {
   if (!needTools(t, 'nbdsh')) return;
-  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200' } });
-  daemons.push(d);
-  await d.createVolume('y', 128 * MiB);
-  await withHandle(d, 'y', seeded(5, 48, 0));
-  await waitForStats(d, 'seed 5 indexed', (s) => s.dedupLogEntries === 0 && s.dedupIndexing.indexedEntries >= 12288);
+  const d = await indexedVolume('y', 128 * MiB, 5, 48);
   // Overwriting 40 of the 48 MiB leaves 10240 entries stale: past the sweep's threshold.
   await withHandle(d, 'y', seeded(6, 40, 0));
   // Kill the daemon as soon as the sweep has looked at something: a pass cut short.
