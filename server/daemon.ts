@@ -99,6 +99,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
         verifyDedup: config.dedupVerify,
         logger,
         dedupLogIdleMs: testMs('SHOAL_TEST_DEDUP_LOG_IDLE_MS'),
+        dedupStaleMax: testMs('SHOAL_TEST_DEDUP_STALE_MAX', 'entries'),
         reclaimSliceMs: testMs('SHOAL_TEST_GC_SLICE_MS'),
         pauseAfterIntentMs: testMs('SHOAL_TEST_INTENT_PAUSE_MS'),
         tlsAdmins: config.tls.admins,
@@ -252,7 +253,8 @@ function testFingerprintOverride(): ((chunk: Buffer) => Buffer) | undefined {
 /**
  * Test-only timing hooks, refused unless NODE_ENV=test:
  * SHOAL_TEST_DEDUP_LOG_IDLE_MS sets how long writes must pause before the dedup log goes into
- * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_GC_SLICE_MS sets
+ * the index, so a test can hold entries in the log across a crash; SHOAL_TEST_DEDUP_STALE_MAX sets the
+ * stale index entries past which the sweep runs while writes go on; SHOAL_TEST_GC_SLICE_MS sets
  * the space-reclaim slice (0: every map leaf is released over several slices and commits), so a
  * test can crash the daemon with half-released leaves committed; SHOAL_TEST_FSCK_PAUSE_MS makes a
  * consistency check rest that long between its slices, so a test can watch its progress;

@@ -62,6 +62,7 @@ export interface VolumeManagerOptions {
   commitBatch?: number;
   /** How long writes must pause before logged fingerprints go into the index (ms). */
   dedupLogIdleMs?: number;
+  dedupStaleMax?: number;
   /** Longest slice of space reclaim on the event loop (ms); tests set 0 to split every map leaf. */
   reclaimSliceMs?: number;
   /** Test-only: a pause after a multi-step operation commits its intent, so a test can crash there. */
@@ -145,7 +146,7 @@ export class VolumeManager implements VolumeControl {
       admins: new Set(opts.tlsAdmins ?? []),
     });
     this.reclaim = new SpaceReclaim(meta, () => this.exports.requests, opts.logger, { sliceMs: opts.reclaimSliceMs });
-    this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs });
+    this.indexer = new DedupIndexer(meta, dedup, opts.logger, { idleMs: opts.dedupLogIdleMs, staleMax: opts.dedupStaleMax });
     this.ranges = new RangeOperations({
       meta,
       reads: this.reads,

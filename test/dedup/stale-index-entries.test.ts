@@ -19,8 +19,8 @@ after(async () => {
 });
 
 /** A daemon that indexes the log 200 ms after writes pause, with volume `name` holding seed `seed`'s first `mib` MiB, indexed. */
-async function indexedVolume(name: string, size: number, seed: number, mib: number): Promise<Daemon> {
-  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200' } });
+async function indexedVolume(name: string, size: number, seed: number, mib: number, env: Record<string, string> = {}): Promise<Daemon> {
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_DEDUP_LOG_IDLE_MS: '200', ...env } });
   daemons.push(d);
   await d.createVolume(name, size);
   await withHandle(d, name, seeded(seed, mib, 0));
@@ -98,6 +98,45 @@ test('bytes freed and written again skip their stale entries, and a later copy d
   await withHandle(d, 'w', `h.trim(20 * 1024 * 1024, 40 * 1024 * 1024)\nh.flush()`);
   await waitForStats(d, 'their keys held', (x) => x.dedupIndexing.freedKeys === 5120 || x.dedupIndexing.sweptEntries > 0);
   await waitForStats(d, 'the sweep removed them', (x) => x.dedupIndexing.staleEntries === 0 && x.dedupIndexing.freedKeys === 0);
+  await expectFsckClean(d);
+});
+
+test('past its bound, the stale count has the index swept while writes go on, without merging the log beside them', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  // A bound of 1,024 stale entries; the log is indexed once writes pause for a second.
+  const d = await indexedVolume('p', 64 * MiB, 11, 8, { SHOAL_TEST_DEDUP_LOG_IDLE_MS: '1000', SHOAL_TEST_DEDUP_STALE_MAX: '1024' });
+  // Writes of new data every 10 ms for 8 s (their fingerprints go to the log), and 1 s in, seed 11
+  // trimmed: 2,048 stale entries, past the bound.
+  const writer = withHandle(d, 'p', `
+import os, time
+t0 = time.time()
+trimmed = False
+i = 0
+while time.time() - t0 < 8:
+    h.pwrite(os.urandom(4096), 16 * 1024 * 1024 + (i % 4096) * 4096)
+    i += 1
+    if not trimmed and time.time() - t0 > 1:
+        h.trim(8 * 1024 * 1024, 0)
+        trimmed = True
+    time.sleep(0.01)
+h.flush()
+`);
+  let done = false;
+  void writer.finally(() => (done = true));
+  let during: any = null;
+  while (!done) {
+    await new Promise((r) => setTimeout(r, 250));
+    const s = await stats(d);
+    if (!done) during = s;
+  }
+  await writer;
+  assert.ok(during !== null);
+  assert.ok(during.dedupIndexing.sweptEntries > 0, `the sweep ran while writes went on: ${JSON.stringify(during.dedupIndexing)}`);
+  // (A pass that began before the trim's last frees leaves those counted, below the bound.)
+  assert.ok(during.dedupIndexing.staleEntries <= 1024, `and swept what pressed: ${JSON.stringify(during.dedupIndexing)}`);
+  assert.equal(during.dedupIndexing.indexedEntries, 2048, `the log (below its own bound) waited for the writes to pause: ${JSON.stringify(during.dedupIndexing)}`);
+  assert.ok(during.dedupLogEntries > 0);
+  await waitForStats(d, 'the log indexed once writes paused', (x) => x.dedupLogEntries === 0 && x.dedupIndexing.indexedEntries > 2048);
   await expectFsckClean(d);
 });
 
