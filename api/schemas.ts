@@ -223,6 +223,9 @@ export const Stats = Type.Object(
             'Index entries left behind by freed chunks, not swept yet: an estimate, an upper bound. Every index hit is checked against the chunk it names, so they cost only space; a background sweep removes them once 4,096 have gathered and writes pause (at once past 524,288).',
         }),
         sweptEntries: Type.Number({ description: 'Index entries the sweep has looked at since the daemon started.' }),
+        freedKeys: Type.Integer({
+          description: "Freed chunks' keys held in memory (at most 262,143), so that their bytes written again skip the stale index entries.",
+        }),
       },
       { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
     ),

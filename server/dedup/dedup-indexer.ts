@@ -107,7 +107,7 @@ export class DedupIndexer {
     const log = this.dedup.log;
     try {
       while (!this.stopped && this.work && (this.due || this.pressing)) {
-        // New writes stop the indexing (they re-arm the idle timer) unless the log is too long.
+        // New writes stop the work (they re-arm the idle timer) unless the log or the stale count presses.
         const n = this.chunks.writeActivity;
         const t0 = performance.now();
         let sweepingBusy = false;
@@ -121,7 +121,8 @@ export class DedupIndexer {
           // missing from the count while the commit is under way.
           this.indexed.add(n0);
         } else {
-          // The log first: a sweep pass would otherwise look again at entries a merge replaces.
+          // Once writes pause, the log first: a sweep pass would otherwise look again at entries a
+          // merge replaces.
           sweepingBusy = !this.due;
           this.swept.add(this.dedup.sweepSlice(sweepingBusy ? SWEEP_BATCH_BUSY : SWEEP_BATCH));
         }

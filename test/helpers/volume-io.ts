@@ -1,5 +1,7 @@
 // Small helpers to write and check byte patterns in exports through real clients (qemu-io, nbdsh).
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Daemon } from './daemon.js';
 import { run, nbdPython } from './tools.js';
 
@@ -50,6 +52,17 @@ for i in range(${mib}):
 h.flush()
 print(ok)
 `;
+}
+
+/**
+ * Writes seed `seed`'s first `mib` MiB at `offset` into slots freed (and committed free) before, and
+ * asserts that it took them: the local store's chunk file did not grow.
+ */
+export async function writeIntoFreedSlots(d: Daemon, exportName: string, seed: number, mib: number, offset: number): Promise<void> {
+  const fileSize = () => statSync(join(d.dataDir, 'chunks.dat')).size;
+  const size0 = fileSize();
+  await withHandle(d, exportName, seededData(seed, mib, offset));
+  assert.equal(fileSize(), size0, `seed ${seed} should have reused the freed slots (the chunk file did not grow)`);
 }
 
 /** GET /v1/stats, asserting it answered. */
