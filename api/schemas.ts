@@ -235,6 +235,7 @@ export const Stats = Type.Object(
           records: Type.Number({ description: 'Journal records written since the daemon started: FLUSHes (and FUA writes) made durable by one synchronous write each, several arriving together sharing one.' }),
           commits: Type.Number({ description: 'FLUSHes that committed the metadata instead: a write over 1 MiB, over 32 MiB of writes waiting, or a full journal.' }),
           replayed: Type.Number({ description: 'Operations replayed from the journal at start (acknowledged by a FLUSH, not yet committed when the daemon stopped).' }),
+          onArrival: Type.Number({ description: 'Writes journaled as they arrived, while being applied: FUA writes, and writes on a volume flushed in the last 10 ms (a database syncing every write), whose FLUSH then finds its record written or on its way.' }),
         },
         { additionalProperties: true },
       ),

@@ -100,7 +100,7 @@ export interface Stats {
   };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */
-  flushJournal: { records: number; commits: number; replayed: number } | null;
+  flushJournal: { records: number; commits: number; replayed: number; onArrival: number } | null;
   cache: CacheStats;
   store: StoreStats;
 }

@@ -40,9 +40,10 @@ const RETAIN_BYTES = 32 * 1024 * 1024;
 /** Operations are kept for a volume flushed this recently (a filesystem's journal flushes every few seconds). */
 const SYNC_WINDOW_MS = 30_000;
 /**
- * On a volume flushed this recently (a database syncing every write), a completed write goes into the
- * journal at once: the FLUSH that follows finds its record written or on the way (qcow2's FLUSH is
- * one fdatasync; ours would otherwise be the record's write after the write's reply).
+ * On a volume flushed this recently (a database syncing every write), a write goes into the journal
+ * as it arrives (writeSyncing), or at once when it completes: the FLUSH that follows finds its record
+ * written or on the way (qcow2's FLUSH is one fdatasync; ours would otherwise be the record's write
+ * after the write's reply).
  */
 const EAGER_WINDOW_MS = 10;
 /** Each half of the file; a FLUSH that finds its half full and the other not yet covered commits. */
@@ -76,6 +77,8 @@ export interface FlushJournalFigures {
   commits: number;
   /** Operations replayed at start. */
   replayed: number;
+  /** Writes journaled as they arrived, while being applied (FUA writes, and writes on volumes that sync). */
+  onArrival: number;
 }
 
 export class FlushJournal implements CommitPart<number> {
@@ -94,14 +97,14 @@ export class FlushJournal implements CommitPart<number> {
   private seq: number;
   private retained = 0;
   private readonly pending = new Map<WritableMap, Pending>();
-  /** FUA writes numbered and journaled while they are still being applied (see writeFua). */
+  /** FUA writes numbered and journaled while they are still being applied (see writeSyncing). */
   private readonly early = new Set<number>();
   private chunkSize = 0;
   private gathering: Batch | null = null;
   private writing = false;
   private broken: Error | null = null;
   private toReplay: JournalRecord[] | null;
-  readonly figures: FlushJournalFigures = { records: 0, commits: 0, replayed: 0 };
+  readonly figures: FlushJournalFigures = { records: 0, commits: 0, replayed: 0, onArrival: 0 };
 
   private constructor(
     private readonly fd: number,
@@ -254,33 +257,43 @@ export class FlushJournal implements CommitPart<number> {
   }
 
   /**
-   * A write with FUA: journaled while `apply` maps it, so its reply waits for the longer of the two
-   * rather than their sum. Only when nothing overlapping is in flight on the volume (apply takes its
-   * range at once, so later overlapping writes map after it, as the replay puts them); otherwise, and
-   * whenever a FLUSH would commit, the write is applied and then flushed.
+   * A write on a volume that syncs: one with FUA, or any write on a volume flushed in the last
+   * EAGER_WINDOW_MS (a database syncing every write). Journaled while `apply` maps it, so the record
+   * is on its way before the write completes: a FUA write's reply waits for the longer of the two
+   * rather than their sum, and the FLUSH that follows a plain write finds its record written or
+   * nearly (qcow2's FLUSH is one fdatasync; ours was the record's whole write after the write's
+   * reply). Without FUA it resolves once applied. Only when nothing overlapping is in flight on the
+   * volume (apply takes its range at once, so later overlapping writes map after it, as the replay
+   * puts them); otherwise, and whenever a FLUSH would commit, the write is applied and then, with
+   * FUA, flushed.
    */
-  async writeFua(st: WritableMap, offset: number, data: Buffer, apply: () => Promise<void>): Promise<void> {
+  async writeSyncing(st: WritableMap, offset: number, data: Buffer, fua: boolean, apply: () => Promise<void>): Promise<void> {
     const p = this.pendingOf(st);
-    p.flushedAt = performance.now();
+    const now = performance.now();
+    const syncing = fua || now - p.flushedAt < EAGER_WINDOW_MS;
+    if (fua) p.flushedAt = now;
     const cs = this.chunkSize;
-    const overlaps = !st.lock.isFree(Math.floor(offset / cs), Math.floor((offset + data.length - 1) / cs) + 1);
-    if (this.broken || overlaps || p.unkept > this.durableOp || data.length > MAX_OP_BYTES || this.retained + data.length > RETAIN_BYTES) {
+    if (!syncing || this.broken || p.unkept > this.durableOp || data.length > MAX_OP_BYTES || this.retained + data.length > RETAIN_BYTES || !st.lock.isFree(Math.floor(offset / cs), Math.floor((offset + data.length - 1) / cs) + 1)) {
       await apply();
       this.completed(st, 'write', offset, data.length, data);
-      return this.flush(st);
+      if (fua) await this.flush(st);
+      return;
     }
     // Numbered now: until it is applied, no commit may claim to cover it (take() stops below it).
     const opNo = ++this.lastOp;
     this.early.add(opNo);
+    this.figures.onArrival++;
     this.keep(p, st, 'write', opNo, offset, data.length, data, false);
     const durable = this.enqueue(p);
-    durable.catch(() => {}); // awaited below, unless apply() throws first
+    // Awaited below with FUA, unless apply() throws first. Without FUA a failure sets `broken`, and
+    // the FLUSH that follows commits (or fails with the record it waited for).
+    durable.catch(() => {});
     try {
       await apply();
     } finally {
       this.early.delete(opNo);
     }
-    await durable;
+    if (fua) await durable;
   }
 
   private pendingOf(st: WritableMap): Pending {

@@ -176,9 +176,8 @@ class VolumeExport implements BlockExport, ExportConnection {
     this.st.io.writtenBytes += data.length;
     const j = this.ctx.journal;
     try {
-      if (fua && j) return await j.writeFua(this.st, offset, data, () => this.ctx.writes.write(this.st, offset, data));
+      if (j) return await j.writeSyncing(this.st, offset, data, fua, () => this.ctx.writes.write(this.st, offset, data));
       await this.ctx.writes.write(this.st, offset, data);
-      j?.completed(this.st, 'write', offset, data.length, data);
     } finally {
       this.st.changeDone();
     }
