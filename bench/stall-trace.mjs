@@ -1,11 +1,12 @@
 // Diagnostic for the daemon, not part of it: logs event-loop gaps over 15 ms, with how long the main
 // thread ran and how long it waited for a CPU during each (Linux schedstat: telling the daemon's own work
-// from preemption on a busy machine), and GC pauses over 5 ms, as epoch-ms lines, to $STALL_LOG.
+// from preemption on a busy machine), how long the daemon's other threads ran meanwhile and how busy the
+// machine was, and GC pauses over 5 ms, as epoch-ms lines, to $STALL_LOG.
 // DIAG_V8_FLAGS passes V8 flags (v8.setFlagsFromString: NODE_OPTIONS refuses most of them), and
 // DIAG_PROF=1 writes a CPU profile of the whole run to /tmp/shoal-diag.cpuprofile at exit.
 // Used to find what stalled reads while a big volume was deleted:
 //   STALL_LOG=/tmp/stall.log BENCH_DAEMON_NODE_OPTIONS="--import $PWD/bench/stall-trace.mjs" npm run bench:delete
-import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import inspector from 'node:inspector';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import v8 from 'node:v8';
@@ -20,13 +21,65 @@ const flush = () => {
   lines.length = 0;
 };
 
+// Who else ran during a gap: the daemon's other threads by name (run time from their schedstat, read
+// every 5th tick, so a gap is measured from up to 10 ms before it) and the whole machine's busy time
+// (/proc/stat), whose rest is other processes (the load generator).
+const comms = new Map();
+const commOf = (tid) => {
+  let c = comms.get(tid);
+  if (c === undefined) {
+    try {
+      c = readFileSync(`/proc/self/task/${tid}/comm`, 'latin1').trim();
+    } catch {
+      c = '?';
+    }
+    comms.set(tid, c);
+  }
+  return c;
+};
+const threads = () => {
+  const m = new Map();
+  for (const tid of readdirSync('/proc/self/task')) {
+    if (tid === String(process.pid)) continue;
+    try {
+      m.set(tid, Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'latin1').split(' ')[0]));
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return m;
+};
+const busyMs = () => {
+  const f = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
+  return ((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1000) / 100; // user nice system irq softirq steal, in ms (USER_HZ 100)
+};
+let lastT = threads();
+let lastBusy = busyMs();
+let ticks = 0;
+
 let last = performance.now();
 let lastS = sched();
 setInterval(() => {
   const now = performance.now();
   const s = sched();
   const gap = now - last;
-  if (gap > 15) lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${((s[0] - lastS[0]) / 1e6).toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]}`);
+  if (gap > 15) {
+    const t = threads();
+    const by = new Map();
+    for (const [tid, ns] of t) {
+      const d = (ns - (lastT.get(tid) ?? 0)) / 1e6;
+      if (d > 0.5) by.set(commOf(tid), (by.get(commOf(tid)) ?? 0) + d);
+    }
+    const others = [...by].sort((a, b) => b[1] - a[1]).map(([c, d]) => `${c.replace(/\s+/g, '_')}:${d.toFixed(1)}`).join(',');
+    const busy = busyMs() - lastBusy;
+    lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${((s[0] - lastS[0]) / 1e6).toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]} threads ${others || '-'} machine-busy ${busy.toFixed(0)}`);
+    lastT = t;
+    lastBusy = busyMs();
+    ticks = 0;
+  } else if (++ticks % 5 === 0) {
+    lastT = threads();
+    lastBusy = busyMs();
+  }
   last = now;
   lastS = s;
 }, 2).unref();
