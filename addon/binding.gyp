@@ -9,6 +9,7 @@
         "src/chunk-cache.cc",
         "src/file-io.cc",
         "src/upload-digest.cc",
+        "src/thread-priority.cc",
         "src/crc32-fold.cc",
         "../node_modules/@c4312/blake3-native/c/blake3.c",
         "../node_modules/@c4312/blake3-native/c/blake3_dispatch.c",

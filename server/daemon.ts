@@ -3,6 +3,7 @@
 import pino from 'pino';
 import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
 import { formatListenAddress, type Config } from './config.js';
+import { lowerPoolPriority, POOL_NICE } from './pool-priority.js';
 import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { FlushJournal } from './volume/flush-journal.js';
@@ -67,6 +68,8 @@ interface Prepared {
 
 async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Promise<RunningDaemon> {
   const { logger, nbdLogger, inherited, tlsCredentials, tokens, https } = p;
+  // Test-only: SHOAL_TEST_POOL_NICE (0 leaves the pool at the event loop's priority, for comparisons).
+  lowerPoolPriority(Math.min(19, testMs('SHOAL_TEST_POOL_NICE', 'nice steps') ?? POOL_NICE), logger);
   const metrics = new Metrics({ dataDir: config.dataDir, onError: (e) => logger.warn({ err: e }, 'metrics: reading stats failed') });
   // The layers, bottom up: metadata and chunk store (local, or an S3 bucket with the local disk as a cache
   // tier: s3-layers.ts), shared cache, dedup, then volumes over them.

@@ -24,6 +24,11 @@ export interface NativeAddon {
   NativeChunkCache: new (capacityBytes: number, chunkSize: number) => NativeCacheHandle;
   /** Opens a file O_DIRECT (read-only unless `writable`); throws an Error with `code` (EINVAL on tmpfs). */
   openDirect(path: string, writable?: boolean): number;
+  /**
+   * Sets the nice value of each of the thread pool's `threads` threads (one job on each at once,
+   * addon/src/thread-priority.cc); resolves with the thread ids reached.
+   */
+  setPoolNice(threads: number, nice: number): Promise<number[]>;
   /** posix_fadvise(POSIX_FADV_DONTNEED) on a range, on the thread pool: drops its clean page-cache pages. */
   fadviseDontNeed(fd: number, offset: number, length: number): Promise<void>;
   /**

@@ -5,6 +5,7 @@
 #include "fingerprint-table.h"
 #include "file-io.h"
 #include "upload-digest.h"
+#include "thread-priority.h"
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprint(env, exports);
@@ -12,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   shoal::InitFingerprintTable(env, exports);
   shoal::InitFileIo(env, exports);
   shoal::InitUploadDigest(env, exports);
+  shoal::InitThreadPriority(env, exports);
   return exports;
 }
 

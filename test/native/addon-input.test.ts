@@ -166,6 +166,9 @@ test('file helpers check their arguments', () => {
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent'], 0, [1, undefined, null]);
   refuses('openDirect', a.openDirect as (...x: unknown[]) => unknown, ['/nonexistent', false], 1, [1, 'yes']);
   for (const i of [0, 1, 2]) refuses('fadviseDontNeed', a.fadviseDontNeed as (...x: unknown[]) => unknown, [0, 0, 0], i);
+  // Refused before any job is queued: this process's own pool keeps its priority.
+  refuses('setPoolNice', a.setPoolNice as (...x: unknown[]) => unknown, [4, 5], 0, [...BAD_NUMBERS, 0, 1025]);
+  refuses('setPoolNice', a.setPoolNice as (...x: unknown[]) => unknown, [4, 5], 1, [...BAD_NUMBERS, 20]);
 });
 
 test('writeRuns checks its arguments, writes each run at its position, and tells how many runs a failure left written', async () => {
