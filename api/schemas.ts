@@ -229,6 +229,15 @@ export const Stats = Type.Object(
       },
       { additionalProperties: true, description: 'Moving the dedup log into the fingerprint index (runs once writes pause).' },
     ),
+    metadataCommits: Type.Object(
+      {
+        pendingChanges: Type.Number({ description: 'Metadata changes made since the last commit began.' }),
+        largestChanges: Type.Number({
+          description: 'The most changes one commit has taken since the daemon started. A commit queues its changes in one synchronous stretch; past 2 batches (8,192) waiting behind a slow commit, writes wait for it.',
+        }),
+      },
+      { additionalProperties: true },
+    ),
     flushJournal: Nullable(
       Type.Object(
         {

@@ -112,6 +112,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
         sharingRefreshMs: testMs('SHOAL_TEST_SHARING_REFRESH_MS'),
         commitIntervalMs: testMs('SHOAL_TEST_COMMIT_INTERVAL_MS'),
         commitBatch: testMs('SHOAL_TEST_COMMIT_BATCH', 'changes'),
+        commitPauseMs: testMs('SHOAL_TEST_COMMIT_PAUSE_MS'),
         // A local store's FLUSH is one journal write; an S3 store's must reach the bucket (flush mode) or
         // its local packs, which its own commits track.
         flushJournal: s3 ? undefined : FlushJournal.open(config.dataDir),

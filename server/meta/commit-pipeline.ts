@@ -93,6 +93,9 @@ export class CommitPipeline {
   private changes = 0;
   private gen = 1;
   private closed = false;
+  private running = false;
+  /** The most changes one commit has taken since the store opened (its synchronous stretch grows with them). */
+  largestCommit = 0;
   /** Makes chunk data durable; runs inside every commit before its metadata is written. */
   syncData: () => Promise<void> = () => Promise.resolve();
   /** Called after each durable commit. */
@@ -130,15 +133,30 @@ export class CommitPipeline {
     return this.closed;
   }
 
+  /** Whether a commit is under way: its changes taken, not yet durable. */
+  get committing(): boolean {
+    return this.running;
+  }
+
+  /** Settles (never rejects) once every commit started or asked for so far has ended. */
+  whenIdle(): Promise<void> {
+    return this.chain;
+  }
+
   /**
    * Makes everything done so far durable. Concurrent callers share commits: a caller waits for
    * the commit in flight (which may not include its changes) and then for one more.
    */
   commit(): Promise<void> {
     if (this.pending) return this.pending;
-    const p = this.chain.then(() => {
+    const p = this.chain.then(async () => {
       this.pending = null;
-      return this.run();
+      this.running = true;
+      try {
+        await this.run();
+      } finally {
+        this.running = false;
+      }
     });
     this.pending = p;
     this.chain = p.catch(() => {});
@@ -153,6 +171,7 @@ export class CommitPipeline {
     const gen = this.gen++;
     const taken = this.parts.map((p) => p.take(gen));
     const sb = structuredClone(this.sb());
+    if (this.changes > this.largestCommit) this.largestCommit = this.changes;
     this.changes = 0;
     const w = new TxnWriter(this.journal !== null);
     try {

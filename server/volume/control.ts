@@ -98,6 +98,10 @@ export interface Stats {
     sweptEntries: number; // index entries the sweep looked at since start
     freedKeys: number; // freed chunks' keys held in memory so that their bytes written again skip the stale entries (at most 262,143)
   };
+  metadataCommits: {
+    pendingChanges: number; // changes made since the last commit began
+    largestChanges: number; // the most one commit has taken since start (its synchronous stretch grows with them)
+  };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */
   flushJournal: { records: number; commits: number; replayed: number; onArrival: number } | null;

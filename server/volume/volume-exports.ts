@@ -21,6 +21,8 @@ export interface ExportContext {
   readonly changes: ChangeTracker;
   /** Makes every write `st` completed durable (FLUSH, FUA). */
   flush(st: VolumeState): Promise<void>;
+  /** Before a write, trim or zero: a promise to wait for while too many changes wait for a commit, or null. */
+  admit(): Promise<void> | null;
   /** Where FLUSH and FUA make writes durable, if not by a commit: told of each write, trim and zero before its reply. */
   readonly journal: FlushJournal | null;
   /** False once the daemon is shutting down: no new export is opened. */
@@ -170,8 +172,8 @@ class VolumeExport implements BlockExport, ExportConnection {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.writable(offset, data.length);
-    const wait = this.st.changeStarts();
-    if (wait) await this.startChange(wait, offset, data.length);
+    const admit = this.admitted(offset, data.length);
+    if (admit) await admit;
     this.st.io.writes++;
     this.st.io.writtenBytes += data.length;
     const j = this.ctx.journal;
@@ -186,8 +188,8 @@ class VolumeExport implements BlockExport, ExportConnection {
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     this.writable(offset, length);
-    const wait = this.st.changeStarts();
-    if (wait) await this.startChange(wait, offset, length);
+    const admit = this.admitted(offset, length);
+    if (admit) await admit;
     try {
       await this.ctx.writes.trim(this.st, offset, length);
       this.ctx.journal?.completed(this.st, 'trim', offset, length, null);
@@ -199,8 +201,8 @@ class VolumeExport implements BlockExport, ExportConnection {
 
   async writeZeroes(offset: number, length: number, o: ZeroOptions): Promise<void> {
     this.writable(offset, length);
-    const wait = this.st.changeStarts();
-    if (wait) await this.startChange(wait, offset, length);
+    const admit = this.admitted(offset, length);
+    if (admit) await admit;
     try {
       await this.ctx.writes.zero(this.st, offset, length, o.noHole);
       this.ctx.journal?.completed(this.st, 'zero', offset, length, null, o.noHole);
@@ -214,6 +216,26 @@ class VolumeExport implements BlockExport, ExportConnection {
    * A change held back while a snapshot is taken (VolumeState.quiesce): waits, checks again that it
    * may go on, and counts it as under way. The fast path (nothing held back) does not come here.
    */
+  /**
+   * Registers a change about to be made, once it may start: null at once (the usual case, no promise
+   * per request), or a promise to wait for. It waits while too many changes wait for a commit
+   * (CommitScheduler.admit) and while a snapshot is taken (VolumeState.quiesce), checking again after
+   * each wait that the change may still be made.
+   */
+  private admitted(offset: number, length: number): Promise<void> | null {
+    const pile = this.ctx.admit();
+    if (pile) return this.afterPile(pile, offset, length);
+    const wait = this.st.changeStarts();
+    return wait ? this.startChange(wait, offset, length) : null;
+  }
+
+  private async afterPile(pile: Promise<void>, offset: number, length: number): Promise<void> {
+    await pile;
+    this.writable(offset, length);
+    const wait = this.st.changeStarts();
+    if (wait) await this.startChange(wait, offset, length);
+  }
+
   private async startChange(wait: Promise<void>, offset: number, length: number): Promise<void> {
     for (let w: Promise<void> | null = wait; w; w = this.st.changeStarts()) {
       await w;

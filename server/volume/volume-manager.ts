@@ -60,6 +60,8 @@ export interface VolumeManagerOptions {
   commitIntervalMs?: number;
   /** Test-only: changes after which a background commit starts. */
   commitBatch?: number;
+  /** Test-only: every commit waits this long before syncing the chunk data (a slow disk). */
+  commitPauseMs?: number;
   /** How long writes must pause before logged fingerprints go into the index (ms). */
   dedupLogIdleMs?: number;
   dedupStaleMax?: number;
@@ -112,7 +114,8 @@ export class VolumeManager implements VolumeControl {
     this.meta = meta;
     // Chunk data reaches the disk before any commit that references it; a freed or reused slot's
     // cached bytes are never served again (invariant 1).
-    meta.pipeline.syncData = () => store.sync();
+    const pause = opts.commitPauseMs;
+    meta.pipeline.syncData = pause ? () => new Promise((r) => setTimeout(r, pause)).then(() => store.sync()) : () => store.sync();
     meta.chunks.onFreed((slot) => cache.drop(slot));
     meta.onSlotReused((slot) => cache.drop(slot));
     // A store that places each chunk once keeps records of where, committed with the metadata,
@@ -138,6 +141,7 @@ export class VolumeManager implements VolumeControl {
       cache,
       changes: this.changeTracker,
       flush: journal ? (st) => journal.flush(st) : () => this.commits.flush(),
+      admit: () => this.commits.admit(),
       journal,
       isOpen: () => !this.closing,
       checkWritable: () => {
