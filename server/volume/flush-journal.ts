@@ -97,7 +97,7 @@ export class FlushJournal implements CommitPart<number> {
   private seq: number;
   private retained = 0;
   private readonly pending = new Map<WritableMap, Pending>();
-  /** FUA writes numbered and journaled while they are still being applied (see writeSyncing). */
+  /** Writes numbered and journaled while they are still being applied: FUA writes and writes on volumes that sync (writeSyncing). */
   private readonly early = new Set<number>();
   private chunkSize = 0;
   private gathering: Batch | null = null;

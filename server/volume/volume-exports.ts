@@ -213,10 +213,6 @@ class VolumeExport implements BlockExport, ExportConnection {
   }
 
   /**
-   * A change held back while a snapshot is taken (VolumeState.quiesce): waits, checks again that it
-   * may go on, and counts it as under way. The fast path (nothing held back) does not come here.
-   */
-  /**
    * Registers a change about to be made, once it may start: null at once (the usual case, no promise
    * per request), or a promise to wait for. It waits while too many changes wait for a commit
    * (CommitScheduler.admit) and while a snapshot is taken (VolumeState.quiesce), checking again after
@@ -224,18 +220,25 @@ class VolumeExport implements BlockExport, ExportConnection {
    */
   private admitted(offset: number, length: number): Promise<void> | null {
     const pile = this.ctx.admit();
-    if (pile) return this.afterPile(pile, offset, length);
-    const wait = this.st.changeStarts();
-    return wait ? this.startChange(wait, offset, length) : null;
+    return pile ? this.afterPile(pile, offset, length) : this.changeStarted(offset, length);
   }
 
   private async afterPile(pile: Promise<void>, offset: number, length: number): Promise<void> {
     await pile;
     this.writable(offset, length);
-    const wait = this.st.changeStarts();
-    if (wait) await this.startChange(wait, offset, length);
+    await this.changeStarted(offset, length);
   }
 
+  /** Counts the change as under way: at once (null), or once no snapshot holds it back (startChange). */
+  private changeStarted(offset: number, length: number): Promise<void> | null {
+    const wait = this.st.changeStarts();
+    return wait ? this.startChange(wait, offset, length) : null;
+  }
+
+  /**
+   * A change held back while a snapshot is taken (VolumeState.quiesce): waits, checks again that it
+   * may go on, and counts it as under way. The fast path (nothing held back) does not come here.
+   */
   private async startChange(wait: Promise<void>, offset: number, length: number): Promise<void> {
     for (let w: Promise<void> | null = wait; w; w = this.st.changeStarts()) {
       await w;
