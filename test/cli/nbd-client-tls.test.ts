@@ -6,11 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { makeTestPki } from '../helpers/certificates.js';
 import { freePort } from '../helpers/free-port.js';
 import { needTools, run, runOk, PATH_WITH_USR_BIN } from '../helpers/tools.js';
@@ -25,25 +24,20 @@ import { qemuConvert, qemuTarget } from '../../server/cli/transfer/qemu-img.js';
 const quiet = (total: number) => new Progress({ label: 'test', total, out: { isTTY: false, write: () => true }, fields: {} });
 const opts = (total: number) => ({ signal: new AbortController().signal, progress: quiet(total) });
 
-const accepts = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const c = net.connect({ host: '127.0.0.1', port }, () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.on('error', () => resolve(false));
-  });
-
 /** nbdkit serving a 64 MiB memory disk with TLS required, on a free 127.0.0.1 port. */
 async function nbdkitTls(tlsArgs: string[]): Promise<{ port: number; proc: ChildProcess; stop: () => Promise<void> }> {
   const port = await freePort();
-  const proc = spawn('nbdkit', ['-f', '--exit-with-parent', '-i', '127.0.0.1', '-p', String(port), '--tls=require', ...tlsArgs, 'memory', '64M'], {
+  // Ready once nbdkit writes its pid file (it does so after it listens). A probe connection instead left
+  // "reading initial client flags: Connection reset by peer" in its log now and then, which stop() takes
+  // for a real error.
+  const pidFile = join(mkdtempSync(join(tmpdir(), 'nbdkit-pid-')), 'pid');
+  const proc = spawn('nbdkit', ['-f', '--exit-with-parent', '-P', pidFile, '-i', '127.0.0.1', '-p', String(port), '--tls=require', ...tlsArgs, 'memory', '64M'], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: { ...process.env, PATH: PATH_WITH_USR_BIN },
   });
   let err = '';
   proc.stderr!.on('data', (b) => (err += b));
-  for (let i = 0; i < 200 && !(await accepts(port)); i++) await new Promise((res) => setTimeout(res, 50));
+  for (let i = 0; i < 200 && !existsSync(pidFile); i++) await new Promise((res) => setTimeout(res, 50));
   return {
     port,
     proc,
@@ -51,6 +45,7 @@ async function nbdkitTls(tlsArgs: string[]): Promise<{ port: number; proc: Child
       const exited = new Promise((r) => proc.once('exit', r));
       proc.kill('SIGTERM');
       await exited;
+      rmSync(dirname(pidFile), { recursive: true, force: true });
       if (/error/i.test(err) && !/TLS|handshake|certificate|gnutls/i.test(err)) throw new Error(`nbdkit: ${err}`);
     },
   };
