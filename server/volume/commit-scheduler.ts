@@ -12,24 +12,44 @@ const WRITE_COMMIT_BATCH = 4096;
 /**
  * Changes piled up behind a commit in flight past which a client's write waits for it (admit()), in
  * commit batches. While a commit waits on the disk, changes pile up, and the next commit queues them
- * all in one synchronous stretch (~1 us a change): without a bound, a disk slow for seconds grows the
- * pile, its memory and that stretch without end (120,180 changes in one commit held 1.5 s in
- * test/meta/commit-pile.test.ts). The bound is not lower because a commit's cost hardly grows with its
- * size: each rewrites the b-tree pages its changes touch, and after random writes the chunk records a
- * 1 MiB write replaces lie on nearly every page. 1 MiB writes after 30 s of 4 KiB random writes ran at
- * 90, 132, 153 and 190 requests/s with the bound at 2, 8, 16 and 32 batches (172-190 unbounded), the
- * other threads' CPU per request 7.1, 5.2, 5.1 and 4.0 ms: at two batches it halved them.
+ * all in one synchronous stretch (~1 us a change) in which no other request is served.
+ *
+ * With other volumes busy: two batches (a stretch of ~8-25 ms). Unbounded, a disk slow for a moment
+ * under bench:soak's writes piled up enough to hold the event loop 105-126 ms (a stall trace: the loop
+ * running all along, not preempted), every client of every volume waiting.
  */
-const MAX_PILE_BATCHES = 32;
+const PILE_BATCHES_SHARED = 2;
+/**
+ * With one volume busy (or none): 32 batches. Its own requests are all that wait behind the stretch,
+ * and a commit's cost hardly grows with its size (it rewrites the b-tree pages its changes touch; after
+ * random writes, the chunk records a run of 1 MiB writes replaces lie on nearly every page), so small
+ * commits cost a lone writer throughput: 1 MiB writes after 30 s of 4 KiB random writes ran at 90, 132,
+ * 153 and 190 requests/s with the bound at 2, 8, 16 and 32 batches (172-190 unbounded). It is still a
+ * bound: without one a disk slow for seconds grows the pile, its memory and the stretch without end
+ * (test/meta/commit-pile.test.ts: 491,642 changes in one commit held 4 s).
+ */
+const PILE_BATCHES_ALONE = 32;
+/** A volume counts as busy for this long after a request of its clients arrived (a write waiting in admit() sends none). */
+const BUSY_MS = 3000;
 /** How often the pile is looked at: writes that change no volume record do not call changed(). */
 const CHECK_MS = 100;
 /** Map nodes are 2 KiB in memory: keep at most 64k clean ones (128 MiB, maps for ~64 GiB of hot data). */
 const MAX_CACHED_NODES = 65_536;
 
+/** What admit() looks at of an open volume: the requests its clients have sent. */
+interface WatchedVolume {
+  readonly io: { readonly reads: number; readonly writes: number };
+}
+
 export class CommitScheduler {
   private timer: NodeJS.Timeout | null = null;
   private queued = false;
   private lastCommit = performance.now();
+  private volumes: () => Iterable<WatchedVolume> = () => [];
+  /** Per volume: its request count when last looked at, and when that count last moved. */
+  private readonly seen = new WeakMap<WatchedVolume, { n: number; at: number }>();
+  /** Volumes busy at the last check (CHECK_MS): admit() allows a larger pile when it is at most one. */
+  private busyVolumes = 0;
 
   constructor(
     private readonly meta: MetaStore,
@@ -41,10 +61,32 @@ export class CommitScheduler {
     private readonly batch = WRITE_COMMIT_BATCH,
   ) {}
 
+  /** The open volumes, looked at every check for which are busy (admit()). */
+  watch(volumes: () => Iterable<WatchedVolume>): void {
+    this.volumes = volumes;
+  }
+
+  /** How many volumes had a request arrive in the last BUSY_MS. */
+  private countBusy(now: number): number {
+    let busy = 0;
+    for (const v of this.volumes()) {
+      const n = v.io.reads + v.io.writes;
+      let s = this.seen.get(v);
+      if (s === undefined) this.seen.set(v, (s = { n, at: -Infinity }));
+      else if (s.n !== n) {
+        s.n = n;
+        s.at = now;
+      }
+      if (now - s.at < BUSY_MS) busy++;
+    }
+    return busy;
+  }
+
   start(): void {
     let trimAt = performance.now() + this.intervalMs;
     this.timer = setInterval(() => {
       const now = performance.now();
+      this.busyVolumes = this.countBusy(now);
       const pending = this.meta.pendingChanges;
       if (pending >= this.batch || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
       if (now >= trimAt) {
@@ -57,10 +99,11 @@ export class CommitScheduler {
 
   /**
    * Before a client's write, trim or zero: null, or a promise to wait for first (the commit in flight,
-   * when MAX_PILE_BATCHES batches of changes have piled up behind it).
+   * when too many changes have piled up behind it: PILE_BATCHES_SHARED or PILE_BATCHES_ALONE batches).
    */
   admit(): Promise<void> | null {
-    if (this.meta.pendingChanges < MAX_PILE_BATCHES * this.batch) return null;
+    const batches = this.busyVolumes > 1 ? PILE_BATCHES_SHARED : PILE_BATCHES_ALONE;
+    if (this.meta.pendingChanges < batches * this.batch) return null;
     if (this.meta.pipeline.committing) return this.meta.pipeline.whenIdle();
     this.commitSoon();
     return null;

@@ -127,6 +127,7 @@ export class VolumeManager implements VolumeControl {
     this.writes = new WritePath(meta, store, cache, dedup, { dedup: opts.dedup ?? true, verifyDedup: opts.verifyDedup ?? false });
     this.logger = opts.logger;
     this.commits = new CommitScheduler(meta, opts.logger, opts.commitIntervalMs, opts.flushTimeoutMs, opts.commitBatch);
+    this.commits.watch(() => this.states.values());
     const journal = (this.journal = opts.flushJournal ?? null);
     journal?.attach(
       meta,
