@@ -90,11 +90,12 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
   const meta = s3?.meta ?? MetaStore.open(config.dataDir, { chunkSize: config.chunkSize ?? DEFAULT_CHUNK_SIZE, databases: [...DEDUP_DATABASES] });
   if (config.chunkSize && config.chunkSize !== meta.chunkSize)
     logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
+  let dedup: DedupIndex | undefined;
   try {
     const store = s3?.store ?? (await LocalChunkStore.open(config.dataDir, meta.chunkSize));
     const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
     if (config.cachePrefault && !cache.prefault(() => requestLoad)) logger.warn('--cache-prefault on: this kernel cannot fault memory in ahead (MADV_POPULATE_WRITE needs Linux 5.14); the cache fills lazily');
-    const dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
+    dedup = DedupIndex.open(meta, { fingerprintOverride: testFingerprintOverride() });
     manager = await VolumeManager.open(
       { meta, store, cache, dedup },
       {
@@ -121,6 +122,7 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
     if (s3?.lease.fenced && config.store.kind === 's3') manager.fence(new ShoalError('store_fenced', `${formatStoreUrl(config.store)} was taken over while this daemon started.`));
   } catch (e) {
     s3?.stopBackground();
+    dedup?.close(); // its filter fill runs in the background, and would read the closed store
     await meta.close().catch(() => {});
     await s3?.finish();
     throw e;

@@ -1,6 +1,6 @@
 // Every error the daemon can meet at start prints one sentence and exits non-zero, never a stack
 // trace: a socket path taken by a file, an NBD or API address in use, a data directory that is a
-// file or that the daemon may not use, a bad flag. Each is started for real (the compiled daemon).
+// file or that the daemon may not use, a bad flag, a test-only hook outside tests. Each is started for real (the compiled daemon).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
@@ -14,10 +14,10 @@ const dir = mkdtempSync(join(tmpdir(), 'shoal-start-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Runs `shoal serve ARGS`; asserts the exit code and one line "shoal: <sentence>" on stderr, no stack. */
-async function refuses(args: string[], code: number, sentence: RegExp, opts: { asNobody?: boolean } = {}): Promise<void> {
+async function refuses(args: string[], code: number, sentence: RegExp, opts: { asNobody?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<void> {
   const cmd = opts.asNobody ? 'setpriv' : process.execPath;
   const argv = opts.asNobody ? ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, MAIN, 'serve', ...args] : [MAIN, 'serve', ...args];
-  const r = await run(cmd, argv, { timeoutMs: 30_000 });
+  const r = await run(cmd, argv, { timeoutMs: 30_000, env: opts.env });
   assert.equal(r.status, code, `exit code for ${args.join(' ')}:\n${r.stderr}`);
   const lines = r.stderr.trimEnd().split('\n');
   assert.equal(lines.length, 1, `one line, not:\n${r.stderr}`);
@@ -63,4 +63,10 @@ test('a bad flag or value is a usage error (exit 2)', async () => {
   await refuses(['--bogus', '1'], 2, /unknown flag "--bogus"/);
   await refuses(['--cache-size', 'lots'], 2, /--cache-size/);
   await refuses(['--nbd', 'nowhere'], 2, /is not a listen address/);
+});
+
+test('a test-only hook outside a test, refused once the store is open: the sentence, no crash of the background work started by then', async () => {
+  // Refused after the metadata store and the fingerprint index are open: the index's filter fill, started
+  // in the background, once read the closed store and ended the process with a stack trace.
+  await refuses(base('d4'), 1, /SHOAL_TEST_COMMIT_INTERVAL_MS is a test-only hook and needs NODE_ENV=test/, { env: { NODE_ENV: 'production', SHOAL_TEST_COMMIT_INTERVAL_MS: '1000' } });
 });
