@@ -1,34 +1,46 @@
 // When the volume layer commits: when enough changes have piled up, at least every interval when
 // anything changed, and at once for FLUSH and FUA. A commit queues all its records in one
-// synchronous stretch (lmdb-js makes one transaction of it), ~1-3 us each, so its size bounds the
-// event loop's longest stall: a few thousand changes a commit keep it to a few ms, where two seconds
-// of sustained random writes (~50k records) held the loop 100-600 ms (bench:soak). A small commit
-// costs its fsyncs, but they wait on the disk, not on the loop.
+// synchronous stretch (lmdb-js makes one transaction of it), 0.2-0.4 us a change (measured: 4,096
+// changes 0.7-1.8 ms, 32,768 changes 3.4-11.8 ms), so its size bounds the event loop's longest stall.
+// A commit's disk writes hardly shrink with its size: random writes touch nearly every page of the
+// chunk records' b-tree, and LMDB rewrites each page a commit touches. So each commit is a burst of
+// ~10-30 MB on a 1 GiB volume, and a sync write (FLUSH, FUA) that meets one waits for the disk behind
+// it: fewer, larger commits are what keeps the sync writes' tail short (docs/write-path.md, "Sync
+// writes: the tail").
 import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
 
-/** Changes after which a commit starts. */
-const WRITE_COMMIT_BATCH = 4096;
+/**
+ * Changes after which a commit starts. 4K FUA writes at queue depth 1 (~8,000 changes a second) over
+ * a 1 GiB volume, 15 s each: with 4,096 (and a 2 s interval, an 8 MiB journal half) p99 3.6 ms and
+ * 22.5 KB on the disk per write; with 32,768 (a 5 s interval, a 32 MiB half) p99 1.65-1.76 ms, 16.2 KB.
+ */
+const WRITE_COMMIT_BATCH = 32_768;
 /**
  * Changes piled up behind a commit in flight past which a client's write waits for it (admit()), in
  * commit batches. While a commit waits on the disk, changes pile up, and the next commit queues them
- * all in one synchronous stretch (~1 us a change) in which no other request is served.
+ * all in one synchronous stretch in which no other request is served.
  *
- * With other volumes busy: two batches (a stretch of ~8-25 ms). Unbounded, a disk slow for a moment
+ * With other volumes busy: one batch (a stretch of ~12 ms at most). Unbounded, a disk slow for a moment
  * under bench:soak's writes piled up enough to hold the event loop 105-126 ms (a stall trace: the loop
  * running all along, not preempted), every client of every volume waiting.
  */
-const PILE_BATCHES_SHARED = 2;
+const PILE_BATCHES_SHARED = 1;
 /**
- * With one volume busy (or none): 32 batches. Its own requests are all that wait behind the stretch,
- * and a commit's cost hardly grows with its size (it rewrites the b-tree pages its changes touch; after
- * random writes, the chunk records a run of 1 MiB writes replaces lie on nearly every page), so small
- * commits cost a lone writer throughput: 1 MiB writes after 30 s of 4 KiB random writes ran at 90, 132,
- * 153 and 190 requests/s with the bound at 2, 8, 16 and 32 batches (172-190 unbounded). It is still a
- * bound: without one a disk slow for seconds grows the pile, its memory and the stretch without end
- * (test/meta/commit-pile.test.ts: 491,642 changes in one commit held 4 s).
+ * With one volume busy (or none): four batches (131,072 changes). Its own requests are all that wait
+ * behind the stretch, and a commit's cost hardly grows with its size, so small commits cost a lone
+ * writer throughput: 1 MiB writes after 30 s of 4 KiB random writes ran at 90, 132, 153 and 190
+ * requests/s with the bound at 8,192, 32,768, 65,536 and 131,072 changes (172-190 unbounded). It is
+ * still a bound: without one a disk slow for seconds grows the pile, its memory and the stretch without
+ * end (test/meta/commit-pile.test.ts: 491,642 changes in one commit held 4 s).
  */
-const PILE_BATCHES_ALONE = 32;
+const PILE_BATCHES_ALONE = 4;
+/**
+ * At least this often a commit makes completed writes durable without a FLUSH (ext4's default commit
+ * interval is also 5 s). A shorter interval commits a sync writer's changes more often than its batch
+ * would (see WRITE_COMMIT_BATCH); a FLUSH never waits for it.
+ */
+const COMMIT_INTERVAL_MS = 5000;
 /** A volume counts as busy for this long after a request of its clients arrived (a write waiting in admit() sends none). */
 const BUSY_MS = 3000;
 /** How often the pile is looked at: writes that change no volume record do not call changed(). */
@@ -54,7 +66,7 @@ export class CommitScheduler {
   constructor(
     private readonly meta: MetaStore,
     private readonly logger: { error(obj: unknown, msg?: string): void } | undefined,
-    private readonly intervalMs = 2000,
+    private readonly intervalMs = COMMIT_INTERVAL_MS,
     /** A FLUSH that is not durable within this long fails (the commit goes on); none if undefined. */
     private readonly flushTimeoutMs?: number,
     /** Changes after which a commit starts (tests raise it to keep operations for the journal alone). */

@@ -46,8 +46,16 @@ const SYNC_WINDOW_MS = 30_000;
  * after the write's reply).
  */
 const EAGER_WINDOW_MS = 10;
-/** Each half of the file; a FLUSH that finds its half full and the other not yet covered commits. */
-const HALF_BYTES = 8 * 1024 * 1024;
+/**
+ * Each half of the file; a FLUSH that finds its half full and the other not yet covered commits. A
+ * sync writer fills a half in a few seconds (4 KiB FUA writes at queue depth 1: ~12 MB/s of 4,608-byte
+ * records), and a commit starts once it is three quarters full (writeBatch): at 8 MiB that meant a commit
+ * every ~0.5 s whatever the commit scheduler's batch, each a burst of writes that FUA writes queue behind
+ * (commit-scheduler.ts, WRITE_COMMIT_BATCH).
+ */
+const HALF_BYTES = 32 * 1024 * 1024;
+/** The halves of journals made before 2026-12-06: read as they are, grown once replayed (grow()). */
+const LEGACY_HALF_BYTES = 8 * 1024 * 1024;
 
 /** Makes a journaled snapshot or clone again during replay, at its place among the volume's operations. */
 export type ReplayVolumeOp = (st: WritableMap, op: VolumeOp) => void;
@@ -109,6 +117,8 @@ export class FlushJournal implements CommitPart<number> {
   private constructor(
     private readonly fd: number,
     found: JournalRecord[],
+    /** Bytes in each half: HALF_BYTES, or LEGACY_HALF_BYTES in a file made before, until grow(). */
+    private halfBytes: number,
   ) {
     this.toReplay = found;
     this.seq = Math.max(0, ...found.map((r) => r.seq)) + 1;
@@ -119,11 +129,16 @@ export class FlushJournal implements CommitPart<number> {
     const path = join(dir, FLUSH_JOURNAL_FILE);
     let fd: number;
     let found: JournalRecord[] = [];
+    let half = HALF_BYTES;
     try {
       fd = openSync(path, constants.O_RDWR | constants.O_DSYNC);
       const file = readFileSync(path);
-      found = [...decodeRecords(file.subarray(0, HALF_BYTES)), ...decodeRecords(file.subarray(HALF_BYTES, 2 * HALF_BYTES))];
-      if (file.length < 2 * HALF_BYTES) writeZeroes(fd, file.length, 2 * HALF_BYTES - file.length);
+      // A journal of the former size is read with its own halves: its second half's records start at
+      // 8 MiB, where a 32 MiB half would not look for them. It grows once they are replayed (grow()).
+      if (file.length === 2 * LEGACY_HALF_BYTES) half = LEGACY_HALF_BYTES;
+      found = [...decodeRecords(file.subarray(0, half)), ...decodeRecords(file.subarray(half, 2 * half))];
+      // Shorter than made (a crash while it was being written out): it holds no record yet.
+      if (file.length < 2 * half) writeZeroes(fd, file.length, 2 * half - file.length);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new ShoalError('data_dir_unusable', `cannot open the flush journal ${path}: ${(e as Error).message}`, { cause: e });
       // Written out in full once: overwriting blocks already allocated makes each later O_DSYNC write
@@ -137,7 +152,20 @@ export class FlushJournal implements CommitPart<number> {
         closeSync(d);
       }
     }
-    return new FlushJournal(fd, found);
+    return new FlushJournal(fd, found, half);
+  }
+
+  /**
+   * Grows a journal of the former size to two halves of HALF_BYTES. Only once a commit covers every
+   * record in it (after replay() and its commit): records stay where they are, and a crash before the
+   * growth reads them with the former halves again.
+   */
+  grow(): void {
+    if (this.halfBytes === HALF_BYTES) return;
+    writeZeroes(this.fd, 2 * this.halfBytes, 2 * (HALF_BYTES - this.halfBytes));
+    this.halfBytes = HALF_BYTES;
+    this.half = 0;
+    this.writeAt = 0;
   }
 
   /**
@@ -356,10 +384,11 @@ export class FlushJournal implements CommitPart<number> {
     }
     if (ops.length === 0 && !commit) return;
     const size = recordSize(ops);
-    if (commit || size > HALF_BYTES) return this.dropAndCommit(ops);
+    const halfBytes = this.halfBytes;
+    if (commit || size > halfBytes) return this.dropAndCommit(ops);
     // Everything in this half is covered by a durable commit: start it over.
     if (this.durableOp >= this.lastInHalf[this.half]) this.writeAt = 0;
-    if (this.writeAt + size > HALF_BYTES) {
+    if (this.writeAt + size > halfBytes) {
       // Full: on into the other half if a commit covers all it holds, else this FLUSH commits.
       if (this.durableOp < this.lastInHalf[1 - this.half]) return this.dropAndCommit(ops);
       this.half = 1 - this.half;
@@ -368,7 +397,7 @@ export class FlushJournal implements CommitPart<number> {
     const record = encodeRecord(this.seq, ops);
     giveBack(ops); // copied into the record
     try {
-      await writeAll(this.fd, [record], this.half * HALF_BYTES + this.writeAt);
+      await writeAll(this.fd, [record], this.half * halfBytes + this.writeAt);
     } catch (e) {
       // The operations taken stay in memory, and the next commit covers them: from now on every
       // FLUSH commits. This one fails (EIO): what it was to make durable may not be.
@@ -379,8 +408,9 @@ export class FlushJournal implements CommitPart<number> {
     this.writeAt += size;
     this.figures.records++;
     for (const op of ops) if (op.opNo > this.lastInHalf[this.half]) this.lastInHalf[this.half] = op.opNo;
-    // Half full: a commit now covers it before it fills, so the next switch need not wait.
-    if (this.writeAt > HALF_BYTES / 2 && this.durableOp < this.lastInHalf[1 - this.half]) this.commitSoon();
+    // Three quarters full: a commit now covers the other half before this one fills, so the next switch
+    // need not wait (a commit takes tens of ms; the last quarter lasts a sync writer ~0.7 s).
+    if (this.writeAt > halfBytes * 0.75 && this.durableOp < this.lastInHalf[1 - this.half]) this.commitSoon();
   }
 
   // ---------------------------------------------------------------- CommitPart

@@ -184,6 +184,8 @@ export class VolumeManager implements VolumeControl {
         await layers.meta.commit();
         opts.logger?.info({ operations: n }, `replayed ${n} operations from the flush journal`);
       }
+      // Every record in it is covered now: a journal of the former size can grow.
+      m.journal.grow();
     }
     m.reclaim.start();
     m.indexer.start();

@@ -4,7 +4,7 @@
 // what survives the kill survives through the journal alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDaemon } from '../helpers/daemon.js';
 import { needTools } from '../helpers/tools.js';
@@ -218,6 +218,44 @@ print(hashlib.sha256(h.pread(h.get_size(), 0)).hexdigest())
     const after = await journalStats(d);
     assert.ok(after.replayed >= 400, `every write since the first FLUSH came back through the replay: ${JSON.stringify(after)}`);
     assert.equal((await withHandle(d, 'db', 'import hashlib\nprint(hashlib.sha256(h.pread(h.get_size(), 0)).hexdigest())')).trim(), before);
+    await expectFsckClean(d);
+  } finally {
+    await d.dispose();
+  }
+});
+
+test('a journal of the former size (two 8 MiB halves) is replayed from both halves, then grown to two 32 MiB halves that replay too', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh', 'qemu-io')) return;
+  const d = await startDaemon({ env: NO_COMMITS });
+  try {
+    await d.createVolume('l', 4 * MiB);
+    await withHandle(d, 'l', `h.flush()\nh.pwrite(b'\\x81' * 4096, 0)\nh.flush()\nh.pwrite(b'\\x82' * 4096, 8192)\nh.flush()`);
+    await d.kill9();
+    // The two records, laid out as a journal made before the halves grew: the first at the start of
+    // its first half, the second at the start of its second half (8 MiB), in a 16 MiB file.
+    const path = join(d.dataDir, 'flush-journal');
+    const file = readFileSync(path);
+    assert.equal(file.length, 64 * MiB);
+    const starts = [];
+    for (let at = 0; at < 1024 * 1024; at += 512) if (file.toString('latin1', at, at + 4) === 'SHFJ') starts.push(at);
+    assert.equal(starts.length, 2, `two records: ${starts}`);
+    const legacy = Buffer.alloc(16 * MiB);
+    file.copy(legacy, 0, starts[0], starts[1]);
+    file.copy(legacy, 8 * MiB, starts[1], starts[1] + (starts[1] - starts[0]));
+    writeFileSync(path, legacy);
+    await d.start();
+    assert.equal((await journalStats(d)).replayed, 2, 'both halves of the former layout replayed');
+    await expectPattern(d, 'l', 0x81, 0, 4096);
+    await expectPattern(d, 'l', 0x82, 8192, 4096);
+    assert.equal(statSync(path).size, 64 * MiB, 'grown once replayed');
+    // The grown journal is used and read as such.
+    await withHandle(d, 'l', `h.flush()\nh.pwrite(b'\\x83' * 4096, 16384)\nh.flush()`);
+    await d.kill9();
+    await d.start();
+    assert.equal((await journalStats(d)).replayed, 1);
+    await expectPattern(d, 'l', 0x81, 0, 4096);
+    await expectPattern(d, 'l', 0x82, 8192, 4096);
+    await expectPattern(d, 'l', 0x83, 16384, 4096);
     await expectFsckClean(d);
   } finally {
     await d.dispose();
