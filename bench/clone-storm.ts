@@ -178,7 +178,9 @@ async function shoalApi(d: Daemon, method: string, path: string, body?: unknown)
 
 /** One Shoal data directory: the golden volume, a snapshot, NMAX clones and NMAX independently written volumes. */
 async function prepareShoal(dir: string, golden: string): Promise<Daemon> {
-  const d = new Daemon({ dataDir: join(dir, 'shoal-data'), args: ['--cache-size', CACHE] });
+  // BENCH_DAEMON_NODE_OPTIONS: node flags for the daemon only (a diagnostic --import), as bench/lib.ts's.
+  const nodeOptions = process.env.BENCH_DAEMON_NODE_OPTIONS;
+  const d = new Daemon({ dataDir: join(dir, 'shoal-data'), args: ['--cache-size', CACHE], env: nodeOptions ? { NODE_OPTIONS: nodeOptions } : {} });
   onCleanup(() => d.stop());
   await d.start();
   await d.createVolume('golden', WS);
