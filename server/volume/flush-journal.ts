@@ -21,7 +21,7 @@
 // time (bulk writes pay a commit per FLUSH as before, but their commit is cheap per byte), and only on
 // a volume that was flushed in the last SYNC_WINDOW_MS (a writer that never flushes pays no copies);
 // a volume with an operation not kept makes its FLUSH commit until a commit covers it.
-import { closeSync, constants, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
 import type { CommitPart } from '../meta/commit-pipeline.js';
@@ -144,7 +144,12 @@ export class FlushJournal implements CommitPart<number> {
       // Written out in full once: overwriting blocks already allocated makes each later O_DSYNC write
       // a data write, with no file-size or extent change for the filesystem to journal too.
       fd = openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_DSYNC, 0o600);
-      writeZeroes(fd, 0, 2 * HALF_BYTES);
+      try {
+        writeZeroes(fd, 0, 2 * HALF_BYTES);
+      } catch (e2) {
+        closeSync(fd);
+        throw new ShoalError('data_dir_unusable', `cannot make the flush journal ${path} (${(2 * HALF_BYTES) / 1024 / 1024} MiB): ${(e2 as Error).message}`, { cause: e2 });
+      }
       const d = openSync(dir, 'r');
       try {
         fsyncSync(d);
@@ -158,11 +163,18 @@ export class FlushJournal implements CommitPart<number> {
   /**
    * Grows a journal of the former size to two halves of HALF_BYTES. Only once a commit covers every
    * record in it (after replay() and its commit): records stay where they are, and a crash before the
-   * growth reads them with the former halves again.
+   * growth reads them with the former halves again. Throws if the disk is full (the journal stays as it was).
    */
   grow(): void {
     if (this.halfBytes === HALF_BYTES) return;
-    writeZeroes(this.fd, 2 * this.halfBytes, 2 * (HALF_BYTES - this.halfBytes));
+    try {
+      writeZeroes(this.fd, 2 * this.halfBytes, 2 * (HALF_BYTES - this.halfBytes));
+    } catch (e) {
+      // Back to the former size (its length is what tells the next start how to read it), and on with
+      // the former halves; the next start tries again.
+      ftruncateSync(this.fd, 2 * this.halfBytes);
+      throw new ShoalError('io_error', `the flush journal stays at ${(2 * this.halfBytes) / 1024 / 1024} MiB: growing it failed (${(e as Error).message})`, { cause: e });
+    }
     this.halfBytes = HALF_BYTES;
     this.half = 0;
     this.writeAt = 0;

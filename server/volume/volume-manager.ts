@@ -185,7 +185,11 @@ export class VolumeManager implements VolumeControl {
         opts.logger?.info({ operations: n }, `replayed ${n} operations from the flush journal`);
       }
       // Every record in it is covered now: a journal of the former size can grow.
-      m.journal.grow();
+      try {
+        m.journal.grow();
+      } catch (e) {
+        opts.logger?.warn({ err: e }, (e as Error).message);
+      }
     }
     m.reclaim.start();
     m.indexer.start();

@@ -1,6 +1,6 @@
-// A full disk fails writes, not the daemon. With the data directory on a 64 MiB tmpfs, a volume
-// written and flushed first must read back intact after another volume's write runs out of space;
-// that write must fail with ENOSPC; the daemon must stay up and keep serving reads and the API
+// A full disk fails writes, not the daemon. With the data directory on a 128 MiB tmpfs (64 MiB of it the
+// flush journal), a volume written and flushed first must read back intact after another volume's write
+// runs out of space; that write must fail with ENOSPC; the daemon must stay up and keep serving reads and the API
 // (a failed metadata commit once ended it: lmdb-js rejected a promise nobody held); the log must
 // name the cause; and after it stops, the offline fsck must find the metadata consistent.
 import { test } from 'node:test';
@@ -24,7 +24,7 @@ test('a full disk fails the write with ENOSPC; the daemon, earlier data and the 
   const tmp = mkdtempSync(join(tmpdir(), 'shoal-full-'));
   const mnt = join(tmp, 'mnt');
   await runOk('mkdir', [mnt]);
-  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', mnt]);
+  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', mnt]);
   try {
     const dataDir = join(mnt, 'd');
     const d = await startDaemon({ dataDir, args: ['--cache-size', '16M'] });
@@ -39,7 +39,7 @@ test('a full disk fails the write with ENOSPC; the daemon, earlier data and the 
       const bigFile = join(tmp, 'big.img');
       writeFileSync(bigFile, randomBytes(128 * MiB));
       const r = await run('nbdcopy', ['--flush', bigFile, d.unixUri('b')], { timeoutMs: 60_000 });
-      assert.notEqual(r.status, 0, 'writing 128 MiB into 64 MiB of disk must fail');
+      assert.notEqual(r.status, 0, 'writing 128 MiB into the ~48 MiB left must fail');
       assert.match(r.stderr, /No space left on device/, `the write fails with ENOSPC: ${r.stderr}`);
 
       await d.waitForLog(/metadata commit failed/, 20_000);
@@ -61,6 +61,28 @@ test('a full disk fails the write with ENOSPC; the daemon, earlier data and the 
     const fsck = await run(process.execPath, [MAIN, 'fsck', dataDir], { timeoutMs: 60_000 });
     assert.equal(fsck.status, 0, `offline fsck after the full disk: ${fsck.stdout}${fsck.stderr}`);
     assert.match(fsck.stdout + fsck.stderr, /no problems found/);
+  } finally {
+    await run('umount', [mnt]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('a data directory without room for the flush journal: the daemon refuses to start with a sentence', { timeout: 60_000 }, async (t) => {
+  if (!needTools(t, 'mount', 'umount')) return;
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI === 'true') throw new Error('this test mounts a tmpfs: run it as root');
+    t.skip('mounting a tmpfs needs root');
+    return;
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'shoal-small-'));
+  const mnt = join(tmp, 'mnt');
+  await runOk('mkdir', [mnt]);
+  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', mnt]);
+  try {
+    const r = await run(process.execPath, [MAIN, 'serve', '--data-dir', join(mnt, 'd'), '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0'], { timeoutMs: 30_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr.trim(), /^shoal: cannot make the flush journal .*flush-journal \(64 MiB\): ENOSPC: no space left on device/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, `one line, no stack:\n${r.stderr}`);
   } finally {
     await run('umount', [mnt]);
     rmSync(tmp, { recursive: true, force: true });
