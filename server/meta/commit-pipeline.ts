@@ -94,6 +94,8 @@ export class CommitPipeline {
   private gen = 1;
   private closed = false;
   private running = false;
+  /** What closed the pipeline, if a commit failed (a full disk: no_space). */
+  failure: ShoalError | null = null;
   /** The most changes one commit has taken since the store opened (its synchronous stretch grows with them). */
   largestCommit = 0;
   /** Makes chunk data durable; runs inside every commit before its metadata is written. */
@@ -190,7 +192,9 @@ export class CommitPipeline {
       // lmdb-js hangs the write's own error (ENOSPC, EIO) on a promise rejected with it: the cause.
       const detail = (e as { commitError?: Promise<unknown> }).commitError;
       const cause = detail instanceof Promise ? await Promise.race([detail.then(() => e, (x: unknown) => x), new Promise((r) => setTimeout(r, 100, e))]) : e;
-      throw new ShoalError('io_error', `metadata commit failed: ${(cause as Error).message}`, { cause });
+      const full = (cause as NodeJS.ErrnoException)?.code === 'ENOSPC' || /no space left/i.test(String((cause as Error)?.message));
+      this.failure = new ShoalError(full ? 'no_space' : 'io_error', `metadata commit failed: ${(cause as Error).message}`, { cause });
+      throw this.failure;
     }
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], true);
     this.timed((performance.now() - started) / 1000);

@@ -147,6 +147,10 @@ export class VolumeManager implements VolumeControl {
       isOpen: () => !this.closing,
       checkWritable: () => {
         if (this.fencedBy) throw this.fencedBy;
+        // A failed commit (a full disk, EIO) closed the metadata: nothing will be committed again, so a
+        // write accepted now would pile up in memory for good (a FLUSH would still journal it).
+        const failed = this.meta.pipeline.failure;
+        if (failed && !this.closing) throw new ShoalError(failed.code, `the metadata store stopped taking changes after a failed commit (${failed.message}); restart the daemon once the disk is writable`);
       },
       admins: new Set(opts.tlsAdmins ?? []),
     });
