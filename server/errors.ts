@@ -67,6 +67,15 @@ export function isShoalError(e: unknown): e is ShoalError {
   return e instanceof ShoalError;
 }
 
+/**
+ * A failed disk write's code: no_space when the disk is full (ENOSPC; lmdb-js passes some of its
+ * failures on as a message only), else io_error.
+ */
+export function diskErrorCode(err: unknown): 'no_space' | 'io_error' {
+  const full = (err as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || /no space left on device/i.test(String((err as Error | null)?.message));
+  return full ? 'no_space' : 'io_error';
+}
+
 /** The errno an NBD reply should carry for any thrown value. */
 export function nbdErrnoOf(e: unknown): NbdErrno {
   return isShoalError(e) ? e.nbdErrno : 'EIO';

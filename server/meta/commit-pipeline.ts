@@ -8,7 +8,7 @@
 // into the transaction, and learns when the transaction is durable. Nothing ever holds commits
 // back: a multi-step operation makes itself crash-atomic with an intent record instead.
 import type { Database, Key } from 'lmdb';
-import { ShoalError } from '../errors.js';
+import { diskErrorCode, ShoalError } from '../errors.js';
 import type { Superblock } from './superblock.js';
 
 /** One write of a commit as a journal sees it: the database's name, the key, the value (undefined: removed). */
@@ -192,8 +192,7 @@ export class CommitPipeline {
       // lmdb-js hangs the write's own error (ENOSPC, EIO) on a promise rejected with it: the cause.
       const detail = (e as { commitError?: Promise<unknown> }).commitError;
       const cause = detail instanceof Promise ? await Promise.race([detail.then(() => e, (x: unknown) => x), new Promise((r) => setTimeout(r, 100, e))]) : e;
-      const full = (cause as NodeJS.ErrnoException)?.code === 'ENOSPC' || /no space left/i.test(String((cause as Error)?.message));
-      this.failure = new ShoalError(full ? 'no_space' : 'io_error', `metadata commit failed: ${(cause as Error).message}`, { cause });
+      this.failure = new ShoalError(diskErrorCode(cause), `metadata commit failed: ${(cause as Error).message}`, { cause });
       throw this.failure;
     }
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], true);

@@ -6,7 +6,7 @@
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { readv as fsReadv, fdatasync, fstat, openSync, closeSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ShoalError } from '../errors.js';
+import { diskErrorCode, ShoalError } from '../errors.js';
 import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
 import { WriteBatcher } from './batched-writes.js';
 import { native } from '../native.js';
@@ -43,7 +43,7 @@ export class LocalChunkStore implements ChunkStore {
         if (pos < this.dirtyFrom) this.dirtyFrom = pos;
         if (pos + bytes > this.dirtyTo) this.dirtyTo = pos + bytes;
       },
-      failure: (err, at) => new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing chunks ${at}..: ${err.message}`, { cause: err }),
+      failure: (err, at) => new ShoalError(diskErrorCode(err), `writing chunks ${at}..: ${err.message}`, { cause: err }),
     });
   }
 

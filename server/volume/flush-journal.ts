@@ -24,6 +24,7 @@
 import { closeSync, constants, fsyncSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { ShoalError } from '../errors.js';
+import { formatSize } from '../size.js';
 import type { CommitPart } from '../meta/commit-pipeline.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { writeAll } from '../store/batched-writes.js';
@@ -148,7 +149,7 @@ export class FlushJournal implements CommitPart<number> {
         writeZeroes(fd, 0, 2 * HALF_BYTES);
       } catch (e2) {
         closeSync(fd);
-        throw new ShoalError('data_dir_unusable', `cannot make the flush journal ${path} (${(2 * HALF_BYTES) / 1024 / 1024} MiB): ${(e2 as Error).message}`, { cause: e2 });
+        throw new ShoalError('data_dir_unusable', `cannot make the flush journal ${path} (${formatSize(2 * HALF_BYTES)}): ${(e2 as Error).message}`, { cause: e2 });
       }
       const d = openSync(dir, 'r');
       try {
@@ -173,7 +174,7 @@ export class FlushJournal implements CommitPart<number> {
       // Back to the former size (its length is what tells the next start how to read it), and on with
       // the former halves; the next start tries again.
       ftruncateSync(this.fd, 2 * this.halfBytes);
-      throw new ShoalError('io_error', `the flush journal stays at ${(2 * this.halfBytes) / 1024 / 1024} MiB: growing it failed (${(e as Error).message})`, { cause: e });
+      throw new ShoalError('io_error', `the flush journal stays at ${formatSize(2 * this.halfBytes)}: growing it failed (${(e as Error).message})`, { cause: e });
     }
     this.halfBytes = HALF_BYTES;
     this.half = 0;

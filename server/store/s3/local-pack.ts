@@ -9,7 +9,7 @@
 // of indexes.
 import type { ChunkTargets } from '../chunk-store.js';
 import { closeSync, fdatasync, ftruncate, openSync, readv as fsReadv, renameSync, unlinkSync, fstatSync, readSync } from 'node:fs';
-import { ShoalError } from '../../errors.js';
+import { diskErrorCode, ShoalError } from '../../errors.js';
 import { native } from '../../native.js';
 import { WriteBatcher, writeAll } from '../batched-writes.js';
 import { dropCleanPages } from '../page-cache.js';
@@ -301,7 +301,7 @@ export class LocalPack {
 
   /** A failed write into the file: no_space for a full disk, else io_error, naming what was written. */
   private writeError(err: NodeJS.ErrnoException, what: string): ShoalError {
-    return new ShoalError(err.code === 'ENOSPC' ? 'no_space' : 'io_error', `writing ${what} into ${this.path}: ${err.message}`, { cause: err });
+    return new ShoalError(diskErrorCode(err), `writing ${what} into ${this.path}: ${err.message}`, { cause: err });
   }
 
   /**
