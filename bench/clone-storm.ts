@@ -33,7 +33,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Daemon } from '../test/helpers/daemon.js';
-import { fix, numEnv, onCleanup, randomFile, ROOT, runMain, run, runOk, startNbdServer, systemHeader, type NbdServer } from './lib.js';
+import { daemonNodeEnv, fix, numEnv, onCleanup, randomFile, ROOT, runMain, run, runOk, startNbdServer, systemHeader, type NbdServer } from './lib.js';
 
 const MiB = 1024 ** 2;
 const WS_MIB = numEnv('CLONESTORM_MIB', 512);
@@ -178,9 +178,7 @@ async function shoalApi(d: Daemon, method: string, path: string, body?: unknown)
 
 /** One Shoal data directory: the golden volume, a snapshot, NMAX clones and NMAX independently written volumes. */
 async function prepareShoal(dir: string, golden: string): Promise<Daemon> {
-  // BENCH_DAEMON_NODE_OPTIONS: node flags for the daemon only (a diagnostic --import), as bench/lib.ts's.
-  const nodeOptions = process.env.BENCH_DAEMON_NODE_OPTIONS;
-  const d = new Daemon({ dataDir: join(dir, 'shoal-data'), args: ['--cache-size', CACHE], env: nodeOptions ? { NODE_OPTIONS: nodeOptions } : {} });
+  const d = new Daemon({ dataDir: join(dir, 'shoal-data'), args: ['--cache-size', CACHE], env: daemonNodeEnv() });
   onCleanup(() => d.stop());
   await d.start();
   await d.createVolume('golden', WS);

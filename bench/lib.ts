@@ -132,6 +132,12 @@ export interface Shoal {
   dispose(): Promise<void>;
 }
 
+/** BENCH_DAEMON_NODE_OPTIONS: node flags for the daemon only (--cpu-prof, a diagnostic --import), as its env. */
+export function daemonNodeEnv(): NodeJS.ProcessEnv {
+  const nodeOptions = process.env.BENCH_DAEMON_NODE_OPTIONS;
+  return nodeOptions ? { NODE_OPTIONS: nodeOptions } : {};
+}
+
 /**
  * Starts the real daemon (dist/server/main.js, via test/helpers/daemon.ts) on ephemeral loopback ports and
  * a Unix socket in its own temporary data directory.
@@ -139,9 +145,7 @@ export interface Shoal {
 export async function startShoal(cacheSize = '1G', extraArgs: string[] = []): Promise<Shoal> {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} does not exist: build first (npm run build)`);
   // Keep the log level at info: Daemon waits for the "shoal ready" line, which is logged at info.
-  // BENCH_DAEMON_NODE_OPTIONS: node flags for the daemon only (--cpu-prof, a diagnostic --import).
-  const nodeOptions = process.env.BENCH_DAEMON_NODE_OPTIONS;
-  const d = new Daemon({ args: ['--cache-size', cacheSize, ...extraArgs], env: nodeOptions ? { NODE_OPTIONS: nodeOptions } : {} });
+  const d = new Daemon({ args: ['--cache-size', cacheSize, ...extraArgs], env: daemonNodeEnv() });
   let stopping = false;
   const dispose = () => {
     stopping = true;

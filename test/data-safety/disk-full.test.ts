@@ -3,7 +3,7 @@
 // runs out of space; that write must fail with ENOSPC; the daemon must stay up and keep serving reads and the API
 // (a failed metadata commit once ended it: lmdb-js rejected a promise nobody held); the log must
 // name the cause; and after it stops, the offline fsck must find the metadata consistent.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,18 +14,31 @@ import { needTools, run, runOk } from '../helpers/tools.js';
 
 const MiB = 2 ** 20;
 
-test('a full disk fails the write with ENOSPC; the daemon, earlier data and the metadata survive', { timeout: 120_000 }, async (t) => {
-  if (!needTools(t, 'nbdcopy', 'mount', 'umount')) return;
+/**
+ * Runs `fn` with a scratch directory `tmp` and a tmpfs of `size` mounted at `mnt` inside it, unmounted
+ * and removed after. Mounting needs root: skipped without it, failed under CI.
+ */
+async function onTmpfs(t: TestContext, prefix: string, size: string, fn: (tmp: string, mnt: string) => Promise<void>): Promise<void> {
   if (process.getuid?.() !== 0) {
     if (process.env.CI === 'true') throw new Error('this test mounts a tmpfs: run it as root');
     t.skip('mounting a tmpfs needs root');
     return;
   }
-  const tmp = mkdtempSync(join(tmpdir(), 'shoal-full-'));
+  const tmp = mkdtempSync(join(tmpdir(), prefix));
   const mnt = join(tmp, 'mnt');
   await runOk('mkdir', [mnt]);
-  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', mnt]);
+  await runOk('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
   try {
+    await fn(tmp, mnt);
+  } finally {
+    await run('umount', [mnt]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+test('a full disk fails the write with ENOSPC; the daemon, earlier data and the metadata survive', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdcopy', 'mount', 'umount')) return;
+  await onTmpfs(t, 'shoal-full-', '128m', async (tmp, mnt) => {
     const dataDir = join(mnt, 'd');
     const d = await startDaemon({ dataDir, args: ['--cache-size', '16M'] });
     try {
@@ -61,30 +74,15 @@ test('a full disk fails the write with ENOSPC; the daemon, earlier data and the 
     const fsck = await run(process.execPath, [MAIN, 'fsck', dataDir], { timeoutMs: 60_000 });
     assert.equal(fsck.status, 0, `offline fsck after the full disk: ${fsck.stdout}${fsck.stderr}`);
     assert.match(fsck.stdout + fsck.stderr, /no problems found/);
-  } finally {
-    await run('umount', [mnt]);
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a data directory without room for the flush journal: the daemon refuses to start with a sentence', { timeout: 60_000 }, async (t) => {
   if (!needTools(t, 'mount', 'umount')) return;
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('this test mounts a tmpfs: run it as root');
-    t.skip('mounting a tmpfs needs root');
-    return;
-  }
-  const tmp = mkdtempSync(join(tmpdir(), 'shoal-small-'));
-  const mnt = join(tmp, 'mnt');
-  await runOk('mkdir', [mnt]);
-  await runOk('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', mnt]);
-  try {
+  await onTmpfs(t, 'shoal-small-', '32m', async (_tmp, mnt) => {
     const r = await run(process.execPath, [MAIN, 'serve', '--data-dir', join(mnt, 'd'), '--api', '127.0.0.1:0', '--nbd', '127.0.0.1:0'], { timeoutMs: 30_000 });
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr.trim(), /^shoal: cannot make the flush journal .*flush-journal \(64 MiB\): ENOSPC: no space left on device/);
     assert.equal(r.stderr.trim().split('\n').length, 1, `one line, no stack:\n${r.stderr}`);
-  } finally {
-    await run('umount', [mnt]);
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  });
 });

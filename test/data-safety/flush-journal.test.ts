@@ -12,6 +12,13 @@ import { expectFsckClean, expectPattern, withHandle, MiB } from '../helpers/volu
 
 const NO_COMMITS = { NODE_ENV: 'test', SHOAL_TEST_COMMIT_INTERVAL_MS: '600000' };
 
+/** Where records begin in the journal's first MiB (each starts on a 512-byte sector with its magic). */
+function recordStarts(file: Buffer): number[] {
+  const starts: number[] = [];
+  for (let at = 0; at < 1024 * 1024; at += 512) if (file.toString('latin1', at, at + 4) === 'SHFJ') starts.push(at);
+  return starts;
+}
+
 async function journalStats(d: Awaited<ReturnType<typeof startDaemon>>): Promise<{ records: number; commits: number; replayed: number }> {
   return (await d.api('GET', '/v1/stats')).body.flushJournal;
 }
@@ -108,8 +115,7 @@ test('a record torn by the crash ends the replay there: the FLUSHes before it co
     // data as a write cut short by a power cut would.
     const path = join(d.dataDir, 'flush-journal');
     const file = readFileSync(path);
-    const starts = [];
-    for (let at = 0; at < 1024 * 1024; at += 512) if (file.toString('latin1', at, at + 4) === 'SHFJ') starts.push(at);
+    const starts = recordStarts(file);
     assert.equal(starts.length, 2, `two records: ${starts}`);
     const fd = openSync(path, 'r+');
     writeSync(fd, Buffer.from([0xff]), 0, 1, starts[1] + 200);
@@ -236,8 +242,7 @@ test('a journal of the former size (two 8 MiB halves) is replayed from both halv
     const path = join(d.dataDir, 'flush-journal');
     const file = readFileSync(path);
     assert.equal(file.length, 64 * MiB);
-    const starts = [];
-    for (let at = 0; at < 1024 * 1024; at += 512) if (file.toString('latin1', at, at + 4) === 'SHFJ') starts.push(at);
+    const starts = recordStarts(file);
     assert.equal(starts.length, 2, `two records: ${starts}`);
     const legacy = Buffer.alloc(16 * MiB);
     file.copy(legacy, 0, starts[0], starts[1]);
