@@ -13,7 +13,7 @@ import type { MetaStore } from '../meta/meta-store.js';
 /**
  * Changes after which a commit starts. 4K FUA writes at queue depth 1 (~8,000 changes a second) over
  * a 1 GiB volume, 15 s each: with 4,096 (and a 2 s interval, an 8 MiB journal half) p99 3.6 ms and
- * 22.5 KB on the disk per write; with 32,768 (a 5 s interval, a 32 MiB half) p99 1.65-1.76 ms, 16.2 KB.
+ * 22.9 KB on the disk per write; with 32,768 (a 5 s interval, a 32 MiB half) p99 1.65-1.76 ms, 16.2 KB.
  */
 const WRITE_COMMIT_BATCH = 32_768;
 /**
