@@ -12,6 +12,11 @@
 // view past the request's end with keep() (the flush journal holds written data for FLUSHes to come,
 // and gives it back once it is in a record or a commit covers it). Small payloads are not pooled:
 // V8's own pool serves them.
+//
+// Idle buffers are bounded in bytes, across size classes. A full pool makes room for a buffer given
+// back by letting go of idle ones of the class used longest ago: before, a pool filled by one
+// client's requests (nbdcopy's 256 KiB) kept them for good, and every 1 MiB write after it took fresh
+// memory (2,035 allocations in 2,100 requests, against 8 when the pool began empty).
 /** Payloads at least this long come from the pool. */
 const MIN_POOLED = 64 * 1024;
 /** Idle buffers held, at most (the in-flight ones are bounded by each connection's in-flight bytes). */
@@ -21,6 +26,9 @@ export class PayloadPool {
   /** Idle buffers by capacity (a power of two). */
   private readonly idle = new Map<number, ArrayBuffer[]>();
   private idleBytes = 0;
+  /** When each capacity was last taken or given back (a count of those calls): what to let go first. */
+  private readonly used = new Map<number, number>();
+  private clock = 0;
   /**
    * Holders of each buffer in use that this pool made (only those come back: a payload may be a view
    * into a socket's chunk). Weak: a buffer never given back is the collector's.
@@ -31,6 +39,7 @@ export class PayloadPool {
   take(length: number): Buffer {
     if (length < MIN_POOLED) return Buffer.allocUnsafe(length);
     const cap = 2 ** Math.ceil(Math.log2(length));
+    this.used.set(cap, ++this.clock);
     let ab = this.idle.get(cap)?.pop();
     if (ab) this.idleBytes -= cap;
     else ab = new ArrayBuffer(cap);
@@ -56,11 +65,29 @@ export class PayloadPool {
     }
     this.holds.delete(ab);
     const cap = ab.byteLength;
-    if (this.idleBytes + cap > MAX_IDLE_BYTES) return;
+    this.used.set(cap, ++this.clock);
+    if (this.idleBytes + cap > MAX_IDLE_BYTES && !this.makeRoom(cap)) return;
     let list = this.idle.get(cap);
     if (!list) this.idle.set(cap, (list = []));
     list.push(ab);
     this.idleBytes += cap;
+  }
+
+  /**
+   * Lets go of idle buffers of other capacities, those used longest ago first, until one of `cap`
+   * fits; false if it cannot (the idle bytes are all of `cap`). A few classes at most: a linear pick.
+   */
+  private makeRoom(cap: number): boolean {
+    while (this.idleBytes + cap > MAX_IDLE_BYTES) {
+      let oldest = -1;
+      for (const [c, list] of this.idle) {
+        if (c !== cap && list.length > 0 && (oldest < 0 || this.used.get(c)! < this.used.get(oldest)!)) oldest = c;
+      }
+      if (oldest < 0) return false;
+      this.idle.get(oldest)!.pop();
+      this.idleBytes -= oldest;
+    }
+    return true;
   }
 
   /** Bytes held idle (for tests). */

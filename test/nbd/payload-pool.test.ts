@@ -51,3 +51,22 @@ test('idle buffers are bounded: past 32 MiB a given-back buffer is let go', () =
   for (const b of taken) pool.give(b);
   assert.equal(pool.idleSize, 32 * 1024 * KiB);
 });
+
+test('a full pool makes room for a buffer of another size class: a new request size is served from the pool again', () => {
+  const pool = new PayloadPool();
+  // A copy in 256 KiB requests fills the idle bytes with its buffers...
+  const small = Array.from({ length: 160 }, () => pool.take(256 * KiB));
+  for (const b of small) pool.give(b);
+  assert.equal(pool.idleSize, 32 * 1024 * KiB);
+  // ...then a client writes 1 MiB at a time: its buffers come back, and are reused.
+  const first = Array.from({ length: 8 }, () => pool.take(1024 * KiB));
+  for (const b of first) pool.give(b);
+  assert.equal(pool.idleSize, 32 * 1024 * KiB, 'still bounded');
+  const again = Array.from({ length: 8 }, () => pool.take(1024 * KiB));
+  const reused = new Set(first.map((b) => b.buffer));
+  assert.equal(again.filter((b) => reused.has(b.buffer)).length, 8, 'every 1 MiB request reuses a buffer given back');
+  for (const b of again) pool.give(b);
+  // The class used longest ago goes first: 256 KiB buffers were let go to make room, 1 MiB ones kept.
+  const big = pool.take(1024 * KiB);
+  assert.ok(reused.has(big.buffer));
+});
