@@ -316,7 +316,12 @@ function fioArgs(job: FioJob, outDir: string): { args: string[]; out: string } {
   if (job.size !== undefined) args.push(`--size=${job.size}`);
   if (job.runtimeSec !== undefined) args.push('--time_based', `--runtime=${job.runtimeSec}`);
   if (job.rampSec) args.push(`--ramp_time=${job.rampSec}`);
-  if (job.rw.includes('write')) args.push('--refill_buffers'); // fresh random bytes per write: no dedup advantage
+  // Fresh random bytes per write, and per run: no dedup advantage. fio seeds its generators alike in
+  // every run unless told (randrepeat=1 by default), so refill_buffers alone wrote the same bytes in
+  // every run, and every write workload started the same stream: from the second run on (and in the
+  // 1 MiB rows, after the 4K rows) Shoal met its own earlier data, dedup hits and stale index entries.
+  // A job that asks for repeatable randomness in `extra` gets it (fio takes the last setting).
+  if (job.rw.includes('write')) args.push('--refill_buffers', '--randrepeat=0');
   args.push(...(job.extra ?? []));
   return { args, out };
 }
