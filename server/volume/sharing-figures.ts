@@ -9,7 +9,13 @@
 // A background walk yields between slices while writes go on: it reads a map that may change under
 // it, so its figures are an estimate of that moment (exact when the volume was still); a node freed
 // meanwhile ends the walk, and the next round starts it again.
+//
+// While clients are served it rests fifteen times as long as each slice took, not twice: a third of
+// the event loop for the second or more a 1 GiB walk takes was a third less for the requests (in the
+// profile of 1 MiB writes, 6% of a five-second window; a 4K write run with a walk in it lost a tenth).
+// Figures for a list or a scrape can wait; clients should not.
 import { FANOUT, FIRST_SLOT } from '../meta/map-node.js';
+import { restAfter } from '../meta/pacing.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord } from '../meta/volume-records.js';
 import type { VolumeState } from './volume-state.js';
@@ -73,8 +79,11 @@ class SharingWalk {
   }
 }
 
-/** Slice of a background walk, and the rest after it (twice as long: clients keep most of the loop). */
+/** Slice of a background walk. */
 const SLICE_MS = 4;
+/** The rest after a slice, in slices: while idle, and while clients' requests arrive. */
+const REST_IDLE = 2;
+const REST_BUSY = 15;
 
 export class SharingFigures {
   private readonly figures = new Map<string, SharingFigure>();
@@ -86,6 +95,8 @@ export class SharingFigures {
     private readonly meta: MetaStore,
     private readonly states: () => Iterable<VolumeState>,
     private readonly refreshMs = 30_000,
+    /** A count that moves while clients are served (NBD requests): the walk rests longer while it moves. */
+    private readonly foreground: () => number = () => 0,
   ) {}
 
   /** The last figures of volume `name`, or null before its first walk. */
@@ -145,10 +156,14 @@ export class SharingFigures {
 
   private async walkSliced(r: RootRecord): Promise<Sharing> {
     const w = new SharingWalk(this.meta, r);
+    let served = this.foreground();
     for (;;) {
       const t0 = performance.now();
       if (w.step(t0 + SLICE_MS)) return w.result;
-      await new Promise((res) => setTimeout(res, 2 * SLICE_MS));
+      // Requests are taken between slices, so the count moves during the rests: busy if it moved since the last look.
+      const now = this.foreground();
+      await restAfter(t0, now !== served ? REST_BUSY : REST_IDLE);
+      served = now;
       if (this.stopped) throw new Error('stopped');
     }
   }

@@ -166,7 +166,7 @@ export class VolumeManager implements VolumeControl {
       pauseAfterIntentMs: opts.pauseAfterIntentMs,
     });
     this.snapshots = new SnapshotOperations(meta, journal);
-    this.sharing = new SharingFigures(meta, () => this.states.values(), opts.sharingRefreshMs);
+    this.sharing = new SharingFigures(meta, () => this.states.values(), opts.sharingRefreshMs, () => this.exports.requests);
     this.fsckRunner = new FsckRunner({ meta, store, dedup, reclaim: this.reclaim, states: () => this.states.values() }, opts.fsckPauseMs);
     for (const rec of meta.volumes.values()) this.addState(rec);
   }
