@@ -233,8 +233,9 @@ export const Stats = Type.Object(
       {
         pendingChanges: Type.Number({ description: 'Metadata changes made since the last commit began.' }),
         largestChanges: Type.Number({
-          description: 'The most changes one commit has taken since the daemon started. A commit queues its changes in one synchronous stretch; past 2 batches (8,192) waiting behind a slow commit, writes wait for it.',
+          description: 'The most changes one commit has taken since the daemon started. A commit queues its changes in one synchronous stretch; past a batch (32,768 changes, fewer while several volumes are busy) waiting behind a slow commit (four batches for a volume busy alone), writes wait for it.',
         }),
+        longestStretchMs: Type.Number({ description: "The longest synchronous stretch of a commit since the daemon started, in ms: queueing its records, in which no request is served. While several volumes are busy the commit batch shrinks to keep it near 20 ms." }),
       },
       { additionalProperties: true },
     ),

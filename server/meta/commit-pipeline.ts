@@ -98,6 +98,14 @@ export class CommitPipeline {
   failure: ShoalError | null = null;
   /** The most changes one commit has taken since the store opened (its synchronous stretch grows with them). */
   largestCommit = 0;
+  /**
+   * The last commit's synchronous stretch (its records queued into the transaction) per change taken,
+   * in ms: 0.2-0.4 us for random writes, ~1.2 us when a clone's first writes copy shared leaves (every
+   * chunk of such a leaf gains a reference, each a record). 0 before a commit of 1,000 changes or more.
+   */
+  stretchPerChange = 0;
+  /** The longest synchronous stretch of a commit since the store opened, in ms. */
+  longestStretchMs = 0;
   /** Makes chunk data durable; runs inside every commit before its metadata is written. */
   syncData: () => Promise<void> = () => Promise.resolve();
   /** Called after each durable commit. */
@@ -173,7 +181,8 @@ export class CommitPipeline {
     const gen = this.gen++;
     const taken = this.parts.map((p) => p.take(gen));
     const sb = structuredClone(this.sb());
-    if (this.changes > this.largestCommit) this.largestCommit = this.changes;
+    const changes = this.changes;
+    if (changes > this.largestCommit) this.largestCommit = changes;
     this.changes = 0;
     const w = new TxnWriter(this.journal !== null);
     try {
@@ -181,9 +190,13 @@ export class CommitPipeline {
       await this.syncData();
       // 3. All metadata in one transaction, resolved once it is fsynced. The superblock goes
       // first and again last: the batch's promise settles when the whole batch is durable.
+      const t0 = performance.now();
       w.put('main', this.main, 'superblock', sb);
       for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].write(taken[i], w);
       w.put('main', this.main, 'superblock', sb);
+      const stretch = performance.now() - t0;
+      if (stretch > this.longestStretchMs) this.longestStretchMs = stretch;
+      if (changes >= 1000) this.stretchPerChange = stretch / changes;
       await w.durable();
     } catch (e) {
       // The in-memory state is ahead of the disk and cannot be reconciled: stop accepting work.

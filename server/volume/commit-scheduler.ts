@@ -27,6 +27,15 @@ const WRITE_COMMIT_BATCH = 32_768;
  */
 const PILE_BATCHES_SHARED = 1;
 /**
+ * With other volumes busy, a batch also keeps a commit's synchronous stretch near this long, from the
+ * last commit's cost per change (CommitPipeline.stretchPerChange): a change costs 0.2-0.4 us in random
+ * writes but ~1.2 us when clones' first writes copy shared leaves (a reference gained per chunk, each a
+ * record), and at bench:soak's start a batch of those held the event loop 62 ms (a stall trace: the
+ * commit queueing chunk records for ~40 ms of it). Not below MIN_SHARED_BATCH: commits cost disk bursts.
+ */
+const SHARED_STRETCH_MS = 20;
+const MIN_SHARED_BATCH = 8192;
+/**
  * With one volume busy (or none): four batches (131,072 changes). Its own requests are all that wait
  * behind the stretch, and a commit's cost hardly grows with its size, so small commits cost a lone
  * writer throughput: 1 MiB writes after 30 s of 4 KiB random writes ran at 90, 132, 153 and 190
@@ -100,7 +109,7 @@ export class CommitScheduler {
       const now = performance.now();
       this.busyVolumes = this.countBusy(now);
       const pending = this.meta.pendingChanges;
-      if (pending >= this.batch || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
+      if (pending >= this.batchNow() || (pending > 0 && now - this.lastCommit >= this.intervalMs)) this.commitSoon();
       if (now >= trimAt) {
         trimAt = now + this.intervalMs;
         this.meta.nodes.trim(MAX_CACHED_NODES);
@@ -115,7 +124,7 @@ export class CommitScheduler {
    */
   admit(): Promise<void> | null {
     const batches = this.busyVolumes > 1 ? PILE_BATCHES_SHARED : PILE_BATCHES_ALONE;
-    if (this.meta.pendingChanges < batches * this.batch) return null;
+    if (this.meta.pendingChanges < batches * this.batchNow()) return null;
     if (this.meta.pipeline.committing) return this.meta.pipeline.whenIdle();
     this.commitSoon();
     return null;
@@ -123,7 +132,15 @@ export class CommitScheduler {
 
   /** After a change: commits in the background once enough has piled up. */
   changed(): void {
-    if (this.meta.pendingChanges >= this.batch) this.commitSoon();
+    if (this.meta.pendingChanges >= this.batchNow()) this.commitSoon();
+  }
+
+  /** Changes after which a commit starts: the batch, smaller while other volumes are busy and changes cost more (SHARED_STRETCH_MS). */
+  private batchNow(): number {
+    if (this.busyVolumes <= 1) return this.batch;
+    const per = this.meta.pipeline.stretchPerChange;
+    if (!(per > 0)) return this.batch;
+    return Math.min(this.batch, Math.max(MIN_SHARED_BATCH, Math.floor(SHARED_STRETCH_MS / per)));
   }
 
   /** A background commit, once per burst of changes. */

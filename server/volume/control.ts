@@ -101,6 +101,7 @@ export interface Stats {
   metadataCommits: {
     pendingChanges: number; // changes made since the last commit began
     largestChanges: number; // the most one commit has taken since start (its synchronous stretch grows with them)
+    longestStretchMs: number; // the longest synchronous stretch of a commit since start
   };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */

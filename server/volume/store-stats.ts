@@ -66,7 +66,7 @@ export function storeStats(s: StatsSources, scope?: VolumeScope): Stats {
       sweptEntries: s.swept.total,
       freedKeys: s.dedup.freedKeys,
     },
-    metadataCommits: { pendingChanges: s.meta.pendingChanges, largestChanges: s.meta.pipeline.largestCommit },
+    metadataCommits: { pendingChanges: s.meta.pendingChanges, largestChanges: s.meta.pipeline.largestCommit, longestStretchMs: Math.round(s.meta.pipeline.longestStretchMs * 10) / 10 },
     fsck: s.fsck,
     flushJournal: s.journal && { ...s.journal },
     cache: s.cache.stats(),

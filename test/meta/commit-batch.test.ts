@@ -1,0 +1,63 @@
+// The commit batch while several volumes are busy (server/volume/commit-scheduler.ts): a commit queues
+// its records in one synchronous stretch that holds every client, so the batch shrinks when the last
+// commit's changes cost more (clones' first writes copy shared leaves: a record per chunk), keeping the
+// stretch near 20 ms; with one volume busy, or cheap changes, it stays 32,768.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CommitScheduler } from '../../server/volume/commit-scheduler.js';
+import type { MetaStore } from '../../server/meta/meta-store.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function scheduler(busy: number) {
+  const meta = {
+    pendingChanges: 0,
+    pipeline: { stretchPerChange: 0, committing: true, whenIdle: () => Promise.resolve() },
+    commit: () => Promise.resolve(),
+    nodes: { trim() {} },
+  };
+  const vols = [0, 1, 2].map(() => ({ io: { reads: 0, writes: 0 } }));
+  const s = new CommitScheduler(meta as unknown as MetaStore, undefined, 60_000, undefined, 32_768);
+  s.watch(() => vols);
+  return {
+    meta,
+    s,
+    /** Requests arrive on `busy` of the volumes, seen by two of the scheduler's checks. */
+    async start() {
+      s.start();
+      await sleep(150);
+      for (let i = 0; i < busy; i++) vols[i].io.writes++;
+      await sleep(150);
+    },
+  };
+}
+
+test('while several volumes are busy the commit batch shrinks as changes cost more; alone, or cheap, it stays', async () => {
+  const shared = scheduler(2);
+  const alone = scheduler(1);
+  await Promise.all([shared.start(), alone.start()]);
+  try {
+    const waits = (x: ReturnType<typeof scheduler>, pending: number, msPerChange: number) => {
+      x.meta.pendingChanges = pending;
+      x.meta.pipeline.stretchPerChange = msPerChange;
+      return x.s.admit() !== null; // a write waits for the commit in flight
+    };
+    // Random writes: ~0.3 us a change, a batch of 32,768 is a ~10 ms stretch.
+    assert.equal(waits(shared, 32_000, 0.0003), false);
+    assert.equal(waits(shared, 33_000, 0.0003), true);
+    // Clones' first writes: ~1.2 us a change, 20 ms is 16,666 changes.
+    assert.equal(waits(shared, 16_000, 0.0012), false);
+    assert.equal(waits(shared, 17_000, 0.0012), true);
+    // Never below 8,192 changes.
+    assert.equal(waits(shared, 8_000, 0.01), false);
+    assert.equal(waits(shared, 8_300, 0.01), true);
+    // No commit measured yet: the batch.
+    assert.equal(waits(shared, 32_000, 0), false);
+    // One volume busy: four batches of 32,768, whatever a change costs.
+    assert.equal(waits(alone, 131_000, 0.0012), false);
+    assert.equal(waits(alone, 131_100, 0.0012), true);
+  } finally {
+    shared.s.stop();
+    alone.s.stop();
+  }
+});
