@@ -21,7 +21,7 @@ const WRITE_COMMIT_BATCH = 32_768;
  * commit batches. While a commit waits on the disk, changes pile up, and the next commit queues them
  * all in one synchronous stretch in which no other request is served.
  *
- * With other volumes busy: one batch (a stretch of ~12 ms at most). Unbounded, a disk slow for a moment
+ * With other volumes busy: one batch (a stretch near SHARED_STRETCH_MS at most). Unbounded, a disk slow for a moment
  * under bench:soak's writes piled up enough to hold the event loop 105-126 ms (a stall trace: the loop
  * running all along, not preempted), every client of every volume waiting.
  */
