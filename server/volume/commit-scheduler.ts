@@ -135,12 +135,17 @@ export class CommitScheduler {
     if (this.meta.pendingChanges >= this.batchNow()) this.commitSoon();
   }
 
-  /** Changes after which a commit starts: the batch, smaller while other volumes are busy and changes cost more (SHARED_STRETCH_MS). */
+  /**
+   * Changes after which a commit starts: the batch, scaled down while other volumes are busy and a
+   * change costs more than SHARED_STRETCH_MS allows at WRITE_COMMIT_BATCH (to MIN_SHARED_BATCH at
+   * most). Scaled, not capped: a batch raised to keep operations for the journal alone stays raised.
+   */
   private batchNow(): number {
     if (this.busyVolumes <= 1) return this.batch;
     const per = this.meta.pipeline.stretchPerChange;
     if (!(per > 0)) return this.batch;
-    return Math.min(this.batch, Math.max(MIN_SHARED_BATCH, Math.floor(SHARED_STRETCH_MS / per)));
+    const scale = Math.max(MIN_SHARED_BATCH / WRITE_COMMIT_BATCH, Math.min(1, SHARED_STRETCH_MS / (per * WRITE_COMMIT_BATCH)));
+    return Math.floor(this.batch * scale);
   }
 
   /** A background commit, once per burst of changes. */

@@ -9,7 +9,7 @@ import type { MetaStore } from '../../server/meta/meta-store.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function scheduler(busy: number) {
+function scheduler(busy: number, batch = 32_768) {
   const meta = {
     pendingChanges: 0,
     pipeline: { stretchPerChange: 0, committing: true, whenIdle: () => Promise.resolve() },
@@ -17,7 +17,7 @@ function scheduler(busy: number) {
     nodes: { trim() {} },
   };
   const vols = [0, 1, 2].map(() => ({ io: { reads: 0, writes: 0 } }));
-  const s = new CommitScheduler(meta as unknown as MetaStore, undefined, 60_000, undefined, 32_768);
+  const s = new CommitScheduler(meta as unknown as MetaStore, undefined, 60_000, undefined, batch);
   s.watch(() => vols);
   return {
     meta,
@@ -35,7 +35,8 @@ function scheduler(busy: number) {
 test('while several volumes are busy the commit batch shrinks as changes cost more; alone, or cheap, it stays', async () => {
   const shared = scheduler(2);
   const alone = scheduler(1);
-  await Promise.all([shared.start(), alone.start()]);
+  const raised = scheduler(2, 10_000_000); // a test's batch raised to keep operations for the journal alone
+  await Promise.all([shared.start(), alone.start(), raised.start()]);
   try {
     const waits = (x: ReturnType<typeof scheduler>, pending: number, msPerChange: number) => {
       x.meta.pendingChanges = pending;
@@ -56,8 +57,11 @@ test('while several volumes are busy the commit batch shrinks as changes cost mo
     // One volume busy: four batches of 32,768, whatever a change costs.
     assert.equal(waits(alone, 131_000, 0.0012), false);
     assert.equal(waits(alone, 131_100, 0.0012), true);
+    // Scaled, not capped: a raised batch stays far above any pile here.
+    assert.equal(waits(raised, 1_000_000, 0.0012), false);
   } finally {
     shared.s.stop();
     alone.s.stop();
+    raised.s.stop();
   }
 });
