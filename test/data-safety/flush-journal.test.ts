@@ -23,6 +23,23 @@ async function journalStats(d: Awaited<ReturnType<typeof startDaemon>>): Promise
   return (await d.api('GET', '/v1/stats')).body.flushJournal;
 }
 
+/**
+ * Writes 4 KiB of byte `a` at 0 and of `b` at 8192 on a new 4 MiB volume, each FLUSHed (the volume's
+ * first FLUSH commits, so each write is one journal record), then kills the daemon: the journal's
+ * path, its bytes, and where its two records start.
+ */
+async function twoRecordsThenKill(d: Awaited<ReturnType<typeof startDaemon>>, volume: string, a: number, b: number): Promise<{ path: string; file: Buffer; starts: number[] }> {
+  await d.createVolume(volume, 4 * MiB);
+  const hex = (x: number) => `\\x${x.toString(16).padStart(2, '0')}`;
+  await withHandle(d, volume, `h.flush()\nh.pwrite(b'${hex(a)}' * 4096, 0)\nh.flush()\nh.pwrite(b'${hex(b)}' * 4096, 8192)\nh.flush()`);
+  await d.kill9();
+  const path = join(d.dataDir, 'flush-journal');
+  const file = readFileSync(path);
+  const starts = recordStarts(file);
+  assert.equal(starts.length, 2, `two records: ${starts}`);
+  return { path, file, starts };
+}
+
 test('writes, trims and zeroes acknowledged by FLUSH and FUA come back after kill -9, holes and allocated zeroes as they were', { timeout: 120_000 }, async (t) => {
   if (!needTools(t, 'nbdsh', 'qemu-io')) return;
   const d = await startDaemon({ env: NO_COMMITS });
@@ -107,16 +124,10 @@ test('a record torn by the crash ends the replay there: the FLUSHes before it co
   if (!needTools(t, 'nbdsh', 'qemu-io')) return;
   const d = await startDaemon({ env: NO_COMMITS });
   try {
-    await d.createVolume('t', 4 * MiB);
     // The first FLUSH of a volume commits (a volume not flushed lately keeps no writes for the journal).
-    await withHandle(d, 't', `h.flush()\nh.pwrite(b'\\x61' * 4096, 0)\nh.flush()\nh.pwrite(b'\\x62' * 4096, 8192)\nh.flush()`);
-    await d.kill9();
     // Two records, at the start of the journal's first half, on 512-byte sectors: damage the second's
     // data as a write cut short by a power cut would.
-    const path = join(d.dataDir, 'flush-journal');
-    const file = readFileSync(path);
-    const starts = recordStarts(file);
-    assert.equal(starts.length, 2, `two records: ${starts}`);
+    const { path, starts } = await twoRecordsThenKill(d, 't', 0x61, 0x62);
     const fd = openSync(path, 'r+');
     writeSync(fd, Buffer.from([0xff]), 0, 1, starts[1] + 200);
     closeSync(fd);
@@ -234,16 +245,10 @@ test('a journal of the former size (two 8 MiB halves) is replayed from both halv
   if (!needTools(t, 'nbdsh', 'qemu-io')) return;
   const d = await startDaemon({ env: NO_COMMITS });
   try {
-    await d.createVolume('l', 4 * MiB);
-    await withHandle(d, 'l', `h.flush()\nh.pwrite(b'\\x81' * 4096, 0)\nh.flush()\nh.pwrite(b'\\x82' * 4096, 8192)\nh.flush()`);
-    await d.kill9();
+    const { path, file, starts } = await twoRecordsThenKill(d, 'l', 0x81, 0x82);
     // The two records, laid out as a journal made before the halves grew: the first at the start of
     // its first half, the second at the start of its second half (8 MiB), in a 16 MiB file.
-    const path = join(d.dataDir, 'flush-journal');
-    const file = readFileSync(path);
     assert.equal(file.length, 64 * MiB);
-    const starts = recordStarts(file);
-    assert.equal(starts.length, 2, `two records: ${starts}`);
     const legacy = Buffer.alloc(16 * MiB);
     file.copy(legacy, 0, starts[0], starts[1]);
     file.copy(legacy, 8 * MiB, starts[1], starts[1] + (starts[1] - starts[0]));
