@@ -17,6 +17,8 @@ export interface ChunkRecord {
 
 /** Stored layout: u32 refs, u32 domain, 32-byte fingerprint (all zero when written with dedup off). */
 const RECORD_BYTES = 40;
+/** Blind references folded into records per turn (see foldSlice), at most this long. */
+const FOLD_SLICE_MS = 2;
 
 function encode(c: ChunkRecord): Buffer {
   const b = Buffer.allocUnsafe(RECORD_BYTES);
@@ -37,13 +39,35 @@ function carriesKey(c: ChunkRecord | undefined, keys: Buffer, off: number): bool
   return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
 }
 
+/**
+ * Copies slot's stored record into `into` (RECORD_BYTES); false if there is none. LMDB's shared
+ * buffer is overwritten by the next read: copied out at once, byte by byte (lmdb-js sets its
+ * `length` to the value's size over a larger array, which Buffer#copy does not take).
+ */
+function readRecord(db: Database<Buffer, number>, slot: number, into: Buffer): boolean {
+  const b = db.getBinaryFast(slot);
+  if (!b) return false;
+  for (let i = 0; i < RECORD_BYTES; i++) into[i] = b[i];
+  return true;
+}
+
 /** Told when a chunk is freed; `rec` is valid only during the call. */
 export type ChunkFreedListener = (slot: number, rec: ChunkRecord) => void;
 
 type Taken = Map<number, ChunkRecord | null>; // null: removed
 
 export class ChunkRecords implements CommitPart<Taken> {
-  private changes: Taken = new Map();
+  private changes = new Map<number, ChunkRecord | null>();
+  /**
+   * References added by inc() to chunks whose records were not in `changes`: slot -> how many. The
+   * record is read when something needs it (a release, a lookup: fold()) or else when a commit takes
+   * the changes (then LMDB holds what the commit before left, and the commit only whole records). A
+   * write to a clone copies the shared leaf it lands in, one reference for each of its 256 chunks:
+   * reading each record there cost 0.5-0.7 ms a leaf in the write's turn, and the writes that start
+   * on a fresh clone copy a leaf each (64 in one turn at bench:soak's start). docs/write-path.md,
+   * "Blind references".
+   */
+  private incs = new Map<number, number>();
   private committing: Taken | null = null;
   // Records read from LMDB, kept until the next commit changes LMDB: a write of data already
   // stored reads each candidate's record to check it, then again to add the reference, a whole
@@ -55,6 +79,8 @@ export class ChunkRecords implements CommitPart<Taken> {
    * see writes pause (a write of data already stored adds no chunk, but still needs the disk).
    */
   writeActivity = 0;
+  /** Blind references found pointing at no chunk when a commit took them (corrupt metadata; see take()). */
+  lostReferences = 0;
 
   constructor(
     private readonly db: Database<Buffer, number>,
@@ -68,8 +94,16 @@ export class ChunkRecords implements CommitPart<Taken> {
   }
 
   get(slot: number): ChunkRecord | undefined {
-    let v = this.changes.get(slot);
-    if (v === undefined && this.committing) v = this.committing.get(slot);
+    const v = this.changes.get(slot);
+    if (v !== undefined) return v ?? undefined;
+    const d = this.incs.get(slot);
+    if (d !== undefined) return this.fold(slot, d);
+    return this.below(slot);
+  }
+
+  /** The record as the commit in flight leaves it: its record, else LMDB's. */
+  private below(slot: number): ChunkRecord | undefined {
+    const v = this.committing?.get(slot);
     if (v !== undefined) return v ?? undefined;
     const r = this.recent.get(slot);
     if (r !== undefined) return r;
@@ -81,6 +115,53 @@ export class ChunkRecords implements CommitPart<Taken> {
     return c;
   }
 
+  /** Turns a slot's blind references into a whole record in `changes`, read from below. */
+  private fold(slot: number, d: number): ChunkRecord {
+    const r = this.foldLean(slot, d);
+    if (!r) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
+    return r;
+  }
+
+  /**
+   * fold() without a throw, and with no decoded copy kept in `recent`: null (the references dropped
+   * and counted in lostReferences) where there is no live chunk to hold them.
+   */
+  private foldLean(slot: number, d: number): ChunkRecord | null {
+    this.incs.delete(slot);
+    const r = this.withRefs(slot, d);
+    if (r) this.changes.set(slot, r);
+    return r;
+  }
+
+  /** A new record for slot with d more references than below (the commit in flight's, else LMDB's); null if none is live. */
+  private withRefs(slot: number, d: number): ChunkRecord | null {
+    const c = this.committing?.get(slot);
+    if (c) return { refs: c.refs + d, domain: c.domain, fp: c.fp, fpOff: c.fpOff };
+    if (c === undefined) {
+      const b = Buffer.allocUnsafe(RECORD_BYTES);
+      const refs = readRecord(this.db, slot, b) ? b.readUInt32LE(0) : 0;
+      if (refs > 0) return { refs: refs + d, domain: b.readUInt32LE(4), fp: b, fpOff: 8 };
+    }
+    this.lostReferences += d;
+    return null;
+  }
+
+  /**
+   * Folds blind references in slices of FOLD_SLICE_MS, one a turn, between the clients' requests: what
+   * is left when a commit takes the changes is folded there, in its synchronous stretch.
+   */
+  private readonly foldSlice = (): void => {
+    const until = performance.now() + FOLD_SLICE_MS;
+    let n = 0;
+    for (const [slot, d] of this.incs) {
+      this.foldLean(slot, d);
+      if ((++n & 63) === 0 && performance.now() >= until) break;
+    }
+    if (this.incs.size > 0) setImmediate(this.foldSlice);
+    else this.folding = false;
+  };
+  private folding = false;
+
   /** Whether slot holds a live chunk with the fingerprint key keys[off..off+36) (domain, fingerprint). */
   hasKey(slot: number, keys: Buffer, off: number): boolean {
     return carriesKey(this.get(slot), keys, off);
@@ -91,7 +172,7 @@ export class ChunkRecords implements CommitPart<Taken> {
    * dec() reads, with no record object and no `recent` entry per chunk.
    */
   holdsKey(slot: number, keys: Buffer, off: number): boolean {
-    return carriesKey(this.forRelease(slot), keys, off);
+    return carriesKey(this.forRelease(slot, false), keys, off);
   }
 
   refCount(slot: number): number {
@@ -103,7 +184,7 @@ export class ChunkRecords implements CommitPart<Taken> {
    * dec() reads, with no record object and no `recent` entry per chunk.
    */
   refsOf(slot: number): number {
-    return this.forRelease(slot)?.refs ?? 0;
+    return this.forRelease(slot, false)?.refs ?? 0;
   }
 
   /**
@@ -132,8 +213,25 @@ export class ChunkRecords implements CommitPart<Taken> {
     return true;
   }
 
+  /**
+   * One more reference to a chunk the caller knows is live (a leaf entry points at it: a leaf being
+   * copied, a range being shared). Without its record in memory nothing is read now: the reference
+   * is counted blind, and the record read when it is needed, by a slice of foldSlice, or by the
+   * commit (see take()).
+   */
   inc(slot: number): void {
-    if (!this.incIfLive(slot)) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
+    const v = this.changes.get(slot);
+    if (v === null) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
+    if (v !== undefined) this.changes.set(slot, { refs: v.refs + 1, domain: v.domain, fp: v.fp, fpOff: v.fpOff });
+    else {
+      this.incs.set(slot, (this.incs.get(slot) ?? 0) + 1);
+      if (!this.folding) {
+        this.folding = true;
+        setImmediate(this.foldSlice);
+      }
+    }
+    this.writeActivity++;
+    this.pipeline.changed();
   }
 
   /**
@@ -142,19 +240,19 @@ export class ChunkRecords implements CommitPart<Taken> {
    * are read once: a Buffer, an object and a `recent` entry each were young garbage, and the
    * delete benchmark ran three times as many scavenges of 5 ms and more as without it.)
    */
-  private forRelease(slot: number): ChunkRecord | undefined {
-    let v = this.changes.get(slot);
-    if (v === undefined && this.committing) v = this.committing.get(slot);
+  private forRelease(slot: number, fold = true): ChunkRecord | undefined {
+    const v = this.changes.get(slot);
     if (v !== undefined) return v ?? undefined;
-    const r = this.recent.get(slot);
-    if (r !== undefined) return r;
-    // LMDB's shared buffer, overwritten by the next read: copied out at once, byte by byte (lmdb-js
-    // sets its `length` to the value's size over a larger array, which Buffer#copy does not take).
-    const b = this.db.getBinaryFast(slot);
-    if (!b) return undefined;
+    const d = this.incs.get(slot);
+    if (d !== undefined && fold) return this.fold(slot, d);
+    // d here: a walk's read (no fold), blind references added to the record below.
+    let w = this.committing?.get(slot);
+    if (w === undefined) w = this.recent.get(slot);
+    else if (w === null) return undefined;
+    if (w !== undefined) return d === undefined ? w : { refs: w.refs + d, domain: w.domain, fp: w.fp, fpOff: w.fpOff };
     const s = this.scratch;
-    for (let i = 0; i < RECORD_BYTES; i++) s.fp[i] = b[i];
-    s.refs = s.fp.readUInt32LE(0);
+    if (!readRecord(this.db, slot, s.fp)) return undefined;
+    s.refs = s.fp.readUInt32LE(0) + (d ?? 0);
     s.domain = s.fp.readUInt32LE(4);
     return s;
   }
@@ -183,9 +281,23 @@ export class ChunkRecords implements CommitPart<Taken> {
 
   // ---------------------------------------------------------------- CommitPart
 
+  /**
+   * Blind references become whole records here, read from LMDB as the commit before left it (commits
+   * run one at a time): the commit writes records only. (Written as deltas, a reference would be
+   * counted twice by a read between LMDB taking the commit and the commit settling.) A reference to a
+   * chunk with no record is corrupt metadata: it is dropped and counted (lostReferences), and fsck
+   * reports the map entry.
+   */
   take(): Taken | null {
-    if (this.changes.size === 0) return null;
     const t = this.changes;
+    if (this.incs.size > 0) {
+      for (const [slot, d] of this.incs) {
+        const r = this.withRefs(slot, d);
+        if (r) t.set(slot, r);
+      }
+      this.incs = new Map();
+    }
+    if (t.size === 0) return null;
     this.committing = t;
     this.changes = new Map();
     return t;
