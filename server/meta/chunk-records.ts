@@ -151,6 +151,11 @@ export class ChunkRecords implements CommitPart<Taken> {
    * is left when a commit takes the changes is folded there, in its synchronous stretch.
    */
   private readonly foldSlice = (): void => {
+    // A store closed without a last commit (a read-only check, a failed disk) reads nothing more.
+    if (this.pipeline.isClosed) {
+      this.folding = false;
+      return;
+    }
     const until = performance.now() + FOLD_SLICE_MS;
     let n = 0;
     for (const [slot, d] of this.incs) {

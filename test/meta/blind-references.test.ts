@@ -107,3 +107,17 @@ test('a blind reference to a chunk that is gone is dropped and counted when the 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('blind references left when a store closes without a last commit are not read after it closed', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-blind-refs-'));
+  try {
+    const meta = MetaStore.open(dir, { chunkSize: 4096, create: true });
+    meta.chunks.add(5, 0, Buffer.alloc(32, 1), 0);
+    await meta.commit();
+    meta.chunks.inc(5); // its fold is scheduled for the next turn
+    await meta.discard(); // a read-only check's close: no commit takes it
+    await new Promise((r) => setTimeout(r, 20)); // an uncaught error from a late read would end the test run here
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
