@@ -34,6 +34,11 @@ function decode(b: Uint8Array): ChunkRecord {
   return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: buf, fpOff: 8 };
 }
 
+/** `c` with `d` more references (a new record: the ones in the overlays and in `recent` are not changed in place). */
+function plusRefs(c: ChunkRecord, d: number): ChunkRecord {
+  return { refs: c.refs + d, domain: c.domain, fp: c.fp, fpOff: c.fpOff };
+}
+
 /** Whether `c` is a live chunk's record carrying the key keys[off..off+36) (domain, fingerprint). */
 function carriesKey(c: ChunkRecord | undefined, keys: Buffer, off: number): boolean {
   return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
@@ -136,7 +141,7 @@ export class ChunkRecords implements CommitPart<Taken> {
   /** A new record for slot with d more references than below (the commit in flight's, else LMDB's); null if none is live. */
   private withRefs(slot: number, d: number): ChunkRecord | null {
     const c = this.committing?.get(slot);
-    if (c) return { refs: c.refs + d, domain: c.domain, fp: c.fp, fpOff: c.fpOff };
+    if (c) return plusRefs(c, d);
     if (c === undefined) {
       const b = Buffer.allocUnsafe(RECORD_BYTES);
       const refs = readRecord(this.db, slot, b) ? b.readUInt32LE(0) : 0;
@@ -212,7 +217,7 @@ export class ChunkRecords implements CommitPart<Taken> {
   incIfLive(slot: number): boolean {
     const c = this.get(slot);
     if (!c || c.refs <= 0) return false;
-    this.changes.set(slot, { refs: c.refs + 1, domain: c.domain, fp: c.fp, fpOff: c.fpOff });
+    this.changes.set(slot, plusRefs(c, 1));
     this.writeActivity++;
     this.pipeline.changed();
     return true;
@@ -227,7 +232,7 @@ export class ChunkRecords implements CommitPart<Taken> {
   inc(slot: number): void {
     const v = this.changes.get(slot);
     if (v === null) throw new ShoalError('corrupt_metadata', `chunk ${slot} was referenced after it was freed`);
-    if (v !== undefined) this.changes.set(slot, { refs: v.refs + 1, domain: v.domain, fp: v.fp, fpOff: v.fpOff });
+    if (v !== undefined) this.changes.set(slot, plusRefs(v, 1));
     else {
       this.incs.set(slot, (this.incs.get(slot) ?? 0) + 1);
       if (!this.folding) {
@@ -254,7 +259,7 @@ export class ChunkRecords implements CommitPart<Taken> {
     let w = this.committing?.get(slot);
     if (w === undefined) w = this.recent.get(slot);
     else if (w === null) return undefined;
-    if (w !== undefined) return d === undefined ? w : { refs: w.refs + d, domain: w.domain, fp: w.fp, fpOff: w.fpOff };
+    if (w !== undefined) return d === undefined ? w : plusRefs(w, d);
     const s = this.scratch;
     if (!readRecord(this.db, slot, s.fp)) return undefined;
     s.refs = s.fp.readUInt32LE(0) + (d ?? 0);

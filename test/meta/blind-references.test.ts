@@ -33,10 +33,19 @@ class Probe implements CommitPart<true> {
   settle(): void {}
 }
 
-test('blind references count once before, while and after the commit that writes them', async () => {
+/** Runs fn on a fresh directory for a metadata store, removed afterwards. */
+async function inTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'shoal-blind-refs-'));
-  const fp = Buffer.alloc(32, 7);
   try {
+    await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('blind references count once before, while and after the commit that writes them', () =>
+  inTempDir(async (dir) => {
+    const fp = Buffer.alloc(32, 7);
     let meta = MetaStore.open(dir, { chunkSize: 4096, create: true });
     const [a, b, c] = [10, 11, 12];
     for (const s of [a, b, c]) meta.chunks.add(s, 0, fp, 0);
@@ -87,14 +96,10 @@ test('blind references count once before, while and after the commit that writes
     assert.deepEqual(freed, [a]);
     assert.equal(meta.chunks.refCount(a), 0);
     await meta.close();
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('a blind reference to a chunk that is gone is dropped and counted when the commit takes it', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'shoal-blind-refs-'));
-  try {
+test('a blind reference to a chunk that is gone is dropped and counted when the commit takes it', () =>
+  inTempDir(async (dir) => {
     const meta = MetaStore.open(dir, { chunkSize: 4096, create: true });
     meta.chunks.add(5, 0, Buffer.alloc(32, 1), 0);
     meta.chunks.inc(99); // no chunk 99: a map entry pointing at nothing (corrupt metadata)
@@ -103,21 +108,14 @@ test('a blind reference to a chunk that is gone is dropped and counted when the 
     assert.equal(meta.chunks.refCount(99), 0, 'no record made up for it');
     assert.equal(meta.chunks.refCount(5), 1, 'the rest of the commit landed');
     await meta.close();
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test('blind references left when a store closes without a last commit are not read after it closed', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'shoal-blind-refs-'));
-  try {
+test('blind references left when a store closes without a last commit are not read after it closed', () =>
+  inTempDir(async (dir) => {
     const meta = MetaStore.open(dir, { chunkSize: 4096, create: true });
     meta.chunks.add(5, 0, Buffer.alloc(32, 1), 0);
     await meta.commit();
     meta.chunks.inc(5); // its fold is scheduled for the next turn
     await meta.discard(); // a read-only check's close: no commit takes it
     await new Promise((r) => setTimeout(r, 20)); // an uncaught error from a late read would end the test run here
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
