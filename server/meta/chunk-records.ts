@@ -73,6 +73,10 @@ export class ChunkRecords implements CommitPart<Taken> {
    * "Blind references".
    */
   private incs = new Map<number, number>();
+  /** Chunks with blind references not yet folded into their records (the commit folds what is left). */
+  get unfoldedReferences(): number {
+    return this.incs.size;
+  }
   private committing: Taken | null = null;
   // Records read from LMDB, kept until the next commit changes LMDB: a write of data already
   // stored reads each candidate's record to check it, then again to add the reference, a whole

@@ -11,33 +11,47 @@ import { ShoalError } from '../errors.js';
 import type { MetaStore } from '../meta/meta-store.js';
 
 /**
- * Changes after which a commit starts. 4K FUA writes at queue depth 1 (~8,000 changes a second) over
- * a 1 GiB volume, 15 s each: with 4,096 (and a 2 s interval, an 8 MiB journal half) p99 3.6 ms and
- * 22.9 KB on the disk per write; with 32,768 (a 5 s interval, a 32 MiB half) p99 1.65-1.76 ms, 16.2 KB.
+ * Changes after which a commit starts while other volumes are busy (scaled down by cost: see
+ * SHARED_STRETCH_MS). 4K FUA writes at queue depth 1 (~8,000 changes a second) over a 1 GiB volume,
+ * 15 s each: with 4,096 (and a 2 s interval, an 8 MiB journal half) p99 3.6 ms and 22.9 KB on the disk
+ * per write; with 32,768 (a 5 s interval, a 32 MiB half) p99 1.65-1.76 ms, 16.2 KB.
  */
 const WRITE_COMMIT_BATCH = 32_768;
 /**
- * Changes piled up behind a commit in flight past which a client's write waits for it (admit()), in
- * commit batches. While a commit waits on the disk, changes pile up, and the next commit queues them
- * all in one synchronous stretch in which no other request is served.
- *
- * With other volumes busy: one batch (a stretch near SHARED_STRETCH_MS at most). Unbounded, a disk slow for a moment
- * under bench:soak's writes piled up enough to hold the event loop 105-126 ms (a stall trace: the loop
- * running all along, not preempted), every client of every volume waiting.
- */
-const PILE_BATCHES_SHARED = 1;
-/**
  * With other volumes busy, a batch also keeps a commit's synchronous stretch near this long, from the
  * last commit's cost per change (CommitPipeline.stretchPerChange): a change costs 0.2-0.4 us in random
- * writes but ~1.2 us when clones' first writes copy shared leaves (a reference gained per chunk, each a
- * record), and at bench:soak's start a batch of those held the event loop 62 ms (a stall trace: the
- * commit queueing chunk records for ~40 ms of it). Not below MIN_SHARED_BATCH: commits cost disk bursts.
+ * writes but ~2 us when clones' first writes copy shared leaves (a reference gained per chunk, folded
+ * into its record by the commit when no slice did it first), and at bench:soak's start a batch of those
+ * held the event loop 62 ms (a stall trace: the commit queueing chunk records for ~40 ms of it). Not
+ * below MIN_SHARED_BATCH: commits cost disk bursts.
  */
 const SHARED_STRETCH_MS = 20;
 const MIN_SHARED_BATCH = 8192;
 /**
- * With one volume busy (or none): four batches (131,072 changes). Its own requests are all that wait
- * behind the stretch, and a commit's cost hardly grows with its size, so small commits cost a lone
+ * With one volume busy (or none) a commit waits for up to four batches (131,072 changes), fewer if
+ * they would hold the event loop longer than LONE_STRETCH_MS, never fewer than one batch. Why: a
+ * commit's LMDB work hardly grows with its size (random writes dirty nearly every page of the chunk
+ * records' b-tree within a few thousand writes, and a commit rewrites every page it dirties however
+ * few of its records changed), so on the thread pool it costs about the same per commit, and fewer
+ * commits cost less per write. 4K random writes at QD32 over a filled 1 GiB volume, fresh daemons
+ * alternated (docs/write-path.md, "Commits per write"): 38-47 us of CPU per request against 48-53 at
+ * 32,768; 262,144 gained nothing more. The price is the lone writer's own: stretches of 21-35 ms in
+ * those runs, against ~8.
+ */
+const LONE_BATCHES = 4;
+const LONE_STRETCH_MS = 40;
+/**
+ * Changes piled up behind a commit in flight past which a client's write waits for it (admit()).
+ * While a commit waits on the disk, changes pile up, and the next commit queues them all in one
+ * synchronous stretch in which no other request is served.
+ *
+ * With other volumes busy: one batch as it stands (a stretch near SHARED_STRETCH_MS at most).
+ * Unbounded, a disk slow for a moment under bench:soak's writes piled up enough to hold the event loop
+ * 105-126 ms (a stall trace: the loop running all along, not preempted), every client of every volume
+ * waiting.
+ *
+ * With one volume busy (or none): four batches of WRITE_COMMIT_BATCH (131,072 changes), whatever a
+ * change costs. Its own requests are all that wait behind the stretch, and small commits cost a lone
  * writer throughput: 1 MiB writes after 30 s of 4 KiB random writes ran at 90, 132, 153 and 190
  * requests/s with the bound at 8,192, 32,768, 65,536 and 131,072 changes (172-190 unbounded). It is
  * still a bound: without one a disk slow for seconds grows the pile, its memory and the stretch without
@@ -120,17 +134,16 @@ export class CommitScheduler {
 
   /**
    * Before a client's write, trim or zero: null, or a promise to wait for first (the commit in flight,
-   * when too many changes have piled up behind it: PILE_BATCHES_SHARED or PILE_BATCHES_ALONE batches).
+   * when too many changes have piled up behind it: see PILE_BATCHES_ALONE).
    */
   admit(): Promise<void> | null {
     const pending = this.meta.pendingChanges;
-    if (pending < PILE_BATCHES_SHARED * this.batchNow()) return null;
+    if (pending < this.sharedBatch()) return null;
     // Past the smaller bound, look again at which volumes are busy rather than trust the last check:
     // when a load starts on several volumes at once the check is up to CHECK_MS old and counts none,
     // and the larger bound let a clone's first writes pile up 131,072 changes (a 70-84 ms stretch).
     this.busyVolumes = this.countBusy(performance.now());
-    const batches = this.busyVolumes > 1 ? PILE_BATCHES_SHARED : PILE_BATCHES_ALONE;
-    if (pending < batches * this.batchNow()) return null;
+    if (pending < (this.busyVolumes > 1 ? this.sharedBatch() : PILE_BATCHES_ALONE * this.batch)) return null;
     if (this.meta.pipeline.committing) return this.meta.pipeline.whenIdle();
     this.commitSoon();
     return null;
@@ -141,17 +154,33 @@ export class CommitScheduler {
     if (this.meta.pendingChanges >= this.batchNow()) this.commitSoon();
   }
 
-  /**
-   * Changes after which a commit starts: the batch, scaled down while other volumes are busy and a
-   * change costs more than SHARED_STRETCH_MS allows at WRITE_COMMIT_BATCH (to MIN_SHARED_BATCH at
-   * most). Scaled, not capped: a batch raised to keep operations for the journal alone stays raised.
-   */
+  /** Changes after which a commit starts, by how many volumes are busy. */
   private batchNow(): number {
-    if (this.busyVolumes <= 1) return this.batch;
+    return this.busyVolumes > 1 ? this.sharedBatch() : this.loneBatch();
+  }
+
+  /**
+   * The batch while other volumes are busy: scaled down when a change costs more than
+   * SHARED_STRETCH_MS allows at WRITE_COMMIT_BATCH (to MIN_SHARED_BATCH at most). Scaled, not capped: a
+   * batch raised to keep operations for the journal alone stays raised.
+   */
+  private sharedBatch(): number {
     const per = this.meta.pipeline.stretchPerChange;
     if (!(per > 0)) return this.batch;
     const scale = Math.max(MIN_SHARED_BATCH / WRITE_COMMIT_BATCH, Math.min(1, SHARED_STRETCH_MS / (per * WRITE_COMMIT_BATCH)));
     return Math.floor(this.batch * scale);
+  }
+
+  /**
+   * The batch of a volume busy alone: up to LONE_BATCHES batches while the last commit's cost per
+   * change keeps the stretch within LONE_STRETCH_MS. Just the batch before any commit was measured, and
+   * while blind references wait to be folded (a clone's first writes): the commit folds what is left
+   * of them at ~2 us each, a cost the last commit's figure does not foresee.
+   */
+  private loneBatch(): number {
+    const per = this.meta.pipeline.stretchPerChange;
+    if (!(per > 0) || this.meta.chunks.unfoldedReferences > 0) return this.batch;
+    return Math.floor(Math.max(this.batch, Math.min(LONE_BATCHES * this.batch, LONE_STRETCH_MS / per)));
   }
 
   /** A background commit, once per burst of changes. */

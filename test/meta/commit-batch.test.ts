@@ -1,7 +1,8 @@
-// The commit batch while several volumes are busy (server/volume/commit-scheduler.ts): a commit queues
-// its records in one synchronous stretch that holds every client, so the batch shrinks when the last
+// The commit batch (server/volume/commit-scheduler.ts): a commit queues its records in one synchronous
+// stretch that holds every client, so while several volumes are busy the batch shrinks when the last
 // commit's changes cost more (clones' first writes copy shared leaves: a record per chunk), keeping the
-// stretch near 20 ms; with one volume busy, or cheap changes, it stays 32,768.
+// stretch near 20 ms; cheap, it stays 32,768. A volume busy alone gets up to four batches (fewer
+// commits cost less LMDB work per write) as long as the stretch stays near 40 ms.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CommitScheduler } from '../../server/volume/commit-scheduler.js';
@@ -13,7 +14,12 @@ function scheduler(busy: number, batch = 32_768) {
   const meta = {
     pendingChanges: 0,
     pipeline: { stretchPerChange: 0, committing: true, whenIdle: () => Promise.resolve() },
-    commit: () => Promise.resolve(),
+    chunks: { unfoldedReferences: 0 },
+    commits: 0,
+    commit() {
+      this.commits++;
+      return new Promise<void>(() => {}); // never settles: each check below sees at most one commit start
+    },
     nodes: { trim() {} },
   };
   const vols = [0, 1, 2].map(() => ({ io: { reads: 0, writes: 0 } }));
@@ -64,4 +70,40 @@ test('while several volumes are busy the commit batch shrinks as changes cost mo
     alone.s.stop();
     raised.s.stop();
   }
+});
+
+test('a volume busy alone commits after up to four batches while the stretch stays near 40 ms', async () => {
+  const fresh = async (busy: number) => {
+    const x = scheduler(busy);
+    await x.start();
+    return x;
+  };
+  /** Whether a change with `pending` changes waiting starts a commit, the last commit having cost msPerChange a change. */
+  const commits = async (busy: number, pending: number, msPerChange: number, unfolded = 0) => {
+    const x = await fresh(busy);
+    try {
+      x.meta.pendingChanges = pending;
+      x.meta.pipeline.stretchPerChange = msPerChange;
+      x.meta.chunks.unfoldedReferences = unfolded;
+      x.s.changed();
+      return x.meta.commits > 0;
+    } finally {
+      x.s.stop();
+    }
+  };
+  // Random writes, ~0.25 us a change: 131,072 changes are a ~33 ms stretch.
+  assert.equal(await commits(1, 131_000, 0.00025), false);
+  assert.equal(await commits(1, 131_100, 0.00025), true);
+  // Dearer changes: 40 ms is 80,000 changes at 0.5 us.
+  assert.equal(await commits(1, 79_000, 0.0005), false);
+  assert.equal(await commits(1, 81_000, 0.0005), true);
+  // Never fewer than one batch, however dear.
+  assert.equal(await commits(1, 32_000, 0.01), false);
+  assert.equal(await commits(1, 33_000, 0.01), true);
+  // No commit measured yet, or blind references waiting for the commit to fold them: one batch.
+  assert.equal(await commits(1, 33_000, 0), true);
+  assert.equal(await commits(1, 33_000, 0.00025, 10), true);
+  // Two volumes busy: one batch, even for cheap changes.
+  assert.equal(await commits(2, 32_000, 0.00025), false);
+  assert.equal(await commits(2, 33_000, 0.00025), true);
 });
