@@ -99,9 +99,10 @@ export class CommitPipeline {
   /** The most changes one commit has taken since the store opened (its synchronous stretch grows with them). */
   largestCommit = 0;
   /**
-   * The last commit's synchronous stretch (its records queued into the transaction) per change taken,
-   * in ms: 0.2-0.4 us for random writes, ~1.2 us when a clone's first writes copy shared leaves (every
-   * chunk of such a leaf gains a reference, each a record). 0 before a commit of 1,000 changes or more.
+   * The last commit's synchronous stretch (taking the changes and queueing their records into the
+   * transaction) per change taken, in ms: 0.2-0.4 us for random writes, up to ~2 us when a clone's first
+   * writes copy shared leaves (every chunk of such a leaf gains a reference, which the commit folds into
+   * its record when no slice did it first). 0 before a commit of 1,000 changes or more.
    */
   stretchPerChange = 0;
   /** The longest synchronous stretch of a commit since the store opened, in ms. */

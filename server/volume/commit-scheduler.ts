@@ -28,8 +28,8 @@ const WRITE_COMMIT_BATCH = 32_768;
 const SHARED_STRETCH_MS = 20;
 const MIN_SHARED_BATCH = 8192;
 /**
- * With one volume busy (or none) a commit waits for up to four batches (131,072 changes), fewer if
- * they would hold the event loop longer than LONE_STRETCH_MS, never fewer than one batch. Why: a
+ * With one volume busy writing (or none busy) a commit waits for up to four batches (131,072 changes),
+ * fewer if they would hold the event loop longer than LONE_STRETCH_MS, never fewer than one batch. Why: a
  * commit's LMDB work hardly grows with its size (random writes dirty nearly every page of the chunk
  * records' b-tree within a few thousand writes, and a commit rewrites every page it dirties however
  * few of its records changed), so on the thread pool it costs about the same per commit, and fewer
@@ -81,10 +81,12 @@ export class CommitScheduler {
   private queued = false;
   private lastCommit = performance.now();
   private volumes: () => Iterable<WatchedVolume> = () => [];
-  /** Per volume: its request count when last looked at, and when that count last moved. */
-  private readonly seen = new WeakMap<WatchedVolume, { n: number; at: number }>();
+  /** Per volume: its request and write counts when last looked at, and when each last moved. */
+  private readonly seen = new WeakMap<WatchedVolume, { n: number; at: number; w: number; wAt: number }>();
   /** Volumes busy at the last check (CHECK_MS): admit() allows a larger pile when it is at most one. */
   private busyVolumes = 0;
+  /** Of those, volumes whose clients wrote in the last BUSY_MS. */
+  private writingVolumes = 0;
 
   constructor(
     private readonly meta: MetaStore,
@@ -101,19 +103,29 @@ export class CommitScheduler {
     this.volumes = volumes;
   }
 
-  /** How many volumes had a request arrive in the last BUSY_MS. */
+  /** How many volumes had a request arrive in the last BUSY_MS (and, in writingVolumes, a write). */
   private countBusy(now: number): number {
     let busy = 0;
+    let writing = 0;
     for (const v of this.volumes()) {
       const n = v.io.reads + v.io.writes;
+      const w = v.io.writes;
       let s = this.seen.get(v);
-      if (s === undefined) this.seen.set(v, (s = { n, at: -Infinity }));
-      else if (s.n !== n) {
-        s.n = n;
-        s.at = now;
+      if (s === undefined) this.seen.set(v, (s = { n, at: -Infinity, w, wAt: -Infinity }));
+      else {
+        if (s.n !== n) {
+          s.n = n;
+          s.at = now;
+        }
+        if (s.w !== w) {
+          s.w = w;
+          s.wAt = now;
+        }
       }
       if (now - s.at < BUSY_MS) busy++;
+      if (now - s.wAt < BUSY_MS) writing++;
     }
+    this.writingVolumes = writing;
     return busy;
   }
 
@@ -154,9 +166,15 @@ export class CommitScheduler {
     if (this.meta.pendingChanges >= this.batchNow()) this.commitSoon();
   }
 
-  /** Changes after which a commit starts, by how many volumes are busy. */
+  /**
+   * Changes after which a commit starts, by who would wait behind its stretch: the shared batch while
+   * several volumes are busy; the lone batch when none is, or when the one busy volume writes (it waits
+   * behind its own changes); the batch as it is when the one busy volume only reads (its reads would
+   * wait behind changes not its own: a deleted volume's reclaim, say).
+   */
   private batchNow(): number {
-    return this.busyVolumes > 1 ? this.sharedBatch() : this.loneBatch();
+    if (this.busyVolumes > 1) return this.sharedBatch();
+    return this.busyVolumes === 0 || this.writingVolumes === 1 ? this.loneBatch() : this.batch;
   }
 
   /**

@@ -1,8 +1,8 @@
 // The commit batch (server/volume/commit-scheduler.ts): a commit queues its records in one synchronous
 // stretch that holds every client, so while several volumes are busy the batch shrinks when the last
 // commit's changes cost more (clones' first writes copy shared leaves: a record per chunk), keeping the
-// stretch near 20 ms; cheap, it stays 32,768. A volume busy alone gets up to four batches (fewer
-// commits cost less LMDB work per write) as long as the stretch stays near 40 ms.
+// stretch near 20 ms; cheap, it stays 32,768. A volume busy writing alone gets up to four batches
+// (fewer commits cost less LMDB work per write) as long as the stretch stays near 40 ms.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CommitScheduler } from '../../server/volume/commit-scheduler.js';
@@ -10,7 +10,7 @@ import type { MetaStore } from '../../server/meta/meta-store.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function scheduler(busy: number, batch = 32_768) {
+function scheduler(busy: number, batch = 32_768, reading = false) {
   const meta = {
     pendingChanges: 0,
     pipeline: { stretchPerChange: 0, committing: true, whenIdle: () => Promise.resolve() },
@@ -32,7 +32,10 @@ function scheduler(busy: number, batch = 32_768) {
     async start() {
       s.start();
       await sleep(150);
-      for (let i = 0; i < busy; i++) vols[i].io.writes++;
+      for (let i = 0; i < busy; i++) {
+        if (reading) vols[i].io.reads++;
+        else vols[i].io.writes++;
+      }
       await sleep(150);
     },
   };
@@ -72,15 +75,15 @@ test('while several volumes are busy the commit batch shrinks as changes cost mo
   }
 });
 
-test('a volume busy alone commits after up to four batches while the stretch stays near 40 ms', async () => {
-  const fresh = async (busy: number) => {
-    const x = scheduler(busy);
+test('a volume busy writing alone commits after up to four batches while the stretch stays near 40 ms; one only reading, after one', async () => {
+  const fresh = async (busy: number, reading: boolean) => {
+    const x = scheduler(busy, 32_768, reading);
     await x.start();
     return x;
   };
   /** Whether a change with `pending` changes waiting starts a commit, the last commit having cost msPerChange a change. */
-  const commits = async (busy: number, pending: number, msPerChange: number, unfolded = 0) => {
-    const x = await fresh(busy);
+  const commits = async (busy: number, pending: number, msPerChange: number, unfolded = 0, reading = false) => {
+    const x = await fresh(busy, reading);
     try {
       x.meta.pendingChanges = pending;
       x.meta.pipeline.stretchPerChange = msPerChange;
@@ -106,4 +109,10 @@ test('a volume busy alone commits after up to four batches while the stretch sta
   // Two volumes busy: one batch, even for cheap changes.
   assert.equal(await commits(2, 32_000, 0.00025), false);
   assert.equal(await commits(2, 33_000, 0.00025), true);
+  // One volume busy that only reads (the changes are not its own, a reclaim's say): one batch.
+  assert.equal(await commits(1, 32_000, 0.00025, 0, true), false);
+  assert.equal(await commits(1, 33_000, 0.00025, 0, true), true);
+  // None busy (background work alone): up to four.
+  assert.equal(await commits(0, 131_000, 0.00025), false);
+  assert.equal(await commits(0, 131_100, 0.00025), true);
 });
