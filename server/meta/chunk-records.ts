@@ -77,6 +77,13 @@ export class ChunkRecords implements CommitPart<Taken> {
   get unfoldedReferences(): number {
     return this.incs.size;
   }
+  /** Chunks freed since the last commit took the changes. */
+  private freedSinceTake = 0;
+  /**
+   * Of the chunk records the last commit wrote, the share that were frees: about half when writes
+   * overwrite chunks (one record freed, one made), none when they fill fresh space.
+   */
+  freedShare = 0;
   private committing: Taken | null = null;
   // Records read from LMDB, kept until the next commit changes LMDB: a write of data already
   // stored reads each candidate's record to check it, then again to add the reference, a whole
@@ -284,6 +291,7 @@ export class ChunkRecords implements CommitPart<Taken> {
       return;
     }
     this.changes.set(slot, null);
+    this.freedSinceTake++;
     this.sb.liveChunks--;
     for (const fn of this.listeners) fn(slot, c);
   }
@@ -312,6 +320,8 @@ export class ChunkRecords implements CommitPart<Taken> {
       this.incs = new Map();
     }
     if (t.size === 0) return null;
+    this.freedShare = Math.min(1, this.freedSinceTake / t.size);
+    this.freedSinceTake = 0;
     this.committing = t;
     this.changes = new Map();
     return t;

@@ -14,7 +14,7 @@ function scheduler(busy: number, batch = 32_768, reading = false) {
   const meta = {
     pendingChanges: 0,
     pipeline: { stretchPerChange: 0, committing: true, whenIdle: () => Promise.resolve() },
-    chunks: { unfoldedReferences: 0 },
+    chunks: { unfoldedReferences: 0, freedShare: 0.5 },
     commits: 0,
     commit() {
       this.commits++;
@@ -103,6 +103,19 @@ test('a volume busy writing alone commits after up to four batches while the str
   // Never fewer than one batch, however dear.
   assert.equal(await commits(1, 32_000, 0.01), false);
   assert.equal(await commits(1, 33_000, 0.01), true);
+  // Writes filling fresh space (the last commit freed no chunk): one batch.
+  {
+    const x = await fresh(1, false);
+    try {
+      x.meta.pendingChanges = 33_000;
+      x.meta.pipeline.stretchPerChange = 0.00025;
+      x.meta.chunks.freedShare = 0;
+      x.s.changed();
+      assert.equal(x.meta.commits, 1);
+    } finally {
+      x.s.stop();
+    }
+  }
   // No commit measured yet, or blind references waiting for the commit to fold them: one batch.
   assert.equal(await commits(1, 33_000, 0), true);
   assert.equal(await commits(1, 33_000, 0.00025, 10), true);
