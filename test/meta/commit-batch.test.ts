@@ -81,13 +81,17 @@ test('a volume busy writing alone commits after up to four batches while the str
     await x.start();
     return x;
   };
-  /** Whether a change with `pending` changes waiting starts a commit, the last commit having cost msPerChange a change. */
-  const commits = async (busy: number, pending: number, msPerChange: number, unfolded = 0, reading = false) => {
-    const x = await fresh(busy, reading);
+  /**
+   * Whether a change with `pending` changes waiting starts a commit, the last commit having cost
+   * msPerChange a change (and freed `freedShare` of its chunk records: half, as overwrites do).
+   */
+  const commits = async (busy: number, pending: number, msPerChange: number, o: { unfolded?: number; reading?: boolean; freedShare?: number } = {}) => {
+    const x = await fresh(busy, o.reading ?? false);
     try {
       x.meta.pendingChanges = pending;
       x.meta.pipeline.stretchPerChange = msPerChange;
-      x.meta.chunks.unfoldedReferences = unfolded;
+      x.meta.chunks.unfoldedReferences = o.unfolded ?? 0;
+      x.meta.chunks.freedShare = o.freedShare ?? 0.5;
       x.s.changed();
       return x.meta.commits > 0;
     } finally {
@@ -104,27 +108,16 @@ test('a volume busy writing alone commits after up to four batches while the str
   assert.equal(await commits(1, 32_000, 0.01), false);
   assert.equal(await commits(1, 33_000, 0.01), true);
   // Writes filling fresh space (the last commit freed no chunk): one batch.
-  {
-    const x = await fresh(1, false);
-    try {
-      x.meta.pendingChanges = 33_000;
-      x.meta.pipeline.stretchPerChange = 0.00025;
-      x.meta.chunks.freedShare = 0;
-      x.s.changed();
-      assert.equal(x.meta.commits, 1);
-    } finally {
-      x.s.stop();
-    }
-  }
+  assert.equal(await commits(1, 33_000, 0.00025, { freedShare: 0 }), true);
   // No commit measured yet, or blind references waiting for the commit to fold them: one batch.
   assert.equal(await commits(1, 33_000, 0), true);
-  assert.equal(await commits(1, 33_000, 0.00025, 10), true);
+  assert.equal(await commits(1, 33_000, 0.00025, { unfolded: 10 }), true);
   // Two volumes busy: one batch, even for cheap changes.
   assert.equal(await commits(2, 32_000, 0.00025), false);
   assert.equal(await commits(2, 33_000, 0.00025), true);
   // One volume busy that only reads (the changes are not its own, a reclaim's say): one batch.
-  assert.equal(await commits(1, 32_000, 0.00025, 0, true), false);
-  assert.equal(await commits(1, 33_000, 0.00025, 0, true), true);
+  assert.equal(await commits(1, 32_000, 0.00025, { reading: true }), false);
+  assert.equal(await commits(1, 33_000, 0.00025, { reading: true }), true);
   // None busy (background work alone): up to four.
   assert.equal(await commits(0, 131_000, 0.00025), false);
   assert.equal(await commits(0, 131_100, 0.00025), true);
