@@ -5,6 +5,7 @@
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
+import { ChunkRecordLayout, RECORD_BYTES } from './chunk-record-layout.js';
 import type { Superblock } from './superblock.js';
 
 export interface ChunkRecord {
@@ -15,23 +16,12 @@ export interface ChunkRecord {
   fpOff: number;
 }
 
-/** Stored layout: u32 refs, u32 domain, 32-byte fingerprint (all zero when written with dedup off). */
-const RECORD_BYTES = 40;
 /** Blind references folded into records per turn (see foldSlice), at most this long. */
 const FOLD_SLICE_MS = 2;
 
-function encode(c: ChunkRecord): Buffer {
-  const b = Buffer.allocUnsafe(RECORD_BYTES);
-  b.writeUInt32LE(c.refs, 0);
-  b.writeUInt32LE(c.domain, 4);
-  c.fp.copy(b, 8, c.fpOff, c.fpOff + 32);
-  return b;
-}
-
-/** `b` must be the caller's own bytes (getBinary returns a copy): the record keeps a view of them. */
-function decode(b: Uint8Array): ChunkRecord {
-  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-  return { refs: buf.readUInt32LE(0), domain: buf.readUInt32LE(4), fp: buf, fpOff: 8 };
+/** `b` must be the caller's own bytes: the record keeps a view of them. */
+function decode(b: Buffer): ChunkRecord {
+  return { refs: b.readUInt32LE(0), domain: b.readUInt32LE(4), fp: b, fpOff: 8 };
 }
 
 /** `c` with `d` more references (a new record: the ones in the overlays and in `recent` are not changed in place). */
@@ -42,18 +32,6 @@ function plusRefs(c: ChunkRecord, d: number): ChunkRecord {
 /** Whether `c` is a live chunk's record carrying the key keys[off..off+36) (domain, fingerprint). */
 function carriesKey(c: ChunkRecord | undefined, keys: Buffer, off: number): boolean {
   return c !== undefined && c.refs > 0 && c.domain === keys.readUInt32BE(off) && c.fp.compare(keys, off + 4, off + 36, c.fpOff, c.fpOff + 32) === 0;
-}
-
-/**
- * Copies slot's stored record into `into` (RECORD_BYTES); false if there is none. LMDB's shared
- * buffer is overwritten by the next read: copied out at once, byte by byte (lmdb-js sets its
- * `length` to the value's size over a larger array, which Buffer#copy does not take).
- */
-function readRecord(db: Database<Buffer, number>, slot: number, into: Buffer): boolean {
-  const b = db.getBinaryFast(slot);
-  if (!b) return false;
-  for (let i = 0; i < RECORD_BYTES; i++) into[i] = b[i];
-  return true;
 }
 
 /** Told when a chunk is freed; `rec` is valid only during the call. */
@@ -98,11 +76,15 @@ export class ChunkRecords implements CommitPart<Taken> {
   /** Blind references found pointing at no chunk when a commit took them (corrupt metadata; see take()). */
   lostReferences = 0;
 
+  private readonly stored: ChunkRecordLayout;
+
   constructor(
-    private readonly db: Database<Buffer, number>,
+    db: Database<Buffer, number>,
     private readonly sb: Superblock,
     private readonly pipeline: CommitPipeline,
-  ) {}
+  ) {
+    this.stored = new ChunkRecordLayout(db, sb.chunkRecordGroup ?? 1);
+  }
 
   /** Calls `fn` for every chunk freed from now on, in registration order. */
   onFreed(fn: ChunkFreedListener): void {
@@ -123,8 +105,8 @@ export class ChunkRecords implements CommitPart<Taken> {
     if (v !== undefined) return v ?? undefined;
     const r = this.recent.get(slot);
     if (r !== undefined) return r;
-    const b = this.db.getBinary(slot);
-    if (!b) return undefined;
+    const b = Buffer.allocUnsafe(RECORD_BYTES);
+    if (!this.stored.read(slot, b)) return undefined;
     const c = decode(b);
     if (this.recent.size >= 4096) this.recent.clear();
     this.recent.set(slot, c);
@@ -155,7 +137,7 @@ export class ChunkRecords implements CommitPart<Taken> {
     if (c) return plusRefs(c, d);
     if (c === undefined) {
       const b = Buffer.allocUnsafe(RECORD_BYTES);
-      const refs = readRecord(this.db, slot, b) ? b.readUInt32LE(0) : 0;
+      const refs = this.stored.read(slot, b) ? b.readUInt32LE(0) : 0;
       if (refs > 0) return { refs: refs + d, domain: b.readUInt32LE(4), fp: b, fpOff: 8 };
     }
     this.lostReferences += d;
@@ -272,7 +254,7 @@ export class ChunkRecords implements CommitPart<Taken> {
     else if (w === null) return undefined;
     if (w !== undefined) return d === undefined ? w : plusRefs(w, d);
     const s = this.scratch;
-    if (!readRecord(this.db, slot, s.fp)) return undefined;
+    if (!this.stored.read(slot, s.fp)) return undefined;
     s.refs = s.fp.readUInt32LE(0) + (d ?? 0);
     s.domain = s.fp.readUInt32LE(4);
     return s;
@@ -298,7 +280,7 @@ export class ChunkRecords implements CommitPart<Taken> {
 
   /** Every stored record (fsck: with nothing uncommitted). */
   *all(): Iterable<[number, ChunkRecord]> {
-    for (const { key, value } of this.db.getRange({})) yield [key as number, decode(Buffer.from(value as Buffer))];
+    for (const [slot, b] of this.stored.all()) yield [slot, decode(b)];
   }
 
   // ---------------------------------------------------------------- CommitPart
@@ -328,14 +310,13 @@ export class ChunkRecords implements CommitPart<Taken> {
   }
 
   write(t: Taken, w: TxnWriter): void {
-    for (const [slot, c] of t) {
-      if (c === null) w.remove('chunks', this.db, slot);
-      else w.put('chunks', this.db, slot, encode(c));
-    }
+    this.stored.write(t, w);
   }
 
   settle(): void {
     this.committing = null;
-    this.recent.clear(); // LMDB changed
+    // LMDB changed
+    this.recent.clear();
+    this.stored.changed();
   }
 }

@@ -3,6 +3,7 @@
 // superblock is. The parts of the metadata each own some of its fields and mark it changed.
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
+import { GROUP_SLOTS } from './chunk-record-layout.js';
 import { FIRST_SLOT } from './map-node.js';
 
 /**
@@ -11,10 +12,12 @@ import { FIRST_SLOT } from './map-node.js';
  * store.
  * 3: fingerprint index entries may be stale, left by freed chunks until the sweep (dedup/dedup-index.ts).
  * A daemon of before trusts every index hit, and would map writes to the bytes a reused slot holds now.
- * This code opens versions 1 and 2 too (neither has stale entries), and a daemon's first start upgrades
- * them (MetaStore.open).
+ * 4: chunk records may be kept in groups of slots (chunkRecordGroup; meta/chunk-record-layout.ts). A
+ * daemon of before would read a group's key as a slot.
+ * This code opens versions 1 to 3 too, and a daemon's first start upgrades them (MetaStore.open); a store
+ * made before keeps a record per slot (no chunkRecordGroup).
  */
-export const META_VERSION = 3;
+export const META_VERSION = 4;
 
 export interface Superblock {
   version: number;
@@ -29,6 +32,8 @@ export interface Superblock {
   dedupHits: number;
   /** Chunk records with at least one reference (chunk-records.ts). */
   liveChunks: number;
+  /** Slots whose chunk records share one key (chunk-record-layout.ts); absent: one each (stores made before version 4). */
+  chunkRecordGroup?: number;
   /** Node ids whose refcount reached zero and whose children are still to be released (space-reclaim.ts). */
   gcQueue: number[];
   /**
@@ -64,11 +69,11 @@ export function loadSuperblock(main: Database, dir: string, chunkSize: number, c
   if (!sb && hasRecords())
     throw new ShoalError('corrupt_metadata', `the metadata in ${dir} has records but no superblock: it is damaged (refusing to start over on top of it)`);
   if (!sb) {
-    sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, gcQueue: [] };
+    sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, chunkRecordGroup: GROUP_SLOTS, gcQueue: [] };
     main.putSync('superblock', sb);
     return sb;
   }
-  if (typeof sb !== 'object' || (sb.version !== META_VERSION && sb.version !== 1 && sb.version !== 2) || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
+  if (typeof sb !== 'object' || !(Number.isInteger(sb.version) && sb.version >= 1 && sb.version <= META_VERSION) || !Number.isInteger(sb.chunkSize) || !Number.isInteger(sb.nextSlot) || !Number.isInteger(sb.nextNode))
     throw new ShoalError('corrupt_metadata', `the metadata superblock is damaged or of an unknown version (${JSON.stringify(sb)?.slice(0, 200)})`);
   sb.gcQueue ??= [];
   return sb;

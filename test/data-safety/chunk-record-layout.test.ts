@@ -1,0 +1,115 @@
+// Chunk records in groups (server/meta/chunk-record-layout.ts): a new store keeps the records of
+// GROUP_SLOTS consecutive slots under one key, and a group whose records are all freed is removed;
+// a store made before (a record per slot, metadata version 3) keeps its layout, reads the same to an
+// offline check and to a daemon, and takes writes, kill -9 and restarts with exact refcounts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { open } from 'lmdb';
+import { startDaemon, MAIN } from '../helpers/daemon.js';
+import { needTools, run } from '../helpers/tools.js';
+import { expectFsckClean, seededData, withHandle, MiB } from '../helpers/volume-io.js';
+import { GROUP_SLOTS, RECORD_BYTES } from '../../server/meta/chunk-record-layout.js';
+import { META_VERSION } from '../../server/meta/superblock.js';
+
+interface Layout {
+  /** Every key's value size, by key. */
+  sizes: Map<number, number>;
+  version: number;
+  group: number | undefined;
+}
+
+/**
+ * The chunk records of a stopped daemon's metadata as they lie; `toPerSlot` first rewrites grouped
+ * records as a store of before holds them (a record per slot, version 3, no group in the superblock).
+ */
+async function layout(dir: string, toPerSlot = false): Promise<Layout> {
+  const env = open({ path: join(dir, 'meta.lmdb'), maxDbs: 16 } as any);
+  const chunks = env.openDB({ name: 'chunks', encoding: 'binary' });
+  const main = env.openDB({ name: 'main', encoding: 'msgpack' });
+  if (toPerSlot)
+    env.transactionSync(() => {
+      const groups = [...chunks.getRange({})].map(({ key, value }) => [key as number, Buffer.from(value as Buffer)] as const);
+      for (const [key] of groups) chunks.removeSync(key);
+      for (const [key, g] of groups)
+        for (let i = 0; i < GROUP_SLOTS; i++) {
+          const rec = g.subarray(i * RECORD_BYTES, (i + 1) * RECORD_BYTES);
+          if (rec.readUInt32LE(0) > 0) chunks.putSync(key * GROUP_SLOTS + i, Buffer.from(rec));
+        }
+      const sb = main.get('superblock');
+      delete sb.chunkRecordGroup;
+      main.putSync('superblock', { ...sb, version: 3 });
+    });
+  const sizes = new Map<number, number>();
+  for (const { key, value } of chunks.getRange({})) sizes.set(key as number, (value as Buffer).length);
+  const sb = main.get('superblock');
+  await env.close();
+  return { sizes, version: sb.version, group: sb.chunkRecordGroup };
+}
+
+test('a new store keeps chunk records in groups of slots, and removes a group once all its records are freed', { timeout: 120_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_GC_SLICE_MS: '0' } });
+  try {
+    await d.createVolume('v', 16 * MiB);
+    await withHandle(d, 'v', seededData(1, 8, 0));
+    await d.stop();
+    const grouped = await layout(d.dataDir);
+    assert.equal(grouped.version, META_VERSION);
+    assert.equal(grouped.group, GROUP_SLOTS);
+    assert.ok([...grouped.sizes.values()].every((n) => n === GROUP_SLOTS * RECORD_BYTES), 'every key holds a whole group');
+    // 2,048 chunks of 4 KiB written in order lie in 2,048 / 32 groups (one more where the slots start mid-group).
+    assert.ok(grouped.sizes.size >= 2048 / GROUP_SLOTS && grouped.sizes.size <= 2048 / GROUP_SLOTS + 1, `${grouped.sizes.size} groups`);
+
+    await d.start();
+    assert.equal(await withHandle(d, 'v', seededData(1, 8, 0, true)), 'True\n');
+    // Trimming every chunk frees every record: no group is left behind, empty.
+    await withHandle(d, 'v', 'h.trim(16 * 1024 * 1024, 0)\nh.flush()');
+    await expectFsckClean(d);
+    await d.stop();
+    assert.equal((await layout(d.dataDir)).sizes.size, 0, 'no empty group is kept');
+  } finally {
+    await d.dispose();
+  }
+});
+
+test('a store with a record per slot keeps that layout: an offline check and a daemon read it, writes and kill -9 keep refcounts exact', { timeout: 180_000 }, async (t) => {
+  if (!needTools(t, 'nbdsh')) return;
+  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_GC_SLICE_MS: '0' } });
+  try {
+    await d.createVolume('v', 32 * MiB);
+    await withHandle(d, 'v', seededData(2, 8, 0));
+    assert.equal((await d.api('POST', '/v1/volumes/v/snapshots', { name: 's' })).status, 201);
+    await d.stop();
+
+    const legacy = await layout(d.dataDir, true);
+    assert.ok(legacy.sizes.size >= 2048 && [...legacy.sizes.values()].every((n) => n === RECORD_BYTES), 'a record per slot');
+    const offline = await run(process.execPath, [MAIN, 'fsck', d.dataDir]);
+    assert.equal(offline.status, 0, offline.stdout + offline.stderr);
+    assert.match(offline.stdout + offline.stderr, /2048 chunk/);
+    const unchanged = await layout(d.dataDir);
+    assert.deepEqual([unchanged.version, unchanged.sizes.size], [3, legacy.sizes.size], 'the offline check changed nothing');
+
+    await d.start();
+    assert.equal(await withHandle(d, 'v', seededData(2, 8, 0, true)), 'True\n', 'the data reads back through the records of before');
+    // Overwrites free chunks the snapshot still holds (refcount 2 -> 1), new chunks land, the same
+    // bytes again dedup onto live chunks (refcount +1), and a trim releases some.
+    await withHandle(d, 'v', seededData(3, 4, 0));
+    await withHandle(d, 'v', seededData(2, 8, 16 * MiB));
+    await withHandle(d, 'v', 'h.trim(2 * 1024 * 1024, 4 * 1024 * 1024)\nh.flush()');
+    await d.kill9();
+    await d.start();
+    await expectFsckClean(d);
+    assert.equal(await withHandle(d, 'v', seededData(3, 2, 0, true)), 'True\n');
+    assert.equal(await withHandle(d, 'v', seededData(2, 8, 16 * MiB, true)), 'True\n');
+    await d.stop();
+    const after = await layout(d.dataDir);
+    assert.equal(after.version, META_VERSION, 'upgraded');
+    assert.equal(after.group, undefined, 'still a record per slot');
+    assert.ok([...after.sizes.values()].every((n) => n === RECORD_BYTES), 'every record stored on its own');
+    await d.start();
+    await expectFsckClean(d);
+  } finally {
+    await d.dispose();
+  }
+});
