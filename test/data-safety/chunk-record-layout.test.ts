@@ -1,7 +1,8 @@
 // Chunk records in groups (server/meta/chunk-record-layout.ts): a new store keeps the records of
 // GROUP_SLOTS consecutive slots under one key, and a group whose records are all freed is removed;
-// a store made before (a record per slot, metadata version 3) keeps its layout, reads the same to an
-// offline check and to a daemon, and takes writes, kill -9 and restarts with exact refcounts.
+// a store made before (a record per slot, metadata version 3), or with groups of another size, keeps
+// its layout, reads the same to an offline check and to a daemon, and takes writes, kill -9 and
+// restarts with exact refcounts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -20,25 +21,35 @@ interface Layout {
 }
 
 /**
- * The chunk records of a stopped daemon's metadata as they lie; `toPerSlot` first rewrites grouped
- * records as a store of before holds them (a record per slot, version 3, no group in the superblock).
+ * The chunk records of a stopped daemon's metadata as they lie; `regroup` first rewrites the records
+ * of a new store (groups of GROUP_SLOTS) in groups of that many slots, 1 as a store of before holds
+ * them (a record per slot, version 3, no group in the superblock).
  */
-async function layout(dir: string, toPerSlot = false): Promise<Layout> {
+async function layout(dir: string, regroup?: number): Promise<Layout> {
   const env = open({ path: join(dir, 'meta.lmdb'), maxDbs: 16 } as any);
   const chunks = env.openDB({ name: 'chunks', encoding: 'binary' });
   const main = env.openDB({ name: 'main', encoding: 'msgpack' });
-  if (toPerSlot)
+  if (regroup !== undefined)
     env.transactionSync(() => {
       const groups = [...chunks.getRange({})].map(({ key, value }) => [key as number, Buffer.from(value as Buffer)] as const);
       for (const [key] of groups) chunks.removeSync(key);
+      const into = new Map<number, Buffer>();
       for (const [key, g] of groups)
         for (let i = 0; i < GROUP_SLOTS; i++) {
           const rec = g.subarray(i * RECORD_BYTES, (i + 1) * RECORD_BYTES);
-          if (rec.readUInt32LE(0) > 0) chunks.putSync(key * GROUP_SLOTS + i, Buffer.from(rec));
+          if (rec.readUInt32LE(0) === 0) continue;
+          const slot = key * GROUP_SLOTS + i;
+          const n = Math.floor(slot / regroup);
+          if (!into.has(n)) into.set(n, Buffer.alloc(regroup * RECORD_BYTES));
+          rec.copy(into.get(n)!, (slot % regroup) * RECORD_BYTES);
         }
+      for (const [n, g] of into) chunks.putSync(n, g);
       const sb = main.get('superblock');
-      delete sb.chunkRecordGroup;
-      main.putSync('superblock', { ...sb, version: 3 });
+      if (regroup === 1) {
+        delete sb.chunkRecordGroup;
+        sb.version = 3;
+      } else sb.chunkRecordGroup = regroup;
+      main.putSync('superblock', sb);
     });
   const sizes = new Map<number, number>();
   for (const { key, value } of chunks.getRange({})) sizes.set(key as number, (value as Buffer).length);
@@ -73,43 +84,48 @@ test('a new store keeps chunk records in groups of slots, and removes a group on
   }
 });
 
-test('a store with a record per slot keeps that layout: an offline check and a daemon read it, writes and kill -9 keep refcounts exact', { timeout: 180_000 }, async (t) => {
-  if (!needTools(t, 'nbdsh')) return;
-  const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_GC_SLICE_MS: '0' } });
-  try {
-    await d.createVolume('v', 32 * MiB);
-    await withHandle(d, 'v', seededData(2, 8, 0));
-    assert.equal((await d.api('POST', '/v1/volumes/v/snapshots', { name: 's' })).status, 201);
-    await d.stop();
+for (const [group, made] of [
+  [1, 'a record per slot (a store made before version 4)'],
+  [32, 'groups of 32 slots'],
+] as const)
+  test(`a store with ${made} keeps that layout: an offline check and a daemon read it, writes and kill -9 keep refcounts exact`, { timeout: 180_000 }, async (t) => {
+    if (!needTools(t, 'nbdsh')) return;
+    const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_GC_SLICE_MS: '0' } });
+    try {
+      await d.createVolume('v', 32 * MiB);
+      await withHandle(d, 'v', seededData(2, 8, 0));
+      assert.equal((await d.api('POST', '/v1/volumes/v/snapshots', { name: 's' })).status, 201);
+      await d.stop();
 
-    const legacy = await layout(d.dataDir, true);
-    assert.ok(legacy.sizes.size >= 2048 && [...legacy.sizes.values()].every((n) => n === RECORD_BYTES), 'a record per slot');
-    const offline = await run(process.execPath, [MAIN, 'fsck', d.dataDir]);
-    assert.equal(offline.status, 0, offline.stdout + offline.stderr);
-    assert.match(offline.stdout + offline.stderr, /2048 chunk/);
-    const unchanged = await layout(d.dataDir);
-    assert.deepEqual([unchanged.version, unchanged.sizes.size], [3, legacy.sizes.size], 'the offline check changed nothing');
+      const regrouped = await layout(d.dataDir, group);
+      const version = group === 1 ? 3 : META_VERSION;
+      assert.ok(regrouped.sizes.size >= 2048 / group && [...regrouped.sizes.values()].every((n) => n === group * RECORD_BYTES), `${group} records a key`);
+      const offline = await run(process.execPath, [MAIN, 'fsck', d.dataDir]);
+      assert.equal(offline.status, 0, offline.stdout + offline.stderr);
+      assert.match(offline.stdout + offline.stderr, /2048 chunk/);
+      const unchanged = await layout(d.dataDir);
+      assert.deepEqual([unchanged.version, unchanged.sizes.size], [version, regrouped.sizes.size], 'the offline check changed nothing');
 
-    await d.start();
-    assert.equal(await withHandle(d, 'v', seededData(2, 8, 0, true)), 'True\n', 'the data reads back through the records of before');
-    // Overwrites free chunks the snapshot still holds (refcount 2 -> 1), new chunks land, the same
-    // bytes again dedup onto live chunks (refcount +1), and a trim releases some.
-    await withHandle(d, 'v', seededData(3, 4, 0));
-    await withHandle(d, 'v', seededData(2, 8, 16 * MiB));
-    await withHandle(d, 'v', 'h.trim(2 * 1024 * 1024, 4 * 1024 * 1024)\nh.flush()');
-    await d.kill9();
-    await d.start();
-    await expectFsckClean(d);
-    assert.equal(await withHandle(d, 'v', seededData(3, 2, 0, true)), 'True\n');
-    assert.equal(await withHandle(d, 'v', seededData(2, 8, 16 * MiB, true)), 'True\n');
-    await d.stop();
-    const after = await layout(d.dataDir);
-    assert.equal(after.version, META_VERSION, 'upgraded');
-    assert.equal(after.group, undefined, 'still a record per slot');
-    assert.ok([...after.sizes.values()].every((n) => n === RECORD_BYTES), 'every record stored on its own');
-    await d.start();
-    await expectFsckClean(d);
-  } finally {
-    await d.dispose();
-  }
-});
+      await d.start();
+      assert.equal(await withHandle(d, 'v', seededData(2, 8, 0, true)), 'True\n', 'the data reads back through the records as they lie');
+      // Overwrites free chunks the snapshot still holds (refcount 2 -> 1), new chunks land, the same
+      // bytes again dedup onto live chunks (refcount +1), and a trim releases some.
+      await withHandle(d, 'v', seededData(3, 4, 0));
+      await withHandle(d, 'v', seededData(2, 8, 16 * MiB));
+      await withHandle(d, 'v', 'h.trim(2 * 1024 * 1024, 4 * 1024 * 1024)\nh.flush()');
+      await d.kill9();
+      await d.start();
+      await expectFsckClean(d);
+      assert.equal(await withHandle(d, 'v', seededData(3, 2, 0, true)), 'True\n');
+      assert.equal(await withHandle(d, 'v', seededData(2, 8, 16 * MiB, true)), 'True\n');
+      await d.stop();
+      const after = await layout(d.dataDir);
+      assert.equal(after.version, META_VERSION, 'upgraded');
+      assert.equal(after.group, group === 1 ? undefined : group, 'the layout it was made with');
+      assert.ok([...after.sizes.values()].every((n) => n === group * RECORD_BYTES), `still ${group} records a key`);
+      await d.start();
+      await expectFsckClean(d);
+    } finally {
+      await d.dispose();
+    }
+  });
