@@ -1,25 +1,20 @@
-// How chunk records lie in LMDB: one key per chunk slot, or (stores made since metadata version 4)
-// one key per group of GROUP_SLOTS consecutive slots, its records side by side. A 1 MiB write stores
-// 256 chunks in consecutive slots and frees the 256 it overwrote: with a record per key a commit put
-// and deleted 512 b-tree entries for it (a commit of 1 MiB writes at QD8: 26,368 puts and as many
-// deletes, 50-80 ms on LMDB's write thread, plus each put's encoding on the event loop), and each
-// freed chunk's record was one b-tree search of its own (~1.3 µs, 11.5% of the event loop).
-// Grouped, the same write touches ~64 keys, and reads of neighbouring slots share one group read.
-// (docs/write-path.md, "Records in groups".)
+// How chunk records lie in LMDB: one key per chunk slot, or one key per group of consecutive slots,
+// their records side by side, as the superblock's chunkRecordGroup says (a store keeps the layout it
+// was made with). New stores keep a record per slot. Groups (of 32 from ac854a0, then of 8) made a
+// 1 MiB write touch a few keys instead of 512 (the records of its 256 new chunks and of the 256 it
+// freed) and gained settled 1 MiB writes ~15%, but cost random writes on several volumes more:
+// each record changed at random reads its group on the event loop at the commit (a put of a record
+// reads nothing) and rewrites the whole group, and bench:soak lost 10-20% of its IOPS with longer
+// stalls (docs/write-path.md, "Records in groups"). Stores made with groups are read and written as
+// they are.
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
 import type { TxnWriter } from './commit-pipeline.js';
 
 /** Stored record: u32 refs, u32 domain, 32-byte fingerprint (all zero when written with dedup off). */
 export const RECORD_BYTES = 40;
-/**
- * Slots per group in stores that group their records (the superblock says how many: a store keeps
- * the size it was made with). 8 records are 320 bytes, ~12 groups to an LMDB page. Groups of 32
- * (1,280 bytes) gained settled 1 MiB writes no more, and cost random writes on several volumes:
- * each record changed puts and copies its whole group, and bench:soak's longest stalls rose from
- * 33-47 ms to 67-70 ms, its IOPS by 5-14% (docs/write-path.md, "Records in groups").
- */
-export const GROUP_SLOTS = 8;
+/** Slots per key a store may group its records by, at most (a group stays within LMDB's page). */
+const MAX_GROUP_SLOTS = 64;
 
 /** A record to store: refs > 0; its fingerprint is fp[fpOff..fpOff+32). */
 export interface StoredRecord {
@@ -39,33 +34,34 @@ export class ChunkRecordLayout {
   /**
    * The group read last, copied (reads of neighbouring slots, as the overwritten chunks of a large
    * write are, share one LMDB read), and its number; -1: none. A random read copies its group here
-   * too (320 bytes in one memcpy), into this one buffer, allocating nothing.
+   * too (one memcpy), into this one buffer, allocating nothing.
    */
   private lastGroup = -1;
   private lastHeld = false;
   private readonly last: Buffer;
   private readonly groupBytes: number;
 
-  /** `groupSlots`: 1 for a record per key (stores made before version 4), else slots per group (GROUP_SLOTS when made). */
+  /** `groupSlots`: 1 for a record per key, else slots per group. */
   constructor(
     private readonly db: Database<Buffer, number>,
     readonly groupSlots: number,
   ) {
-    if (!Number.isInteger(groupSlots) || groupSlots < 1 || groupSlots > 64) throw new ShoalError('corrupt_metadata', `the superblock's chunk record group (${groupSlots}) is not one this daemon reads`);
+    if (!Number.isInteger(groupSlots) || groupSlots < 1 || groupSlots > MAX_GROUP_SLOTS) throw new ShoalError('corrupt_metadata', `the superblock's chunk record group (${groupSlots}) is not one this daemon reads`);
     this.groupBytes = groupSlots * RECORD_BYTES;
     this.last = Buffer.alloc(this.groupBytes);
   }
 
   /**
    * Copies slot's stored record into into[0..RECORD_BYTES); false if there is none. LMDB's shared
-   * buffer (valid until the next read) is copied from through subarray(): lmdb-js sets its `length`
-   * to the value's size over a larger array, which Buffer#copy does not take.
+   * buffer (valid until the next read) is copied out at once, not with Buffer#copy: lmdb-js sets its
+   * `length` to the value's size over a larger array, which Buffer#copy does not take.
    */
   read(slot: number, into: Buffer): boolean {
     if (this.groupSlots === 1) {
       const b = this.db.getBinaryFast(slot);
       if (!b) return false;
-      into.set(b.subarray(0, RECORD_BYTES));
+      // Byte by byte: no view object per read (releases read millions of records in a row).
+      for (let i = 0; i < RECORD_BYTES; i++) into[i] = b[i];
       return true;
     }
     const n = Math.floor(slot / this.groupSlots);

@@ -3,7 +3,6 @@
 // superblock is. The parts of the metadata each own some of its fields and mark it changed.
 import type { Database } from 'lmdb';
 import { ShoalError } from '../errors.js';
-import { GROUP_SLOTS } from './chunk-record-layout.js';
 import { FIRST_SLOT } from './map-node.js';
 
 /**
@@ -12,10 +11,9 @@ import { FIRST_SLOT } from './map-node.js';
  * store.
  * 3: fingerprint index entries may be stale, left by freed chunks until the sweep (dedup/dedup-index.ts).
  * A daemon of before trusts every index hit, and would map writes to the bytes a reused slot holds now.
- * 4: chunk records may be kept in groups of slots (chunkRecordGroup; meta/chunk-record-layout.ts). A
- * daemon of before would read a group's key as a slot.
- * This code opens versions 1 to 3 too, and a daemon's first start upgrades them (MetaStore.open); a store
- * made before keeps a record per slot (no chunkRecordGroup).
+ * 4: chunk records may be kept in groups of slots (chunkRecordGroup; meta/chunk-record-layout.ts), as
+ * stores made by ac854a0 and 47d9ae3 keep them. A daemon of before would read a group's key as a slot.
+ * This code opens versions 1 to 3 too, and a daemon's first start upgrades them (MetaStore.open).
  */
 export const META_VERSION = 4;
 
@@ -32,7 +30,7 @@ export interface Superblock {
   dedupHits: number;
   /** Chunk records with at least one reference (chunk-records.ts). */
   liveChunks: number;
-  /** Slots whose chunk records share one key (chunk-record-layout.ts); absent: one each (stores made before version 4). */
+  /** Slots whose chunk records share one key (chunk-record-layout.ts); absent: one each (new stores too). */
   chunkRecordGroup?: number;
   /** Node ids whose refcount reached zero and whose children are still to be released (space-reclaim.ts). */
   gcQueue: number[];
@@ -69,7 +67,7 @@ export function loadSuperblock(main: Database, dir: string, chunkSize: number, c
   if (!sb && hasRecords())
     throw new ShoalError('corrupt_metadata', `the metadata in ${dir} has records but no superblock: it is damaged (refusing to start over on top of it)`);
   if (!sb) {
-    sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, chunkRecordGroup: GROUP_SLOTS, gcQueue: [] };
+    sb = { version: META_VERSION, chunkSize, nextNode: 1, nextSlot: FIRST_SLOT, domains: { default: 1 }, dedupHits: 0, liveChunks: 0, gcQueue: [] };
     main.putSync('superblock', sb);
     return sb;
   }

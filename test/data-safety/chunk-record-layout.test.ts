@@ -1,8 +1,8 @@
-// Chunk records in groups (server/meta/chunk-record-layout.ts): a new store keeps the records of
-// GROUP_SLOTS consecutive slots under one key, and a group whose records are all freed is removed;
-// a store made before (a record per slot, metadata version 3), or with groups of another size, keeps
-// its layout, reads the same to an offline check and to a daemon, and takes writes, kill -9 and
-// restarts with exact refcounts.
+// How chunk records lie (server/meta/chunk-record-layout.ts): a new store keeps a record per slot; a
+// store made with records in groups of slots (as ac854a0 and 47d9ae3 made them, 32 and 8 a key) keeps
+// them so and removes a group once all its records are freed; a store of version 3 keeps its record per
+// slot. Each reads the same to an offline check and to a daemon, and takes writes, kill -9 and restarts
+// with exact refcounts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { open } from 'lmdb';
 import { startDaemon, MAIN } from '../helpers/daemon.js';
 import { needTools, run } from '../helpers/tools.js';
 import { expectFsckClean, seededData, withHandle, MiB } from '../helpers/volume-io.js';
-import { GROUP_SLOTS, RECORD_BYTES } from '../../server/meta/chunk-record-layout.js';
+import { RECORD_BYTES } from '../../server/meta/chunk-record-layout.js';
 import { META_VERSION } from '../../server/meta/superblock.js';
 
 interface Layout {
@@ -22,8 +22,7 @@ interface Layout {
 
 /**
  * The chunk records of a stopped daemon's metadata as they lie; `regroup` first rewrites the records
- * of a new store (groups of GROUP_SLOTS) in groups of that many slots, 1 as a store of before holds
- * them (a record per slot, version 3, no group in the superblock).
+ * of a store with a record per slot in groups of that many slots, or (1) as a store of version 3.
  */
 async function layout(dir: string, regroup?: number): Promise<Layout> {
   const env = open({ path: join(dir, 'meta.lmdb'), maxDbs: 16 } as any);
@@ -31,24 +30,18 @@ async function layout(dir: string, regroup?: number): Promise<Layout> {
   const main = env.openDB({ name: 'main', encoding: 'msgpack' });
   if (regroup !== undefined)
     env.transactionSync(() => {
-      const groups = [...chunks.getRange({})].map(({ key, value }) => [key as number, Buffer.from(value as Buffer)] as const);
-      for (const [key] of groups) chunks.removeSync(key);
+      const records = [...chunks.getRange({})].map(({ key, value }) => [key as number, Buffer.from(value as Buffer)] as const);
+      for (const [slot] of records) chunks.removeSync(slot);
       const into = new Map<number, Buffer>();
-      for (const [key, g] of groups)
-        for (let i = 0; i < GROUP_SLOTS; i++) {
-          const rec = g.subarray(i * RECORD_BYTES, (i + 1) * RECORD_BYTES);
-          if (rec.readUInt32LE(0) === 0) continue;
-          const slot = key * GROUP_SLOTS + i;
-          const n = Math.floor(slot / regroup);
-          if (!into.has(n)) into.set(n, Buffer.alloc(regroup * RECORD_BYTES));
-          rec.copy(into.get(n)!, (slot % regroup) * RECORD_BYTES);
-        }
+      for (const [slot, rec] of records) {
+        const n = Math.floor(slot / regroup);
+        if (!into.has(n)) into.set(n, Buffer.alloc(regroup * RECORD_BYTES));
+        rec.copy(into.get(n)!, (slot % regroup) * RECORD_BYTES);
+      }
       for (const [n, g] of into) chunks.putSync(n, g);
       const sb = main.get('superblock');
-      if (regroup === 1) {
-        delete sb.chunkRecordGroup;
-        sb.version = 3;
-      } else sb.chunkRecordGroup = regroup;
+      if (regroup === 1) sb.version = 3;
+      else sb.chunkRecordGroup = regroup;
       main.putSync('superblock', sb);
     });
   const sizes = new Map<number, number>();
@@ -58,19 +51,20 @@ async function layout(dir: string, regroup?: number): Promise<Layout> {
   return { sizes, version: sb.version, group: sb.chunkRecordGroup };
 }
 
-test('a new store keeps chunk records in groups of slots, and removes a group once all its records are freed', { timeout: 120_000 }, async (t) => {
+test('a new store keeps a record per slot; one with groups of slots removes a group once all its records are freed', { timeout: 120_000 }, async (t) => {
   if (!needTools(t, 'nbdsh')) return;
   const d = await startDaemon({ env: { NODE_ENV: 'test', SHOAL_TEST_GC_SLICE_MS: '0' } });
   try {
     await d.createVolume('v', 16 * MiB);
     await withHandle(d, 'v', seededData(1, 8, 0));
     await d.stop();
-    const grouped = await layout(d.dataDir);
-    assert.equal(grouped.version, META_VERSION);
-    assert.equal(grouped.group, GROUP_SLOTS);
-    assert.ok([...grouped.sizes.values()].every((n) => n === GROUP_SLOTS * RECORD_BYTES), 'every key holds a whole group');
-    // 2,048 chunks of 4 KiB written in order lie in 2,048 / 32 groups (one more where the slots start mid-group).
-    assert.ok(grouped.sizes.size >= 2048 / GROUP_SLOTS && grouped.sizes.size <= 2048 / GROUP_SLOTS + 1, `${grouped.sizes.size} groups`);
+    const made = await layout(d.dataDir);
+    assert.equal(made.version, META_VERSION);
+    assert.equal(made.group, undefined);
+    assert.ok(made.sizes.size === 2048 && [...made.sizes.values()].every((n) => n === RECORD_BYTES), 'a record per chunk');
+    const grouped = await layout(d.dataDir, 8);
+    // 2,048 chunks of 4 KiB written in order lie in 2,048 / 8 groups (one more where the slots start mid-group).
+    assert.ok(grouped.sizes.size >= 2048 / 8 && grouped.sizes.size <= 2048 / 8 + 1, `${grouped.sizes.size} groups`);
 
     await d.start();
     assert.equal(await withHandle(d, 'v', seededData(1, 8, 0, true)), 'True\n');
@@ -85,7 +79,8 @@ test('a new store keeps chunk records in groups of slots, and removes a group on
 });
 
 for (const [group, made] of [
-  [1, 'a record per slot (a store made before version 4)'],
+  [1, 'a record per slot, of version 3'],
+  [8, 'groups of 8 slots'],
   [32, 'groups of 32 slots'],
 ] as const)
   test(`a store with ${made} keeps that layout: an offline check and a daemon read it, writes and kill -9 keep refcounts exact`, { timeout: 180_000 }, async (t) => {

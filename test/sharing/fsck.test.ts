@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { startDaemon, MAIN, Daemon } from '../helpers/daemon.js';
 import { needTools, run } from '../helpers/tools.js';
 import { withHandle, MiB } from '../helpers/volume-io.js';
-import { GROUP_SLOTS, RECORD_BYTES } from '../../server/meta/chunk-record-layout.js';
 
 async function fsck(dir: string) {
   return run(process.execPath, [MAIN, 'fsck', dir]);
@@ -53,23 +52,17 @@ test('fsck finds wrong counts, missing chunks, leaks and missing nodes, and exit
 
 
 
-    // A wrong refcount on one chunk, a chunk record deleted, a leaked record added. Records lie in
-    // groups of GROUP_SLOTS slots, RECORD_BYTES each (server/meta/chunk-record-layout.ts).
+    // A wrong refcount on one chunk, a chunk record deleted, a leaked record added.
     let slots: number[] = [];
     await tamper(d.dataDir, ({ chunks }) => {
-      const key = [...chunks.getKeys({ limit: 1 })][0] as number;
-      const group = Buffer.from(chunks.getBinary(key));
-      assert.equal(group.length, GROUP_SLOTS * RECORD_BYTES);
-      const held = [...Array(GROUP_SLOTS).keys()].filter((i) => group.readUInt32LE(i * RECORD_BYTES) > 0);
-      assert.ok(held.length >= 2, 'a group holds the records of consecutive slots');
-      slots = held.slice(0, 2).map((i) => key * GROUP_SLOTS + i);
-      const [a, b] = held.map((i) => i * RECORD_BYTES);
-      group.writeUInt32LE(group.readUInt32LE(a) + 5, a);
-      group.fill(0, b, b + RECORD_BYTES);
-      chunks.putSync(key, group);
-      const leak = Buffer.alloc(GROUP_SLOTS * RECORD_BYTES);
-      leak.writeUInt32LE(1, (999_999 % GROUP_SLOTS) * RECORD_BYTES);
-      chunks.putSync(Math.floor(999_999 / GROUP_SLOTS), leak);
+      slots = [...chunks.getKeys({ limit: 3 })] as number[];
+      const rec = Buffer.from(chunks.getBinary(slots[0]));
+      rec.writeUInt32LE(rec.readUInt32LE(0) + 5, 0);
+      chunks.putSync(slots[0], rec);
+      chunks.removeSync(slots[1]);
+      const leak = Buffer.alloc(40);
+      leak.writeUInt32LE(1, 0);
+      chunks.putSync(999_999, leak);
     });
     const bad = await fsck(d.dataDir);
     assert.equal(bad.status, 1, 'fsck must fail on damage');
