@@ -37,7 +37,6 @@ export class ChunkRecordLayout {
    * too (one memcpy), into this one buffer, allocating nothing.
    */
   private lastGroup = -1;
-  private lastHeld = false;
   private readonly last: Buffer;
   private readonly groupBytes: number;
 
@@ -65,27 +64,22 @@ export class ChunkRecordLayout {
       return true;
     }
     const n = Math.floor(slot / this.groupSlots);
-    if (n !== this.lastGroup) this.readGroup(n, this.last);
-    if (!this.lastHeld) return false;
+    if (n !== this.lastGroup) {
+      this.readGroup(n, this.last);
+      this.lastGroup = n;
+    }
     const off = (slot % this.groupSlots) * RECORD_BYTES;
     if (this.last.readUInt32LE(off) === 0) return false;
     this.last.copy(into, 0, off, off + RECORD_BYTES);
     return true;
   }
 
-  /** Reads group n into `into` (zeroes where none is stored); false if none is. */
-  private readGroup(n: number, into: Buffer): boolean {
+  /** Reads group n into `into`: all zeroes (no record, refcounts 0) where none is stored. */
+  private readGroup(n: number, into: Buffer): void {
     const b = this.db.getBinaryFast(n);
-    const held = b !== undefined;
-    if (held) {
-      if (b.length !== this.groupBytes) throw new ShoalError('corrupt_metadata', `chunk record group ${n} is ${b.length} bytes, not ${this.groupBytes}`);
-      into.set(b.subarray(0, this.groupBytes));
-    } else into.fill(0);
-    if (into === this.last) {
-      this.lastGroup = n;
-      this.lastHeld = held;
-    }
-    return held;
+    if (b === undefined) return void into.fill(0);
+    if (b.length !== this.groupBytes) throw new ShoalError('corrupt_metadata', `chunk record group ${n} is ${b.length} bytes, not ${this.groupBytes}`);
+    into.set(b.subarray(0, this.groupBytes));
   }
 
   /** LMDB changed (a commit settled): the group read last may be out of date. */
