@@ -246,6 +246,7 @@ export const Stats = Type.Object(
           commits: Type.Number({ description: 'FLUSHes that committed the metadata instead: a write over 1 MiB, over 32 MiB of writes waiting, or a full journal.' }),
           replayed: Type.Number({ description: 'Operations replayed from the journal at start (acknowledged by a FLUSH, not yet committed when the daemon stopped).' }),
           onArrival: Type.Number({ description: 'Writes journaled as they arrived, while being applied: FUA writes, and writes on a volume flushed in the last 10 ms (a database syncing every write), whose FLUSH then finds its record written or on its way.' }),
+          direct: Type.Boolean({ description: 'Records are written with O_DIRECT, each as its own 512-byte sectors (false where the filesystem refuses O_DIRECT, as tmpfs does, or the disk has larger sectors: then through the page cache).' }),
         },
         { additionalProperties: true },
       ),

@@ -105,7 +105,7 @@ export interface Stats {
   };
   fsck: FsckStatus;
   /** FLUSH and FUA through the flush journal (local store); null without one. */
-  flushJournal: { records: number; commits: number; replayed: number; onArrival: number } | null;
+  flushJournal: { records: number; commits: number; replayed: number; onArrival: number; direct: boolean } | null;
   cache: CacheStats;
   store: StoreStats;
 }

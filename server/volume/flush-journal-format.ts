@@ -73,10 +73,13 @@ export function recordSize(ops: readonly JournalOp[]): number {
   return Math.ceil(n / JOURNAL_ALIGN) * JOURNAL_ALIGN;
 }
 
-/** One record of `ops`, padded with zeroes to its aligned size. */
-export function encodeRecord(seq: number, ops: readonly JournalOp[]): Buffer {
+/**
+ * One record of `ops`, padded with zeroes to its aligned size: written at the start of `into` (at least
+ * recordSize(ops) bytes; the journal's page-aligned buffer for O_DIRECT writes), or into a new Buffer.
+ */
+export function encodeRecord(seq: number, ops: readonly JournalOp[], into?: Buffer): Buffer {
   const size = recordSize(ops);
-  const b = Buffer.alloc(size);
+  const b = into ? into.subarray(0, size).fill(0) : Buffer.alloc(size);
   let p = HEADER;
   for (const op of ops) {
     b[p] = KIND_CODE[op.kind];

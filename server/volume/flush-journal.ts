@@ -29,6 +29,7 @@ import type { CommitPart } from '../meta/commit-pipeline.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import { writeAll } from '../store/batched-writes.js';
 import { payloads } from '../payload-pool.js';
+import { native } from '../native.js';
 import { decodeRecords, encodeRecord, recordSize, type JournalOp, type JournalOpKind, type JournalRecord, type VolumeOp } from './flush-journal-format.js';
 import type { WritableMap } from './volume-state.js';
 import type { WritePath } from './write-path.js';
@@ -57,6 +58,14 @@ const EAGER_WINDOW_MS = 10;
 const HALF_BYTES = 32 * 1024 * 1024;
 /** The halves of journals made before 2026-12-06: read as they are, grown once replayed (grow()). */
 const LEGACY_HALF_BYTES = 8 * 1024 * 1024;
+/**
+ * Records up to this size are written with O_DIRECT (from one page-aligned buffer, reused), larger ones
+ * through the page cache. Why: a 4 KiB FUA write's record is 4,608 bytes (nine sectors); written through
+ * the page cache with O_DSYNC it goes to the disk as the two 4 KiB pages it spans, written direct as
+ * its nine sectors. On this machine's disk, 3,000 such writes in a loop: p50 71-87 us and 4.7 KB on the
+ * disk per record direct, against 159-188 us and 8.4 KB buffered (docs/write-path.md, "Sync writes").
+ */
+const DIRECT_RECORD_BYTES = 256 * 1024;
 
 /** Makes a journaled snapshot or clone again during replay, at its place among the volume's operations. */
 export type ReplayVolumeOp = (st: WritableMap, op: VolumeOp) => void;
@@ -88,6 +97,8 @@ export interface FlushJournalFigures {
   replayed: number;
   /** Writes journaled as they arrived, while being applied (FUA writes, and writes on volumes that sync). */
   onArrival: number;
+  /** Records are written with O_DIRECT (false where the filesystem or the disk's sector size does not allow it). */
+  direct: boolean;
 }
 
 export class FlushJournal implements CommitPart<number> {
@@ -113,14 +124,24 @@ export class FlushJournal implements CommitPart<number> {
   private writing = false;
   private broken: Error | null = null;
   private toReplay: JournalRecord[] | null;
-  readonly figures: FlushJournalFigures = { records: 0, commits: 0, replayed: 0, onArrival: 0 };
+  readonly figures: FlushJournalFigures = { records: 0, commits: 0, replayed: 0, onArrival: 0, direct: false };
+
+  /** directFd's buffer: records are encoded into it (O_DIRECT needs aligned memory). */
+  private directBuf: Buffer | null = null;
 
   private constructor(
     private readonly fd: number,
+    /**
+     * The same file opened O_DIRECT | O_DSYNC, for records up to DIRECT_RECORD_BYTES; null where the
+     * filesystem refuses O_DIRECT (tmpfs), or once a direct write failed with EINVAL (a disk whose
+     * sectors are larger than the records' 512-byte alignment): then every record goes through `fd`.
+     */
+    private directFd: number | null,
     found: JournalRecord[],
     /** Bytes in each half: HALF_BYTES, or LEGACY_HALF_BYTES in a file made before, until grow(). */
     private halfBytes: number,
   ) {
+    this.figures.direct = directFd !== null;
     this.toReplay = found;
     this.seq = Math.max(0, ...found.map((r) => r.seq)) + 1;
   }
@@ -158,7 +179,7 @@ export class FlushJournal implements CommitPart<number> {
         closeSync(d);
       }
     }
-    return new FlushJournal(fd, found, half);
+    return new FlushJournal(fd, openDirect(path), found, half);
   }
 
   /**
@@ -407,10 +428,9 @@ export class FlushJournal implements CommitPart<number> {
       this.half = 1 - this.half;
       this.writeAt = 0;
     }
-    const record = encodeRecord(this.seq, ops);
-    giveBack(ops); // copied into the record
+    const at = this.half * halfBytes + this.writeAt;
     try {
-      await writeAll(this.fd, [record], this.half * halfBytes + this.writeAt);
+      await this.writeRecord(ops, size, at);
     } catch (e) {
       // The operations taken stay in memory, and the next commit covers them: from now on every
       // FLUSH commits. This one fails (EIO): what it was to make durable may not be.
@@ -424,6 +444,31 @@ export class FlushJournal implements CommitPart<number> {
     // Three quarters full: a commit now covers the other half before this one fills, so the next switch
     // need not wait (a commit takes tens of ms; the last quarter lasts a sync writer ~0.7 s).
     if (this.writeAt > halfBytes * 0.75 && this.durableOp < this.lastInHalf[1 - this.half]) this.commitSoon();
+  }
+
+  /** Encodes and writes one record of `ops` (size bytes) at `at`, durably; the operations' bytes are given back. */
+  private async writeRecord(ops: JournalOp[], size: number, at: number): Promise<void> {
+    if (this.directFd !== null && size <= DIRECT_RECORD_BYTES) {
+      const buf = (this.directBuf ??= native().alignedBuffer(DIRECT_RECORD_BYTES));
+      const record = encodeRecord(this.seq, ops, buf);
+      try {
+        await writeAll(this.directFd, [record], at);
+        giveBack(ops);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') {
+          giveBack(ops);
+          throw e;
+        }
+        // Misaligned for this disk: through the page cache from now on (the record is written again below).
+        closeSync(this.directFd);
+        this.directFd = null;
+        this.figures.direct = false;
+      }
+    }
+    const record = encodeRecord(this.seq, ops);
+    giveBack(ops); // copied into the record
+    await writeAll(this.fd, [record], at);
   }
 
   // ---------------------------------------------------------------- CommitPart
@@ -463,6 +508,18 @@ export class FlushJournal implements CommitPart<number> {
   async close(): Promise<void> {
     while (this.writing || this.gathering) await (this.inFlight ?? this.gathering?.done ?? Promise.resolve()).catch(() => {});
     closeSync(this.fd);
+    if (this.directFd !== null) closeSync(this.directFd);
+  }
+}
+
+/** `path` opened O_RDWR | O_DSYNC | O_DIRECT, or null where that cannot be (no O_DIRECT on the platform or the filesystem). */
+function openDirect(path: string): number | null {
+  const direct = constants.O_DIRECT;
+  if (direct === undefined) return null;
+  try {
+    return openSync(path, constants.O_RDWR | constants.O_DSYNC | direct);
+  } catch {
+    return null;
   }
 }
 

@@ -164,7 +164,7 @@ export class FakeControl implements VolumeControl {
       reclaim: { pendingNodes: 7, pendingBytes: 7 * 256 * 65536, releasedBytes: 65536, bytesPerSecond: 4096 },
       dedupIndexing: { logEntries: 0, indexedEntries: 12, entriesPerSecond: 0, staleEntries: 5, sweptEntries: 40, freedKeys: 2 },
       metadataCommits: { pendingChanges: 12, largestChanges: 4100, longestStretchMs: 3.2 },
-      flushJournal: { records: 3, commits: 1, replayed: 0, onArrival: 2 },
+      flushJournal: { records: 3, commits: 1, replayed: 0, onArrival: 2, direct: true },
       fsck: { running: false, phase: null, checkedIndexEntries: 0, totalIndexEntries: 0, checkedNodes: 0, totalNodes: 0, checkedChunks: 0, totalChunks: 0, startedAt: null, lastOk: null },
       cache: { capacityBytes: 1 << 30, bytes: 65536, entries: 1, hits: 10, misses: 1, evictions: 0, coalesced: 4, sharingFactor: 3, servedBytes: 655360, pinned: 0, orphaned: 0, loading: 0, readerRefs: 3, readahead: 0, storeReads: 1, storeReadBytes: 65536, prefaultedBytes: 0 },
       store: { kind: 'local', reads: 1, readBytes: 65536, direct: true },
