@@ -448,26 +448,20 @@ export class FlushJournal implements CommitPart<number> {
 
   /** Encodes and writes one record of `ops` (size bytes) at `at`, durably; the operations' bytes are given back. */
   private async writeRecord(ops: JournalOp[], size: number, at: number): Promise<void> {
-    if (this.directFd !== null && size <= DIRECT_RECORD_BYTES) {
-      const buf = (this.directBuf ??= native().alignedBuffer(DIRECT_RECORD_BYTES));
-      const record = encodeRecord(this.seq, ops, buf);
+    const directFd = size <= DIRECT_RECORD_BYTES ? this.directFd : null;
+    const record = directFd === null ? encodeRecord(this.seq, ops) : encodeRecord(this.seq, ops, (this.directBuf ??= native().alignedBuffer(DIRECT_RECORD_BYTES)));
+    giveBack(ops); // copied into the record
+    if (directFd !== null) {
       try {
-        await writeAll(this.directFd, [record], at);
-        giveBack(ops);
-        return;
+        return await writeAll(directFd, [record], at);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') {
-          giveBack(ops);
-          throw e;
-        }
-        // Misaligned for this disk: through the page cache from now on (the record is written again below).
-        closeSync(this.directFd);
+        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+        // Misaligned for this disk: through the page cache from now on, this record first.
+        closeSync(directFd);
         this.directFd = null;
         this.figures.direct = false;
       }
     }
-    const record = encodeRecord(this.seq, ops);
-    giveBack(ops); // copied into the record
     await writeAll(this.fd, [record], at);
   }
 
