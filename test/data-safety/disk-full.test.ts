@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, startDaemon } from '../helpers/daemon.js';
-import { needTools, run, runOk } from '../helpers/tools.js';
+import { needRoot, needTools, run, runOk } from '../helpers/tools.js';
 
 const MiB = 2 ** 20;
 
@@ -19,11 +19,7 @@ const MiB = 2 ** 20;
  * and removed after. Mounting needs root: skipped without it, failed under CI.
  */
 async function onTmpfs(t: TestContext, prefix: string, size: string, fn: (tmp: string, mnt: string) => Promise<void>): Promise<void> {
-  if (process.getuid?.() !== 0) {
-    if (process.env.CI === 'true') throw new Error('this test mounts a tmpfs: run it as root');
-    t.skip('mounting a tmpfs needs root');
-    return;
-  }
+  if (!needRoot(t, 'mounting a tmpfs')) return;
   const tmp = mkdtempSync(join(tmpdir(), prefix));
   const mnt = join(tmp, 'mnt');
   await runOk('mkdir', [mnt]);

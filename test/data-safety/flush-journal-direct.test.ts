@@ -3,13 +3,13 @@
 // O_DIRECT (tmpfs before Linux 6.6), and on a disk whose sectors are larger than the records' 512-byte
 // alignment, where the first direct write fails with EINVAL. Either way, what a FUA write or a FLUSH
 // acknowledged comes back after kill -9.
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDaemon } from '../helpers/daemon.js';
-import { needTools, run, runOk } from '../helpers/tools.js';
+import { needRoot, needTools, run, runOk } from '../helpers/tools.js';
 import { expectFsckClean, expectPattern, withHandle, MiB } from '../helpers/volume-io.js';
 
 const NO_COMMITS = { NODE_ENV: 'test', SHOAL_TEST_COMMIT_INTERVAL_MS: '600000' };
@@ -64,13 +64,6 @@ async function fuaWritesSurviveKill(dataDir: string): Promise<{ records: number;
   }
 }
 
-function needRoot(t: TestContext): boolean {
-  if (process.getuid?.() === 0) return true;
-  if (process.env.CI === 'true') throw new Error('needs root (mount, losetup), and CI=true');
-  t.skip('needs root (mount, losetup)');
-  return false;
-}
-
 test('records are written O_DIRECT where the filesystem allows it, and FUA writes come back after kill -9', { timeout: 120_000 }, async (t) => {
   if (!needTools(t, 'nbdsh', 'qemu-io')) return;
   const dir = mkdtempSync(join(tmpdir(), 'shoal-journal-direct-'));
@@ -83,7 +76,7 @@ test('records are written O_DIRECT where the filesystem allows it, and FUA write
 });
 
 test('on a disk of 4 KiB sectors the first direct record fails with EINVAL, is written again through the page cache, and nothing is lost', { timeout: 120_000 }, async (t) => {
-  if (!needTools(t, 'nbdsh', 'qemu-io', 'losetup', 'mkfs.ext4', 'mount', 'umount') || !needRoot(t)) return;
+  if (!needTools(t, 'nbdsh', 'qemu-io', 'losetup', 'mkfs.ext4', 'mount', 'umount') || !needRoot(t, 'a loop device of 4 KiB sectors')) return;
   const tmp = mkdtempSync(join(tmpdir(), 'shoal-journal-4kn-'));
   const img = join(tmp, 'disk.img');
   const mnt = join(tmp, 'mnt');
@@ -94,7 +87,7 @@ test('on a disk of 4 KiB sectors the first direct record fails with EINVAL, is w
     assert.match(dev, /^\/dev\/loop\d+$/);
     assert.equal((await runOk('blockdev', ['--getss', dev])).trim(), '4096', 'a disk of 4 KiB logical sectors');
     await runOk('mkfs.ext4', ['-q', '-F', dev]);
-    await runOk('mkdir', ['-p', mnt]);
+    mkdirSync(mnt);
     await runOk('mount', [dev, mnt]);
     try {
       assert.ok(takesODirect(mnt), 'ext4 opens files O_DIRECT: the fallback is the write that fails');

@@ -27,6 +27,14 @@ export function needTools(t: TestContext, ...names: string[]): boolean {
   return false;
 }
 
+/** Call at the top of a test that mounts or makes loop devices: skips it (fails it under CI=true) unless root. */
+export function needRoot(t: TestContext, what: string): boolean {
+  if (process.getuid?.() === 0) return true;
+  if (process.env.CI === 'true') throw new Error(`${what} needs root (CI=true: run the tests as root)`);
+  t.skip(`${what} needs root`);
+  return false;
+}
+
 export interface RunResult {
   status: number | null;
   stdout: string;
