@@ -49,6 +49,16 @@ const LONE_STRETCH_MS = 40;
  */
 const LONE_MIN_FREED_SHARE = 0.25;
 /**
+ * While blind references wait to be folded (a clone's first writes copying shared leaves: 256 of them a
+ * leaf), a commit starts after this many changes, and a write waits for the commit in flight past twice
+ * as many piled behind it, whoever is busy. Each such change costs its commit ~1.2 us to fold in the
+ * take and ~1-2.6 us to write (the first such commit of a run the slowest), which neither the last
+ * commit's cost per change nor the busy count (up to CHECK_MS old when a load starts) foresees: at
+ * bench:soak's start the first commit took 11,464 changes, 14.8 ms to take and 30 ms to write, in one
+ * turn each (scratch timing of the commit's stretch).
+ */
+const BLIND_BATCH = 4096;
+/**
  * Changes piled up behind a commit in flight past which a client's write waits for it (admit()).
  * While a commit waits on the disk, changes pile up, and the next commit queues them all in one
  * synchronous stretch in which no other request is served.
@@ -158,12 +168,21 @@ export class CommitScheduler {
    */
   admit(): Promise<void> | null {
     const pending = this.meta.pendingChanges;
+    if (this.meta.chunks.unfoldedReferences > 0) {
+      if (pending < 2 * this.blindBatch()) return null;
+      return this.waitOrCommit();
+    }
     if (pending < this.sharedBatch()) return null;
     // Past the smaller bound, look again at which volumes are busy rather than trust the last check:
     // when a load starts on several volumes at once the check is up to CHECK_MS old and counts none,
     // and the larger bound let a clone's first writes pile up 131,072 changes (a 70-84 ms stretch).
     this.busyVolumes = this.countBusy(performance.now());
     if (pending < (this.busyVolumes > 1 ? this.sharedBatch() : PILE_BATCHES_ALONE * this.batch)) return null;
+    return this.waitOrCommit();
+  }
+
+  /** Past the pile bound: the commit in flight to wait for, or else one started now. */
+  private waitOrCommit(): Promise<void> | null {
     if (this.meta.pipeline.committing) return this.meta.pipeline.whenIdle();
     this.commitSoon();
     return null;
@@ -181,8 +200,14 @@ export class CommitScheduler {
    * wait behind changes not its own: a deleted volume's reclaim, say).
    */
   private batchNow(): number {
+    if (this.meta.chunks.unfoldedReferences > 0) return this.blindBatch();
     if (this.busyVolumes > 1) return this.sharedBatch();
     return this.busyVolumes === 0 || this.writingVolumes === 1 ? this.loneBatch() : this.batch;
+  }
+
+  /** The batch while blind references wait (BLIND_BATCH), scaled as sharedBatch() is: a raised batch stays raised. */
+  private blindBatch(): number {
+    return Math.floor((this.batch * BLIND_BATCH) / WRITE_COMMIT_BATCH);
   }
 
   /**
@@ -200,13 +225,11 @@ export class CommitScheduler {
   /**
    * The batch of a volume busy alone: up to LONE_BATCHES batches while the last commit's cost per
    * change keeps the stretch within LONE_STRETCH_MS and its writes overwrote chunks
-   * (LONE_MIN_FREED_SHARE). Just the batch before any commit was measured, and while blind references
-   * wait to be folded (a clone's first writes): the commit folds what is left of them at ~2 us each, a
-   * cost the last commit's figure does not foresee.
+   * (LONE_MIN_FREED_SHARE). Just the batch before any commit was measured.
    */
   private loneBatch(): number {
     const per = this.meta.pipeline.stretchPerChange;
-    if (!(per > 0) || this.meta.chunks.unfoldedReferences > 0 || this.meta.chunks.freedShare < LONE_MIN_FREED_SHARE) return this.batch;
+    if (!(per > 0) || this.meta.chunks.freedShare < LONE_MIN_FREED_SHARE) return this.batch;
     return Math.floor(Math.max(this.batch, Math.min(LONE_BATCHES * this.batch, LONE_STRETCH_MS / per)));
   }
 

@@ -2,7 +2,8 @@
 // stretch that holds every client, so while several volumes are busy the batch shrinks when the last
 // commit's changes cost more (clones' first writes copy shared leaves: a record per chunk), keeping the
 // stretch near 20 ms; cheap, it stays 32,768. A volume busy writing alone gets up to four batches
-// (fewer commits cost less LMDB work per write) as long as the stretch stays near 40 ms.
+// (fewer commits cost less LMDB work per write) as long as the stretch stays near 40 ms. While blind
+// references wait to be folded, whoever is busy, the batch is 4,096 and the pile bound 8,192.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CommitScheduler } from '../../server/volume/commit-scheduler.js';
@@ -68,6 +69,14 @@ test('while several volumes are busy the commit batch shrinks as changes cost mo
     assert.equal(waits(alone, 131_100, 0.0012), true);
     // Scaled, not capped: a raised batch stays far above any pile here.
     assert.equal(waits(raised, 1_000_000, 0.0012), false);
+    // Blind references waiting to be folded (a clone's first writes, ~2-4 us a change in the commit,
+    // which the last commit's cost does not foresee): past 8,192 changes, alone or not.
+    for (const x of [shared, alone]) {
+      x.meta.chunks.unfoldedReferences = 256;
+      assert.equal(waits(x, 8_000, 0.0003), false);
+      assert.equal(waits(x, 8_300, 0.0003), true);
+      x.meta.chunks.unfoldedReferences = 0;
+    }
   } finally {
     shared.s.stop();
     alone.s.stop();
@@ -109,9 +118,14 @@ test('a volume busy writing alone commits after up to four batches while the str
   assert.equal(await commits(1, 33_000, 0.01), true);
   // Writes filling fresh space (the last commit freed no chunk): one batch.
   assert.equal(await commits(1, 33_000, 0.00025, { freedShare: 0 }), true);
-  // No commit measured yet, or blind references waiting for the commit to fold them: one batch.
+  // No commit measured yet: one batch.
+  assert.equal(await commits(1, 32_000, 0), false);
   assert.equal(await commits(1, 33_000, 0), true);
-  assert.equal(await commits(1, 33_000, 0.00025, { unfolded: 10 }), true);
+  // Blind references waiting to be folded (a clone's first writes): 4,096, whoever is busy.
+  for (const busy of [0, 1, 2]) {
+    assert.equal(await commits(busy, 4_000, 0.00025, { unfolded: 10 }), false);
+    assert.equal(await commits(busy, 4_100, 0.00025, { unfolded: 10 }), true);
+  }
   // Two volumes busy: one batch, even for cheap changes.
   assert.equal(await commits(2, 32_000, 0.00025), false);
   assert.equal(await commits(2, 33_000, 0.00025), true);
