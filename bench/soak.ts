@@ -5,7 +5,8 @@
 // every read could be a hit and any slowdown is the write path's own debt (reclaim of overwritten
 // chunks, indexing of new fingerprints). Every 10 s: each volume's IOPS (fio's iops logs), the dedup
 // log and reclaim backlogs, the daemon's RSS and the longest event-loop stall (the daemon's own
-// gauge, reset at each scrape). Then: how long the backlogs take to drain, fsck, and the verdicts:
+// gauge, reset at each scrape: a stall reads as itself plus at most the gauge's tick, 2 ms; 10 ms
+// before 2026-12-07). Then: how long the backlogs take to drain, fsck, and the verdicts:
 // last minute ≥ 0.8 × first minute; no stall over 50 ms; RSS ≤ cache + a stated bound.
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
