@@ -3,9 +3,8 @@
 // 10 ms a 40 ms stall read as anything from 42 to 52 ms (bench:soak's stall goal is 50 ms).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Metrics } from '../../api/metrics.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function lagMaxMs(text: string): number {
   const m = /^shoal_nodejs_eventloop_lag_max_seconds ([\d.e+-]+)$/m.exec(text);
