@@ -55,11 +55,14 @@ test('deleted volumes free their packs, sparse packs are compacted, a kill -9 mi
   assert.ok(full.length >= 16, `two volumes of 512 chunks fill at least 16 packs, found ${full.length}`);
   await expectFsckClean(a);
 
-  // A deleted volume: its packs hold no live chunk any more and go from the bucket.
+  // A deleted volume: its packs hold no live chunk any more and go from the bucket. Its 512 chunks fill
+  // 8 packs, unless a background commit of the bucket's metadata sealed a pack part way (then the last
+  // holds the start of `keep` too, and is compacted, not dropped: 7 go, and 1 new one takes its live
+  // chunks, as a CI run saw).
   assert.equal((await a.api('DELETE', '/v1/volumes/gone')).status, 204);
   await until(
     "the deleted volume's packs to go",
-    async () => (await packObjects(bucket, 'r/')).length <= full.length - 8,
+    async () => (await packObjects(bucket, 'r/')).length <= full.length - 7,
     90_000,
     async () => `packs before ${full.length}, now ${(await packObjects(bucket, 'r/')).length}; /v1/stats ${JSON.stringify((await a.api('GET', '/v1/stats')).body)}\nthe daemon's log, last lines:\n${a.log.slice(-6000)}`,
   );
