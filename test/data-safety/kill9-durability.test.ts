@@ -10,10 +10,10 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDaemon, type Daemon } from '../helpers/daemon.js';
 import { PY, needTools, run, runOk } from '../helpers/tools.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const SCRIPT = join(dirname(fileURLToPath(import.meta.url)), 'durability.py');
 const WRITERS = 3;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Parses the writers' "D region gen" lines into durable[region] = highest durable gen. */
 function parseDurable(stdout: string, into: Map<number, number>): number {

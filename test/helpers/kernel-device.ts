@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import type { TestContext } from 'node:test';
 import { PATH_WITH_USR_BIN, needTools, run } from './tools.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export const KERNEL_DEVICE_TOOLS = ['nbdfuse', 'losetup', 'fusermount3'];
 /** Tools for a filesystem on the device. */
@@ -45,7 +46,6 @@ export function kernelDeviceUnavailable(): string | null {
   return null;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A timeout for Promise.race that does not keep the process alive once the race is won. */
 const raceTimeout = (ms: number) => new Promise((r) => setTimeout(r, ms).unref());
 

@@ -8,8 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CommitScheduler } from '../../server/volume/commit-scheduler.js';
 import type { MetaStore } from '../../server/meta/meta-store.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function scheduler(busy: number, batch = 32_768, reading = false) {
   const meta = {

@@ -10,8 +10,8 @@ import { needTools } from '../helpers/tools.js';
 import type { Daemon } from '../helpers/daemon.js';
 import { expectBlocks, s3Daemon, writeBlocks, type Blocks } from '../helpers/s3-daemon.js';
 import { expectFsckClean, MiB } from '../helpers/volume-io.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function backlogBytes(d: Daemon): Promise<number> {
   const text = (await d.api('GET', '/metrics')).body as string;
