@@ -13,6 +13,7 @@ import { DedupLog } from './dedup-log.js';
 import { native, type FingerprintTableHandle } from '../native.js';
 import { FingerprintIndex } from './fingerprint-index.js';
 import { Fingerprinter, KEY_BYTES } from './fingerprinter.js';
+import { float64s } from '../native-arrays.js';
 
 export interface DedupOptions {
   /** Test-only: a weak fingerprint (see Fingerprinter). */
@@ -98,8 +99,14 @@ export class DedupIndex {
    */
   lookup(keys: Buffer, n: number, out: Float64Array): void {
     // The log's table first, for all of them in one call; then what is not in it.
-    if (this.log.getMany(keys, n, out) === n) return;
+    const inLog = this.log.getMany(keys, n, out);
+    if (inLog === n) return;
     const chunks = this.meta.chunks;
+    // New data finds nothing in the log: then the freed keys are probed in one call too, not one a
+    // key (a native call each was ~3% of the event loop for 1 MiB writes). With some keys in the
+    // log, the rest are probed one by one: a batch would probe the found ones for nothing.
+    const freedAt = inLog === 0 && n > 1 && this.freed.size > 0 ? float64s(n) : null;
+    if (freedAt) this.freed.getMany(keys, n, freedAt);
     // Data already stored usually comes back in the order it was first written, and new chunks
     // take consecutive slots: after a match at slot s, chunk s + 1 is tried first, by its record
     // (which the dedup hit reads anyway), before a random read of the on-disk index.
@@ -115,7 +122,7 @@ export class DedupIndex {
         continue;
       }
       if (this.freed.size > 0) {
-        const s = this.freed.get(keys, off);
+        const s = freedAt ? freedAt[i] : this.freed.get(keys, off);
         if (s >= 0) {
           // Stale in the index: a miss, and the entry is left for the sweep (or for the index to
           // take the new chunk's entry over it).
