@@ -148,14 +148,18 @@ export class SlotAllocator implements CommitPart<Taken> {
     this.reusable.length = 0;
   }
 
-  /** A slot for new chunk data: a free one whose free is durable, or a new one. */
-  alloc(): number {
+  /**
+   * A slot for new chunk data: a free one whose free is durable, or a new one. `cached`: the caller
+   * puts the slot's new bytes into the cache itself before anything can read them (an insert drops
+   * whatever the cache held for the slot), so the reuse is not told.
+   */
+  alloc(cached = false): number {
     this.pipeline.changed();
     const s = this.reusable.pop();
     if (s === undefined) return this.sb.nextSlot++;
     if (this.reusable.length < this.dirtyFrom) this.dirtyFrom = this.reusable.length;
     this.popped.push(s);
-    this.reused(s);
+    if (!cached) this.reused(s);
     return s;
   }
 
@@ -165,9 +169,9 @@ export class SlotAllocator implements CommitPart<Taken> {
    * the store writes with one pwritev each, where descending they were n one-chunk writes for the
    * write batcher to sort and join again.
    */
-  allocMany(n: number): number[] {
+  allocMany(n: number, cached = false): number[] {
     const out = new Array<number>(n);
-    for (let i = 0; i < n; i++) out[i] = this.alloc();
+    for (let i = 0; i < n; i++) out[i] = this.alloc(cached);
     if (n > 1) out.sort((a, b) => a - b);
     return out;
   }
