@@ -290,6 +290,8 @@ export const Stats = Type.Object(
         reads: Type.Number({ description: 'Read requests made to the medium.' }),
         readBytes: Type.Number(),
         direct: Type.Boolean({ description: 'Reads bypass the page cache (O_DIRECT).' }),
+        syncs: Type.Optional(Type.Number({ description: 'fdatasyncs of the chunk file begun (a metadata commit makes the chunks it names durable first).' })),
+        directWrites: Type.Optional(Type.Number({ description: 'Runs of chunks written past the page cache (O_DIRECT): batches of writes, where the filesystem allows it.' })),
       },
       { additionalProperties: true },
     ),

@@ -37,6 +37,12 @@ export interface NativeAddon {
    * `runsWritten` the runs before it.
    */
   writeRuns(fd: number, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs: number): Promise<void>;
+  /**
+   * writeRuns for a descriptor opened O_DIRECT (positions and run lengths multiples of 512): the runs
+   * copied into aligned memory and written in parallel through Linux AIO, in one thread-pool job.
+   * Resolves with each run's errno (0: written).
+   */
+  writeRunsDirect(fd: number, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs: number): Promise<Int32Array>;
   /** flock(fd, LOCK_EX | LOCK_NB): true if taken, false if another open file holds the lock. */
   tryLock(fd: number): boolean;
   /** A Buffer of `bytes` at a page boundary (for O_DIRECT), outside the V8 heap; unmapped when collected. */

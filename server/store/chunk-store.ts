@@ -29,6 +29,10 @@ export interface StoreStats {
   readBytes: number;
   /** Reads bypass the page cache (O_DIRECT). */
   direct: boolean;
+  /** Runs of chunks written past the page cache (O_DIRECT), where the store does that. */
+  directWrites?: number;
+  /** Syncs of the medium begun (the local store's fdatasyncs of its chunk file). */
+  syncs?: number;
 }
 
 /**

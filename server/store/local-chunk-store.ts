@@ -2,7 +2,8 @@
 // Slots are immutable while referenced (the metadata never rewrites a live slot), so the file
 // needs no journal of its own: the metadata commit fsyncs it before it records new references.
 // Reads for the cache go O_DIRECT into its frames (the arena holds a chunk once, not also the page
-// cache); where the filesystem refuses O_DIRECT (tmpfs) they are buffered and the pages dropped.
+// cache), and so do batches of writes (server/store/batched-writes.ts); where the filesystem refuses
+// O_DIRECT (tmpfs) both are buffered and the pages dropped.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { readv as fsReadv, fdatasync, fstat, openSync, closeSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +22,10 @@ export class LocalChunkStore implements ChunkStore {
   readonly reusesSlots = true;
   private reads = 0;
   private readBytes = 0;
+  /** Runs of chunks written past the page cache. */
+  private directWrites = 0;
+  /** fdatasyncs of the chunk file begun. */
+  private syncs = 0;
   // Reads in flight on readFd, and whether close() ran meanwhile: a pool thread may still pread
   // from the fd, and a closed fd number reused by another file would read its bytes into the cache.
   private activeReads = 0;
@@ -32,14 +37,23 @@ export class LocalChunkStore implements ChunkStore {
     private readonly readFd: number,
     private readonly direct: boolean,
     readonly chunkSize: number,
+    /** The file opened O_DIRECT for writing, or -1 (refused, or read-only). */
+    private readonly writeFd: number,
   ) {
     this.writes = new WriteBatcher({
       fd: () => this.fh.fd,
+      directFd: () => this.writeFd,
       chunkSize: this.chunkSize,
       base: 0,
       // Recorded when the write completes: a write still in flight when a sync starts is not covered
-      // by it, so the next sync must see it (metadata references it only once complete).
-      written: (pos, bytes) => {
+      // by it, so the next sync must see it (metadata references it only once complete). A direct
+      // write left no page to drop, but the disk's cache still needs the sync's flush.
+      written: (pos, bytes, direct) => {
+        if (direct) {
+          this.directDirty = true;
+          this.directWrites++;
+          return;
+        }
         if (pos < this.dirtyFrom) this.dirtyFrom = pos;
         if (pos + bytes > this.dirtyTo) this.dirtyTo = pos + bytes;
       },
@@ -54,7 +68,7 @@ export class LocalChunkStore implements ChunkStore {
   static async open(dir: string, chunkSize: number, opts: { readOnly?: boolean } = {}): Promise<LocalChunkStore> {
     const path = join(dir, CHUNK_FILE);
     try {
-      if (opts.readOnly && !existsSync(path)) return new LocalChunkStore(path, await openFile('/dev/null', 'r'), -1, false, chunkSize);
+      if (opts.readOnly && !existsSync(path)) return new LocalChunkStore(path, await openFile('/dev/null', 'r'), -1, false, chunkSize, -1);
       const fh = opts.readOnly
         ? await openFile(path, 'r')
         : await openFile(path, 'a+').then(async (h) => {
@@ -71,7 +85,8 @@ export class LocalChunkStore implements ChunkStore {
         readFd = openSync(path, 'r');
         direct = false;
       }
-      return new LocalChunkStore(path, fh, readFd, direct, chunkSize);
+      const writeFd = direct && !opts.readOnly ? native().openDirect(path, true) : -1;
+      return new LocalChunkStore(path, fh, readFd, direct, chunkSize, writeFd);
     } catch (e) {
       throw new ShoalError('io_error', `cannot open the chunk file in ${dir}: ${(e as Error).message}`, { cause: e });
     }
@@ -133,17 +148,21 @@ export class LocalChunkStore implements ChunkStore {
     return this.writes.write(slot, data);
   }
 
-  // Bytes [dirtyFrom, dirtyTo) of the file were written since the last sync began.
+  // Bytes [dirtyFrom, dirtyTo) of the file were written through the page cache since the last sync
+  // began; directDirty: some past it.
   private dirtyFrom = Infinity;
   private dirtyTo = 0;
+  private directDirty = false;
 
   sync(): Promise<void> {
     // Nothing written since the last sync began: nothing to make durable. (A snapshot or clone
     // commit then costs only the metadata transaction, not an fdatasync of the chunk file too.)
-    if (this.dirtyTo === 0) return Promise.resolve();
+    if (this.dirtyTo === 0 && !this.directDirty) return Promise.resolve();
     const synced = { from: this.dirtyFrom, to: this.dirtyTo };
     this.dirtyFrom = Infinity;
     this.dirtyTo = 0;
+    this.directDirty = false;
+    this.syncs++;
     return new Promise((resolve, reject) =>
       fdatasync(this.fh.fd, (err) => {
         if (err) return reject(new ShoalError('io_error', `fdatasync of the chunk file failed: ${err.message}`));
@@ -170,7 +189,7 @@ export class LocalChunkStore implements ChunkStore {
   }
 
   stats(): StoreStats {
-    return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct };
+    return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct, directWrites: this.directWrites, syncs: this.syncs };
   }
 
   allocatedBytes(): Promise<number> {
@@ -180,7 +199,9 @@ export class LocalChunkStore implements ChunkStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.writes.whenIdle();
     if (this.activeReads === 0 && this.readFd >= 0) closeSync(this.readFd);
+    if (this.writeFd >= 0) closeSync(this.writeFd);
     await this.fh.close();
   }
 }

@@ -29,7 +29,8 @@ import nbd
 
 SECTOR = 512
 MAGIC = b'SHOALDUR'
-SIZES = [512, 1024, 4096, 3584, 8192, 65536, 1536, 20480, 4608, 12288]
+# 262144: a write whose run of chunks goes to the chunk file past the page cache (batched-writes.ts).
+SIZES = [512, 1024, 4096, 3584, 8192, 65536, 1536, 20480, 4608, 12288, 262144]
 LAYOUT_END = 6 * 1024 * 1024
 
 

@@ -53,6 +53,8 @@ async function killCycles(t: TestContext, env: Record<string, string>, fromJourn
     const vol = 'dur';
     await d.createVolume(vol, 16 * 2 ** 20);
     const durable = new Map<number, number>();
+    let directWrites = 0;
+    let direct = false;
     for (let cycle = 1; cycle <= 3; cycle++) {
       // Writers: two over the Unix socket, one over TCP; generations above every earlier cycle's.
       writers.length = 0;
@@ -69,6 +71,9 @@ async function killCycles(t: TestContext, env: Record<string, string>, fromJourn
       // Every writer connected and had some writes made durable.
       while (Math.min(...acks) < 10 && Date.now() - started < 45_000) await sleep(50);
       await sleep(Math.floor(Math.random() * 1500));
+      const store = (await d.api('GET', '/v1/stats')).body.store;
+      directWrites += store.directWrites ?? 0;
+      direct = store.direct;
       const killAfter = Date.now() - started;
       const pid = d.proc.pid;
       await d.kill9();
@@ -100,6 +105,9 @@ async function killCycles(t: TestContext, env: Record<string, string>, fromJourn
       assert.equal(fsck.status, 200, JSON.stringify(fsck.body));
       assert.equal(fsck.body.ok, true, `cycle ${cycle}: fsck after kill -9: ${JSON.stringify(fsck.body.errors)}`);
     }
+    // The 256 KiB regions' chunks went to the chunk file past the page cache, where it takes O_DIRECT.
+    if (direct) assert.ok(directWrites > 0, 'no chunk was written past the page cache: the direct path went untested');
+    t.diagnostic(`${directWrites} runs of chunks written past the page cache (O_DIRECT ${direct})`);
   } finally {
     await d.kill9().catch(() => {});
     await Promise.allSettled(writers);

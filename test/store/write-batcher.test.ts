@@ -1,14 +1,17 @@
 // The chunk writes of one event-loop turn (server/store/batched-writes.ts): joined into runs of
 // consecutive positions, short runs written on the event loop, and many short runs (a large write
 // into freed slots scattered over the file) written together on the thread pool. Every write lands
-// at its position, `written` hears of each run, and a failure reaches the writes it failed.
-import { test } from 'node:test';
+// at its position, `written` hears of each run, and a failure reaches the writes it failed. With an
+// O_DIRECT descriptor, long runs and many short ones go past the page cache (Linux AIO), and a disk
+// that refuses them (EINVAL) gets them through the page cache instead.
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WriteBatcher } from '../../server/store/batched-writes.js';
+import { native } from '../../server/native.js';
 
 const CS = 4096;
 
@@ -54,6 +57,77 @@ test('a failed write batch rejects every write in it with the error the owner ma
       assert.equal((r as PromiseRejectedResult).reason.message, `chunk ${positions[i]}: EBADF`);
     }
   } finally {
+    f.done();
+  }
+});
+
+/** The file opened O_DIRECT for writing, or null (skipped) where the filesystem refuses it. */
+function directFd(t: TestContext, path: string): number | null {
+  try {
+    return native().openDirect(path, true);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+    t.skip(`${tmpdir()} does not take O_DIRECT`);
+    return null;
+  }
+}
+
+const scattered = (n: number, from: number) => Array.from({ length: n }, (_, i) => from - i * 4);
+const run = (n: number, from: number) => Array.from({ length: n }, (_, i) => from + i);
+
+for (const [what, positions, base, directRuns] of [
+  // A few short runs stay on the event loop, through the page cache; the 64-chunk run goes direct.
+  ['a long run past the page cache, short ones through it', [7, 3, 4, 5, ...run(64, 500)], 4096, 1],
+  // 200 one-chunk runs (a large write into scattered freed slots) and two long runs: all direct.
+  ['many short runs and long ones, all past the page cache in one job', [...scattered(200, 1000), ...run(40, 2000), ...run(33, 3000)], 4096, 202],
+  // Positions the disk cannot take directly: EINVAL, then the page cache.
+  ['runs the disk refuses (EINVAL) written through the page cache instead', [...scattered(100, 1000), ...run(64, 3000)], 100, 0],
+] as const) {
+  test(`one turn's writes land where they were asked to: ${what}`, async (t) => {
+    const f = setup();
+    const dfd = directFd(t, f.path);
+    if (dfd === null) return f.done();
+    try {
+      const runs: Array<[number, number, boolean]> = [];
+      const b = new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, chunkSize: CS, base, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure: (e) => e });
+      const data = positions.map(() => randomBytes(CS));
+      await Promise.all(positions.map((p, i) => b.write(p, data[i])));
+      const file = readFileSync(f.path);
+      positions.forEach((p, i) => assert.ok(file.subarray(base + p * CS, base + (p + 1) * CS).equals(data[i]), `chunk at ${p}`));
+      assert.equal(runs.reduce((n, [, bytes]) => n + bytes, 0), positions.length * CS);
+      assert.equal(new Set(runs.map(([pos]) => pos)).size, runs.length);
+      assert.equal(runs.filter(([, , direct]) => direct).length, directRuns, `direct runs: ${JSON.stringify(runs.map(([pos, bytes, d]) => [pos, bytes / CS, d]))}`);
+      // Once refused, the next turn does not try again.
+      if (directRuns === 0) {
+        runs.length = 0;
+        await Promise.all(run(64, 5000).map((p) => b.write(p, Buffer.alloc(CS, 1))));
+        assert.deepEqual(runs, [[base + 5000 * CS, 64 * CS, false]]);
+      }
+      await b.whenIdle();
+    } finally {
+      closeSync(dfd);
+      closeSync(f.fd);
+      f.done();
+    }
+  });
+}
+
+test('a failed direct write rejects the writes of its run with the error the owner makes of it', async (t) => {
+  const f = setup();
+  const dfd = directFd(t, f.path);
+  if (dfd === null) return f.done();
+  closeSync(dfd);
+  try {
+    const b = new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, chunkSize: CS, base: 0, failure: (e, at) => new Error(`chunk ${at}: ${e.code}`) });
+    const positions = [...run(64, 0), ...run(64, 100)];
+    const results = await Promise.allSettled(positions.map((p) => b.write(p, Buffer.alloc(CS))));
+    for (const [i, r] of results.entries()) {
+      assert.equal(r.status, 'rejected');
+      assert.equal((r as PromiseRejectedResult).reason.message, `chunk ${positions[i] < 100 ? 0 : 100}: EBADF`);
+    }
+    await b.whenIdle();
+  } finally {
+    closeSync(f.fd);
     f.done();
   }
 });

@@ -1,0 +1,50 @@
+// The metadata commit makes the chunks it names durable first, with the chunk store's sync()
+// (invariant 2: a power cut after a commit must not lose its chunks). The local store skips the
+// fdatasync when nothing was written since the last one, so it must count every write, whether it
+// went through the page cache or past it (O_DIRECT, server/store/batched-writes.ts): a run written
+// direct leaves no dirty page, yet still sits in the disk's volatile cache until the sync flushes it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CHUNK_FILE, LocalChunkStore } from '../../server/store/local-chunk-store.js';
+
+const CS = 4096;
+
+test('a sync follows every write, through the page cache or past it, and only then', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'shoal-chunk-sync-'));
+  const store = await LocalChunkStore.open(dir, CS);
+  try {
+    const syncs = () => store.stats().syncs;
+    await store.sync();
+    assert.equal(syncs(), 0, 'nothing written: no fdatasync');
+
+    // A lone small write: through the page cache.
+    const small = randomBytes(CS);
+    await store.write(3, small);
+    assert.equal(store.stats().directWrites, 0);
+    await store.sync();
+    assert.equal(syncs(), 1, 'a buffered write is synced');
+    await store.sync();
+    assert.equal(syncs(), 1, 'and not twice');
+
+    // A run of 64 chunks: past the page cache where the filesystem takes O_DIRECT.
+    const big = randomBytes(64 * CS);
+    await store.write(100, big);
+    const direct = store.stats().direct;
+    assert.equal(store.stats().directWrites, direct ? 1 : 0, `direct writes where reads are direct: ${JSON.stringify(store.stats())}`);
+    await store.sync();
+    assert.equal(syncs(), 2, 'a run written past the page cache is synced too');
+    await store.sync();
+    assert.equal(syncs(), 2);
+
+    const file = readFileSync(join(dir, CHUNK_FILE));
+    assert.ok(file.subarray(3 * CS, 4 * CS).equals(small));
+    assert.ok(file.subarray(100 * CS, 164 * CS).equals(big));
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
