@@ -23,7 +23,10 @@
 // kernel allocates for it, which the commit's fdatasync writes back and the store then drops (the shared
 // cache holds the chunk): all CPU the direct write does not spend (see the addon). A lone small write
 // (a queue-depth-1 writer) stays buffered: the direct write waits for the disk, ~50-100 us here, where
-// the buffered one returns after its copy.
+// the buffered one returns after its copy. So do writes that would extend the file: ext4 holds the
+// inode's lock exclusively for a direct write past the end until the disk has it, and every buffered
+// write of the file waits for that lock, the event loop's own among them (bench:soak saw one 87 ms
+// stall, the event loop asleep, when its writes reached the end of the chunk file).
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native } from '../native.js';
@@ -118,6 +121,11 @@ export interface WriteBatcherOptions {
   written?: (pos: number, bytes: number, direct: boolean) => void;
   /** The same file opened O_DIRECT, or -1: batches go past the page cache (see the top of the file). */
   directFd?: () => number;
+  /**
+   * The file offset direct writes must end within (the file's size: a direct write that extends the
+   * file holds the inode's lock until the disk has it, see the top of the file); none: no limit.
+   */
+  directUpTo?: () => number;
   /** The error a failed run's writes reject with; `at`: its first position. */
   failure: (err: NodeJS.ErrnoException, at: number) => Error;
 }
@@ -174,21 +182,26 @@ export class WriteBatcher {
   private dispatch(batch: BatchedWrite[]): void {
     const runs = consecutiveRuns(batch, this.opts.chunkSize);
     const directFd = this.directRefused ? -1 : (this.opts.directFd?.() ?? -1);
-    if (batch.length === 1 && (directFd < 0 || runBytes(runs[0]) <= SYNC_RUN_BYTES)) return this.writeRun(runs[0], true);
-    // Long runs go to the thread pool (past the page cache where it can), the short ones on the event
-    // loop, or all together when there are many.
+    const upTo = directFd >= 0 ? (this.opts.directUpTo?.() ?? Infinity) : 0;
+    // Past the page cache: long runs, or many short ones, that end inside the file (see the top of the file).
+    const direct = (run: BatchedWrite[]) => this.position(run) + runBytes(run) <= upTo;
+    if (batch.length === 1 && !(runBytes(runs[0]) > SYNC_RUN_BYTES && direct(runs[0]))) return this.writeRun(runs[0], true);
+    // Long runs go to the thread pool, the short ones on the event loop, or all together when there are many.
     const long: BatchedWrite[][] = [];
     const short: BatchedWrite[][] = [];
+    const past: BatchedWrite[][] = [];
     for (const run of runs) (runBytes(run) > SYNC_RUN_BYTES ? long : short).push(run);
     const many = short.length > MAX_SYNC_RUNS;
-    if (directFd >= 0) {
-      const direct = many ? long.concat(short) : long;
-      if (direct.length > 0) this.writeDirect(directFd, direct);
-    } else {
-      for (const run of long) this.writeRun(run, false);
-      if (many) this.writeRuns(short);
+    for (const run of long) {
+      if (direct(run)) past.push(run);
+      else this.writeRun(run, false);
     }
-    if (!many) for (const run of short) this.writeRun(run, false);
+    if (many) {
+      const buffered: BatchedWrite[][] = [];
+      for (const run of short) (direct(run) ? past : buffered).push(run);
+      if (buffered.length > 0) this.writeRuns(buffered);
+    } else for (const run of short) this.writeRun(run, false);
+    if (past.length > 0) this.writeDirect(directFd, past);
   }
 
   /** `alone`: the only write of its turn (see the top of the file). */

@@ -39,16 +39,20 @@ export class LocalChunkStore implements ChunkStore {
     readonly chunkSize: number,
     /** The file opened O_DIRECT for writing, or -1 (refused, or read-only). */
     private readonly writeFd: number,
+    /** The file's size, as opened and as completed writes have grown it since. */
+    private fileBytes: number,
   ) {
     this.writes = new WriteBatcher({
       fd: () => this.fh.fd,
       directFd: () => this.writeFd,
+      directUpTo: () => this.fileBytes,
       chunkSize: this.chunkSize,
       base: 0,
       // Recorded when the write completes: a write still in flight when a sync starts is not covered
       // by it, so the next sync must see it (metadata references it only once complete). A direct
       // write left no page to drop, but the disk's cache still needs the sync's flush.
       written: (pos, bytes, direct) => {
+        if (pos + bytes > this.fileBytes) this.fileBytes = pos + bytes;
         if (direct) {
           this.directDirty = true;
           this.directWrites++;
@@ -68,7 +72,7 @@ export class LocalChunkStore implements ChunkStore {
   static async open(dir: string, chunkSize: number, opts: { readOnly?: boolean } = {}): Promise<LocalChunkStore> {
     const path = join(dir, CHUNK_FILE);
     try {
-      if (opts.readOnly && !existsSync(path)) return new LocalChunkStore(path, await openFile('/dev/null', 'r'), -1, false, chunkSize, -1);
+      if (opts.readOnly && !existsSync(path)) return new LocalChunkStore(path, await openFile('/dev/null', 'r'), -1, false, chunkSize, -1, 0);
       const fh = opts.readOnly
         ? await openFile(path, 'r')
         : await openFile(path, 'a+').then(async (h) => {
@@ -86,7 +90,7 @@ export class LocalChunkStore implements ChunkStore {
         direct = false;
       }
       const writeFd = direct && !opts.readOnly ? native().openDirect(path, true) : -1;
-      return new LocalChunkStore(path, fh, readFd, direct, chunkSize, writeFd);
+      return new LocalChunkStore(path, fh, readFd, direct, chunkSize, writeFd, (await fh.stat()).size);
     } catch (e) {
       throw new ShoalError('io_error', `cannot open the chunk file in ${dir}: ${(e as Error).message}`, { cause: e });
     }
