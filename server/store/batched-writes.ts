@@ -17,13 +17,16 @@
 // of its time in 1M writes at QD8 after 15 s of 4K random writes. Past MAX_SYNC_RUNS they all go to
 // the thread pool in one job (the addon's writeRuns).
 //
-// With a descriptor opened O_DIRECT (the local chunk store's, where the filesystem takes it), every
-// batch but a lone small write goes to the disk directly instead: all its runs in one thread-pool job,
-// in parallel through Linux AIO (the addon's writeRunsDirect). A buffered write copies into a page the
+// With a descriptor opened O_DIRECT (the local chunk store's, where the filesystem takes it), runs over
+// SYNC_RUN_BYTES go to the disk directly instead: a turn's in one thread-pool job, in parallel through
+// Linux AIO (the addon's writeRunsDirect). A buffered write copies into a page the
 // kernel allocates for it, which the commit's fdatasync writes back and the store then drops (the shared
-// cache holds the chunk): all CPU the direct write does not spend (see the addon). A lone small write
-// (a queue-depth-1 writer) stays buffered: the direct write waits for the disk, ~50-100 us here, where
-// the buffered one returns after its copy. So do writes that would extend the file: ext4 holds the
+// cache holds the chunk): all CPU the direct write does not spend (see the addon). Short runs stay
+// buffered: the direct write waits for the disk, where the buffered one returns after its copy, and
+// short runs are what 4K writes at QD32 make (sent direct, their IOPS fell by a quarter) and what a
+// large write into scattered freed slots makes (256 direct writes of 4 KiB a request made the disk the
+// limit: npm run bench's 1 MiB rows after 4K random writes ran at 145-172 MiB/s against 184-221). So
+// do writes that would extend the file: ext4 holds the
 // inode's lock exclusively for a direct write past the end until the disk has it, and every buffered
 // write of the file waits for that lock, the event loop's own among them (bench:soak saw one 87 ms
 // stall, the event loop asleep, when its writes reached the end of the chunk file).
@@ -183,25 +186,20 @@ export class WriteBatcher {
     const runs = consecutiveRuns(batch, this.opts.chunkSize);
     const directFd = this.directRefused ? -1 : (this.opts.directFd?.() ?? -1);
     const upTo = directFd >= 0 ? (this.opts.directUpTo?.() ?? Infinity) : 0;
-    // Past the page cache: long runs, or many short ones, that end inside the file (see the top of the file).
-    const direct = (run: BatchedWrite[]) => this.position(run) + runBytes(run) <= upTo;
-    if (batch.length === 1 && !(runBytes(runs[0]) > SYNC_RUN_BYTES && direct(runs[0]))) return this.writeRun(runs[0], true);
+    // Past the page cache: long runs that end inside the file (see the top of the file).
+    const direct = (run: BatchedWrite[]) => runBytes(run) > SYNC_RUN_BYTES && this.position(run) + runBytes(run) <= upTo;
+    if (batch.length === 1 && !direct(runs[0])) return this.writeRun(runs[0], true);
     // Long runs go to the thread pool, the short ones on the event loop, or all together when there are many.
-    const long: BatchedWrite[][] = [];
-    const short: BatchedWrite[][] = [];
     const past: BatchedWrite[][] = [];
-    for (const run of runs) (runBytes(run) > SYNC_RUN_BYTES ? long : short).push(run);
-    const many = short.length > MAX_SYNC_RUNS;
-    for (const run of long) {
+    const short: BatchedWrite[][] = [];
+    for (const run of runs) {
       if (direct(run)) past.push(run);
-      else this.writeRun(run, false);
+      else if (runBytes(run) > SYNC_RUN_BYTES) this.writeRun(run, false);
+      else short.push(run);
     }
-    if (many) {
-      const buffered: BatchedWrite[][] = [];
-      for (const run of short) (direct(run) ? past : buffered).push(run);
-      if (buffered.length > 0) this.writeRuns(buffered);
-    } else for (const run of short) this.writeRun(run, false);
     if (past.length > 0) this.writeDirect(directFd, past);
+    if (short.length > MAX_SYNC_RUNS) this.writeRuns(short);
+    else for (const run of short) this.writeRun(run, false);
   }
 
   /** `alone`: the only write of its turn (see the top of the file). */
