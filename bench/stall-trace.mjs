@@ -49,12 +49,14 @@ const threads = () => {
   }
   return m;
 };
-const busyMs = () => {
+// Busy and stolen ms of the whole machine: steal apart, because time the host takes from a vCPU counts as
+// running for the thread it was running (a paused VM reads as the event loop busy).
+const cpuMs = () => {
   const f = readFileSync('/proc/stat', 'latin1').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
-  return ((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1000) / 100; // user nice system irq softirq steal, in ms (USER_HZ 100)
+  return [((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) * 1000) / 100, (f[7] * 1000) / 100]; // user nice system irq softirq steal; steal (USER_HZ 100)
 };
 let lastT = threads();
-let lastBusy = busyMs();
+let lastBusy = cpuMs();
 let ticks = 0;
 
 let last = performance.now();
@@ -71,14 +73,14 @@ setInterval(() => {
       if (d > 0.5) by.set(commOf(tid), (by.get(commOf(tid)) ?? 0) + d);
     }
     const others = [...by].sort((a, b) => b[1] - a[1]).map(([c, d]) => `${c.replace(/\s+/g, '_')}:${d.toFixed(1)}`).join(',');
-    const busy = busyMs() - lastBusy;
-    lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${((s[0] - lastS[0]) / 1e6).toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]} threads ${others || '-'} machine-busy ${busy.toFixed(0)}`);
+    const c = cpuMs();
+    lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${((s[0] - lastS[0]) / 1e6).toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]} threads ${others || '-'} machine-busy ${(c[0] - lastBusy[0]).toFixed(0)} steal ${(c[1] - lastBusy[1]).toFixed(0)}`);
     lastT = t;
-    lastBusy = busyMs();
+    lastBusy = cpuMs();
     ticks = 0;
   } else if (++ticks % 5 === 0) {
     lastT = threads();
-    lastBusy = busyMs();
+    lastBusy = cpuMs();
   }
   last = now;
   lastS = s;
