@@ -18,18 +18,18 @@
 // the thread pool in one job (the addon's writeRuns).
 //
 // With a descriptor opened O_DIRECT (the local chunk store's, where the filesystem takes it), runs over
-// SYNC_RUN_BYTES go to the disk directly instead: a turn's in one thread-pool job, in parallel through
-// Linux AIO (the addon's writeRunsDirect). A buffered write copies into a page the
-// kernel allocates for it, which the commit's fdatasync writes back and the store then drops (the shared
-// cache holds the chunk): all CPU the direct write does not spend (see the addon). Short runs stay
-// buffered: the direct write waits for the disk, where the buffered one returns after its copy, and
-// short runs are what 4K writes at QD32 make (sent direct, their IOPS fell by a quarter) and what a
-// large write into scattered freed slots makes (256 direct writes of 4 KiB a request made the disk the
-// limit: npm run bench's 1 MiB rows after 4K random writes ran at 145-172 MiB/s against 184-221). So
-// do writes that would extend the file: ext4 holds the
-// inode's lock exclusively for a direct write past the end until the disk has it, and every buffered
-// write of the file waits for that lock, the event loop's own among them (bench:soak saw one 87 ms
-// stall, the event loop asleep, when its writes reached the end of the chunk file).
+// SYNC_RUN_BYTES that end inside the file go to the disk directly instead: a turn's in one thread-pool
+// job, in parallel through Linux AIO (the addon's writeRunsDirect). A buffered write copies into a page
+// the kernel allocates for it, which the commit's fdatasync writes back and the store then drops (the
+// shared cache holds the chunk): all CPU the direct write does not spend (see the addon).
+// Short runs stay buffered: the direct write waits for the disk, where the buffered one returns after
+// its copy, and short runs are what 4K writes at QD32 make (sent direct, their IOPS fell by a quarter)
+// and what a large write into scattered freed slots makes (256 direct writes of 4 KiB a request made the
+// disk the limit: npm run bench's 1 MiB rows after 4K random writes ran at 145-172 MiB/s against
+// 184-221). Runs that would extend the file stay buffered too: ext4 holds the inode's lock exclusively
+// for a direct write past the end until the disk has it, and every buffered write of the file waits for
+// that lock, the event loop's own among them (bench:soak saw one 87 ms stall, the event loop asleep,
+// when its writes reached the end of the chunk file).
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { native } from '../native.js';
