@@ -291,7 +291,7 @@ export const Stats = Type.Object(
         readBytes: Type.Number(),
         direct: Type.Boolean({ description: 'Reads bypass the page cache (O_DIRECT).' }),
         syncs: Type.Optional(Type.Number({ description: 'fdatasyncs of the chunk file begun (a metadata commit makes the chunks it names durable first).' })),
-        directWrites: Type.Optional(Type.Number({ description: 'Runs of chunks written past the page cache (O_DIRECT): batches of writes, where the filesystem allows it.' })),
+        directWrites: Type.Optional(Type.Number({ description: 'Runs of chunks written past the page cache (O_DIRECT): runs over 128 KiB inside the chunk file, where the filesystem allows it.' })),
       },
       { additionalProperties: true },
     ),

@@ -181,16 +181,22 @@ Napi::Value RunsArgs(const Napi::CallbackInfo& info, const char* usage, std::vec
   return Napi::Value();
 }
 
-Napi::Value WriteRuns(const Napi::CallbackInfo& info) {
+// Checks the arguments (RunsArgs) and queues a Worker (WriteRunsWorker or WriteRunsDirectWorker) on them.
+template <class Worker>
+Napi::Value QueueRuns(const Napi::CallbackInfo& info, const char* usage) {
   std::vector<iovec> iov;
   std::vector<uint32_t> cv;
   std::vector<off_t> pv;
-  Napi::Value err = RunsArgs(info, "writeRuns(fd, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs)", &iov, &cv, &pv);
+  Napi::Value err = RunsArgs(info, usage, &iov, &cv, &pv);
   if (!err.IsEmpty()) return err;
-  auto* w = new WriteRunsWorker(info.Env(), info[0].As<Napi::Number>().Int32Value(), std::move(iov), std::move(cv), std::move(pv), info[1].As<Napi::Array>());
+  auto* w = new Worker(info.Env(), info[0].As<Napi::Number>().Int32Value(), std::move(iov), std::move(cv), std::move(pv), info[1].As<Napi::Array>());
   auto p = w->Promise();
   w->Queue();
   return p;
+}
+
+Napi::Value WriteRuns(const Napi::CallbackInfo& info) {
+  return QueueRuns<WriteRunsWorker>(info, "writeRuns(fd, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs)");
 }
 
 // writeRunsDirect(fd, bufs, counts, positions, runs): Promise<Int32Array>, the errno of each run (0:
@@ -378,16 +384,7 @@ class WriteRunsDirectWorker : public Napi::AsyncWorker {
 };
 
 Napi::Value WriteRunsDirect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::vector<iovec> iov;
-  std::vector<uint32_t> cv;
-  std::vector<off_t> pv;
-  Napi::Value err = RunsArgs(info, "writeRunsDirect(fd, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs)", &iov, &cv, &pv);
-  if (!err.IsEmpty()) return err;
-  auto* w = new WriteRunsDirectWorker(env, info[0].As<Napi::Number>().Int32Value(), std::move(iov), std::move(cv), std::move(pv), info[1].As<Napi::Array>());
-  auto p = w->Promise();
-  w->Queue();
-  return p;
+  return QueueRuns<WriteRunsDirectWorker>(info, "writeRunsDirect(fd, bufs: Buffer[], counts: Uint32Array, positions: Float64Array, runs)");
 }
 
 // tryLock(fd): flock(LOCK_EX | LOCK_NB); true if taken, false if another open file holds it. Node's

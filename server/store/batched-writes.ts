@@ -32,6 +32,7 @@
 // when its writes reached the end of the chunk file).
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { getSystemErrorName } from 'node:util';
 import { native } from '../native.js';
 import { float64s, uint32s } from '../native-arrays.js';
 
@@ -302,12 +303,10 @@ export class WriteBatcher {
 
 const EINVAL = osConstants.errno.EINVAL;
 
-/** Errno names by number (the addon reports a direct run's failure as its errno). */
-let errnoNames: Map<number, string> | null = null;
-
+/** The error of a direct run that failed with `errno` (the addon reports its errno), as fs would make it. */
 function errnoError(errno: number): NodeJS.ErrnoException {
-  errnoNames ??= new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
-  const code = errnoNames.get(errno) ?? 'EIO';
+  const name = getSystemErrorName(-errno);
+  const code = name.startsWith('Unknown') ? 'EIO' : name;
   const e: NodeJS.ErrnoException = new Error(`${code}: direct write failed (errno ${errno})`);
   e.code = code;
   e.errno = -errno;

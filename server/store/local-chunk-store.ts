@@ -2,8 +2,8 @@
 // Slots are immutable while referenced (the metadata never rewrites a live slot), so the file
 // needs no journal of its own: the metadata commit fsyncs it before it records new references.
 // Reads for the cache go O_DIRECT into its frames (the arena holds a chunk once, not also the page
-// cache), and so do long runs of writes inside the file (server/store/batched-writes.ts); where the filesystem refuses
-// O_DIRECT (tmpfs) both are buffered and the pages dropped.
+// cache), and so do long runs of writes inside the file (server/store/batched-writes.ts); where the
+// filesystem refuses O_DIRECT (tmpfs) both are buffered and the pages dropped.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { readv as fsReadv, fdatasync, fstat, openSync, closeSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
