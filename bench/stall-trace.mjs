@@ -2,6 +2,9 @@
 // thread ran and how long it waited for a CPU during each (Linux schedstat: telling the daemon's own work
 // from preemption on a busy machine), how long the daemon's other threads ran meanwhile and how busy the
 // machine was, and GC pauses over 5 ms, as epoch-ms lines, to $STALL_LOG.
+// A worker thread watches the main thread's state every millisecond: asleep in the kernel uninterruptibly
+// (state D: a lock, a page fault's read, the disk) for 10 ms or more, it logs the syscall (number, then
+// its arguments: the first is the descriptor) and the kernel stack, as it began and 10 ms on.
 // DIAG_V8_FLAGS passes V8 flags (v8.setFlagsFromString: NODE_OPTIONS refuses most of them), and
 // DIAG_PROF=1 writes a CPU profile of the whole run to /tmp/shoal-diag.cpuprofile at exit.
 // Used to find what stalled reads while a big volume was deleted:
@@ -10,6 +13,7 @@ import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:f
 import inspector from 'node:inspector';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import v8 from 'node:v8';
+import { Worker } from 'node:worker_threads';
 
 if (process.env.DIAG_V8_FLAGS) for (const f of process.env.DIAG_V8_FLAGS.split(' ')) v8.setFlagsFromString(f);
 const file = process.env.STALL_LOG || '/tmp/shoal-stall.log';
@@ -91,6 +95,32 @@ const kinds = { 1: 'minor', 2: 'major', 4: 'incremental', 8: 'weakcb', 16: 'all'
 new PerformanceObserver((l) => {
   for (const e of l.getEntries()) if (e.duration > 5) lines.push(`${Date.now()} gc ${kinds[e.detail?.kind] ?? e.detail?.kind} ${e.duration.toFixed(1)}`);
 }).observe({ entryTypes: ['gc'] });
+
+new Worker(
+  `
+  const { readFileSync, appendFileSync } = require('node:fs');
+  const { workerData } = require('node:worker_threads');
+  const base = '/proc/' + workerData.pid + '/task/' + workerData.pid + '/';
+  const read = (f) => { try { return readFileSync(base + f, 'latin1').trim(); } catch { return '?'; } };
+  const sample = () => 'syscall ' + read('syscall').split(' ').slice(0, 4).join(' ') + ' stack ' + read('stack').split('\\n').map((l) => l.replace(/^\\[<0>\\] /, '').replace(/\\+0x.*/, '')).join('<');
+  const tick = new Int32Array(new SharedArrayBuffer(4));
+  let since = 0, first = '', logged = false;
+  for (;;) {
+    Atomics.wait(tick, 0, 0, 1);
+    const st = read('stat');
+    const state = st[st.lastIndexOf(')') + 2];
+    const now = performance.now();
+    if (state === 'D') {
+      if (!since) { since = now; first = sample(); logged = false; }
+      else if (!logged && now - since >= 10) { logged = true; appendFileSync(workerData.file, Date.now() + ' blocked ' + first + ' | 10ms-on ' + sample() + '\\n'); }
+    } else if (since) {
+      if (logged) appendFileSync(workerData.file, Date.now() + ' blocked-end ' + (now - since).toFixed(1) + '\\n');
+      since = 0;
+    }
+  }
+  `,
+  { eval: true, workerData: { pid: process.pid, file } },
+).unref();
 
 if (process.env.DIAG_PROF) {
   const s = new inspector.Session();

@@ -48,6 +48,8 @@ interface BatchedWrite {
 const MAX_IOVECS = 1024;
 /** Runs up to this size are written synchronously (see the top of the file). */
 const SYNC_RUN_BYTES = 128 * 1024;
+/** Most bytes of one direct job (the aligned memory the addon keeps per pool thread, addon/src/file-io.cc). */
+const DIRECT_JOB_BYTES = 8 * 1024 * 1024;
 /** More short runs than this in one turn are written together on the thread pool (see the top of the file). */
 const MAX_SYNC_RUNS = 64;
 
@@ -198,7 +200,7 @@ export class WriteBatcher {
       else if (runBytes(run) > SYNC_RUN_BYTES) this.writeRun(run, false);
       else short.push(run);
     }
-    if (past.length > 0) this.writeDirect(directFd, past);
+    if (past.length > 0) this.writeDirectJobs(directFd, past);
     if (short.length > MAX_SYNC_RUNS) this.writeRuns(short);
     else for (const run of short) this.writeRun(run, false);
   }
@@ -248,7 +250,35 @@ export class WriteBatcher {
       .finally(() => this.jobDone());
   }
 
-  /** Every run past the page cache, in parallel, in one thread-pool job; each run fails on its own. */
+  /**
+   * Runs past the page cache, in jobs of up to DIRECT_JOB_BYTES, a run longer than that cut between its
+   * writes: the addon copies a job into aligned memory its pool thread keeps up to that size, and a
+   * larger job got fresh memory, faulted in page by page (a 1 GiB nbdcopy makes runs of 64 writes of
+   * 256 KiB, 16 MiB: ~65k page faults on the pool threads a GiB); several jobs also run on several
+   * pool threads at once.
+   */
+  private writeDirectJobs(fd: number, runs: BatchedWrite[][]): void {
+    let job: BatchedWrite[][] = [];
+    let bytes = 0;
+    for (const run of runs) {
+      let from = 0;
+      for (let i = 0; i < run.length; i++) {
+        const b = run[i].data.length;
+        if (bytes + b > DIRECT_JOB_BYTES && (i > from || job.length > 0)) {
+          if (i > from) job.push(run.slice(from, i));
+          this.writeDirect(fd, job);
+          job = [];
+          bytes = 0;
+          from = i;
+        }
+        bytes += b;
+      }
+      job.push(from === 0 ? run : run.slice(from));
+    }
+    this.writeDirect(fd, job);
+  }
+
+  /** Runs past the page cache, in parallel, in one thread-pool job; each run fails on its own. */
   private writeDirect(fd: number, runs: BatchedWrite[][]): void {
     const { bufs, counts, positions } = this.packed(runs);
     this.active++;

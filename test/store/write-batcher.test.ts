@@ -114,6 +114,32 @@ for (const [what, positions, base, directRuns, upTo] of [
   });
 }
 
+test('a direct run longer than a job is cut between its writes, and every part lands', async (t) => {
+  const f = setup();
+  const dfd = directFd(t, f.path);
+  if (dfd === null) return f.done();
+  try {
+    const runs: Array<[number, number, boolean]> = [];
+    const b = new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, chunkSize: CS, base: 0, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure: (e) => e });
+    // 40 writes of 256 KiB back to back: one run of 10 MiB, as a fill's turn makes (jobs are 8 MiB at most).
+    const per = 64;
+    const data = Array.from({ length: 40 }, () => randomBytes(per * CS));
+    await Promise.all(data.map((d, i) => b.write(i * per, d)));
+    runs.sort((x, y) => x[0] - y[0]);
+    assert.deepEqual(runs, [
+      [0, 8 * 1024 * 1024, true],
+      [8 * 1024 * 1024, 2 * 1024 * 1024, true],
+    ]);
+    const file = readFileSync(f.path);
+    data.forEach((d, i) => assert.ok(file.subarray(i * per * CS, (i + 1) * per * CS).equals(d), `write ${i}`));
+    await b.whenIdle();
+  } finally {
+    closeSync(dfd);
+    closeSync(f.fd);
+    f.done();
+  }
+});
+
 test('a failed direct write rejects the writes of its run with the error the owner makes of it', async (t) => {
   const f = setup();
   const dfd = directFd(t, f.path);
