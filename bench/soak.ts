@@ -92,7 +92,7 @@ runMain(async () => {
     const lag = Number(/^shoal_nodejs_eventloop_lag_max_seconds ([\d.e+-]+)$/m.exec(metrics)?.[1] ?? NaN);
     const smp: Sample = { t: (Date.now() - t0) / 1000, logEntries: st.dedupLogEntries, reclaimNodes: st.reclaimPendingNodes, staleEntries: st.dedupIndexing.staleEntries, rss: rssOf(s.pid), lagMaxMs: lag * 1000, physical: st.physicalBytes };
     samples.push(smp);
-    console.log(`  ${fix(smp.t).padStart(4)} s: dedup log ${smp.logEntries}, reclaim ${smp.reclaimNodes} nodes, stale index entries ${smp.staleEntries}, RSS ${fmtBytes(smp.rss)}, longest loop stall ${fix(smp.lagMaxMs)} ms`);
+    console.log(`  ${fix(smp.t).padStart(4)} s: dedup log ${smp.logEntries}, reclaim ${smp.reclaimNodes} nodes, stale index entries ${smp.staleEntries}, RSS ${fmtBytes(smp.rss)}, longest loop stall ${fix(smp.lagMaxMs)} ms, longest commit stretch so far ${fix(st.metadataCommits?.longestStretchMs ?? NaN)} ms`);
   }
   const r = await load;
   if (r.status !== 0) throw new Error(`fio failed:\n${r.stderr}`);

@@ -6,7 +6,8 @@
 // (state D: a lock, a page fault's read, the disk) for 10 ms or more, it logs the syscall (number, then
 // its arguments: the first is the descriptor) and the kernel stack, as it began and 10 ms on.
 // DIAG_V8_FLAGS passes V8 flags (v8.setFlagsFromString: NODE_OPTIONS refuses most of them), and
-// DIAG_PROF=1 writes a CPU profile of the whole run to /tmp/shoal-diag.cpuprofile at exit.
+// DIAG_PROF=1 writes a CPU profile of the whole run to /tmp/shoal-diag.cpuprofile at exit, sampled every
+// DIAG_PROF_US µs (500; at 2000 the profiler's own thread takes less from a busy machine).
 // Used to find what stalled reads while a big volume was deleted:
 //   STALL_LOG=/tmp/stall.log BENCH_DAEMON_NODE_OPTIONS="--import $PWD/bench/stall-trace.mjs" npm run bench:delete
 import { appendFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -126,7 +127,7 @@ if (process.env.DIAG_PROF) {
   const s = new inspector.Session();
   s.connect();
   s.post('Profiler.enable');
-  s.post('Profiler.setSamplingInterval', { interval: 500 });
+  s.post('Profiler.setSamplingInterval', { interval: Number(process.env.DIAG_PROF_US || 500) });
   s.post('Profiler.start');
   // The in-process session answers synchronously, so this works in an exit handler.
   process.on('exit', () => s.post('Profiler.stop', (_e, r) => writeFileSync('/tmp/shoal-diag.cpuprofile', JSON.stringify(r.profile))));
