@@ -1,7 +1,8 @@
 // Diagnostic for the daemon, not part of it: logs event-loop gaps over 15 ms, with how long the main
 // thread ran and how long it waited for a CPU during each (Linux schedstat: telling the daemon's own work
 // from preemption on a busy machine), how long the daemon's other threads ran meanwhile and how busy the
-// machine was, and GC pauses over 5 ms, as epoch-ms lines, to $STALL_LOG.
+// machine was (a sum of thread times past it: the VM paused), and GC pauses over 5 ms, as epoch-ms lines,
+// to $STALL_LOG.
 // A worker thread watches the main thread's state every millisecond: asleep in the kernel uninterruptibly
 // (state D: a lock, a page fault's read, the disk) for 10 ms or more, it logs the syscall (number, then
 // its arguments: the first is the descriptor) and the kernel stack, as it began and 10 ms on.
@@ -79,7 +80,13 @@ setInterval(() => {
     }
     const others = [...by].sort((a, b) => b[1] - a[1]).map(([c, d]) => `${c.replace(/\s+/g, '_')}:${d.toFixed(1)}`).join(',');
     const c = cpuMs();
-    lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${((s[0] - lastS[0]) / 1e6).toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]} threads ${others || '-'} machine-busy ${(c[0] - lastBusy[0]).toFixed(0)} steal ${(c[1] - lastBusy[1]).toFixed(0)}`);
+    // Unaccounted: the daemon's threads ran longer than the whole machine was busy (tick-counted, so
+    // ±20 ms): their vCPUs were taken from the guest without steal being reported (a paused VM), and the
+    // time ran on for whatever thread was on them.
+    const run = (s[0] - lastS[0]) / 1e6;
+    const ran = run + [...by.values()].reduce((a, d) => a + d, 0);
+    const busy = c[0] - lastBusy[0];
+    lines.push(`${Date.now()} loop-gap ${gap.toFixed(1)} run ${run.toFixed(1)} wait ${((s[1] - lastS[1]) / 1e6).toFixed(1)} slices ${s[2] - lastS[2]} threads ${others || '-'} machine-busy ${busy.toFixed(0)} steal ${(c[1] - lastBusy[1]).toFixed(0)} unaccounted ${Math.max(0, ran - busy).toFixed(0)}`);
     lastT = t;
     lastBusy = cpuMs();
     ticks = 0;
