@@ -52,6 +52,7 @@ export class Metrics implements NbdObserver, S3Observer {
   private readonly s3Count = new Map<string, { op: S3Op; result: S3Result; n: number }>();
   private readonly s3Duration: OpHistogram;
   private readonly commitDuration: Histogram;
+  private commitRetries = 0;
   private s3Up = 0;
   private s3Down = 0;
 
@@ -114,6 +115,17 @@ export class Metrics implements NbdObserver, S3Observer {
       registers,
     });
 
+    const retries = () => this.commitRetries;
+    new Counter({
+      name: 'shoal_meta_commit_retries_total',
+      help: "Metadata commits whose LMDB transaction failed with MDB_BAD_TXN (the bundled LMDB's free-list save) and was queued again: nothing of it was written. Any count is worth a look; a commit still failing after three tries closes the store.",
+      registers,
+      collect() {
+        this.reset();
+        this.inc(retries());
+      },
+    });
+
     this.defineScrapeMetrics(registers);
     if (opts.dataDir) this.defineDiskMetrics(opts.dataDir, registers);
   }
@@ -173,6 +185,11 @@ export class Metrics implements NbdObserver, S3Observer {
     this.s3Duration.observe(op, seconds);
     this.s3Up += bytesUp;
     this.s3Down += bytesDown;
+  }
+
+  /** LMDB failed a commit's transaction with MDB_BAD_TXN, and its records went into a new one. */
+  commitRetried(): void {
+    this.commitRetries++;
   }
 
   /** One durable metadata commit took `seconds`. */

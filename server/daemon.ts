@@ -8,6 +8,7 @@ import { ShoalError } from './errors.js';
 import { formatStoreUrl } from './store/s3/store-url.js';
 import { FlushJournal } from './volume/flush-journal.js';
 import { VolumeManager } from './volume/volume-manager.js';
+import { LMDB_TXN_FAILED } from './meta/commit-pipeline.js';
 import { MetaStore } from './meta/meta-store.js';
 import { DEDUP_DATABASES, DedupIndex } from './dedup/dedup-index.js';
 import { LocalChunkStore } from './store/local-chunk-store.js';
@@ -92,6 +93,12 @@ async function startLocked(config: Config, lock: DataDirLock, p: Prepared): Prom
     logger.warn(`the store in ${config.dataDir} was created with chunk size ${meta.chunkSize}; ignoring --chunk-size ${config.chunkSize}`);
   let dedup: DedupIndex | undefined;
   try {
+    // Set before the volumes open: a roll-forward's commits are retried too.
+    meta.pipeline.retried = (cause, attempt) => {
+      metrics.commitRetried();
+      logger.warn({ err: cause, attempt }, `LMDB failed a metadata commit (${cause.message.trim()}); nothing of it was written, and its records go into a new transaction`);
+    };
+    meta.pipeline.faultEvery = testMs('SHOAL_TEST_COMMIT_FAULT_EVERY', 'commits') ?? 0;
     const store = s3?.store ?? (await LocalChunkStore.open(config.dataDir, meta.chunkSize));
     const cache = new ChunkCache(config.cacheSize, meta.chunkSize, store);
     if (config.cachePrefault && !cache.prefault(() => requestLoad)) logger.warn('--cache-prefault on: this kernel cannot fault memory in ahead (MADV_POPULATE_WRITE needs Linux 5.14); the cache fills lazily');
@@ -295,9 +302,6 @@ function testS3Hooks(): S3LayersOptions['test'] {
     checkpointPauseMs: testMs('SHOAL_TEST_S3_CHECKPOINT_PAUSE_MS'),
   };
 }
-
-/** The error lmdb-js rejects a failed transaction's write promises with. */
-const LMDB_TXN_FAILED = 'Commit failed (see commitError for details)';
 
 /**
  * lmdb-js opens each event turn's batch with a write whose promise nobody holds. When a transaction

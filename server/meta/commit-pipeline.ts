@@ -11,6 +11,24 @@ import type { Database, Key } from 'lmdb';
 import { diskErrorCode, ShoalError } from '../errors.js';
 import type { Superblock } from './superblock.js';
 
+/** The error lmdb-js rejects a failed transaction's write promises with (the cause is on its commitError). */
+export const LMDB_TXN_FAILED = 'Commit failed (see commitError for details)';
+
+/**
+ * MDB_BAD_TXN. The LMDB that lmdb-js bundles keeps its free-page list in memory between
+ * transactions, and its save of that list (mdb_freelist_save, "reserved freelist had a data entry
+ * with zero-size") now and then fails a commit with this code: seen once in CI, on the commit right
+ * after a restart that rolled a dedupe forward, which closed the store and kept the daemon from
+ * starting. The commit fails before any page is written and the transaction is aborted whole; the
+ * abort drops that in-memory list, so the next transaction rebuilds it from the file, and the same
+ * writes queued again commit (tried here: a real aborted commit, its writes queued again, durable
+ * after a reopen). So this code alone is retried, a few times; a full disk or an I/O error still
+ * closes the store.
+ */
+const MDB_BAD_TXN = -30782;
+/** Attempts at one commit's transaction when LMDB fails it with MDB_BAD_TXN. */
+const TXN_ATTEMPTS = 3;
+
 /** One write of a commit as a journal sees it: the database's name, the key, the value (undefined: removed). */
 export interface CommitOp {
   db: string;
@@ -42,17 +60,26 @@ export class TxnWriter {
   readonly settled: Array<Promise<boolean>> = [];
   readonly ops: CommitOp[] | null;
 
-  constructor(journaled: boolean) {
+  /**
+   * `fault` (a test hook, SHOAL_TEST_COMMIT_FAULT_EVERY): the writes are not queued at all, and
+   * durable() fails as lmdb-js fails an aborted transaction, with `fault` as its cause. MDB_BAD_TXN
+   * cannot be brought about on demand; this lets the tests prove that a retried commit writes every
+   * record again (kill -9 after it, then fsck).
+   */
+  constructor(
+    journaled: boolean,
+    private readonly fault: Error | null = null,
+  ) {
     this.ops = journaled ? [] : null;
   }
 
   put<K extends Key, V>(name: string, db: Database<V, K>, key: K, value: V): void {
-    this.track(db.put(key, value));
+    if (this.fault === null) this.track(db.put(key, value));
     this.ops?.push({ db: name, key, value });
   }
 
   remove<K extends Key>(name: string, db: Database<unknown, K>, key: K): void {
-    this.track(db.remove(key));
+    if (this.fault === null) this.track(db.remove(key));
     this.ops?.push({ db: name, key, value: undefined });
   }
 
@@ -62,6 +89,11 @@ export class TxnWriter {
 
   /** Resolves once every write is durable; rejects with the first failure. */
   durable(): Promise<unknown> {
+    if (this.fault !== null) {
+      const commitError = Promise.reject(this.fault);
+      commitError.catch(() => {}); // read by the pipeline; never left unhandled
+      return Promise.reject(Object.assign(new Error(LMDB_TXN_FAILED), { commitError }));
+    }
     return Promise.all(this.settled);
   }
 }
@@ -115,6 +147,12 @@ export class CommitPipeline {
   timed: (seconds: number) => void = () => {};
   /** Where commits go once durable in LMDB (none for a purely local store). */
   journal: CommitJournal | null = null;
+  /** Told when LMDB failed a commit's transaction with MDB_BAD_TXN and it is queued again. */
+  retried: (cause: Error, attempt: number) => void = () => {};
+  /** Transactions queued again after MDB_BAD_TXN since the store opened. */
+  retries = 0;
+  /** Test hook (SHOAL_TEST_COMMIT_FAULT_EVERY): every n-th commit's first transaction fails as MDB_BAD_TXN does. */
+  faultEvery = 0;
 
   constructor(
     private readonly main: Database,
@@ -187,27 +225,34 @@ export class CommitPipeline {
     const changes = this.changes;
     if (changes > this.largestCommit) this.largestCommit = changes;
     this.changes = 0;
-    const w = new TxnWriter(this.journal !== null);
+    let w: TxnWriter;
     try {
       // 2. Chunk data first: committed metadata must never point at bytes not on disk.
       await this.syncData();
-      // 3. All metadata in one transaction, resolved once it is fsynced. The superblock goes
-      // first and again last: the batch's promise settles when the whole batch is durable.
-      const t0 = performance.now();
-      w.put('main', this.main, 'superblock', sb);
-      for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].write(taken[i], w);
-      w.put('main', this.main, 'superblock', sb);
-      const stretch = took + performance.now() - t0;
-      if (stretch > this.longestStretchMs) this.longestStretchMs = stretch;
-      if (changes >= 1000) this.stretchPerChange = stretch / changes;
-      await w.durable();
-    } catch (e) {
+      // 3. All metadata in one transaction, resolved once it is fsynced.
+      for (let attempt = 1; ; attempt++) {
+        const fault = this.faultEvery > 0 && attempt === 1 && gen % this.faultEvery === 0 ? badTxnFault() : null;
+        w = new TxnWriter(this.journal !== null, fault);
+        const t0 = performance.now();
+        this.queue(taken, sb, w);
+        const stretch = (attempt === 1 ? took : 0) + performance.now() - t0;
+        if (stretch > this.longestStretchMs) this.longestStretchMs = stretch;
+        if (changes >= 1000) this.stretchPerChange = stretch / changes;
+        try {
+          await w.durable();
+          break;
+        } catch (e) {
+          const cause = await causeOf(e);
+          if (attempt >= TXN_ATTEMPTS || (cause as { code?: unknown } | null)?.code !== MDB_BAD_TXN) throw cause;
+          // Aborted whole, nothing of it on disk: the same records go into a new transaction.
+          this.retries++;
+          this.retried(cause as Error, attempt);
+        }
+      }
+    } catch (cause) {
       // The in-memory state is ahead of the disk and cannot be reconciled: stop accepting work.
       this.closed = true;
       for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].settle(taken[i], false);
-      // lmdb-js hangs the write's own error (ENOSPC, EIO) on a promise rejected with it: the cause.
-      const detail = (e as { commitError?: Promise<unknown> }).commitError;
-      const cause = detail instanceof Promise ? await Promise.race([detail.then(() => e, (x: unknown) => x), new Promise((r) => setTimeout(r, 100, e))]) : e;
       this.failure = new ShoalError(diskErrorCode(cause), `metadata commit failed: ${(cause as Error).message}`, { cause });
       throw this.failure;
     }
@@ -219,8 +264,29 @@ export class CommitPipeline {
     for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].published?.(taken[i]);
   }
 
+  /** Queues every part's taken records into `w`'s transaction. */
+  private queue(taken: unknown[], sb: Superblock, w: TxnWriter): void {
+    // The superblock goes first and again last: the batch's promise settles when the whole batch is durable.
+    w.put('main', this.main, 'superblock', sb);
+    for (let i = 0; i < this.parts.length; i++) if (taken[i] !== null) this.parts[i].write(taken[i], w);
+    w.put('main', this.main, 'superblock', sb);
+  }
+
   /** Refuses further commits (after a final one, at close). */
   close(): void {
     this.closed = true;
   }
+}
+
+/** What failed a transaction: lmdb-js hangs the write's own error (ENOSPC, EIO, MDB_BAD_TXN) on a promise rejected with it. */
+async function causeOf(e: unknown): Promise<unknown> {
+  const detail = (e as { commitError?: Promise<unknown> } | null)?.commitError;
+  if (!(detail instanceof Promise)) return e;
+  return Promise.race([detail.then(() => e, (x: unknown) => x), new Promise((r) => setTimeout(r, 100, e))]);
+}
+
+/** The error LMDB's free-list save fails a commit with (see MDB_BAD_TXN), for the test hook. */
+function badTxnFault(): Error {
+  const message = 'MDB_BAD_TXN: Transaction must abort, has a child, or is invalid: reserved freelist had a data entry with zero-size (test hook)';
+  return Object.assign(new Error(message), { code: MDB_BAD_TXN });
 }
