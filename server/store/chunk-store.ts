@@ -79,8 +79,6 @@ export interface ChunkStore {
    * `count` of them with the highest slot `maxSlot` (-1 when there are none), each of `slots`.
    */
   check(live: { count: number; maxSlot: number; slots: Iterable<number> }): Promise<string[]>;
-  /** Bytes the backend holds on its medium (for reports). */
-  allocatedBytes(): Promise<number>;
   stats(): StoreStats;
   close(): Promise<void>;
 }

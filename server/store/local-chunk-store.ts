@@ -5,7 +5,7 @@
 // cache), and so do long runs of writes inside the file (server/store/batched-writes.ts); where the
 // filesystem refuses O_DIRECT (tmpfs) both are buffered and the pages dropped.
 import { open as openFile, type FileHandle } from 'node:fs/promises';
-import { readv as fsReadv, fdatasync, fstat, openSync, closeSync, existsSync, statSync } from 'node:fs';
+import { readv as fsReadv, fdatasync, openSync, closeSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { diskErrorCode, ShoalError } from '../errors.js';
 import type { ChunkStore, ChunkTargets, StoreStats } from './chunk-store.js';
@@ -194,10 +194,6 @@ export class LocalChunkStore implements ChunkStore {
 
   stats(): StoreStats {
     return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct, directWrites: this.directWrites, syncs: this.syncs };
-  }
-
-  allocatedBytes(): Promise<number> {
-    return new Promise((resolve, reject) => fstat(this.fh.fd, (err, st) => (err ? reject(err) : resolve(st.blocks * 512))));
   }
 
   async close(): Promise<void> {

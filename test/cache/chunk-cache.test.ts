@@ -71,7 +71,6 @@ const noStore: ChunkStore = {
   write: () => Promise.reject(new Error('unused')),
   sync: async () => {},
   check: async () => [],
-  allocatedBytes: async () => 0,
   stats: (): StoreStats => ({ kind: 'local', reads: 0, readBytes: 0, direct: false }),
   close: async () => {},
 };
@@ -191,7 +190,6 @@ class FetchingStore implements ChunkStore {
   write = () => Promise.reject(new Error('unused'));
   sync = async () => {};
   check = async () => [];
-  allocatedBytes = async () => 0;
   stats = (): StoreStats => ({ kind: 'local', reads: this.calls.length, readBytes: 0, direct: false });
   close = async () => {};
 }

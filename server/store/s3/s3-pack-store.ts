@@ -511,12 +511,6 @@ export class S3PackStore implements ChunkStore, StoreRecordLog {
     return errors;
   }
 
-  async allocatedBytes(): Promise<number> {
-    let chunks = 0;
-    for (const p of this.packs.values()) chunks += p.chunks;
-    return chunks * this.chunkSize;
-  }
-
   stats(): StoreStats {
     return { kind: 's3', reads: this.reads, readBytes: this.readBytes, direct: false };
   }
