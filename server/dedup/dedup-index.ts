@@ -205,9 +205,10 @@ export class DedupIndex {
    * Looks at up to `max` index entries where the sweep left off and removes the stale ones
    * (committed with the next commit). A pass walks the whole index in key order, so its removals
    * share b-tree pages. At the end of a pass, what was stale when it began is swept: the count
-   * keeps only what was freed since. Returns how many entries it looked at.
+   * keeps only what was freed since. Stops early past `until` (performance.now()). Returns how many
+   * entries it looked at.
    */
-  sweepSlice(max: number): number {
+  sweepSlice(max: number, until = Infinity): number {
     const chunks = this.meta.chunks;
     const sb = this.meta.superblock;
     if (this.passStale === null) this.passStale = sb.staleIndexEntries ?? 0;
@@ -216,7 +217,7 @@ export class DedupIndex {
       if (chunks.holdsKey(slot, key, 0)) return true;
       if (freed.size > 0) freed.deleteIf(key, 0, slot); // removed from the index: no lookup will find it
       return false;
-    });
+    }, until);
     if (r.wrapped) {
       sb.staleIndexEntries = Math.max(0, (sb.staleIndexEntries ?? 0) - this.passStale);
       this.passStale = null;

@@ -69,16 +69,23 @@ export class FingerprintIndex implements CommitPart<Taken> {
   /**
    * Looks at up to `max` committed entries from where the last slice stopped, and removes those
    * `live` disowns (the chunk freed, or its slot holding other bytes). Entries with an uncommitted
-   * change are left to it. Returns how many it looked at, and whether it reached the end of the index
-   * (the next slice starts over).
+   * change are left to it. Stops early once `performance.now()` passes `until` (each entry's check reads
+   * a chunk record, a page fault when that part of the records is cold). Returns how many it looked
+   * at, and whether it reached the end of the index (the next slice starts over).
    */
-  sweepSlice(max: number, live: (key: Buffer, slot: number) => boolean): { looked: number; wrapped: boolean } {
+  sweepSlice(max: number, live: (key: Buffer, slot: number) => boolean, until = Infinity): { looked: number; wrapped: boolean } {
     let looked = 0;
     let removed = 0;
     let last = this.sweepFrom;
+    let cut = false;
     for (const { key, value } of this.db.getRange({ start: this.sweepFrom, limit: max + 1 }) as Iterable<{ key: Buffer; value: number }>) {
       if (this.sweepFrom && key.equals(this.sweepFrom)) continue; // the range start is inclusive: looked at already
       if (looked === max) break;
+      // The clock every 16 entries: a check is ~1-20 µs, a clock read ~50 ns.
+      if ((looked & 15) === 15 && performance.now() > until) {
+        cut = true;
+        break;
+      }
       looked++;
       last = Buffer.from(key);
       const k = last.toString('latin1');
@@ -89,7 +96,7 @@ export class FingerprintIndex implements CommitPart<Taken> {
       }
     }
     if (removed > 0) this.pipeline.changed(removed);
-    const wrapped = looked < max;
+    const wrapped = !cut && looked < max;
     this.sweepFrom = wrapped ? undefined : last;
     return { looked, wrapped };
   }
