@@ -149,8 +149,6 @@ export class CommitPipeline {
   journal: CommitJournal | null = null;
   /** Told when LMDB failed a commit's transaction with MDB_BAD_TXN and it is queued again. */
   retried: (cause: Error, attempt: number) => void = () => {};
-  /** Transactions queued again after MDB_BAD_TXN since the store opened. */
-  retries = 0;
   /** Test hook (SHOAL_TEST_COMMIT_FAULT_EVERY): every n-th commit's first transaction fails as MDB_BAD_TXN does. */
   faultEvery = 0;
 
@@ -245,7 +243,6 @@ export class CommitPipeline {
           const cause = await causeOf(e);
           if (attempt >= TXN_ATTEMPTS || (cause as { code?: unknown } | null)?.code !== MDB_BAD_TXN) throw cause;
           // Aborted whole, nothing of it on disk: the same records go into a new transaction.
-          this.retries++;
           this.retried(cause as Error, attempt);
         }
       }

@@ -3,8 +3,8 @@
 // one. That failure cannot be brought about on demand, so the test hook SHOAL_TEST_COMMIT_FAULT_EVERY
 // fails every n-th commit's first transaction the same way, without writing any of it. What must
 // hold: the daemon goes on, FLUSHes complete, and what they made durable survives kill -9 with exact
-// refcounts, through writes, a snapshot, a clone, a reflink, a dedupe, a delete and its reclaim, and
-// the writes after a restart.
+// refcounts, through writes, a snapshot, a clone, a reflink, a delete and its reclaim, and the
+// writes after a restart.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startDaemon, MAIN, type Daemon } from '../helpers/daemon.js';
