@@ -5,6 +5,7 @@
 // once no read holding a generation <= g is running.
 import type { Database, Key } from 'lmdb';
 import type { CommitPart, CommitPipeline, TxnWriter } from './commit-pipeline.js';
+import { SlotStack } from './slot-stack.js';
 import type { Superblock } from './superblock.js';
 
 // The durable free list, in the `free-slots` database, as pages rather than a record per slot:
@@ -24,7 +25,27 @@ interface Group {
   /** The generation of the commit that freed them. */
   gen: number;
   slots: number[];
+  /** The part (the `i` of its keys) that slots[0] begins: a group half moved before a restart has lost its first parts. */
+  base: number;
+  /** slots[0 .. next) are on the stack already (a multiple of PAGE until the whole group is). */
+  next: number;
 }
+
+/** Parts [from, to) of group `id` went onto the stack: their records go with the next commit. */
+interface Moved {
+  id: number;
+  from: number;
+  to: number;
+}
+
+/**
+ * Most slots releaseReusable moves onto the stack per call. A read that held an old generation can
+ * leave hundreds of commits' groups waiting; moved all at once (a million slots when 4 GiB was just
+ * deleted) they held the event loop 40 ms in a commit's settle, the longest stall reads on another
+ * volume saw in the delete benchmark. Every read and commit calls it, and alloc() when the stack is
+ * empty, so the backlog still goes at thousands of slots a millisecond.
+ */
+const RELEASE_BUDGET = 4096;
 
 interface Taken {
   gen: number;
@@ -35,8 +56,8 @@ interface Taken {
   dropTo: number;
   /** Slots freed since the last commit, written as group `group.id`. */
   group: Group | null;
-  /** Groups moved onto the stack since the last commit: their records go. */
-  moved: Group[];
+  /** Parts of groups moved onto the stack since the last commit: their records go. */
+  moved: Moved[];
 }
 
 function parts(n: number): number {
@@ -45,7 +66,7 @@ function parts(n: number): number {
 
 export class SlotAllocator implements CommitPart<Taken> {
   /** Slots free and safe to reuse now: a stack, persisted page by page. */
-  private readonly reusable: number[] = [];
+  private readonly reusable = new SlotStack(PAGE);
   /** The lowest stack position changed since the last commit took its pages. */
   private dirtyFrom = 0;
   /** The stack's length when the last commit took its pages (it left parts() of it in LMDB). */
@@ -62,8 +83,8 @@ export class SlotAllocator implements CommitPart<Taken> {
    * groups, not at each of thousands of slots.)
    */
   private readonly awaitingReaders: Group[] = [];
-  /** Groups moved onto the stack since the last commit. */
-  private moved: Group[] = [];
+  /** Parts of groups moved onto the stack since the last commit. */
+  private moved: Moved[] = [];
   /**
    * Slots popped from the stack since the last commit (a write that fails gives its slot back). An
    * array, made a Set only when a failed write asks: a Set add per slot written was ~2% of the CPU
@@ -100,14 +121,15 @@ export class SlotAllocator implements CommitPart<Taken> {
       else if (Array.isArray(key) && key[0] === 'g') {
         const id = key[1] as number;
         let g = groups.at(-1);
-        if (g?.id !== id) groups.push((g = { id, gen: 0, slots: [] }));
+        // Parts go in order, so a group's parts left are a run [base, ...) (see moveParts).
+        if (g?.id !== id) groups.push((g = { id, gen: 0, slots: [], base: key[2] as number, next: 0 }));
         for (const s of value as number[]) g.slots.push(s);
       }
     }
     this.persistedLen = this.dirtyFrom = this.reusable.length;
     // Frees a crash (or a stop) left waiting for readers: no reader of before the start is left, so
     // they go onto the stack, and their records with the next commit.
-    for (const g of groups) this.moveToStack(g);
+    for (const g of groups) this.moveParts(g, Infinity);
     if (legacy.length === 0) return;
     if (upgrade) this.rewriteLegacy(legacy, upgrade);
     else for (const s of legacy) this.reusable.push(s); // read as it is; the next daemon rewrites it
@@ -119,8 +141,8 @@ export class SlotAllocator implements CommitPart<Taken> {
     const db = this.db;
     db.transactionSync(() => {
       for (const s of legacy) db.removeSync(s);
-      for (let k = 0; k < parts(this.reusable.length); k++) db.putSync(['r', k], this.reusable.slice(k * PAGE, (k + 1) * PAGE));
-      for (const g of this.moved) for (let i = 0; i < parts(g.slots.length); i++) db.removeSync(['g', g.id, i]);
+      for (let k = 0; k < parts(this.reusable.length); k++) db.putSync(['r', k], this.reusable.page(k));
+      for (const m of this.moved) for (let i = m.from; i < m.to; i++) db.removeSync(['g', m.id, i]);
       alsoInTxn();
     });
     this.moved = [];
@@ -132,10 +154,23 @@ export class SlotAllocator implements CommitPart<Taken> {
     this.reusable.push(slot);
   }
 
-  private moveToStack(g: Group): void {
-    for (const s of g.slots) this.push(s);
-    this.moved.push(g);
+  /**
+   * Moves whole parts of `g`, from g.next on, onto the stack: at least one part, else as many as
+   * fit in `max` slots. Always from the front, so the parts a commit has not yet removed are a run
+   * to the group's end, which is how a restart finds them (their `base`). Returns the slots moved.
+   */
+  private moveParts(g: Group, max: number): number {
+    const from = g.next;
+    const len = g.slots.length;
+    const to = max >= len - from ? len : Math.min(len, from + Math.max(PAGE, max - (max % PAGE)));
+    const st = this.reusable;
+    if (st.length < this.dirtyFrom) this.dirtyFrom = st.length;
+    const slots = g.slots;
+    for (let i = from; i < to; i++) st.push(slots[i]);
+    this.moved.push({ id: g.id, from: g.base + from / PAGE, to: g.base + parts(to) });
+    g.next = to;
     this.pipeline.changed();
+    return to - from;
   }
 
   /**
@@ -145,7 +180,7 @@ export class SlotAllocator implements CommitPart<Taken> {
   neverReuse(unused: (slot: number) => void = () => {}): void {
     this.reuse = false;
     this.unused = unused;
-    this.reusable.length = 0;
+    this.reusable.clear();
   }
 
   /**
@@ -155,6 +190,7 @@ export class SlotAllocator implements CommitPart<Taken> {
    */
   alloc(cached = false): number {
     this.pipeline.changed();
+    if (this.reusable.length === 0 && this.awaitingReaders.length > 0) this.releaseReusable();
     const s = this.reusable.pop();
     if (s === undefined) return this.sb.nextSlot++;
     if (this.reusable.length < this.dirtyFrom) this.dirtyFrom = this.reusable.length;
@@ -216,15 +252,32 @@ export class SlotAllocator implements CommitPart<Taken> {
     else this.active.set(g, n);
   }
 
-  /** Moves durably-freed slots that no running reader can still be reading to the reusable list. */
+  /**
+   * Moves durably-freed slots that no running reader can still be reading to the reusable list,
+   * up to RELEASE_BUDGET of them; the next call goes on.
+   */
   releaseReusable(): void {
-    if (this.awaitingReaders.length === 0) return;
+    const waiting = this.awaitingReaders;
+    if (waiting.length === 0) return;
     let oldest = Infinity;
     for (const g of this.active.keys()) if (g < oldest) oldest = g;
     // Groups are in commit order, so in generation order: release from the front.
     let k = 0;
-    while (k < this.awaitingReaders.length && this.awaitingReaders[k].gen < oldest) this.moveToStack(this.awaitingReaders[k++]);
-    if (k > 0) this.awaitingReaders.splice(0, k);
+    let budget = RELEASE_BUDGET;
+    while (k < waiting.length && waiting[k].gen < oldest && budget > 0) {
+      const g = waiting[k];
+      budget -= this.moveParts(g, budget);
+      if (g.next < g.slots.length) break;
+      k++;
+    }
+    if (k > 0) waiting.splice(0, k);
+  }
+
+  /** Freed slots whose free is durable but not yet on the stack (tests). */
+  get waitingSlots(): number {
+    let n = 0;
+    for (const g of this.awaitingReaders) n += g.slots.length - g.next;
+    return n;
   }
 
   /** The durable free list (fsck). */
@@ -247,8 +300,8 @@ export class SlotAllocator implements CommitPart<Taken> {
     const same = this.dirtyFrom >= this.persistedLen && len === this.persistedLen;
     if (same && this.freed.length === 0 && this.moved.length === 0) return null;
     const t: Taken = { gen, pages: [], dropFrom: pages, dropTo: parts(this.persistedLen), group: null, moved: this.moved };
-    if (!same) for (let k = Math.floor(this.dirtyFrom / PAGE); k < pages; k++) t.pages.push([k, this.reusable.slice(k * PAGE, (k + 1) * PAGE)]);
-    if (this.freed.length > 0) t.group = { id: (this.sb.freeGroupNext = (this.sb.freeGroupNext ?? 0) + 1), gen, slots: this.freed };
+    if (!same) for (let k = Math.floor(this.dirtyFrom / PAGE); k < pages; k++) t.pages.push([k, this.reusable.page(k)]);
+    if (this.freed.length > 0) t.group = { id: (this.sb.freeGroupNext = (this.sb.freeGroupNext ?? 0) + 1), gen, slots: this.freed, base: 0, next: 0 };
     this.persistedLen = this.dirtyFrom = len;
     this.freed = [];
     this.moved = [];
@@ -264,7 +317,7 @@ export class SlotAllocator implements CommitPart<Taken> {
     for (let k = t.dropFrom; k < t.dropTo; k++) w.remove('free-slots', db, ['r', k] satisfies PageKey);
     const g = t.group;
     if (g) for (let i = 0; i < parts(g.slots.length); i++) w.put('free-slots', db, ['g', g.id, i] satisfies GroupKey, g.slots.slice(i * PAGE, (i + 1) * PAGE));
-    for (const m of t.moved) for (let i = 0; i < parts(m.slots.length); i++) w.remove('free-slots', db, ['g', m.id, i] satisfies GroupKey);
+    for (const m of t.moved) for (let i = m.from; i < m.to; i++) w.remove('free-slots', db, ['g', m.id, i] satisfies GroupKey);
   }
 
   settle(t: Taken, ok: boolean): void {

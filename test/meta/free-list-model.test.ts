@@ -128,3 +128,66 @@ test('the durable free list always equals the free slots, through random allocat
   }
   await meta.close();
 });
+
+test('a big group of freed slots goes onto the stack a bounded part at a time, and a restart mid-way finds each slot once', async () => {
+  const d = mkdtempSync(join(tmpdir(), 'shoal-free-group-'));
+  try {
+    let meta = MetaStore.open(d, { chunkSize: 4096 });
+    const n = 20_000;
+    const slots = meta.slots.allocMany(n);
+    const sorted = [...slots].sort((a, b) => a - b);
+    meta.pipeline.changed();
+    await meta.commit();
+    // A reader of before the frees holds them back: the whole delete waits as one group.
+    const g = meta.slots.enterRead();
+    for (const s of slots) meta.slots.free(s);
+    await meta.commit();
+    assert.equal(meta.slots.waitingSlots, n);
+    meta.slots.exitRead(g);
+    meta.slots.releaseReusable();
+    const left = meta.slots.waitingSlots;
+    assert.ok(left > 0 && left < n, `one call moves a bounded part, not all ${n} (left: ${left})`);
+    meta.slots.releaseReusable();
+    assert.ok(meta.slots.waitingSlots < left, 'the next call goes on');
+    // The parts moved lose their group records with this commit; kill -9 then, mid-group.
+    meta.pipeline.changed();
+    await meta.commit();
+    assert.deepEqual(durableFree(meta), sorted, 'every freed slot is on the durable list once');
+    await meta.discard();
+    meta = MetaStore.open(d, { chunkSize: 4096 });
+    assert.deepEqual(durableFree(meta), sorted, 'after kill -9 mid-group: each freed slot once');
+    meta.pipeline.changed();
+    await meta.commit();
+    await meta.close();
+    meta = MetaStore.open(d, { chunkSize: 4096 });
+    assert.deepEqual(durableFree(meta), sorted, "after the group's last parts moved and a stop: each once");
+    const again = new Set<number>();
+    for (let i = 0; i < n; i++) again.add(meta.slots.alloc());
+    assert.deepEqual([...again].sort((a, b) => a - b), sorted, 'exactly the freed slots are handed out again');
+    await meta.close();
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('an empty stack takes waiting frees before it grows the store', async () => {
+  const d = mkdtempSync(join(tmpdir(), 'shoal-free-alloc-'));
+  try {
+    const meta = MetaStore.open(d, { chunkSize: 4096 });
+    const slots = meta.slots.allocMany(10_000);
+    meta.pipeline.changed();
+    await meta.commit();
+    const g = meta.slots.enterRead();
+    for (const s of slots) meta.slots.free(s);
+    await meta.commit();
+    meta.slots.exitRead(g);
+    // No read or commit since the reader left: alloc() itself moves the waiting frees.
+    const got = new Set(meta.slots.allocMany(10_000));
+    assert.equal(got.size, 10_000);
+    const freed = new Set(slots);
+    for (const s of got) assert.ok(freed.has(s), `slot ${s} is a freed one, not a new one`);
+    await meta.close();
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+});
