@@ -16,6 +16,7 @@
 #include <cstring>
 #include <algorithm>
 #include <cstdlib>
+#include <sys/mman.h>
 
 namespace shoal {
 namespace {
@@ -45,16 +46,19 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
     size_ = 1024;
   }
   ~FingerprintTable() override {
-    free(tab_);
-    free(old_);
+    Free(tab_, size_);
+    Free(old_, oldSize_);
   }
 
  private:
   // The table, and while it grows, the one before it, drained kStep entries per change: moving 256 Ki
   // entries at once held the event loop 65-140 ms (the longest stall of bench:soak, when the dedup
   // log passed 262,144 entries). A key is in one of the two; an old entry already moved is kMoved.
-  // The tables come from calloc: a large one is fresh zero pages, faulted in as it fills, where
-  // std::vector's assign wrote 48 MiB of zeroes up front.
+  // The tables are anonymous mappings of their own: fresh zero pages, faulted in as they fill, where
+  // std::vector's assign wrote 48 MiB of zeroes up front. (Not calloc: in the delete benchmark
+  // the table of freed keys held the event loop 47-79 ms at each growth, in the daemon's insert,
+  // against ~2 ms in a process of its own; glibc may serve a large calloc from heap memory it must
+  // clear first. A mapping of its own is zero pages whatever the heap has been through.)
   static constexpr uint64_t kMoved = ~0ull;  // slots are below 2^48
   static constexpr size_t kStep = 8;         // old entries looked at per change: drained in a quarter of the changes before the next growth
   Entry* tab_ = nullptr;
@@ -65,9 +69,13 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
   size_t count_ = 0;
 
   static Entry* Alloc(size_t n) {
-    void* p = calloc(n, sizeof(Entry));
-    if (p == nullptr) abort();  // as std::vector did on bad_alloc: the dedup log cannot go on without its table
+    void* p = mmap(nullptr, n * sizeof(Entry), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) abort();  // as std::vector did on bad_alloc: the dedup log cannot go on without its table
     return static_cast<Entry*>(p);
+  }
+
+  static void Free(Entry* t, size_t n) {
+    if (t != nullptr) munmap(t, n * sizeof(Entry));
   }
 
   static uint64_t Hash(const uint8_t* k) {
@@ -108,7 +116,7 @@ class FingerprintTable : public Napi::ObjectWrap<FingerprintTable> {
       e.slot = kMoved;
     }
     if (cursor_ == oldSize_) {
-      free(old_);
+      Free(old_, oldSize_);
       old_ = nullptr;
       oldSize_ = 0;
       cursor_ = 0;

@@ -48,6 +48,8 @@ export class DedupIndexer {
   private running = false;
   private stopped = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  /** A run started from kick() while pressed, on the next turn (see kick()). */
+  private startSoon: NodeJS.Immediate | null = null;
   private due = false;
   private readonly idleMs: number;
   private readonly staleMax: number;
@@ -92,7 +94,13 @@ export class DedupIndexer {
   kick(): void {
     if (this.stopped || this.running || !this.work) return;
     if (this.pressing) {
-      void this.run(); // not `due`: that says writes have paused
+      // Not `due`: that says writes have paused. On a turn of its own: kick() is called from a
+      // write's logging and from the release of freed chunks, inside space reclaim's slices, whose
+      // turn the slice's first synchronous part would have lengthened.
+      this.startSoon ??= setImmediate(() => {
+        this.startSoon = null;
+        void this.run();
+      });
       return;
     }
     this.armIdleTimer();
@@ -161,5 +169,7 @@ export class DedupIndexer {
     this.stopped = true;
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
+    if (this.startSoon) clearImmediate(this.startSoon);
+    this.startSoon = null;
   }
 }
