@@ -40,10 +40,11 @@ interface Moved {
 
 /**
  * Most slots releaseReusable moves onto the stack per call. A read that held an old generation can
- * leave hundreds of commits' groups waiting; moved all at once (a million slots when 4 GiB was just
- * deleted) they held the event loop 40 ms in a commit's settle, the longest stall reads on another
- * volume saw in the delete benchmark. Every read and commit calls it, and alloc() when the stack is
- * empty, so the backlog still goes at thousands of slots a millisecond.
+ * leave many commits' groups waiting, and a commit's settle moved them all in its turn: in the delete
+ * benchmark (4 GiB freed) one such turn held the event loop 40-52 ms, the longest stall reads on
+ * another volume saw (most of it the stack's array growing, see slot-stack.ts). Every read and commit
+ * calls it, and alloc() when the stack is empty, so the backlog still goes at thousands of slots a
+ * millisecond.
  */
 const RELEASE_BUDGET = 4096;
 

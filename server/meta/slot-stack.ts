@@ -2,7 +2,7 @@
 // array of every free slot had to grow as a whole: after a 4 GiB delete, a push that outgrew its
 // backing store (~2M entries) copied it, 40-90 ms on this machine's event loop, the longest stall
 // reads on another volume saw in the delete benchmark. Pages never copy more than one page, and a
-// page is also what the free list stores per record (see SlotAllocator), so a commit takes them as they are.
+// page is also what the free list stores per record (see SlotAllocator): a commit copies a changed page whole.
 
 export class SlotStack {
   private readonly pages: number[][] = [];
