@@ -55,8 +55,10 @@ test('the background walk rests longer while clients are served, with the same f
     }
     assert.deepEqual([idle.figure.exclusive, idle.figure.shared], [(CHUNKS - 1) * 4096, 4096]);
     assert.deepEqual([busy.figure.exclusive, busy.figure.shared], [idle.figure.exclusive, idle.figure.shared]);
-    // Idle a slice and two slices' rest; busy a slice and fifteen (16/3 ≈ 5.3 times as long, less the first slice's rest).
-    assert.ok(busy.ms > 3 * idle.ms, `the walk took ${busy.ms.toFixed(0)} ms with requests arriving, ${idle.ms.toFixed(0)} ms without`);
+    // Idle a slice and two slices' rest; busy a slice and fifteen (16/3 ≈ 5.3 times as long, less the
+    // first slice's rest). A walk paced the same either way takes ~1x; under a loaded CI machine the
+    // idle walk's slices stretch (it once measured 2.9x), so the bound is 2x.
+    assert.ok(busy.ms > 2 * idle.ms, `the walk took ${busy.ms.toFixed(0)} ms with requests arriving, ${idle.ms.toFixed(0)} ms without`);
   } finally {
     await meta.close();
     rmSync(dir, { recursive: true, force: true });
