@@ -164,10 +164,8 @@ export class SlotAllocator implements CommitPart<Taken> {
     const from = g.next;
     const len = g.slots.length;
     const to = max >= len - from ? len : Math.min(len, from + Math.max(PAGE, max - (max % PAGE)));
-    const st = this.reusable;
-    if (st.length < this.dirtyFrom) this.dirtyFrom = st.length;
     const slots = g.slots;
-    for (let i = from; i < to; i++) st.push(slots[i]);
+    for (let i = from; i < to; i++) this.push(slots[i]);
     this.moved.push({ id: g.id, from: g.base + from / PAGE, to: g.base + parts(to) });
     g.next = to;
     this.pipeline.changed();
