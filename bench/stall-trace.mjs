@@ -30,6 +30,9 @@ const flush = () => {
 // Who else ran during a gap: the daemon's other threads by name (run time from their schedstat, read
 // every 5th tick, so a gap is measured from up to 10 ms before it) and the whole machine's busy time
 // (/proc/stat), whose rest is other processes (the load generator).
+// Keyed by name and nice value: every thread of the daemon is called "node", and the nice value tells
+// libuv's pool (5, server/pool-priority.ts) from V8's helpers (0). Read at each gap, as the pool's
+// threads lower theirs after start.
 const comms = new Map();
 const commOf = (tid) => {
   let c = comms.get(tid);
@@ -41,7 +44,15 @@ const commOf = (tid) => {
     }
     comms.set(tid, c);
   }
-  return c;
+  let nice = '?';
+  try {
+    // Field 19 of stat; the name in field 2 may hold spaces, so count from its closing parenthesis.
+    const st = readFileSync(`/proc/self/task/${tid}/stat`, 'latin1');
+    nice = st.slice(st.lastIndexOf(')') + 2).split(' ')[16];
+  } catch {
+    // the thread ended
+  }
+  return `${c}@${nice}`;
 };
 const threads = () => {
   const m = new Map();
@@ -76,7 +87,10 @@ setInterval(() => {
     const by = new Map();
     for (const [tid, ns] of t) {
       const d = (ns - (lastT.get(tid) ?? 0)) / 1e6;
-      if (d > 0.5) by.set(commOf(tid), (by.get(commOf(tid)) ?? 0) + d);
+      if (d > 0.5) {
+        const k = commOf(tid);
+        by.set(k, (by.get(k) ?? 0) + d);
+      }
     }
     const others = [...by].sort((a, b) => b[1] - a[1]).map(([c, d]) => `${c.replace(/\s+/g, '_')}:${d.toFixed(1)}`).join(',');
     const c = cpuMs();
