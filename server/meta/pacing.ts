@@ -1,9 +1,22 @@
 // Background work (space reclaim, dedup indexing) rests between its commits for a time in
 // proportion to what each cost, so clients' requests keep most of the machine.
 
-/** Idles `factor` times as long as the work begun at `t0` (performance.now()) took, at least `minMs`, at most 200 ms. */
+/** Longest rest: background work comes back at least this often, however long its last step took. */
+const MAX_REST_MS = 200;
+
+/** How long to rest after work begun at `t0` (performance.now()): `factor` times what it took, at least `minMs`, at most 200 ms. */
+export function restFor(t0: number, factor: number, minMs = 0): number {
+  return Math.max(minMs, Math.min(MAX_REST_MS, factor * (performance.now() - t0)));
+}
+
+/** Idles for restFor(t0, factor, minMs). */
 export function restAfter(t0: number, factor: number, minMs = 0): Promise<void> {
-  return new Promise((r) => setTimeout(r, Math.max(minMs, Math.min(200, factor * (performance.now() - t0)))));
+  return sleep(restFor(t0, factor, minMs));
+}
+
+/** Resolves after `ms` (a rest already computed). */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
 }
 
 /**

@@ -15,7 +15,7 @@
 // walk running throughout, 4K random writes lost 13-17% of their IOPS; 4-9% with the longer rests).
 // Figures for a list or a scrape can wait; clients should not.
 import { FANOUT, FIRST_SLOT } from '../meta/map-node.js';
-import { restAfter } from '../meta/pacing.js';
+import { restFor, sleep } from '../meta/pacing.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord } from '../meta/volume-records.js';
 import type { VolumeState } from './volume-state.js';
@@ -85,7 +85,18 @@ const SLICE_MS = 4;
 const REST_IDLE = 2;
 const REST_BUSY = 15;
 
+/** How the walks so far were paced: their slices, and the rests after them while idle and while busy. */
+export interface WalkPacing {
+  slices: number;
+  sliceMs: number;
+  idleRests: number;
+  busyRests: number;
+  restMs: number;
+}
+
 export class SharingFigures {
+  /** Totals since start (tests read them: the rests' count and length, not the walk's wall time, show the pacing). */
+  readonly pacing: WalkPacing = { slices: 0, sliceMs: 0, idleRests: 0, busyRests: 0, restMs: 0 };
   private readonly figures = new Map<string, SharingFigure>();
   private timer: NodeJS.Timeout | null = null;
   private running = false;
@@ -159,10 +170,19 @@ export class SharingFigures {
     let served = this.foreground();
     for (;;) {
       const t0 = performance.now();
-      if (w.step(t0 + SLICE_MS)) return w.result;
+      const done = w.step(t0 + SLICE_MS);
+      const p = this.pacing;
+      p.slices++;
+      p.sliceMs += performance.now() - t0;
+      if (done) return w.result;
       // Requests are taken between slices, so the count moves during the rests: busy if it moved since the last look.
       const now = this.foreground();
-      await restAfter(t0, now !== served ? REST_BUSY : REST_IDLE);
+      const busy = now !== served;
+      const ms = restFor(t0, busy ? REST_BUSY : REST_IDLE);
+      if (busy) p.busyRests++;
+      else p.idleRests++;
+      p.restMs += ms;
+      await sleep(ms);
       served = now;
       if (this.stopped) throw new Error('stopped');
     }
