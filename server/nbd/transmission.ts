@@ -188,27 +188,22 @@ export class Transmission {
           break;
         }
         case C.NBD_CMD_WRITE:
-          await this.trackWrite(exp.write(req.offset, payload!, fua));
-          payloads.give(payload!); // done with it (a failed write's may still be read: not given back)
-          ok = true;
-          this.replyOk(req);
-          break;
         case C.NBD_CMD_TRIM:
-          await this.trackWrite(exp.trim(req.offset, req.length, fua));
+        case C.NBD_CMD_WRITE_ZEROES: {
+          // Tracked here rather than in an async helper of its own: one promise and one await less
+          // for every write (nearly every request of a write workload).
+          const p = this.change(req, payload, fua);
+          this.writes.add(p);
+          try {
+            await p;
+          } finally {
+            this.writes.delete(p);
+          }
+          if (req.type === C.NBD_CMD_WRITE) payloads.give(payload!); // done with it (a failed write's may still be read: not given back)
           ok = true;
           this.replyOk(req);
           break;
-        case C.NBD_CMD_WRITE_ZEROES:
-          await this.trackWrite(
-            exp.writeZeroes(req.offset, req.length, {
-              noHole: (req.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
-              fastZero: (req.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
-              fua,
-            }),
-          );
-          ok = true;
-          this.replyOk(req);
-          break;
+        }
         case C.NBD_CMD_FLUSH:
           // Every write received before this flush must be covered by it: wait for them first.
           if (this.writes.size > 0) await Promise.allSettled(Array.from(this.writes));
@@ -273,13 +268,16 @@ export class Transmission {
     this.log.error({ err: e, op: C.CMD_NAMES[type], export: this.neg.exportName, suppressed }, `nbd: ${C.CMD_NAMES[type]} failed: ${(e as Error).message}${suppressed ? ` (and ${suppressed} more since the last report)` : ''}`);
   }
 
-  private async trackWrite(p: Promise<void>): Promise<void> {
-    this.writes.add(p);
-    try {
-      await p;
-    } finally {
-      this.writes.delete(p);
-    }
+  /** Starts a request that changes the export (a write, trim or zero). */
+  private change(req: Request, payload: Buffer | null, fua: boolean): Promise<void> {
+    const exp = this.exp;
+    if (req.type === C.NBD_CMD_WRITE) return exp.write(req.offset, payload!, fua);
+    if (req.type === C.NBD_CMD_TRIM) return exp.trim(req.offset, req.length, fua);
+    return exp.writeZeroes(req.offset, req.length, {
+      noHole: (req.flags & C.NBD_CMD_FLAG_NO_HOLE) !== 0,
+      fastZero: (req.flags & C.NBD_CMD_FLAG_FAST_ZERO) !== 0,
+      fua,
+    });
   }
 
   /** Fails every request not yet answered with `errno` (revoke, shutdown); later ones fail in validate(). */

@@ -43,7 +43,7 @@ const RETAIN_BYTES = 32 * 1024 * 1024;
 const SYNC_WINDOW_MS = 30_000;
 /**
  * On a volume flushed this recently (a database syncing every write), a write goes into the journal
- * as it arrives (writeSyncing), or at once when it completes: the FLUSH that follows finds its record
+ * as it arrives (writeEarly), or at once when it completes: the FLUSH that follows finds its record
  * written or on the way (qcow2's FLUSH is one fdatasync; ours would otherwise be the record's write
  * after the write's reply).
  */
@@ -117,7 +117,7 @@ export class FlushJournal implements CommitPart<number> {
   private seq: number;
   private retained = 0;
   private readonly pending = new Map<WritableMap, Pending>();
-  /** Writes numbered and journaled while they are still being applied: FUA writes and writes on volumes that sync (writeSyncing). */
+  /** Writes numbered and journaled while they are still being applied: FUA writes and writes on volumes that sync (writeEarly). */
   private readonly early = new Set<number>();
   private chunkSize = 0;
   private gathering: Batch | null = null;
@@ -319,28 +319,39 @@ export class FlushJournal implements CommitPart<number> {
   }
 
   /**
-   * A write on a volume that syncs: one with FUA, or any write on a volume flushed in the last
-   * EAGER_WINDOW_MS (a database syncing every write). Journaled while `apply` maps it, so the record
-   * is on its way before the write completes: a FUA write's reply waits for the longer of the two
-   * rather than their sum, and the FLUSH that follows a plain write finds its record written or
-   * nearly (qcow2's FLUSH is one fdatasync; ours was the record's whole write after the write's
-   * reply). Without FUA it resolves once applied. Only when nothing overlapping is in flight on the
-   * volume (apply takes its range at once, so later overlapping writes map after it, as the replay
-   * puts them); otherwise, and whenever a FLUSH would commit, the write is applied and then, with
-   * FUA, flushed.
+   * Whether a write is journaled as it arrives (writeEarly) rather than once applied (completed()): a
+   * write on a volume that syncs, one with FUA or any write on a volume flushed in the last
+   * EAGER_WINDOW_MS (a database syncing every write), when nothing overlapping is in flight on the
+   * volume. Its record is then on its way before the write completes: a FUA write's reply waits for
+   * the longer of the two rather than their sum, and the FLUSH that follows a plain write finds its
+   * record written or nearly (qcow2's FLUSH is one fdatasync; ours was the record's whole write after
+   * the write's reply). Otherwise, and whenever a FLUSH would commit, the caller applies the write,
+   * then calls completed() and, with FUA, flush(). A synchronous test: most writes go the second way,
+   * and the caller spends no promise on asking.
    */
-  async writeSyncing(st: WritableMap, offset: number, data: Buffer, fua: boolean, apply: () => Promise<void>): Promise<void> {
+  journalsEarly(st: WritableMap, offset: number, length: number, fua: boolean): boolean {
     const p = this.pendingOf(st);
     const now = performance.now();
     const syncing = fua || now - p.flushedAt < EAGER_WINDOW_MS;
     if (fua) p.flushedAt = now;
     const cs = this.chunkSize;
-    if (!syncing || this.broken || p.unkept > this.durableOp || data.length > MAX_OP_BYTES || this.retained + data.length > RETAIN_BYTES || !st.lock.isFree(Math.floor(offset / cs), Math.floor((offset + data.length - 1) / cs) + 1)) {
-      await apply();
-      this.completed(st, 'write', offset, data.length, data);
-      if (fua) await this.flush(st);
-      return;
-    }
+    return (
+      syncing &&
+      !this.broken &&
+      p.unkept <= this.durableOp &&
+      length <= MAX_OP_BYTES &&
+      this.retained + length <= RETAIN_BYTES &&
+      st.lock.isFree(Math.floor(offset / cs), Math.floor((offset + length - 1) / cs) + 1)
+    );
+  }
+
+  /**
+   * A write journalsEarly() said yes to, in the same turn: journaled while `apply` maps it (apply takes
+   * its range at once, so later overlapping writes map after it, as the replay puts them). Without
+   * FUA it resolves once applied; with FUA once its record is durable too.
+   */
+  async writeEarly(st: WritableMap, offset: number, data: Buffer, fua: boolean, apply: () => Promise<void>): Promise<void> {
+    const p = this.pendingOf(st);
     // Numbered now: until it is applied, no commit may claim to cover it (take() stops below it).
     const opNo = ++this.lastOp;
     this.early.add(opNo);

@@ -178,7 +178,13 @@ class VolumeExport implements BlockExport, ExportConnection {
     this.st.io.writtenBytes += data.length;
     const j = this.ctx.journal;
     try {
-      if (j) return await j.writeSyncing(this.st, offset, data, fua, () => this.ctx.writes.write(this.st, offset, data));
+      if (j) {
+        if (j.journalsEarly(this.st, offset, data.length, fua)) return await j.writeEarly(this.st, offset, data, fua, () => this.ctx.writes.write(this.st, offset, data));
+        await this.ctx.writes.write(this.st, offset, data);
+        j.completed(this.st, 'write', offset, data.length, data);
+        if (fua) await j.flush(this.st);
+        return;
+      }
       await this.ctx.writes.write(this.st, offset, data);
     } finally {
       this.st.changeDone();

@@ -51,7 +51,10 @@ export class WritePath {
 
   async write(m: WritableMap, offset: number, data: Buffer): Promise<void> {
     const cs = this.chunkSize;
-    const release = await m.lock.acquire(Math.floor(offset / cs), Math.floor((offset + data.length - 1) / cs) + 1);
+    const from = Math.floor(offset / cs);
+    const to = Math.floor((offset + data.length - 1) / cs) + 1;
+    // A free range is taken at once: no promise to wait for (nearly every write).
+    const release = m.lock.tryAcquire(from, to) ?? (await m.lock.acquire(from, to));
     try {
       await this.writeLocked(m, offset, data);
     } finally {
@@ -97,7 +100,9 @@ export class WritePath {
     for (let i = 0; i < chunks.length; i++) if (!chunks[i].equals(this.zeroChunk)) nonZero.push(i);
     const nz = nonZero.length;
     const all = nz === chunks.length;
-    const keys = this.opts.dedup && nz > 0 ? await this.dedup.keys(all ? chunks : nonZero.map((i) => chunks[i]), all ? contiguous : null, m.domain) : null;
+    let keys = this.opts.dedup && nz > 0 ? this.dedup.keys(all ? chunks : nonZero.map((i) => chunks[i]), all ? contiguous : null, m.domain) : null;
+    // Small writes are hashed on the event loop and come back as a Buffer: no await (a microtask) for them.
+    if (keys instanceof Promise) keys = await keys;
 
     // 3. Find identical chunks already stored in this domain (and repeated within this write).
     const candidates = float64s(nz).fill(-1); // slot, or -1
@@ -109,6 +114,7 @@ export class WritePath {
       if (slots.length > 0) await this.cache.load(slots, -1);
     }
     const plans: Plan[] = [];
+    const stores: StorePlan[] = []; // the 'store' plans, gathered as they are made (no filter() after)
     // Chunks this write stores, by the first 48 bits of their fingerprint (a number key: no string
     // per chunk); a match is only taken when the bytes are equal.
     const seen = keys && nz > 1 ? new Map<number, number>() : null;
@@ -129,7 +135,8 @@ export class WritePath {
         continue;
       }
       if (!keys) {
-        plans.push({ kind: 'store', ci, slot: 0, bytes, k: -1, index: false });
+        stores.push({ kind: 'store', ci, slot: 0, bytes, k: -1, index: false });
+        plans.push(stores[stores.length - 1]);
         continue;
       }
       const prefix = seen ? keys.readUIntBE(kk * KEY_BYTES + 4, 6) : 0;
@@ -140,7 +147,8 @@ export class WritePath {
         continue;
       }
       seen?.set(prefix, plans.length);
-      plans.push({ kind: 'store', ci, slot: 0, bytes, k: kk, index: candidate < 0 && prior === undefined });
+      stores.push({ kind: 'store', ci, slot: 0, bytes, k: kk, index: candidate < 0 && prior === undefined });
+      plans.push(stores[stores.length - 1]);
     }
 
     const small = chunks.length * cs <= WRITE_THROUGH_BYTES;
@@ -148,10 +156,10 @@ export class WritePath {
     // into the cache below, before the map points at them (and the insert drops what the cache held
     // for a reused slot): the slots' reuse needs no drop of its own (a native call and two hash
     // probes per 4 KiB write, ~2% of the event loop).
-    await this.storePlans(plans.filter((p): p is StorePlan => p.kind === 'store'), small);
+    await this.storePlans(stores, small);
 
     // 5. Point the map at them, synchronously (no await until done).
-    const retry: StorePlan[] = [];
+    let retry: StorePlan[] | null = null; // made only when a dedup candidate was freed meanwhile
     const logged = keys ? new NewFingerprints(plans.length) : null;
     for (const p of plans) {
       if (p.kind === 'hole') {
@@ -170,12 +178,12 @@ export class WritePath {
         if (this.meta.chunks.incIfLive(slot)) {
           setEntry(this.meta, m.record, p.ci, slot);
           this.dedup.countHit();
-        } else retry.push({ kind: 'store', ci: p.ci, slot: 0, bytes: p.bytes, k: p.k, index: keys !== null });
+        } else (retry ??= []).push({ kind: 'store', ci: p.ci, slot: 0, bytes: p.bytes, k: p.k, index: keys !== null });
       }
     }
     if (logged) logged.flush(this.dedup, keys!);
     m.touched();
-    if (retry.length > 0) {
+    if (retry) {
       await this.storePlans(retry);
       for (const p of retry) {
         this.addChunk(m, p, keys, logged);
@@ -208,18 +216,23 @@ export class WritePath {
     if (stores.length === 0) return;
     const slots = this.meta.slots.allocMany(stores.length, cached);
     for (let k = 0; k < stores.length; k++) stores[k].slot = slots[k];
-    const writes: Promise<void>[] = [];
-    let i = 0;
-    while (i < stores.length) {
-      let j = i + 1;
-      while (j < stores.length && stores[j].slot === stores[j - 1].slot + 1) j++;
-      const run = stores.slice(i, j);
-      const buf = run.length === 1 ? run[0].bytes : (adjacent(run) ?? Buffer.concat(run.map((p) => p.bytes)));
-      writes.push(this.store.write(run[0].slot, buf));
-      i = j;
+    let written: Promise<unknown>;
+    if (stores.length === 1) written = this.store.write(stores[0].slot, stores[0].bytes); // a 4 KiB write: no arrays
+    else {
+      const writes: Promise<void>[] = [];
+      let i = 0;
+      while (i < stores.length) {
+        let j = i + 1;
+        while (j < stores.length && stores[j].slot === stores[j - 1].slot + 1) j++;
+        const run = stores.slice(i, j);
+        const buf = run.length === 1 ? run[0].bytes : (adjacent(run) ?? Buffer.concat(run.map((p) => p.bytes)));
+        writes.push(this.store.write(run[0].slot, buf));
+        i = j;
+      }
+      written = Promise.all(writes);
     }
     try {
-      await Promise.all(writes);
+      await written;
     } catch (e) {
       for (const p of stores) this.meta.slots.releaseUnused(p.slot);
       throw e;
