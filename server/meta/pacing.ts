@@ -1,5 +1,6 @@
 // Background work (space reclaim, dedup indexing) rests between its commits for a time in
 // proportion to what each cost, so clients' requests keep most of the machine.
+import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Longest rest: background work comes back at least this often, however long its last step took. */
 const MAX_REST_MS = 200;
@@ -10,13 +11,8 @@ export function restFor(t0: number, factor: number, minMs = 0): number {
 }
 
 /** Idles for restFor(t0, factor, minMs). */
-export function restAfter(t0: number, factor: number, minMs = 0): Promise<void> {
-  return sleep(restFor(t0, factor, minMs));
-}
-
-/** Resolves after `ms` (a rest already computed). */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+export async function restAfter(t0: number, factor: number, minMs = 0): Promise<void> {
+  await sleep(restFor(t0, factor, minMs));
 }
 
 /**

@@ -327,7 +327,8 @@ export class FlushJournal implements CommitPart<number> {
    * record written or nearly (qcow2's FLUSH is one fdatasync; ours was the record's whole write after
    * the write's reply). Otherwise, and whenever a FLUSH would commit, the caller applies the write,
    * then calls completed() and, with FUA, flush(). A synchronous test: most writes go the second way,
-   * and the caller spends no promise on asking.
+   * and the caller spends no promise on asking. A FUA write counts as the volume's latest flush here,
+   * whichever way it goes (as a FLUSH does), so call it once per write.
    */
   journalsEarly(st: WritableMap, offset: number, length: number, fua: boolean): boolean {
     const p = this.pendingOf(st);

@@ -14,8 +14,9 @@
 // the event loop for the second or more a 1 GiB walk takes was a third less for the requests (with the
 // walk running throughout, 4K random writes lost 13-17% of their IOPS; 4-9% with the longer rests).
 // Figures for a list or a scrape can wait; clients should not.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { FANOUT, FIRST_SLOT } from '../meta/map-node.js';
-import { restFor, sleep } from '../meta/pacing.js';
+import { restFor } from '../meta/pacing.js';
 import type { MetaStore } from '../meta/meta-store.js';
 import type { RootRecord } from '../meta/volume-records.js';
 import type { VolumeState } from './volume-state.js';
