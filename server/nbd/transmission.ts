@@ -30,6 +30,9 @@ const FAULT_LOG_MS = 10_000;
 export class Request {
   replied = false;
   start = 0;
+  /** Links of the transmission's list of requests not yet answered (see Transmission.unreplied). */
+  prev: Request | null = null;
+  next: Request | null = null;
   constructor(
     readonly type: number,
     readonly flags: number,
@@ -110,7 +113,12 @@ export class Transmission {
   /** The export was revoked (or the server is shutting down): every request fails with ESHUTDOWN. */
   revoked = false;
   /** Requests not yet replied to, so revoke can fail them at once. */
-  private readonly unreplied = new Set<Request>();
+  /**
+   * Requests not yet answered, newest first, linked through the requests themselves: a Set's add and
+   * delete per request grew and shrank its table with the requests in flight (V8 shrinks a Set that
+   * falls under a quarter full), ~120 bytes of garbage a request in a heap profile of 4K reads.
+   */
+  private unreplied: Request | null = null;
   /** Write-type operations in flight, so FLUSH can wait for those received before it. */
   private readonly writes = new Set<Promise<unknown>>();
   /** Storage faults not logged since the last one was (one line per FAULT_LOG_MS, not one per request). */
@@ -165,7 +173,9 @@ export class Transmission {
     this.load.started++;
     this.load.inFlight++;
     if (req.type === C.NBD_CMD_READ || req.type === C.NBD_CMD_WRITE) this.inFlightBytes += req.length;
-    this.unreplied.add(req);
+    req.next = this.unreplied;
+    if (this.unreplied) this.unreplied.prev = req;
+    this.unreplied = req;
     if (this.observer) req.start = performance.now();
     void this.exec(req, payload);
   }
@@ -177,11 +187,12 @@ export class Transmission {
     try {
       switch (req.type) {
         case C.NBD_CMD_READ: {
-          const r = await exp.read(req.offset, req.length);
-          const got = Array.isArray(r.data) ? totalLength(r.data) : r.data.length;
-          if (got !== req.length) {
+          const got = exp.read(req.offset, req.length);
+          const r = got instanceof Promise ? await got : got; // a cached read answers in this turn
+          const bytes = Array.isArray(r.data) ? totalLength(r.data) : r.data.length;
+          if (bytes !== req.length) {
             r.release();
-            throw new Error(`export returned ${got} bytes for a ${req.length}-byte read`);
+            throw new Error(`export returned ${bytes} bytes for a ${req.length}-byte read`);
           }
           ok = true;
           this.replyRead(req, r);
@@ -283,8 +294,11 @@ export class Transmission {
   /** Fails every request not yet answered with `errno` (revoke, shutdown); later ones fail in validate(). */
   failAll(errno: number, msg: string): void {
     this.revoked = true;
-    for (const req of this.unreplied) this.replyError(req, errno, msg);
-    this.unreplied.clear();
+    for (let req = this.unreplied; req !== null; ) {
+      const next = req.next;
+      this.replyError(req, errno, msg); // unlinks req
+      req = next;
+    }
   }
 
   // --- replies ---------------------------------------------------------------------------------
@@ -293,7 +307,10 @@ export class Transmission {
   private begin(req: Request): boolean {
     if (req.replied) return false;
     req.replied = true;
-    this.unreplied.delete(req);
+    if (req.prev) req.prev.next = req.next;
+    else if (this.unreplied === req) this.unreplied = req.next;
+    if (req.next) req.next.prev = req.prev;
+    req.prev = req.next = null;
     if (this.closed) return false;
     if (!this.corked) {
       this.corked = true;

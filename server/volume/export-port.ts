@@ -42,7 +42,8 @@ export interface BlockExport {
   readonly blockSize: { minimum: number; preferred: number; maximum: number };
   /** Whether a completed write is visible on every connection and a flush covers all of them. */
   readonly multiConn: boolean;
-  read(offset: number, length: number): Promise<ReadResult>;
+  /** A read of cached bytes may answer at once, without a promise (the hot path of a read workload). */
+  read(offset: number, length: number): ReadResult | Promise<ReadResult>;
   /**
    * `data` may be reused for another request once the returned promise resolves: what keeps a view
    * of it longer marks it with payloads.keep() (server/payload-pool.ts).

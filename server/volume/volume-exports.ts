@@ -161,13 +161,14 @@ class VolumeExport implements BlockExport, ExportConnection {
     checkRange(this.st.record.size, offset, length);
   }
 
-  read(offset: number, length: number): Promise<ReadResult> {
+  read(offset: number, length: number): ReadResult | Promise<ReadResult> {
     this.live();
     const r = this.rec();
     checkRange(r.size, offset, length);
     this.st.io.reads++;
     this.st.io.readBytes += length;
-    return this.ctx.reads.read(r, offset, length, this.readerId);
+    const reads = this.ctx.reads;
+    return reads.readCached(r, offset, length, this.readerId) ?? reads.read(r, offset, length, this.readerId);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {

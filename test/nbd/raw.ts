@@ -184,14 +184,7 @@ export class Raw {
   }
 
   request(type: number, handle: bigint, offset: bigint | number, length: number, flags = 0, payload?: Buffer): void {
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(0x25609513, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(handle, 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
-    this.write(payload ? Buffer.concat([h, payload]) : h);
+    this.write(requestMessage(type, handle, offset, length, flags, payload));
   }
 
   /** A simple reply; reads `dataLen` bytes of data if the error is 0. */
@@ -216,6 +209,18 @@ export class Raw {
     const type = r.readUInt16BE(2);
     return { structured: true, error: type & 0x8000 ? payload.readUInt32BE(0) : 0, handle: r.readBigUInt64BE(4), type, flags: r.readUInt16BE(0), payload };
   }
+}
+
+/** A transmission request, as bytes: several sent in one write reach the server together (no Nagle delay between them). */
+export function requestMessage(type: number, handle: bigint, offset: bigint | number, length: number, flags = 0, payload?: Buffer): Buffer {
+  const h = Buffer.alloc(28);
+  h.writeUInt32BE(0x25609513, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  h.writeBigUInt64BE(handle, 8);
+  h.writeBigUInt64BE(BigInt(offset), 16);
+  h.writeUInt32BE(length, 24);
+  return payload ? Buffer.concat([h, payload]) : h;
 }
 
 /** An option request: IHAVEOPT, the option, its length (or a lie about it), its data. */

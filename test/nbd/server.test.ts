@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { NbdServer } from '../../server/nbd/server.js';
 import type { NbdObserver } from '../../server/nbd/observer.js';
 import { MemoryProvider } from './memory-provider.js';
-import { Raw, CMD, ESHUTDOWN } from './raw.js';
+import { Raw, CMD, ESHUTDOWN, requestMessage } from './raw.js';
 import { needTools, runOk } from '../helpers/tools.js';
 
 function tmp(): string {
@@ -101,7 +101,7 @@ describe('NbdServer', () => {
     await assert.rejects(Raw.connect(port));
   });
 
-  it('revoke fails requests in flight with ESHUTDOWN (structured) and releases the export', async () => {
+  it('revoke fails every request in flight with ESHUTDOWN (structured) and releases the export', async () => {
     const provider = new MemoryProvider({ slowBelow: 4096, slowMs: 200 });
     provider.add('r', 1 << 20);
     provider.add('keep', 1 << 20);
@@ -112,13 +112,18 @@ describe('NbdServer', () => {
       await c.handshake('r', { structured: true });
       const other = await Raw.connect(port);
       await other.handshake('keep');
-      c.request(CMD.READ, 1n, 0, 4096);
+      // Three in flight: the first, one in the middle and the last of the list of unanswered requests.
+      c.write(Buffer.concat([requestMessage(CMD.READ, 1n, 0, 4096), requestMessage(CMD.READ, 2n, 512, 16), requestMessage(CMD.READ, 3n, 1024, 16)]));
       await new Promise((r) => setTimeout(r, 20));
       provider.remove('r');
-      const rep = await c.anyReply();
-      assert.equal(rep.handle, 1n);
-      assert.equal(rep.error, ESHUTDOWN);
-      assert.equal(rep.type, 0x8001);
+      const handles: bigint[] = [];
+      for (let i = 0; i < 3; i++) {
+        const rep = await c.anyReply();
+        handles.push(rep.handle);
+        assert.equal(rep.error, ESHUTDOWN);
+        assert.equal(rep.type, 0x8001);
+      }
+      assert.deepEqual(handles.sort(), [1n, 2n, 3n]);
       assert.ok(await c.waitClosed());
       await new Promise((r) => setTimeout(r, 300));
       assert.equal(provider.openCount, 1, 'revoked export released, the other kept');
