@@ -80,9 +80,15 @@ export class ReadPath {
       if (run) res = trimRun(run, n * cs, offset - first * cs, length);
     }
     if (res === null) return null;
-    // As read() does, once per read: a miss readahead and the slots freed meanwhile.
-    this.maybeReadAhead(r, reader, offset, length);
-    this.meta.slots.releaseReusable();
+    // As read() does, once per read: a miss readahead and the slots freed meanwhile. Their failure
+    // (a map node that cannot be read) fails the read, and must not leave its frames pinned.
+    try {
+      this.maybeReadAhead(r, reader, offset, length);
+      this.meta.slots.releaseReusable();
+    } catch (e) {
+      res.release();
+      throw e;
+    }
     return res;
   }
 
