@@ -112,9 +112,9 @@ export class Transmission {
   closed = false;
   /** The export was revoked (or the server is shutting down): every request fails with ESHUTDOWN. */
   revoked = false;
-  /** Requests not yet replied to, so revoke can fail them at once. */
   /**
-   * Requests not yet answered, newest first, linked through the requests themselves: a Set's add and
+   * Requests not yet answered, so revoke can fail them at once: newest first, linked through the
+   * requests themselves. A Set's add and
    * delete per request grew and shrank its table with the requests in flight (V8 shrinks a Set that
    * falls under a quarter full), ~120 bytes of garbage a request in a heap profile of 4K reads.
    */
