@@ -53,35 +53,38 @@ export class ReadPath {
   }
 
   /**
-   * read() when every chunk of the range is cached or a hole: the pinned views now, with no promise;
-   * null (nothing pinned, nothing counted) when something must be loaded, and then read(). A cached
+   * `length` bytes at `offset` of map `r`, read for `reader` (the cache counts sharing by it; -1: the
+   * daemon). When every chunk is cached or a hole: the pinned views, returned with no promise. A cached
    * 4 KiB read went through three async frames (the transmission's, read()'s, readOne()'s): their
-   * promises and contexts were over half of what a read allocated (a sampling heap profile: ~2 KB a
-   * read at QD32), all young garbage.
+   * promises and contexts were over half of what a read allocated (a sampling heap profile: ~2 KB a read
+   * at QD32), all young garbage. Otherwise a promise that loads what is missing, from the slots found here.
    */
-  readCached(r: RootRecord, offset: number, length: number, reader: number): ReadResult | null {
+  read(r: RootRecord, offset: number, length: number, reader: number): ReadResult | Promise<ReadResult> {
     const cs = this.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
-    let res: ReadResult | null = null;
+    const skip = offset - first * cs;
+    let res: ReadResult;
     if (first === last) {
-      const within = offset - first * cs;
       const v = lookup(this.meta, r, first);
-      if (!isStored(v)) res = new OwnBytes(within === 0 && length === cs ? this.zeroChunk : Buffer.alloc(length));
+      if (!isStored(v)) res = new OwnBytes(skip === 0 && length === cs ? this.zeroChunk : Buffer.alloc(length));
       else {
         const pin = this.cache.pinned(v, reader);
-        if (pin) res = trimOne(pin, within, length, cs);
+        if (!pin) return this.loadOne(r, v, offset, length, reader);
+        res = trimOne(pin, skip, length, cs);
       }
     } else {
       const n = last - first + 1;
-      if (n > this.slotsScratch.length) return null;
-      this.slotsOf(r, first, last, this.slotsScratch);
-      const run = this.cache.pinnedRun(this.slotsScratch, n, reader, this.zeroChunk);
-      if (run) res = trimRun(run, n * cs, offset - first * cs, length);
+      const slots = this.slotsOf(r, first, last, n <= this.slotsScratch.length ? this.slotsScratch : new Float64Array(n));
+      // Hot path: every chunk cached. Reply with views of the pinned arena frames: no copy, and
+      // no reply buffer per request (with 16 clients reading, per-request buffers grew the
+      // daemon's memory 1.7x in the clone-storm benchmark). Released after the socket write.
+      const run = this.cache.pinnedRun(slots, n, reader, this.zeroChunk);
+      if (!run) return this.loadRun(r, slots.slice(0, n), offset, length, reader); // the scratch is shared: a copy
+      res = trimRun(run, n * cs, skip, length);
     }
-    if (res === null) return null;
-    // As read() does, once per read: a miss readahead and the slots freed meanwhile. Their failure
-    // (a map node that cannot be read) fails the read, and must not leave its frames pinned.
+    // Once per read: a miss readahead and the slots freed meanwhile. Their failure (a map node that
+    // cannot be read) fails the read, and must not leave its frames pinned.
     try {
       this.maybeReadAhead(r, reader, offset, length);
       this.meta.slots.releaseReusable();
@@ -92,55 +95,46 @@ export class ReadPath {
     return res;
   }
 
-  /** `length` bytes at `offset` of map `r`, read for `reader` (the cache counts sharing by it; -1: the daemon). */
-  async read(r: RootRecord, offset: number, length: number, reader: number): Promise<ReadResult> {
+  /** read() of one chunk, slot `v`, that was not cached: loaded into the arena, then a pinned view. */
+  private async loadOne(r: RootRecord, v: number, offset: number, length: number, reader: number): Promise<ReadResult> {
     const cs = this.chunkSize;
-    const first = Math.floor(offset / cs);
-    const last = Math.floor((offset + length - 1) / cs);
+    const within = offset % cs;
+    // Taken in the turn that looked the slot up: it cannot be reused for other bytes while this loads.
     const g = this.meta.slots.enterRead();
     try {
       this.maybeReadAhead(r, reader, offset, length);
-      if (first === last) return await this.readOne(r, first, offset - first * cs, length, reader);
-      // Several chunks.
-      const n = last - first + 1;
-      const slots = n <= this.slotsScratch.length ? this.slotsScratch : new Float64Array(n);
-      this.slotsOf(r, first, last, slots);
-      const skip = offset - first * cs;
-      // Hot path: every chunk cached. Reply with views of the pinned arena frames: no copy, and
-      // no reply buffer per request (with 16 clients reading, per-request buffers grew the
-      // daemon's memory 1.7x in the clone-storm benchmark). Released after the socket write.
-      let run = this.cache.pinnedRun(slots, n, reader, this.zeroChunk);
-      if (!run) {
-        // Load what is missing straight into the arena (the load counts hits and misses), then
-        // send views as well: a per-request buffer for cold reads grew memory with the clients.
-        const stored: number[] = [];
-        for (let k = 0; k < n; k++) if (slots[k] >= 0) stored.push(slots[k]);
-        const mine = Float64Array.from(slots.subarray(0, n)); // scratch is shared: copy before awaiting
-        await this.cache.load(stored, reader);
-        run = this.cache.pinnedRun(mine, n, reader, this.zeroChunk, false);
-        if (!run) return new OwnBytes(await this.readCopy(mine, n, skip, length, reader)); // evicted meanwhile
-      }
-      return trimRun(run, n * cs, skip, length);
+      await this.cache.load([v], reader);
+      const pin = this.cache.pinned(v, reader, false); // counted by load: not a second use
+      if (pin) return trimOne(pin, within, length, cs);
+      const own = Buffer.allocUnsafe(cs); // every frame busy
+      await this.cache.readUncached([v], [own]);
+      return new OwnBytes(own.subarray(within, within + length));
     } finally {
       this.meta.slots.exitRead(g);
       this.meta.slots.releaseReusable();
     }
   }
 
-  /** Bytes [within, within + length) of chunk `ci`: a pinned view, zeroes for a hole. */
-  private async readOne(r: RootRecord, ci: number, within: number, length: number, reader: number): Promise<ReadResult> {
+  /** read() of several chunks, `slots` (-1: a hole), not all cached: the missing ones loaded, then views. */
+  private async loadRun(r: RootRecord, slots: Float64Array, offset: number, length: number, reader: number): Promise<ReadResult> {
     const cs = this.chunkSize;
-    const v = lookup(this.meta, r, ci);
-    if (!isStored(v)) return new OwnBytes(within === 0 && length === cs ? this.zeroChunk : Buffer.alloc(length));
-    let pin = this.cache.pinned(v, reader);
-    if (!pin) {
-      await this.cache.load([v], reader);
-      pin = this.cache.pinned(v, reader, false); // counted by load: not a second use
+    const n = slots.length;
+    const skip = offset % cs;
+    const g = this.meta.slots.enterRead(); // as in loadOne
+    try {
+      this.maybeReadAhead(r, reader, offset, length);
+      // Straight into the arena (the load counts hits and misses), then views as well: a
+      // per-request buffer for cold reads grew memory with the clients.
+      const stored: number[] = [];
+      for (let k = 0; k < n; k++) if (slots[k] >= 0) stored.push(slots[k]);
+      await this.cache.load(stored, reader);
+      const run = this.cache.pinnedRun(slots, n, reader, this.zeroChunk, false);
+      if (run) return trimRun(run, n * cs, skip, length);
+      return new OwnBytes(await this.readCopy(slots, n, skip, length, reader)); // evicted meanwhile
+    } finally {
+      this.meta.slots.exitRead(g);
+      this.meta.slots.releaseReusable();
     }
-    if (pin) return trimOne(pin, within, length, cs);
-    const own = Buffer.allocUnsafe(cs); // every frame busy
-    await this.cache.readUncached([v], [own]);
-    return new OwnBytes(own.subarray(within, within + length));
   }
 
   /** Slots of chunks first..last into `into` (-1 for holes), walking the map once per leaf. */

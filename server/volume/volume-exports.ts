@@ -167,8 +167,7 @@ class VolumeExport implements BlockExport, ExportConnection {
     checkRange(r.size, offset, length);
     this.st.io.reads++;
     this.st.io.readBytes += length;
-    const reads = this.ctx.reads;
-    return reads.readCached(r, offset, length, this.readerId) ?? reads.read(r, offset, length, this.readerId);
+    return this.ctx.reads.read(r, offset, length, this.readerId);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
