@@ -292,6 +292,7 @@ export const Stats = Type.Object(
         direct: Type.Boolean({ description: 'Reads bypass the page cache (O_DIRECT).' }),
         syncs: Type.Optional(Type.Number({ description: 'fdatasyncs of the chunk file begun (a metadata commit makes the chunks it names durable first).' })),
         directWrites: Type.Optional(Type.Number({ description: 'Runs of chunks written past the page cache (O_DIRECT): runs over 128 KiB inside the chunk file, where the filesystem allows it.' })),
+        stagedWrites: Type.Optional(Type.Number({ description: 'Writes of up to 128 KiB inside the chunk file held in memory and written past the page cache in batches, before the next sync, where the filesystem allows O_DIRECT.' })),
       },
       { additionalProperties: true },
     ),

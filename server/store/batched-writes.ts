@@ -30,6 +30,15 @@
 // for a direct write past the end until the disk has it, and every buffered write of the file waits for
 // that lock, the event loop's own among them (bench:soak saw one 87 ms stall, the event loop asleep,
 // when its writes reached the end of the chunk file).
+//
+// Short writes inside the file are not written in their turn at all (the `stage` option): copied into a
+// slab of memory and answered at once, they are written past the page cache once STAGE_BYTES have
+// gathered, or when the next sync asks (drain(): the commit makes chunk data durable before any record
+// points at it, so the data still reaches the disk first). Until written they are read from the slab
+// (heldChunk()). This takes the page-cache write off the event loop without making the client wait for the
+// disk (what sent them direct one by one did, above), and the disk gets them as one batch in parallel.
+// A staged write that fails fails the next sync, and every one after it: the commit that would have
+// pointed records at its chunk fails, as a writeback error fails fsync.
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorName } from 'node:util';
@@ -52,6 +61,13 @@ const SYNC_RUN_BYTES = 128 * 1024;
 const DIRECT_JOB_BYTES = 8 * 1024 * 1024;
 /** More short runs than this in one turn are written together on the thread pool (see the top of the file). */
 const MAX_SYNC_RUNS = 64;
+/** Staged writes are sent once this many bytes have gathered (see the top of the file); also the slab's size. */
+const STAGE_BYTES = 1024 * 1024;
+/** Past this many staged bytes sent and not yet written, short writes go as they did before staging. */
+const STAGE_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+/** Slabs kept for reuse (fresh memory each time would be faulted in page by page, see payload-pool.ts). */
+const SPARE_SLABS = STAGE_IN_FLIGHT_BYTES / STAGE_BYTES + 1;
+const RESOLVED = Promise.resolve();
 
 /** Splits writes into runs of back-to-back positions (sorted in place), each at most MAX_IOVECS buffers. */
 function consecutiveRuns<T extends BatchedWrite>(batch: T[], chunkSize: number): T[][] {
@@ -132,6 +148,12 @@ export interface WriteBatcherOptions {
    * file holds the inode's lock until the disk has it, see the top of the file); none: no limit.
    */
   directUpTo?: () => number;
+  /**
+   * Short writes inside the file are staged and answered at once (see the top of the file), with a
+   * directFd: the owner reads them back through heldChunk() until written, and drains them before
+   * each sync.
+   */
+  stage?: boolean;
   /** The error a failed run's writes reject with; `at`: its first position. */
   failure: (err: NodeJS.ErrnoException, at: number) => Error;
 }
@@ -146,10 +168,27 @@ export class WriteBatcher {
   /** A direct write was refused with EINVAL: the page cache only, from then on. */
   private directRefused = false;
 
+  // Staged writes (see the top of the file): copied into `slab`, not yet sent.
+  private staged: BatchedWrite[] = [];
+  private slab: Buffer | null = null;
+  private slabUsed = 0;
+  private readonly spareSlabs: Buffer[] = [];
+  /** Bytes of staged writes sent and not yet written. */
+  private stagedInFlight = 0;
+  /** Staged batches sent and not yet written. */
+  private readonly stagedJobs = new Set<Promise<void>>();
+  /** Chunk position -> its bytes, for every staged write not yet written (reads take them from here). */
+  private readonly held = new Map<number, Buffer>();
+  /** Writes staged so far. */
+  stagedWrites = 0;
+  /** The first staged write that failed: every drain() from then on fails with it. */
+  private stagedFailure: Error | null = null;
+
   constructor(private readonly opts: WriteBatcherOptions) {}
 
   /** Resolves once nothing is queued or being written (before the file is closed). */
   whenIdle(): Promise<void> {
+    this.sendStaged();
     if (this.pending.length === 0 && this.active === 0) return Promise.resolve();
     return new Promise((resolve) => this.idle.push(resolve));
   }
@@ -168,6 +207,15 @@ export class WriteBatcher {
 
   /** Writes `data` (whole chunks) at position `at`. */
   write(at: number, data: Buffer): Promise<void> {
+    if (this.opts.stage) {
+      // A place staged and not yet written (a slot a failed write gave back, handed out again): two
+      // writes of one place in flight at once could land in either order, so this one waits for it.
+      if (this.holds(at, data.length)) return this.drain().then(() => this.write(at, data));
+      if (this.stageable(at, data.length)) {
+        this.stage(at, data);
+        return RESOLVED;
+      }
+    }
     return new Promise((resolve, reject) => {
       this.pending.push({ at, data, resolve, reject });
       if (!this.queued) {
@@ -184,6 +232,104 @@ export class WriteBatcher {
     this.dispatch(batch);
     this.checkIdle();
   };
+
+  /** Whether a write of `bytes` at position `at` is staged rather than written now (see the top of the file). */
+  private stageable(at: number, bytes: number): boolean {
+    if (bytes > SYNC_RUN_BYTES || this.directRefused || this.stagedInFlight >= STAGE_IN_FLIGHT_BYTES) return false;
+    if ((this.opts.directFd?.() ?? -1) < 0) return false;
+    return this.opts.base + at * this.opts.chunkSize + bytes <= (this.opts.directUpTo?.() ?? Infinity);
+  }
+
+  /** Whether a staged write not yet written covers any chunk of `bytes` at position `at`. */
+  private holds(at: number, bytes: number): boolean {
+    if (this.held.size === 0) return false;
+    const cs = this.opts.chunkSize;
+    for (let k = 0; k * cs < bytes; k++) if (this.held.has(at + k)) return true;
+    return false;
+  }
+
+  private stage(at: number, data: Buffer): void {
+    if (this.slab !== null && this.slabUsed + data.length > this.slab.length) this.sendStaged();
+    if (this.slab === null) {
+      this.slab = this.spareSlabs.pop() ?? Buffer.allocUnsafeSlow(STAGE_BYTES);
+      this.slabUsed = 0;
+    }
+    const copy = this.slab.subarray(this.slabUsed, this.slabUsed + data.length);
+    data.copy(copy);
+    this.slabUsed += data.length;
+    this.staged.push({ at, data: copy, resolve: noop, reject: noop });
+    this.stagedWrites++;
+    const cs = this.opts.chunkSize;
+    if (data.length === cs) this.held.set(at, copy);
+    else for (let k = 0; k * cs < data.length; k++) this.held.set(at + k, copy.subarray(k * cs, (k + 1) * cs));
+    if (this.slabUsed >= STAGE_BYTES) this.sendStaged();
+  }
+
+  /** The bytes of the chunk at position `at` if a staged write of it is not yet written (only then). */
+  heldChunk(at: number): Buffer | undefined {
+    return this.held.size === 0 ? undefined : this.held.get(at);
+  }
+
+  /** Whether any staged write is not yet written. */
+  get holding(): boolean {
+    return this.held.size > 0;
+  }
+
+  /** Sends the staged writes to the disk, past the page cache, in one batch. */
+  private sendStaged(): void {
+    const batch = this.staged;
+    if (batch.length === 0) return;
+    const slab = this.slab!;
+    const bytes = this.slabUsed;
+    this.staged = [];
+    this.slab = null;
+    this.slabUsed = 0;
+    this.stagedInFlight += bytes;
+    let left = batch.length;
+    let failed = false;
+    const job = new Promise<void>((resolve) => {
+      const settled = () => {
+        if (--left > 0) return;
+        this.stagedInFlight -= bytes;
+        this.stagedJobs.delete(job);
+        // A failed batch's bytes stay held: reads still find them until the daemon stops.
+        if (!failed && this.spareSlabs.length < SPARE_SLABS) this.spareSlabs.push(slab);
+        resolve();
+      };
+      for (const w of batch) {
+        w.resolve = () => {
+          this.unhold(w);
+          settled();
+        };
+        w.reject = (e) => {
+          failed = true;
+          this.stagedFailure ??= e;
+          settled();
+        };
+      }
+    });
+    this.stagedJobs.add(job);
+    this.writeDirectJobs(this.opts.directFd!(), consecutiveRuns(batch, this.opts.chunkSize));
+  }
+
+  private unhold(w: BatchedWrite): void {
+    const cs = this.opts.chunkSize;
+    for (let k = 0; k * cs < w.data.length; k++) {
+      const v = this.held.get(w.at + k);
+      if (v !== undefined && v.buffer === w.data.buffer && v.byteOffset === w.data.byteOffset + k * cs) this.held.delete(w.at + k);
+    }
+  }
+
+  /**
+   * Sends what is staged and resolves once every staged write is written; rejects if any staged write
+   * ever failed. A sync runs this first: its fdatasync then covers them.
+   */
+  async drain(): Promise<void> {
+    this.sendStaged();
+    // The batches sent so far only: under steady writes new ones keep coming, and the sync must not chase them.
+    if (this.stagedJobs.size > 0) await Promise.all([...this.stagedJobs]);
+    if (this.stagedFailure) throw this.stagedFailure;
+  }
 
   private dispatch(batch: BatchedWrite[]): void {
     const runs = consecutiveRuns(batch, this.opts.chunkSize);
@@ -332,6 +478,8 @@ export class WriteBatcher {
 }
 
 const EINVAL = osConstants.errno.EINVAL;
+
+function noop(): void {}
 
 /** The error of a direct run that failed with `errno` (the addon reports its errno), as fs would make it. */
 function errnoError(errno: number): NodeJS.ErrnoException {

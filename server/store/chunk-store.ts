@@ -31,6 +31,8 @@ export interface StoreStats {
   direct: boolean;
   /** Runs of chunks written past the page cache (O_DIRECT), where the store does that. */
   directWrites?: number;
+  /** Short writes inside the file answered from memory and written later, before the next sync (the local store's). */
+  stagedWrites?: number;
   /** Syncs of the medium begun (the local store's fdatasyncs of its chunk file). */
   syncs?: number;
 }

@@ -46,6 +46,7 @@ export class LocalChunkStore implements ChunkStore {
       fd: () => this.fh.fd,
       directFd: () => this.writeFd,
       directUpTo: () => this.fileBytes,
+      stage: true,
       chunkSize: this.chunkSize,
       base: 0,
       // Recorded when the write completes: a write still in flight when a sync starts is not covered
@@ -103,10 +104,16 @@ export class LocalChunkStore implements ChunkStore {
     const cs = this.chunkSize;
     this.activeReads++;
     try {
+      // Chunks staged and not yet written are copied from memory; the rest read from the file.
+      const which = this.writes.holding ? this.takeHeld(slots, targets) : null;
+      if (which !== null && which.length === 0) return;
       if (targets.readFile) {
-        const offsets = float64s(n);
-        for (let i = 0; i < n; i++) offsets[i] = slots[i] * cs;
-        this.reads += await targets.readFile(this.readFd, offsets);
+        const m = which === null ? n : which.length;
+        const offsets = float64s(m);
+        for (let i = 0; i < m; i++) offsets[i] = slots[which === null ? i : which[i]] * cs;
+        this.reads += await targets.readFile(this.readFd, offsets, which ?? undefined);
+      } else if (which !== null) {
+        for (const i of which) await this.readRun(slots[i] * cs, [targets.view(i)]);
       } else {
         // Plain buffers (no cache frame was free): buffered reads, one readv per run of slots.
         let i = 0;
@@ -125,6 +132,17 @@ export class LocalChunkStore implements ChunkStore {
     } finally {
       if (--this.activeReads === 0 && this.closed && this.readFd >= 0) closeSync(this.readFd);
     }
+  }
+
+  /** Copies the staged chunks among `slots` into their targets; the indices of the others. */
+  private takeHeld(slots: ArrayLike<number>, targets: ChunkTargets): number[] {
+    const rest: number[] = [];
+    for (let i = 0; i < targets.count; i++) {
+      const b = this.writes.heldChunk(slots[i]);
+      if (b === undefined) rest.push(i);
+      else b.copy(targets.view(i));
+    }
+    return rest;
   }
 
   private readRun(pos: number, bufs: Buffer[]): Promise<void> {
@@ -158,16 +176,22 @@ export class LocalChunkStore implements ChunkStore {
   private dirtyTo = 0;
   private directDirty = false;
 
-  sync(): Promise<void> {
+  async sync(): Promise<void> {
+    // Staged writes first (server/store/batched-writes.ts): the fdatasync below must cover them.
+    try {
+      await this.writes.drain();
+    } catch (e) {
+      throw new ShoalError('io_error', `writing staged chunks failed: ${(e as Error).message}`, { cause: e });
+    }
     // Nothing written since the last sync began: nothing to make durable. (A snapshot or clone
     // commit then costs only the metadata transaction, not an fdatasync of the chunk file too.)
-    if (this.dirtyTo === 0 && !this.directDirty) return Promise.resolve();
+    if (this.dirtyTo === 0 && !this.directDirty) return;
     const synced = { from: this.dirtyFrom, to: this.dirtyTo };
     this.dirtyFrom = Infinity;
     this.dirtyTo = 0;
     this.directDirty = false;
     this.syncs++;
-    return new Promise((resolve, reject) =>
+    return new Promise<void>((resolve, reject) =>
       fdatasync(this.fh.fd, (err) => {
         if (err) return reject(new ShoalError('io_error', `fdatasync of the chunk file failed: ${err.message}`));
         // Written chunks are clean now: drop them from the page cache, so memory holds each chunk
@@ -193,7 +217,7 @@ export class LocalChunkStore implements ChunkStore {
   }
 
   stats(): StoreStats {
-    return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct, directWrites: this.directWrites, syncs: this.syncs };
+    return { kind: 'local', reads: this.reads, readBytes: this.readBytes, direct: this.direct, directWrites: this.directWrites, stagedWrites: this.writes.stagedWrites, syncs: this.syncs };
   }
 
   async close(): Promise<void> {

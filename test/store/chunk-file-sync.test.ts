@@ -2,7 +2,8 @@
 // (invariant 2: a power cut after a commit must not lose its chunks). The local store skips the
 // fdatasync when nothing was written since the last one, so it must count every write, whether it
 // went through the page cache or past it (O_DIRECT, server/store/batched-writes.ts): a run written
-// direct leaves no dirty page, yet still sits in the disk's volatile cache until the sync flushes it.
+// direct leaves no dirty page, yet still sits in the disk's volatile cache until the sync flushes it; and
+// a short write inside the file is held in memory (staged) until the sync writes it, before its fdatasync.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -47,9 +48,23 @@ test('a sync follows every write, through the page cache or past it, and only th
     await store.sync();
     assert.equal(syncs(), 3);
 
+    // A small write inside the file: staged in memory where the file takes O_DIRECT (answered before
+    // it is written), read back from there, and written by the next sync before its fdatasync.
+    const staged = randomBytes(CS);
+    await store.write(110, staged);
+    assert.equal(store.stats().stagedWrites, direct ? 1 : 0);
+    if (direct) assert.ok(readFileSync(join(dir, CHUNK_FILE)).subarray(110 * CS, 111 * CS).equals(big.subarray(10 * CS, 11 * CS)), 'not written yet');
+    const back = Buffer.alloc(CS);
+    await store.readChunks([110], { count: 1, view: () => back });
+    assert.ok(back.equals(staged), 'a read finds the staged bytes');
+    await store.sync();
+    assert.equal(syncs(), 4, 'a staged write is synced');
+
     const file = readFileSync(join(dir, CHUNK_FILE));
     assert.ok(file.subarray(3 * CS, 4 * CS).equals(small));
-    assert.ok(file.subarray(100 * CS, 164 * CS).equals(big));
+    assert.ok(file.subarray(100 * CS, 110 * CS).equals(big.subarray(0, 10 * CS)));
+    assert.ok(file.subarray(110 * CS, 111 * CS).equals(staged), 'the sync wrote the staged chunk first');
+    assert.ok(file.subarray(111 * CS, 164 * CS).equals(big.subarray(11 * CS)));
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

@@ -3,7 +3,8 @@
 // into freed slots scattered over the file) written together on the thread pool. Every write lands
 // at its position, `written` hears of each run, and a failure reaches the writes it failed. With an
 // O_DIRECT descriptor, long runs inside the file go past the page cache (Linux AIO), and a disk that
-// refuses them (EINVAL) gets them through the page cache instead.
+// refuses them (EINVAL) gets them through the page cache instead. With `stage`, short writes inside the
+// file are copied and answered at once, read back from memory, and written by drain() (a sync's first step).
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -72,6 +73,20 @@ function directFd(t: TestContext, path: string): number | null {
   }
 }
 
+/** Runs `fn` over a scratch file and the file opened O_DIRECT (skipped where the filesystem refuses it), closing both after. */
+async function withDirect(t: TestContext, fn: (f: { path: string; fd: number }, dfd: number) => Promise<void>): Promise<void> {
+  const f = setup();
+  const dfd = directFd(t, f.path);
+  if (dfd === null) return f.done();
+  try {
+    await fn(f, dfd);
+  } finally {
+    closeSync(dfd);
+    closeSync(f.fd);
+    f.done();
+  }
+}
+
 const scattered = (n: number, from: number) => Array.from({ length: n }, (_, i) => from - i * 4);
 const run = (n: number, from: number) => Array.from({ length: n }, (_, i) => from + i);
 
@@ -86,10 +101,7 @@ for (const [what, positions, base, directRuns, upTo] of [
   ['runs the disk refuses (EINVAL) written through the page cache instead', [...scattered(100, 1000), ...run(64, 3000)], 100, 0, Infinity],
 ] as const) {
   test(`one turn's writes land where they were asked to: ${what}`, async (t) => {
-    const f = setup();
-    const dfd = directFd(t, f.path);
-    if (dfd === null) return f.done();
-    try {
+    await withDirect(t, async (f, dfd) => {
       const runs: Array<[number, number, boolean]> = [];
       const b = new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, directUpTo: () => upTo, chunkSize: CS, base, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure: (e) => e });
       const data = positions.map(() => randomBytes(CS));
@@ -106,19 +118,12 @@ for (const [what, positions, base, directRuns, upTo] of [
         assert.deepEqual(runs, [[base + 5000 * CS, 64 * CS, false]]);
       }
       await b.whenIdle();
-    } finally {
-      closeSync(dfd);
-      closeSync(f.fd);
-      f.done();
-    }
+    });
   });
 }
 
 test('a direct run longer than a job is cut between its writes, and every part lands', async (t) => {
-  const f = setup();
-  const dfd = directFd(t, f.path);
-  if (dfd === null) return f.done();
-  try {
+  await withDirect(t, async (f, dfd) => {
     const runs: Array<[number, number, boolean]> = [];
     const b = new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, chunkSize: CS, base: 0, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure: (e) => e });
     // 40 writes of 256 KiB back to back: one run of 10 MiB, as a fill's turn makes (jobs are 8 MiB at most).
@@ -133,11 +138,7 @@ test('a direct run longer than a job is cut between its writes, and every part l
     const file = readFileSync(f.path);
     data.forEach((d, i) => assert.ok(file.subarray(i * per * CS, (i + 1) * per * CS).equals(d), `write ${i}`));
     await b.whenIdle();
-  } finally {
-    closeSync(dfd);
-    closeSync(f.fd);
-    f.done();
-  }
+  });
 });
 
 test('a failed direct write rejects the writes of its run with the error the owner makes of it', async (t) => {
@@ -158,4 +159,78 @@ test('a failed direct write rejects the writes of its run with the error the own
     closeSync(f.fd);
     f.done();
   }
+});
+
+/** A batcher that stages short writes inside the file, over `f`, with every run it writes noted in `runs`. */
+function stagingBatcher(f: { fd: number }, dfd: number, runs: Array<[number, number, boolean]>, failure = (e: NodeJS.ErrnoException, at: number) => new Error(`chunk ${at}: ${e.code}`)): WriteBatcher {
+  return new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, directUpTo: () => 2 ** 40, chunkSize: CS, base: 0, stage: true, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure });
+}
+
+test('staged writes are answered before they are written, read back from memory, and written past the page cache by drain()', async (t) => {
+  await withDirect(t, async (f, dfd) => {
+    const runs: Array<[number, number, boolean]> = [];
+    const b = stagingBatcher(f, dfd, runs);
+    const positions = [...scattered(10, 300), 7, 8];
+    const data = positions.map(() => randomBytes(CS));
+    const kept = data.map((d) => Buffer.from(d));
+    await Promise.all(positions.map((p, i) => b.write(p, data[i])));
+    for (const d of data) d.fill(0); // the caller's buffers are reused (the payload pool): a copy was staged
+    assert.deepEqual(runs, [], 'nothing written yet');
+    assert.equal(readFileSync(f.path).length, 0);
+    assert.ok(b.holding);
+    positions.forEach((p, i) => assert.ok(b.heldChunk(p)?.equals(kept[i]), `chunk ${p} read back from memory`));
+    assert.equal(b.heldChunk(9), undefined);
+    await b.drain();
+    const file = readFileSync(f.path);
+    positions.forEach((p, i) => assert.ok(file.subarray(p * CS, (p + 1) * CS).equals(kept[i]), `chunk ${p} on disk`));
+    assert.ok(runs.length > 0 && runs.every(([, , direct]) => direct), `written direct: ${JSON.stringify(runs)}`);
+    assert.equal(runs.reduce((n, [, bytes]) => n + bytes, 0), positions.length * CS);
+    assert.equal(b.holding, false);
+    assert.equal(b.heldChunk(300), undefined);
+  });
+});
+
+test('staged writes are sent once a slab of them has gathered, without waiting for a sync', async (t) => {
+  await withDirect(t, async (f, dfd) => {
+    const runs: Array<[number, number, boolean]> = [];
+    const b = stagingBatcher(f, dfd, runs);
+    const positions = scattered(300, 5000); // 300 × 4 KiB: one slab (1 MiB) full, 44 writes over
+    await Promise.all(positions.map((p) => b.write(p, randomBytes(CS))));
+    await b.whenIdle(); // sends the rest too, then waits for both
+    assert.equal(runs.reduce((n, [, bytes]) => n + bytes, 0), 300 * CS);
+    assert.equal(b.holding, false);
+  });
+});
+
+test('a staged write that fails fails the drain and every drain after it, and its bytes stay readable', async (t) => {
+  const f = setup();
+  const probe = directFd(t, f.path);
+  if (probe === null) return f.done();
+  closeSync(probe);
+  const readOnly = openSync(f.path, 'r'); // writes to it fail with EBADF
+  try {
+    const b = stagingBatcher(f, readOnly, []);
+    const d = randomBytes(CS);
+    await b.write(40, d);
+    await assert.rejects(b.drain(), /chunk 40: EBADF/);
+    await assert.rejects(b.drain(), /chunk 40: EBADF/, 'a second sync must not succeed over the lost write');
+    assert.ok(b.heldChunk(40)?.equals(d), 'reads still find the bytes');
+  } finally {
+    closeSync(readOnly);
+    closeSync(f.fd);
+    f.done();
+  }
+});
+
+test('a place staged and not yet written, written again, ends with the later bytes', async (t) => {
+  await withDirect(t, async (f, dfd) => {
+    const b = stagingBatcher(f, dfd, []);
+    const older = randomBytes(CS);
+    const newer = randomBytes(CS);
+    await b.write(12, older);
+    await b.write(12, newer); // waits for the staged one to be written first
+    await b.drain();
+    assert.ok(readFileSync(f.path).subarray(12 * CS, 13 * CS).equals(newer));
+    assert.equal(b.heldChunk(12), undefined);
+  });
 });
