@@ -31,14 +31,23 @@
 // that lock, the event loop's own among them (bench:soak saw one 87 ms stall, the event loop asleep,
 // when its writes reached the end of the chunk file).
 //
-// Short writes inside the file are not written in their turn at all (the `stage` option): copied into a
-// slab of memory and answered at once, they are written past the page cache once STAGE_BYTES have
-// gathered, or when the next sync asks (drain(): the commit makes chunk data durable before any record
-// points at it, so the data still reaches the disk first). Until written they are read from the slab
-// (heldChunk()). This takes the page-cache write off the event loop without making the client wait for the
-// disk (what sent them direct one by one did, above), and the disk gets them as one batch in parallel.
-// A staged write that fails fails the next sync, and every one after it: the commit that would have
-// pointed records at its chunk fails, as a writeback error fails fsync.
+// Short writes inside the file that the caller marks `early` (a small write that nothing waits to see
+// durable before the next FLUSH: server/volume/write-path.ts) are not written in their turn at all
+// (the `stage` option): copied into a slab of memory and answered at once, they are written past the
+// page cache once STAGE_BYTES have gathered, or when the next sync asks (drain(): the commit makes chunk
+// data durable before any record points at it, so the data still reaches the disk first). Until written
+// they are read from the slab (heldChunk()). This takes the page-cache write off the event loop without
+// making the client wait for the disk (what sent them direct one by one did, above), and the disk gets
+// them as one batch in parallel. A staged write that fails fails the next sync, and every one after it:
+// the commit that would have pointed records at its chunk fails, as a writeback error fails fsync.
+//
+// The caller's word, not this file's guess: staged as well, the writes of a database syncing every
+// write at queue depth 1 made its FLUSHes slower (212-285 us at the median against 51-115; write +
+// FLUSH ~315-400 us against ~270-300), the flush journal's record, written while the write is applied,
+// coming back in ~260-330 us against ~205 when the write went to the thread pool beside it. And staged
+// at the turn's end rather than at once, 4K random writes at QD32 kept only a fifth of the gain; large
+// writes into scattered freed slots (256 one-chunk runs a MiB) lost ~15% of their rate staged, the
+// disk taking 256 direct writes a MiB where the page cache had merged them for the commit's sync.
 import { writev as fsWritev, writevSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { getSystemErrorName } from 'node:util';
@@ -205,13 +214,16 @@ export class WriteBatcher {
     for (const fn of waiting) fn();
   }
 
-  /** Writes `data` (whole chunks) at position `at`. */
-  write(at: number, data: Buffer): Promise<void> {
+  /**
+   * Writes `data` (whole chunks) at position `at`. `early`: the caller needs the bytes written only by
+   * the next drain(), so they may be staged (see the top of the file).
+   */
+  write(at: number, data: Buffer, early = false): Promise<void> {
     if (this.opts.stage) {
       // A place staged and not yet written (a slot a failed write gave back, handed out again): two
       // writes of one place in flight at once could land in either order, so this one waits for it.
-      if (this.holds(at, data.length)) return this.drain().then(() => this.write(at, data));
-      if (this.stageable(at, data.length)) {
+      if (this.holds(at, data.length)) return this.drain().then(() => this.write(at, data, early));
+      if (early && this.stageable(at, data.length)) {
         this.stage(at, data);
         return RESOLVED;
       }

@@ -72,8 +72,12 @@ export interface ChunkStore {
   freed?(slot: number): void;
   /** Reads whole chunks: slot slots[i] into target i, for i < targets.count. */
   readChunks(slots: ArrayLike<number>, targets: ChunkTargets): Promise<void>;
-  /** Writes consecutive chunks starting at `slot` (data.length is a multiple of chunkSize). */
-  write(slot: number, data: Buffer): Promise<void>;
+  /**
+   * Writes consecutive chunks starting at `slot` (data.length is a multiple of chunkSize). `early`: the
+   * caller needs them durable only by the next sync(), so the store may answer before writing them
+   * (reading them back from memory until written); without it the bytes are written when this resolves.
+   */
+  write(slot: number, data: Buffer, early?: boolean): Promise<void>;
   /** Makes every completed write durable. */
   sync(): Promise<void>;
   /**

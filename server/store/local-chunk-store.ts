@@ -166,8 +166,8 @@ export class LocalChunkStore implements ChunkStore {
   // fs.write dispatch cost ~23 us on the event loop, 16% of its time.)
   private readonly writes: WriteBatcher;
 
-  write(slot: number, data: Buffer): Promise<void> {
-    return this.writes.write(slot, data);
+  write(slot: number, data: Buffer, early = false): Promise<void> {
+    return this.writes.write(slot, data, early);
   }
 
   // Bytes [dirtyFrom, dirtyTo) of the file were written through the page cache since the last sync

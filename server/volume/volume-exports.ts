@@ -179,13 +179,14 @@ class VolumeExport implements BlockExport, ExportConnection {
     const j = this.ctx.journal;
     try {
       if (j) {
+        // A sync writer's write (journaled as it arrives) is not `early`: see WritePath.write.
         if (j.journalsEarly(this.st, offset, data.length, fua)) return await j.writeEarly(this.st, offset, data, fua, () => this.ctx.writes.write(this.st, offset, data));
-        await this.ctx.writes.write(this.st, offset, data);
+        await this.ctx.writes.write(this.st, offset, data, !fua);
         j.completed(this.st, 'write', offset, data.length, data);
         if (fua) await j.flush(this.st);
         return;
       }
-      await this.ctx.writes.write(this.st, offset, data);
+      await this.ctx.writes.write(this.st, offset, data, !fua);
     } finally {
       this.st.changeDone();
     }

@@ -49,21 +49,26 @@ export class WritePath {
     this.zeroChunk = Buffer.alloc(this.chunkSize);
   }
 
-  async write(m: WritableMap, offset: number, data: Buffer): Promise<void> {
+  /**
+   * `early`: nothing waits to see this write durable before the next FLUSH's commit (not a write a
+   * sync writer's journal record races): a small one's chunks may be answered from memory before
+   * they reach the chunk file (ChunkStore.write).
+   */
+  async write(m: WritableMap, offset: number, data: Buffer, early = false): Promise<void> {
     const cs = this.chunkSize;
     const from = Math.floor(offset / cs);
     const to = Math.floor((offset + data.length - 1) / cs) + 1;
     // A free range is taken at once: no promise to wait for (nearly every write).
     const release = m.lock.tryAcquire(from, to) ?? (await m.lock.acquire(from, to));
     try {
-      await this.writeLocked(m, offset, data);
+      await this.writeLocked(m, offset, data, early);
     } finally {
       release();
     }
   }
 
   /** write() with the chunks it touches already held in the volume's range lock. */
-  private async writeLocked(m: WritableMap, offset: number, data: Buffer): Promise<void> {
+  private async writeLocked(m: WritableMap, offset: number, data: Buffer, early = false): Promise<void> {
     const cs = this.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + data.length - 1) / cs);
@@ -86,14 +91,14 @@ export class WritePath {
           chunks[ci - first] = merged;
         }
       }
-      await this.commitChunks(m, first, chunks, offset % cs === 0 && data.length % cs === 0 ? data : null);
+      await this.commitChunks(m, first, chunks, offset % cs === 0 && data.length % cs === 0 ? data : null, early);
     } finally {
       this.meta.slots.exitRead(g);
     }
   }
 
   /** Maps chunk indices first.. to the given contents (dedup, store, then map). */
-  private async commitChunks(m: WritableMap, first: number, chunks: Buffer[], contiguous: Buffer | null): Promise<void> {
+  private async commitChunks(m: WritableMap, first: number, chunks: Buffer[], contiguous: Buffer | null, early: boolean): Promise<void> {
     const cs = this.chunkSize;
     // 2. All-zero chunks become holes; the rest are fingerprinted in one batch.
     const nonZero: number[] = [];
@@ -155,8 +160,9 @@ export class WritePath {
     // 4. Store new chunks in fresh slots, consecutive slots in one write. A small write's chunks go
     // into the cache below, before the map points at them (and the insert drops what the cache held
     // for a reused slot): the slots' reuse needs no drop of its own (a native call and two hash
-    // probes per 4 KiB write, ~2% of the event loop).
-    await this.storePlans(stores, small);
+    // probes per 4 KiB write, ~2% of the event loop). Only small writes go early: a large one into
+    // scattered freed slots, staged, made 256 direct writes a MiB (server/store/batched-writes.ts).
+    await this.storePlans(stores, small, early && small);
 
     // 5. Point the map at them, synchronously (no await until done).
     let retry: StorePlan[] | null = null; // made only when a dedup candidate was freed meanwhile
@@ -211,13 +217,16 @@ export class WritePath {
     return existing.equals(bytes);
   }
 
-  /** Stores each plan's bytes in a fresh slot; `cached`: the caller inserts them into the cache before mapping them. */
-  private async storePlans(stores: StorePlan[], cached = false): Promise<void> {
+  /**
+   * Stores each plan's bytes in a fresh slot; `cached`: the caller inserts them into the cache before
+   * mapping them; `early`: see write().
+   */
+  private async storePlans(stores: StorePlan[], cached = false, early = false): Promise<void> {
     if (stores.length === 0) return;
     const slots = this.meta.slots.allocMany(stores.length, cached);
     for (let k = 0; k < stores.length; k++) stores[k].slot = slots[k];
     let written: Promise<unknown>;
-    if (stores.length === 1) written = this.store.write(stores[0].slot, stores[0].bytes); // a 4 KiB write: no arrays
+    if (stores.length === 1) written = this.store.write(stores[0].slot, stores[0].bytes, early); // a 4 KiB write: no arrays
     else {
       const writes: Promise<void>[] = [];
       let i = 0;
@@ -226,7 +235,7 @@ export class WritePath {
         while (j < stores.length && stores[j].slot === stores[j - 1].slot + 1) j++;
         const run = stores.slice(i, j);
         const buf = run.length === 1 ? run[0].bytes : (adjacent(run) ?? Buffer.concat(run.map((p) => p.bytes)));
-        writes.push(this.store.write(run[0].slot, buf));
+        writes.push(this.store.write(run[0].slot, buf, early));
         i = j;
       }
       written = Promise.all(writes);

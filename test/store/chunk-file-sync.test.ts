@@ -48,23 +48,26 @@ test('a sync follows every write, through the page cache or past it, and only th
     await store.sync();
     assert.equal(syncs(), 3);
 
-    // A small write inside the file: staged in memory where the file takes O_DIRECT (answered before
-    // it is written), read back from there, and written by the next sync before its fdatasync.
-    const staged = randomBytes(CS);
-    await store.write(110, staged);
-    assert.equal(store.stats().stagedWrites, direct ? 1 : 0);
+    // Small writes inside the file that the caller marks early: staged in memory where the file takes
+    // O_DIRECT (answered before they are written), read back from there, and written by the next sync
+    // before its fdatasync.
+    const staged = [randomBytes(CS), randomBytes(CS)];
+    await store.write(110, staged[0], true);
+    await store.write(120, staged[1], true);
+    assert.equal(store.stats().stagedWrites, direct ? 2 : 0);
     if (direct) assert.ok(readFileSync(join(dir, CHUNK_FILE)).subarray(110 * CS, 111 * CS).equals(big.subarray(10 * CS, 11 * CS)), 'not written yet');
-    const back = Buffer.alloc(CS);
-    await store.readChunks([110], { count: 1, view: () => back });
-    assert.ok(back.equals(staged), 'a read finds the staged bytes');
+    const back = [Buffer.alloc(CS), Buffer.alloc(CS)];
+    await store.readChunks([120, 110], { count: 2, view: (i) => back[i] });
+    assert.ok(back[0].equals(staged[1]) && back[1].equals(staged[0]), 'a read finds the staged bytes');
     await store.sync();
-    assert.equal(syncs(), 4, 'a staged write is synced');
+    assert.equal(syncs(), 4, 'staged writes are synced');
 
     const file = readFileSync(join(dir, CHUNK_FILE));
     assert.ok(file.subarray(3 * CS, 4 * CS).equals(small));
     assert.ok(file.subarray(100 * CS, 110 * CS).equals(big.subarray(0, 10 * CS)));
-    assert.ok(file.subarray(110 * CS, 111 * CS).equals(staged), 'the sync wrote the staged chunk first');
-    assert.ok(file.subarray(111 * CS, 164 * CS).equals(big.subarray(11 * CS)));
+    assert.ok(file.subarray(110 * CS, 111 * CS).equals(staged[0]), 'the sync wrote the staged chunks first');
+    assert.ok(file.subarray(120 * CS, 121 * CS).equals(staged[1]));
+    assert.ok(file.subarray(121 * CS, 164 * CS).equals(big.subarray(21 * CS)));
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

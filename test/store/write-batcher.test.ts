@@ -4,7 +4,8 @@
 // at its position, `written` hears of each run, and a failure reaches the writes it failed. With an
 // O_DIRECT descriptor, long runs inside the file go past the page cache (Linux AIO), and a disk that
 // refuses them (EINVAL) gets them through the page cache instead. With `stage`, short writes inside the
-// file are copied and answered at once, read back from memory, and written by drain() (a sync's first step).
+// file that the caller marks early are copied and answered at once, read back from memory, and written
+// by drain() (a sync's first step).
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -166,14 +167,14 @@ function stagingBatcher(f: { fd: number }, dfd: number, runs: Array<[number, num
   return new WriteBatcher({ fd: () => f.fd, directFd: () => dfd, directUpTo: () => 2 ** 40, chunkSize: CS, base: 0, stage: true, written: (pos, bytes, direct) => runs.push([pos, bytes, direct]), failure });
 }
 
-test('staged writes are answered before they are written, read back from memory, and written past the page cache by drain()', async (t) => {
+test('early writes are staged: answered before they are written, read back from memory, and written past the page cache by drain()', async (t) => {
   await withDirect(t, async (f, dfd) => {
     const runs: Array<[number, number, boolean]> = [];
     const b = stagingBatcher(f, dfd, runs);
     const positions = [...scattered(10, 300), 7, 8];
     const data = positions.map(() => randomBytes(CS));
     const kept = data.map((d) => Buffer.from(d));
-    await Promise.all(positions.map((p, i) => b.write(p, data[i])));
+    await Promise.all(positions.map((p, i) => b.write(p, data[i], true)));
     for (const d of data) d.fill(0); // the caller's buffers are reused (the payload pool): a copy was staged
     assert.deepEqual(runs, [], 'nothing written yet');
     assert.equal(readFileSync(f.path).length, 0);
@@ -190,12 +191,24 @@ test('staged writes are answered before they are written, read back from memory,
   });
 });
 
+test('a write not marked early is not staged: written when it resolves', async (t) => {
+  await withDirect(t, async (f, dfd) => {
+    const runs: Array<[number, number, boolean]> = [];
+    const b = stagingBatcher(f, dfd, runs);
+    const d = randomBytes(CS);
+    await b.write(30, d);
+    assert.equal(b.holding, false);
+    assert.ok(readFileSync(f.path).subarray(30 * CS, 31 * CS).equals(d));
+    assert.deepEqual(runs, [[30 * CS, CS, false]]);
+  });
+});
+
 test('staged writes are sent once a slab of them has gathered, without waiting for a sync', async (t) => {
   await withDirect(t, async (f, dfd) => {
     const runs: Array<[number, number, boolean]> = [];
     const b = stagingBatcher(f, dfd, runs);
     const positions = scattered(300, 5000); // 300 × 4 KiB: one slab (1 MiB) full, 44 writes over
-    await Promise.all(positions.map((p) => b.write(p, randomBytes(CS))));
+    await Promise.all(positions.map((p) => b.write(p, randomBytes(CS), true)));
     await b.whenIdle(); // sends the rest too, then waits for both
     assert.equal(runs.reduce((n, [, bytes]) => n + bytes, 0), 300 * CS);
     assert.equal(b.holding, false);
@@ -211,7 +224,7 @@ test('a staged write that fails fails the drain and every drain after it, and it
   try {
     const b = stagingBatcher(f, readOnly, []);
     const d = randomBytes(CS);
-    await b.write(40, d);
+    await b.write(40, d, true);
     await assert.rejects(b.drain(), /chunk 40: EBADF/);
     await assert.rejects(b.drain(), /chunk 40: EBADF/, 'a second sync must not succeed over the lost write');
     assert.ok(b.heldChunk(40)?.equals(d), 'reads still find the bytes');
@@ -227,8 +240,9 @@ test('a place staged and not yet written, written again, ends with the later byt
     const b = stagingBatcher(f, dfd, []);
     const older = randomBytes(CS);
     const newer = randomBytes(CS);
-    await b.write(12, older);
-    await b.write(12, newer); // waits for the staged one to be written first
+    await b.write(12, older, true);
+    assert.ok(b.heldChunk(12)?.equals(older), 'staged');
+    await b.write(12, newer, true); // waits for the staged one to be written first
     await b.drain();
     assert.ok(readFileSync(f.path).subarray(12 * CS, 13 * CS).equals(newer));
     assert.equal(b.heldChunk(12), undefined);
