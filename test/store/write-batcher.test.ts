@@ -215,6 +215,33 @@ test('staged writes are sent once a slab of them has gathered, without waiting f
   });
 });
 
+test('while staged writes are being written, short writes of the turn go to the thread pool, not the event loop', async (t) => {
+  await withDirect(t, async (f, dfd) => {
+    let turnEnded = false;
+    const writtenAfterTurn: boolean[] = [];
+    const b = new WriteBatcher({
+      fd: () => f.fd,
+      directFd: () => dfd,
+      directUpTo: () => 2 ** 40,
+      chunkSize: CS,
+      base: 0,
+      stage: true,
+      written: (pos, _bytes, direct) => {
+        if (!direct) writtenAfterTurn.push(turnEnded);
+      },
+      failure: (e) => e,
+    });
+    // A slab's worth of early writes: sent now, still being written when the turn ends.
+    await Promise.all(scattered(256, 5000).map((p) => b.write(p, randomBytes(CS), true)));
+    // Two plain writes in one turn: on the event loop, ext4's inode lock could hold it behind the direct ones.
+    const plain = [b.write(9000, randomBytes(CS)), b.write(9100, randomBytes(CS))];
+    setImmediate(() => (turnEnded = true)); // runs right after the batcher's turn
+    await Promise.all(plain);
+    assert.deepEqual(writtenAfterTurn, [true, true], 'written after the turn, not in it');
+    await b.drain();
+  });
+});
+
 test('a staged write that fails fails the drain and every drain after it, and its bytes stay readable', async (t) => {
   const f = setup();
   const probe = directFd(t, f.path);
