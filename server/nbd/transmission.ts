@@ -114,9 +114,9 @@ export class Transmission {
   revoked = false;
   /**
    * Requests not yet answered, so revoke can fail them at once: newest first, linked through the
-   * requests themselves. A Set's add and
-   * delete per request grew and shrank its table with the requests in flight (V8 shrinks a Set that
-   * falls under a quarter full), ~120 bytes of garbage a request in a heap profile of 4K reads.
+   * requests themselves. A Set's add and delete per request grew and shrank its table with the
+   * requests in flight (V8 shrinks a Set that falls under a quarter full), ~120 bytes of garbage a
+   * request in a heap profile of 4K reads.
    */
   private unreplied: Request | null = null;
   /** Write-type operations in flight, so FLUSH can wait for those received before it. */

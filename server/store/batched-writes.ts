@@ -158,9 +158,9 @@ export interface WriteBatcherOptions {
    */
   directUpTo?: () => number;
   /**
-   * Short writes inside the file are staged and answered at once (see the top of the file), with a
-   * directFd: the owner reads them back through heldChunk() until written, and drains them before
-   * each sync.
+   * Short writes inside the file that the caller marks `early` are staged and answered at once (see
+   * the top of the file), with a directFd: the owner reads them back through heldChunk() until
+   * written, and drains them before each sync.
    */
   stage?: boolean;
   /** The error a failed run's writes reject with; `at`: its first position. */
